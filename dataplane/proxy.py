@@ -1,0 +1,1140 @@
+"""The HTTP/1.1 proxy engine: downstream connections, per-request exchanges, the server.
+
+Design (see STYLE.md): callback-driven ``asyncio.Protocol``s on uvloop with httptools parsers,
+no Task or Future per request. A :class:`ServerConnection` owns connection state only; each
+request gets an :class:`Exchange` that owns request state and, while proxying, one pooled
+:class:`~dataplane.upstream.UpstreamConnection`. Bodies stream both ways with back-pressure:
+a peer that cannot take more data pauses reading on the other side. Pipelined requests are
+parsed ahead, queued and answered in order; upstream connections are never pipelined.
+
+A handler is a plain callable ``handler(exchange)``. It may answer at once
+(:meth:`Exchange.respond`, :meth:`Exchange.error`), start proxying (:meth:`Exchange.proxy`),
+or keep the exchange and do either later (a breaker queue, a drain wait). ``exchange.on_done``
+is called exactly once when the exchange ends, whichever way it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+
+from .forwarded import forwarded_value
+from .http1 import (
+    H_CONNECTION,
+    H_DROP,
+    H_HOST,
+    H_KEEP,
+    H_TE,
+    H_XFF,
+    REQ_ACTIONS,
+    DateCache,
+    connection_tokens,
+    error_body_headers,
+    status_line,
+)
+from .timeouts import RequestDeadlines, TimeoutPolicy
+from .upstream import UpstreamConnection, UpstreamPool
+
+__all__ = ["Exchange", "HTTPServer", "ServerConfig", "ServerConnection"]
+
+log = logging.getLogger("dataplane.proxy")
+
+_SEP = b": "
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_BASIC_CONN_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
+
+# Response framing towards the client.
+M_NONE = 0  # no body (HEAD, 1xx, 204, 304)
+M_RAW = 1  # Content-Length passthrough
+M_CHUNKED = 2  # re-chunked
+M_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients)
+
+# Reasons for pausing reads on a downstream connection (bit mask).
+P_BODY = 1  # request body buffered while waiting for an upstream
+P_UPSTREAM = 2  # upstream cannot take more (its transport paused writing)
+P_PIPELINE = 4  # a pipelined request waits for the current one
+
+_DISCARD_LIMIT = 256 * 1024
+
+
+class _ParseLimit(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class ServerConfig:
+    """Limits and behaviour switches of one server."""
+
+    __slots__ = (
+        "body_buffer",
+        "forwarded_shim",
+        "header_timeout",
+        "max_header_bytes",
+        "max_headers",
+        "restore_original_host",
+        "timeout_body",
+        "tunnel_drain_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_header_bytes: int = 64 * 1024,
+        max_headers: int = 256,
+        header_timeout: float = 60.0,
+        body_buffer: int = 64 * 1024,
+        timeout_body: bytes = b"request timeout",
+        restore_original_host: bool = False,
+        forwarded_shim: bool = False,
+        tunnel_drain_timeout: float = 60.0,
+    ) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.header_timeout = header_timeout
+        self.body_buffer = body_buffer
+        self.timeout_body = timeout_body
+        self.restore_original_host = restore_original_host
+        self.forwarded_shim = forwarded_shim
+        self.tunnel_drain_timeout = tunnel_drain_timeout
+
+
+class Exchange:
+    """One request/response exchange on a downstream connection."""
+
+    __slots__ = (
+        "aborted",
+        "body_buf",
+        "body_buf_size",
+        "body_done",
+        "closing",
+        "conn",
+        "ctx",
+        "deadlines",
+        "done",
+        "early",
+        "expect_continue",
+        "extra_headers",
+        "hdr",
+        "hdr_out",
+        "head_sent",
+        "headers_complete",
+        "host_override",
+        "keep_alive",
+        "last_write",
+        "method",
+        "on_done",
+        "out",
+        "pool",
+        "replay",
+        "req_chunked",
+        "req_trailers",
+        "resp_mode",
+        "resp_size",
+        "resp_started",
+        "resp_status",
+        "retried",
+        "sent_continue",
+        "start",
+        "target",
+        "timer",
+        "tunnel_eofs",
+        "upgrade",
+        "upstream",
+        "version",
+    )
+
+    def __init__(self, conn: ServerConnection) -> None:
+        self.conn = conn
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.hdr: dict[bytes, bytes] = {}
+        self.hdr_out: list[bytes] = []
+        self.keep_alive = True
+        self.upgrade = False
+        self.headers_complete = False
+        self.req_chunked = False
+        self.req_trailers: list[bytes] | None = None
+        self.body_buf: list[bytes] | None = None
+        self.body_buf_size = 0
+        self.body_done = False
+        self.expect_continue = False
+        self.sent_continue = False
+        self.start = 0.0
+        self.upstream: UpstreamConnection | None = None
+        self.pool: UpstreamPool | None = None
+        self.host_override: bytes | None = None
+        self.extra_headers = b""
+        self.head_sent = False
+        self.replay: bytes | None = None
+        self.retried = False
+        self.resp_started = False
+        self.resp_status = 0
+        self.resp_size = 0
+        self.resp_mode = M_NONE
+        self.closing = False
+        self.out: list[bytes] = []
+        self.last_write: float | None = None
+        self.deadlines: RequestDeadlines | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.on_done: Callable[[Exchange], None] | None = None
+        self.ctx: Any = None
+        self.done = False
+        self.aborted = False
+        self.early: list[bytes] | None = None
+        self.tunnel_eofs = 0
+
+    # -- request view for handlers ---------------------------------------------------------
+    @property
+    def path(self) -> bytes:
+        t = self.target
+        i = t.find(b"?")
+        return t if i < 0 else t[:i]
+
+    def header(self, lname: bytes) -> bytes | None:
+        """A request header by lower-case name (only names the engine tracks, see http1)."""
+        return self.hdr.get(lname)
+
+    def find_header(self, lname: bytes) -> bytes | None:
+        """Any request header by lower-case name (slower: scans the pass-through list)."""
+        v = self.hdr.get(lname)
+        if v is not None:
+            return v
+        out = self.hdr_out
+        for i in range(0, len(out), 4):
+            if out[i].lower() == lname:
+                return out[i + 2]
+        return None
+
+    @property
+    def has_body(self) -> bool:
+        return self.req_chunked or (
+            self.hdr.get(b"content-length", b"0").strip() not in (b"0", b"")
+        )
+
+    # -- local responses -------------------------------------------------------------------
+    def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: bytes = b"",
+        *,
+        content_length: bool = True,
+    ) -> None:
+        """Answer locally with a complete response. ``headers`` are ready-made header lines."""
+        if self.done or self.resp_started:
+            return
+        conn = self.conn
+        if conn.closed:
+            self._finish()
+            return
+        parts = [status_line(status), headers]
+        if content_length:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(conn.server.date.line())
+        if self._must_close():
+            self.closing = True
+            parts.append(b"Connection: close\r\n")
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        if body and self.method != b"HEAD":
+            parts.append(body)
+        self.resp_status = status
+        self.resp_size = len(body)
+        self.resp_started = True
+        conn.transport.write(b"".join(parts))
+        self._finish()
+
+    def error(self, status: int, message: str) -> None:
+        """A Go ``http.Error`` response: ``message`` + newline as text/plain."""
+        body = message.encode() + b"\n"
+        self.respond(status, body, error_body_headers(body), content_length=False)
+
+    # -- proxying --------------------------------------------------------------------------
+    def set_timeouts(self, policy: TimeoutPolicy) -> None:
+        """Start the total/response-start/idle timers of this exchange (from its start)."""
+        if not policy.enabled or self.done:
+            return
+        self.deadlines = d = RequestDeadlines(policy, self.start)
+        when = d.next_deadline(None)
+        if when is not None:
+            self.timer = self.conn.loop.call_at(when, self._on_timer)
+
+    def proxy(
+        self, pool: UpstreamPool, *, host: bytes | None = None, extra_headers: bytes = b""
+    ) -> None:
+        """Forward this request to ``pool``'s destination and stream the response back."""
+        if self.done:
+            return
+        self.pool = pool
+        self.host_override = host
+        self.extra_headers = extra_headers
+        up = pool.acquire()
+        if up is not None:
+            self.attach(up)
+        else:
+            pool.connect(self)
+
+    def attach(self, up: UpstreamConnection) -> None:
+        """Called with a ready upstream connection (pooled or new)."""
+        if self.done:
+            assert self.pool is not None
+            self.pool.release(up)
+            return
+        self.upstream = up
+        up.exchange = self
+        conn = self.conn
+        head = self._request_head()
+        if not self.has_body:
+            self.replay = head
+        parts = [head]
+        if self.upgrade:
+            # Bytes after an upgrade request's head go through as they are, like a transparent
+            # proxy: a body first (if the request declared one), then tunnel data after 101.
+            if self.early:
+                parts += self.early
+                self.early = None
+                self.body_buf_size = 0
+                conn.resume(P_BODY)
+        elif self.body_buf:
+            if self.req_chunked:
+                for chunk in self.body_buf:
+                    parts += (b"%x\r\n" % len(chunk), chunk, _CRLF)
+            else:
+                parts += self.body_buf
+            self.body_buf = None
+            self.body_buf_size = 0
+            conn.resume(P_BODY)
+        if self.body_done and self.req_chunked:
+            parts.append(self._last_chunk())
+        self.head_sent = True
+        up.transport.write(b"".join(parts))
+        if conn.write_paused and not up.read_paused:
+            up.read_paused = True
+            up.transport.pause_reading()
+        if up.write_paused:
+            conn.pause(P_UPSTREAM)
+
+    def connect_failed(self, reason: str) -> None:
+        if self.done:
+            return
+        log.warning("error reverse proxying request: %s", reason)
+        self.error(502, reason)
+
+    def _last_chunk(self) -> bytes:
+        if self.req_trailers:
+            return b"0\r\n" + b"".join(self.req_trailers) + _CRLF
+        return _LAST_CHUNK
+
+    def _request_head(self) -> bytes:
+        conn = self.conn
+        cfg = conn.server.config
+        hdr = self.hdr
+        host = self.host_override
+        if host is None:
+            host = hdr.get(b"k-original-host") if cfg.restore_original_host else None
+            if not host:
+                host = hdr.get(b"host", b"")
+        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
+        ctoks = hdr.get(b"connection")
+        if ctoks is not None:
+            extra = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
+            if extra:
+                out = self.hdr_out
+                for i in range(0, len(out), 4):
+                    if out[i].lower() not in extra:
+                        parts += out[i : i + 4]
+            else:
+                parts += self.hdr_out
+        else:
+            parts += self.hdr_out
+        if b"te" in hdr:
+            parts.append(b"TE: trailers\r\n")
+        prior = hdr.get(b"x-forwarded-for")
+        peer = conn.peer
+        if peer:
+            parts += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
+        elif prior is not None:
+            parts += (b"X-Forwarded-For: ", prior, _CRLF)
+        if cfg.forwarded_shim and b"forwarded" not in hdr:
+            fwd = forwarded_value(
+                _first(prior), hdr.get(b"x-forwarded-host"), hdr.get(b"x-forwarded-proto")
+            )
+            if fwd is not None:
+                parts += (b"Forwarded: ", fwd, _CRLF)
+        if self.req_chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            clen = hdr.get(b"content-length")
+            if clen is not None:
+                parts += (b"Content-Length: ", clen, _CRLF)
+        if self.upgrade:
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", hdr.get(b"upgrade", b""), _CRLF)
+        if self.extra_headers:
+            parts.append(self.extra_headers)
+        parts.append(_CRLF)
+        return b"".join(parts)
+
+    # -- request body (from ServerConnection) ----------------------------------------------
+    def feed_body(self, data: bytes) -> None:
+        if self.done:
+            conn = self.conn
+            conn.discarded += len(data)
+            if conn.discarded > _DISCARD_LIMIT:
+                conn.close()
+            return
+        up = self.upstream
+        if up is not None and self.head_sent and not self.upgrade:
+            if self.req_chunked:
+                up.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                up.transport.write(data)
+            return
+        buf = self.body_buf
+        if buf is None:
+            self.body_buf = buf = []
+        buf.append(data)
+        self.body_buf_size += len(data)
+        if self.body_buf_size > self.conn.server.config.body_buffer:
+            self.conn.pause(P_BODY)
+
+    def body_complete(self) -> None:
+        self.body_done = True
+        if self.done:
+            return
+        up = self.upstream
+        if up is not None and self.head_sent and self.req_chunked and not self.upgrade:
+            up.transport.write(self._last_chunk())
+
+    # -- response (from UpstreamConnection) ------------------------------------------------
+    def relay_interim(self, up: UpstreamConnection, status: int) -> None:
+        if self.version != "1.1" or self.resp_started:
+            return
+        if status == 100:
+            self.sent_continue = True
+        self.out += (status_line(status), *up.resp_out, _CRLF)
+
+    def response_head(self, up: UpstreamConnection, status: int) -> None:
+        self.resp_status = status
+        conn = self.conn
+        if self.method == b"HEAD" or status == 204 or status == 304:
+            mode = M_NONE
+            if self.method == b"HEAD":
+                up.stale_parser = True
+                up.resp_complete = True
+        elif up.resp_chunked or up.resp_clen is None:
+            mode = M_CHUNKED if self.version == "1.1" else M_CLOSE
+        else:
+            mode = M_RAW
+        self.resp_mode = mode
+        parts = [status_line(status)]
+        rconn = up.resp_conn
+        if rconn is not None and (connection_tokens(rconn) - _BASIC_CONN_TOKENS):
+            extra = connection_tokens(rconn)
+            out = up.resp_out
+            for i in range(0, len(out), 4):
+                if out[i].lower() not in extra:
+                    parts += out[i : i + 4]
+        else:
+            parts += up.resp_out
+        if up.resp_clen is not None and (mode in (M_RAW, M_NONE)):
+            parts += (b"Content-Length: ", up.resp_clen, _CRLF)
+        elif mode == M_CHUNKED:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if not up.saw_date:
+            parts.append(conn.server.date.line())
+        if mode == M_CLOSE or self._must_close():
+            self.closing = True
+            parts.append(b"Connection: close\r\n")
+        elif self.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        self.out.append(b"".join(parts))
+        self.resp_started = True
+        if self.deadlines is not None:
+            self.last_write = conn.loop.time()
+
+    def response_body(self, data: bytes) -> None:
+        n = len(data)
+        self.resp_size += n
+        if self.resp_mode == M_CHUNKED:
+            self.out += (b"%x\r\n" % n, data, _CRLF)
+        elif self.resp_mode != M_NONE:
+            self.out.append(data)
+
+    def flush_out(self) -> None:
+        out = self.out
+        if out:
+            if not self.conn.closed:
+                self.conn.transport.write(b"".join(out) if len(out) > 1 else out[0])
+                if self.deadlines is not None:
+                    self.last_write = self.conn.loop.time()
+            out.clear()
+
+    def upstream_complete(self, up: UpstreamConnection) -> None:
+        """The upstream response is complete: finish the client response, pool the connection."""
+        if self.resp_mode == M_CHUNKED and not self.conn.closed:
+            if up.trailers:
+                self.conn.transport.write(b"0\r\n" + b"".join(up.trailers) + _CRLF)
+            else:
+                self.conn.transport.write(_LAST_CHUNK)
+        self.upstream = None
+        pool = self.pool
+        assert pool is not None
+        if (
+            up.parser.should_keep_alive()
+            and self.body_done
+            and not self.upgrade
+            and not up.closed
+            and (up.resp_clen is not None or up.resp_chunked or self.resp_mode == M_NONE)
+        ):
+            pool.release(up)
+        else:
+            up.close()
+        self._finish()
+
+    def upstream_lost(self, up: UpstreamConnection, exc: Exception | None) -> None:
+        """The upstream connection closed while this exchange was using it."""
+        if self.done:
+            return
+        if (
+            exc is None
+            and self.resp_started
+            and up.resp_clen is None
+            and not up.resp_chunked
+            and self.resp_mode != M_NONE
+        ):
+            # Body delimited by close: EOF is the end of the response.
+            self.flush_out()
+            up.resp_complete = True
+            self.upstream_complete(up)
+            return
+        if isinstance(exc, ConnectionResetError):
+            reason = "read: connection reset by peer"
+        elif exc is None:
+            reason = "EOF"
+        else:
+            reason = str(exc) or type(exc).__name__
+        self.upstream_failed(up, reason)
+
+    def upstream_failed(self, up: UpstreamConnection, reason: str) -> None:
+        if self.done:
+            up.abort()
+            return
+        self.upstream = None
+        up.abort()
+        if (
+            up.reused
+            and not up.got_bytes
+            and self.replay is not None
+            and not self.retried
+            and self.pool is not None
+        ):
+            # The pooled connection was closed by the server as we reused it: the request
+            # was not processed, so one transparent retry on a fresh connection is safe.
+            self.retried = True
+            self.head_sent = False
+            self.pool.connect(self)
+            return
+        if not self.resp_started:
+            log.warning("error reverse proxying request: %s", reason)
+            self.out.clear()
+            self.error(502, reason)
+            return
+        # Mid-response failure: the client must see a truncated response, not a clean end.
+        self.flush_out()
+        self.closing = True
+        self.conn.close()
+        self._finish()
+
+    # -- upgrade tunnel ----------------------------------------------------------------------
+    def start_tunnel(self, up: UpstreamConnection, rest: bytes) -> None:
+        """The upstream answered 101: relay the head, then copy bytes both ways."""
+        conn = self.conn
+        if not self.upgrade or up.parser.get_status_code() != 101:
+            self.upstream_failed(up, "unexpected protocol switch from upstream")
+            return
+        if self.timer is not None:
+            # Upgraded connections outlive the request timeouts (like a hijacked Go conn).
+            self.timer.cancel()
+            self.timer = None
+        self.deadlines = None
+        self.resp_status = 101
+        self.resp_started = True
+        head = [status_line(101), *up.resp_out]
+        head += (b"Connection: Upgrade\r\nUpgrade: ", up.resp_upgrade or b"", _CRLF, _CRLF)
+        if rest:
+            head.append(rest)
+        conn.transport.write(b"".join(head))
+        up.tunnel = True
+        conn.tunnel = up
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        if not self.conn.closed:
+            self.conn.transport.write(data)
+
+    def tunnel_eof(self, *, from_upstream: bool) -> bool:
+        """Half-close one direction; close both once both directions ended."""
+        self.tunnel_eofs += 1
+        up = self.upstream
+        conn = self.conn
+        if self.tunnel_eofs >= 2 or up is None:
+            self.tunnel_closed()
+            return False
+        peer = conn.transport if from_upstream else up.transport
+        if peer.can_write_eof():
+            peer.write_eof()
+            return True
+        self.tunnel_closed()
+        return False
+
+    def tunnel_closed(self) -> None:
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.close()
+        self.closing = True
+        self.conn.close()
+        self._finish()
+
+    # -- timers ----------------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        self.timer = None
+        d = self.deadlines
+        if self.done or d is None:
+            return
+        loop = self.conn.loop
+        now = loop.time()
+        if not d.expired(now, self.last_write):
+            when = d.next_deadline(self.last_write)
+            if when is not None:
+                self.timer = loop.call_at(max(when, now + 0.001), self._on_timer)
+            return
+        self.timed_out()
+
+    def timed_out(self) -> None:
+        """A revision timeout fired: 504 if nothing was sent yet, else append the message."""
+        msg = self.conn.server.config.timeout_body
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.abort()
+        self.out.clear()
+        if not self.resp_started:
+            self.respond(
+                504, msg, b"Content-Type: text/plain; charset=utf-8\r\n", content_length=True
+            )
+            return
+        conn = self.conn
+        mode = self.resp_mode
+        if not conn.closed:
+            if mode == M_CHUNKED:
+                conn.transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(msg), msg))
+                self.closing = self.closing or not self.body_done
+            elif mode == M_CLOSE:
+                conn.transport.write(msg)
+                self.closing = True
+            else:
+                self.closing = True
+        if self.closing:
+            conn.close()
+        self._finish()
+
+    # -- end -------------------------------------------------------------------------------
+    def _must_close(self) -> bool:
+        conn = self.conn
+        return (
+            not self.keep_alive
+            or conn.server.shutting_down
+            or self.upgrade
+            or (self.expect_continue and not self.sent_continue and not self.body_done)
+        )
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        cb = self.on_done
+        if cb is not None:
+            self.on_done = None
+            try:
+                cb(self)
+            except Exception:
+                log.exception("on_done callback failed")
+        self.conn.exchange_done(self)
+
+    def abort(self) -> None:
+        """The client connection is gone: drop the upstream side and release everything."""
+        if self.done:
+            return
+        self.aborted = True
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.abort()
+        self.closing = True
+        self._finish()
+
+
+def _first(v: bytes | None) -> bytes | None:
+    if v is None:
+        return None
+    i = v.find(b",")
+    return v if i < 0 else v[:i]
+
+
+class ServerConnection(asyncio.Protocol):
+    """One downstream HTTP/1.1 connection."""
+
+    __slots__ = (
+        "_dispatching",
+        "_hdr_bytes",
+        "_hdr_count",
+        "active",
+        "closed",
+        "discarded",
+        "header_tick",
+        "loop",
+        "parser",
+        "parsing",
+        "paused",
+        "peer",
+        "pending",
+        "server",
+        "transport",
+        "tunnel",
+        "upgrade_pending",
+        "write_paused",
+    )
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b""
+        self.parsing: Exchange | None = None
+        self.active: Exchange | None = None
+        self.pending: deque[Exchange] = deque()
+        self.closed = False
+        self.paused = 0
+        self.write_paused = False
+        self.header_tick = 0
+        self._hdr_bytes = 0
+        self._hdr_count = 0
+        self.discarded = 0
+        self.tunnel: UpstreamConnection | None = None
+        self.upgrade_pending = False
+        self._dispatching = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = peer[0].encode() if isinstance(peer, tuple) else b""
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        if self.upgrade_pending:
+            self._early_data(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgrade_request(data[e.args[0] :])
+        except httptools.HttpParserError as e:
+            self._parse_error(e)
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None and self.active is not None:
+            return self.active.tunnel_eof(from_upstream=False)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        ex = self.active
+        if ex is not None:
+            ex.abort()
+        self.pending.clear()
+        self.parsing = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.active
+        if ex is not None:
+            up = ex.upstream
+            if up is not None and not up.read_paused:
+                up.read_paused = True
+                up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        if ex is not None:
+            up = ex.upstream
+            if up is not None and up.read_paused:
+                up.read_paused = False
+                up.transport.resume_reading()
+
+    # -- read flow control -----------------------------------------------------------------
+    def pause(self, reason: int) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.transport.close()
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(self)
+        self._hdr_bytes = 0
+        self._hdr_count = 0
+        self.header_tick = self.server.tick or 1
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.target += url
+        if len(ex.target) > self.server.config.max_header_bytes:
+            raise _ParseLimit(414, "request URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self._hdr_bytes += len(name) + len(value) + 4
+        self._hdr_count += 1
+        cfg = self.server.config
+        if self._hdr_bytes > cfg.max_header_bytes or self._hdr_count > cfg.max_headers:
+            raise _ParseLimit(431, "request header fields too large")
+        if ex.headers_complete:  # chunked-body trailer
+            if ex.req_trailers is None:
+                ex.req_trailers = []
+            ex.req_trailers += (name, _SEP, value, _CRLF)
+            return
+        lname = name.lower()
+        act = REQ_ACTIONS.get(lname)
+        if act is None:
+            ex.hdr_out += (name, _SEP, value, _CRLF)
+            return
+        hdr = ex.hdr
+        if act == H_KEEP:
+            if lname not in hdr:
+                hdr[lname] = value
+            ex.hdr_out += (name, _SEP, value, _CRLF)
+        elif act == H_HOST:
+            if lname in hdr:
+                raise _ParseLimit(400, "too many Host headers")
+            hdr[lname] = value
+        elif act == H_XFF:
+            prior = hdr.get(lname)
+            hdr[lname] = value if prior is None else prior + b", " + value
+        elif act == H_CONNECTION:
+            prior = hdr.get(lname)
+            hdr[lname] = value if prior is None else prior + b"," + value
+        elif act == H_TE:
+            if b"trailers" in connection_tokens(value):
+                hdr[lname] = b"trailers"
+        elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing, K-Original-Host
+            hdr[lname] = value
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        p = self.parser
+        ex.headers_complete = True
+        ex.version = p.get_http_version()
+        ex.method = p.get_method()
+        ex.keep_alive = p.should_keep_alive()
+        ex.upgrade = p.should_upgrade()
+        ex.req_chunked = b"transfer-encoding" in ex.hdr
+        expect = ex.hdr.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue":
+            ex.expect_continue = True
+        self.header_tick = 0
+        if self.active is None and not self.pending and not self._dispatching:
+            self._dispatch(ex)
+        else:
+            self.pending.append(ex)
+            self.pause(P_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.body_complete()
+            if ex.done and self.active is None and not self.closed:
+                # The response went out before the body ended; the body is now drained.
+                self.discarded = 0
+                if ex.closing:
+                    self.close()
+                else:
+                    self._run_pending()
+
+    # -- request lifecycle -----------------------------------------------------------------
+    def _dispatch(self, ex: Exchange) -> None:
+        self.active = ex
+        server = self.server
+        server.inflight += 1
+        ex.start = self.loop.time()
+        if ex.version != "1.1" and ex.version != "1.0":
+            ex.keep_alive = False
+            ex.error(505, "unsupported protocol version")
+            return
+        if ex.method == b"CONNECT":
+            ex.keep_alive = False
+            ex.error(405, "CONNECT is not supported")
+            return
+        t = ex.target
+        if t[:1] != b"/" and t != b"*" and not _absolute_form(ex):
+            ex.keep_alive = False
+            ex.error(400, "malformed request target")
+            return
+        try:
+            server.handler(ex)
+        except Exception:
+            log.exception("handler failed")
+            if not ex.done:
+                ex.keep_alive = False
+                ex.error(500, "internal error")
+
+    def exchange_done(self, ex: Exchange) -> None:
+        """Called by an exchange as it ends (response complete, error or abort)."""
+        if self.active is ex:
+            self.active = None
+            self.server.inflight -= 1
+        if self.closed:
+            return
+        if ex.closing or ex.upgrade:
+            self.close()
+            return
+        self.resume(P_BODY | P_UPSTREAM)
+        if ex is self.parsing:
+            # Response complete while the request body still arrives: drain it (bounded),
+            # then carry on with the next request.
+            self.discarded = 0
+            return
+        self._run_pending()
+
+    def _run_pending(self) -> None:
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self.active is None and self.pending and not self.closed:
+                nxt = self.pending.popleft()
+                self._dispatch(nxt)
+            if not self.pending:
+                self.resume(P_PIPELINE)
+        finally:
+            self._dispatching = False
+        if (
+            self.active is None
+            and self.parsing is None
+            and not self.pending
+            and self.server.shutting_down
+        ):
+            self.close()
+
+    def _upgrade_request(self, rest: bytes) -> None:
+        # httptools stops at the end of an upgrade request's head; what follows is tunnel data.
+        self.upgrade_pending = True
+        if rest:
+            self._early_data(rest)
+
+    def _early_data(self, data: bytes) -> None:
+        ex = (
+            self.active if self.active is not None else (self.pending[-1] if self.pending else None)
+        )
+        if ex is None or ex.done:
+            return
+        up = ex.upstream
+        if up is not None and ex.head_sent:
+            up.transport.write(data)
+            return
+        if ex.early is None:
+            ex.early = []
+        ex.early.append(data)
+        ex.body_buf_size += len(data)
+        if ex.body_buf_size > self.server.config.body_buffer:
+            self.pause(P_BODY)
+
+    def _parse_error(self, e: Exception) -> None:
+        cause = e.__context__
+        if isinstance(cause, _ParseLimit):
+            status, reason = cause.status, str(cause)
+        else:
+            status, reason = 400, "malformed request: " + str(e)
+        ex = self.parsing
+        self.parsing = None
+        self.pending.clear()
+        active = self.active
+        if active is not None and not active.done:
+            if ex is active:
+                # The body of the request being proxied is malformed: abort it.
+                up = active.upstream
+                if up is not None:
+                    active.upstream = None
+                    up.abort()
+                if not active.resp_started:
+                    active.keep_alive = False
+                    active.error(400, reason)
+                else:
+                    active.closing = True
+                    self.close()
+                    active._finish()
+                return
+            # A pipelined request behind the active one is malformed: finish the active one,
+            # then close.
+            active.keep_alive = False
+            self.pause(P_PIPELINE)
+            return
+        self._write_error_and_close(status, reason)
+
+    def _write_error_and_close(self, status: int, reason: str) -> None:
+        body = reason.encode() + b"\n"
+        self.transport.write(
+            status_line(status) + error_body_headers(body) + b"Connection: close\r\n\r\n" + body
+        )
+        self.close()
+
+
+def _absolute_form(ex: Exchange) -> bool:
+    """Rewrite an absolute-form target (``http://host/path``) to origin form + Host."""
+    t = ex.target
+    i = t.find(b"://")
+    if i <= 0 or t[:i].lower() not in (b"http", b"https"):
+        return False
+    rest = t[i + 3 :]
+    j = rest.find(b"/")
+    q = rest.find(b"?")
+    if j < 0 or (0 <= q < j):
+        j = q
+    if j < 0:
+        authority, path = rest, b"/"
+    else:
+        authority, path = rest[:j], rest[j:]
+        if path[:1] == b"?":
+            path = b"/" + path
+    if not authority:
+        return False
+    ex.hdr[b"host"] = authority
+    ex.target = path
+    return True
+
+
+class HTTPServer:
+    """A listening HTTP/1.1 server running ``handler`` for every request."""
+
+    def __init__(
+        self,
+        handler: Callable[[Exchange], None],
+        config: ServerConfig | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.handler = handler
+        self.config = config or ServerConfig()
+        self.loop = loop or asyncio.get_event_loop()
+        self.connections: set[ServerConnection] = set()
+        self.inflight = 0
+        self.shutting_down = False
+        self.tick = 1
+        self.date = DateCache()
+        self._server: asyncio.AbstractServer | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+
+    async def start(
+        self, host: str | None, port: int, *, sock: Any = None, backlog: int = 2048
+    ) -> None:
+        if sock is not None:
+            self._server = await self.loop.create_server(
+                lambda: ServerConnection(self), sock=sock, backlog=backlog
+            )
+        else:
+            self._server = await self.loop.create_server(
+                lambda: ServerConnection(self), host, port, backlog=backlog, reuse_address=True
+            )
+        self._ticker = self.loop.call_later(1.0, self._tick)
+
+    @property
+    def port(self) -> int:
+        srv = self._server
+        assert isinstance(srv, asyncio.Server)
+        socks = srv.sockets
+        return int(socks[0].getsockname()[1]) if socks else 0
+
+    def _tick(self) -> None:
+        self.tick += 1
+        limit = self.config.header_timeout
+        if limit > 0:
+            for c in list(self.connections):
+                t = c.header_tick
+                if t and self.tick - t > limit:
+                    c.close()
+        self._ticker = self.loop.call_later(1.0, self._tick)
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Graceful shutdown: stop accepting, close idle connections, let active requests
+        finish (their responses carry ``Connection: close``), then close what remains.
+        Upgraded (tunnelled) connections get ``config.tunnel_drain_timeout`` at most."""
+        self.shutting_down = True
+        self.stop_accepting()
+        for c in list(self.connections):
+            if c.active is None and c.parsing is None and not c.pending:
+                c.close()
+        loop = self.loop
+        start = loop.time()
+        delay = 0.005
+        while self.connections:
+            busy = [c for c in self.connections if c.tunnel is None]
+            elapsed = loop.time() - start
+            if not busy and elapsed >= self.config.tunnel_drain_timeout:
+                break
+            if timeout is not None and elapsed >= timeout:
+                break
+            for c in list(self.connections):
+                if c.active is None and c.parsing is None and not c.pending:
+                    c.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        for c in list(self.connections):
+            c.transport.abort()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._server is not None:
+            await self._server.wait_closed()

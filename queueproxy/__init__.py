@@ -1,0 +1,1 @@
+"""The queue-proxy sidecar: Knative-compatible, concurrency-enforcing, stats-reporting."""

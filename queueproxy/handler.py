@@ -1,0 +1,294 @@
+"""The queue-proxy's request path (Knative SPEC §1.3), as one handler on the proxy engine.
+
+Order of Knative's chain, flattened: request log (outermost, via ``on_done``) -> drainer and
+probe answers -> timeouts -> kubelet-probe bypass -> stats in -> breaker -> proxy -> (on the
+way out) stats out, breaker release, metrics, request log. Everything per request is a few
+attribute reads and integer updates; a request waiting in the breaker costs one small object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dataplane.breaker import Breaker, QueueFullError, Waiter
+from dataplane.proxy import Exchange
+from dataplane.stats import RequestStats
+from dataplane.timeouts import TimeoutPolicy
+from dataplane.upstream import UpstreamPool
+
+from .drain import Drainer
+from .readiness import ReadinessProber
+
+if TYPE_CHECKING:
+    from dataplane.promtext import Histogram
+    from dataplane.reqlog import RequestLogTemplate
+
+__all__ = ["QueueProxyHandler"]
+
+log = logging.getLogger("queueproxy")
+
+_HEALTH_UAS = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
+_TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
+
+# ctx codes of an exchange on the fast path
+_DIRECT = 0
+_PROXIED = 1
+_SLOT = 2  # holds a breaker slot
+
+
+class _Queued:
+    """A request waiting in the breaker."""
+
+    __slots__ = ("ex", "granted", "handler", "proxied", "waiter")
+
+    def __init__(self, handler: QueueProxyHandler, ex: Exchange, proxied: bool) -> None:
+        self.handler = handler
+        self.ex = ex
+        self.proxied = proxied
+        self.granted = False
+        self.waiter: Waiter | None = None
+
+    def grant(self) -> None:
+        self.granted = True
+        ex = self.ex
+        if not ex.done:
+            ex.proxy(self.handler.pool)
+
+
+class QueueProxyHandler:
+    """Handles every request on the main port."""
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        pool: UpstreamPool,
+        breaker: Breaker | None,
+        stats: RequestStats,
+        prober: ReadinessProber,
+        drainer: Drainer,
+        timeouts: TimeoutPolicy,
+        duration: Histogram | None = None,
+        request_log: RequestLogTemplate | None = None,
+        log_probes: bool = False,
+        log_fields: dict[str, str] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.pool = pool
+        self.breaker = breaker
+        self.stats = stats
+        self.prober = prober
+        self.drainer = drainer
+        self.timeouts = timeouts
+        self.duration = duration
+        self.request_log = request_log
+        self.log_probes = log_probes
+        self.log_fields = log_fields or {}
+        self._status_labels: dict[int, tuple[str, ...]] = {}
+        self._needs_done = duration is not None or request_log is not None
+        self._write_log: Callable[[str], None] = _stdout_writer()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- entry -----------------------------------------------------------------------------
+    def __call__(self, ex: Exchange) -> None:
+        hdr = ex.hdr
+        ua = hdr.get(b"user-agent")
+        netprobe = hdr.get(b"k-network-probe")
+        if ua is not None and ua.startswith(_HEALTH_UAS):
+            if self.request_log is not None and self.log_probes:
+                ex.on_done = self._log_only
+            self._health(ex, netprobe)
+            return
+        if netprobe == b"probe":
+            if self.request_log is not None and self.log_probes:
+                ex.on_done = self._log_only
+            self._network_probe(ex)
+            return
+        self.drainer.request_seen()
+        ex.set_timeouts(self.timeouts)
+        if b"k-kubelet-probe" in hdr:
+            # Kubelet probe marker: straight to the app, bypassing stats and the breaker.
+            if self.request_log is not None and self.log_probes:
+                ex.on_done = self._log_only
+            ex.proxy(self.pool)
+            return
+        proxied = hdr.get(b"k-proxy-request") == b"activator"
+        if proxied:
+            self.stats.proxied_in(ex.start)
+        else:
+            self.stats.req_in(ex.start)
+        b = self.breaker
+        if b is None:
+            ex.ctx = _PROXIED if proxied else _DIRECT
+            ex.on_done = self._done
+            ex.proxy(self.pool)
+            return
+        try:
+            got = b.try_acquire()
+        except QueueFullError:
+            ex.ctx = _PROXIED if proxied else _DIRECT
+            ex.on_done = self._done
+            ex.error(503, "pending request queue full")
+            return
+        if got:
+            ex.ctx = (_PROXIED | _SLOT) if proxied else _SLOT
+            ex.on_done = self._done
+            ex.proxy(self.pool)
+            return
+        q = _Queued(self, ex, proxied)
+        ex.ctx = q
+        ex.on_done = self._done_queued
+        q.waiter = b.enqueue(q.grant)
+
+    # -- probes ----------------------------------------------------------------------------
+    def _health(self, ex: Exchange, netprobe: bytes | None) -> None:
+        if self.drainer.draining:
+            ex.error(503, "shutting down")
+        elif netprobe != b"queue":
+            value = (netprobe or b"").decode("latin-1")
+            ex.error(400, f"unexpected probe header value: {value}")
+        elif not self.prober.probes:
+            ex.respond(200, b"queue", _TEXT)
+        else:
+            t = self.loop.create_task(self._run_probe(ex))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _run_probe(self, ex: Exchange) -> None:
+        try:
+            ok = await self.prober.probe()
+        except Exception:
+            log.exception("readiness probe failed")
+            ok = False
+        if ex.done:
+            return
+        if self.drainer.draining:
+            ex.error(503, "shutting down")
+        elif ok:
+            ex.respond(200, b"queue", _TEXT)
+        else:
+            ex.respond(503)
+
+    def _network_probe(self, ex: Exchange) -> None:
+        if self.drainer.draining:
+            ex.error(503, "shutting down")
+            return
+        h = ex.hdr.get(b"k-network-hash")
+        if not h:
+            ex.error(400, 'a probe request must contain a non-empty "K-Network-Hash" header')
+            return
+        ex.respond(200, b"", b"K-Network-Hash: " + h + b"\r\n")
+
+    # -- completion ------------------------------------------------------------------------
+    def _done(self, ex: Exchange) -> None:
+        code = ex.ctx
+        now = self.loop.time()
+        if code & _PROXIED:
+            self.stats.proxied_out(now)
+        else:
+            self.stats.req_out(now)
+        if code & _SLOT:
+            assert self.breaker is not None
+            self.breaker.release()
+        if self._needs_done:
+            self._observe(ex, now, ex.start)
+
+    def _done_queued(self, ex: Exchange) -> None:
+        q: _Queued = ex.ctx
+        now = self.loop.time()
+        if q.proxied:
+            self.stats.proxied_out(now)
+        else:
+            self.stats.req_out(now)
+        if q.granted:
+            assert self.breaker is not None
+            self.breaker.release()
+        elif q.waiter is not None:
+            q.waiter.cancel()
+        if self._needs_done:
+            self._observe(ex, now, ex.start)
+
+    def _log_only(self, ex: Exchange) -> None:
+        if self.request_log is not None:
+            self._log_request(ex, self.loop.time())
+
+    def _observe(self, ex: Exchange, now: float, start: float) -> None:
+        d = self.duration
+        if d is not None and ex.resp_status:
+            labels = self._status_labels.get(ex.resp_status)
+            if labels is None:
+                labels = self._status_labels[ex.resp_status] = (str(ex.resp_status),)
+            d.observe(now - start, labels)
+        if self.request_log is not None:
+            self._log_request(ex, now)
+
+    def _log_request(self, ex: Exchange, now: float) -> None:
+        from dataplane.reqlog import (
+            LogContext,
+            LogRequest,
+            LogResponse,
+            LogRevision,
+            fallback_line,
+            trace_id_from_headers,
+        )
+
+        assert self.request_log is not None
+        hdr = ex.hdr
+        clen_raw = hdr.get(b"content-length")
+        if ex.req_chunked:
+            clen = -1
+        elif clen_raw is not None:
+            clen = int(clen_raw)
+        else:
+            clen = 0
+        peer = ex.conn.transport.get_extra_info("peername") if not ex.conn.closed else None
+        remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ex.conn.peer.decode()
+        method = ex.method.decode("latin-1")
+        uri = ex.target.decode("latin-1")
+        code = ex.resp_status or 200
+        latency = now - ex.start
+        f = self.log_fields
+        ctx = LogContext(
+            Request=LogRequest(
+                Method=method,
+                RequestURI=uri,
+                ContentLength=clen,
+                UserAgent=(hdr.get(b"user-agent") or b"").decode("latin-1"),
+                RemoteAddr=remote,
+                Referer=(hdr.get(b"referer") or b"").decode("latin-1"),
+                Proto="HTTP/" + ex.version,
+                Host=(hdr.get(b"host") or b"").decode("latin-1"),
+            ),
+            Response=LogResponse(Code=code, Size=ex.resp_size, Latency=latency),
+            Revision=LogRevision(
+                Name=f.get("revision", ""),
+                Namespace=f.get("namespace", ""),
+                Service=f.get("service", ""),
+                Configuration=f.get("configuration", ""),
+                PodName=f.get("pod", ""),
+                PodIP=f.get("pod_ip", ""),
+            ),
+            TraceID=trace_id_from_headers(hdr.get(b"traceparent"), hdr.get(b"x-b3-traceid")),
+        )
+        try:
+            line = self.request_log.render(ctx)
+        except Exception:
+            line = fallback_line(method, code, latency, uri)
+        self._write_log(line)
+
+
+def _stdout_writer() -> Callable[[str], None]:
+    def write(line: str) -> None:
+        data = line.encode()
+        try:
+            while data:
+                n = os.write(1, data)
+                data = data[n:]
+        except OSError:
+            pass
+
+    return write

@@ -1,0 +1,311 @@
+"""``queue-proxy`` entry point: read Knative's env contract, serve the four ports, drain on SIGTERM.
+
+Ports (Knative SPEC §1.1): main ``QUEUE_SERVING_PORT`` (the data path), admin 8022
+(``/wait-for-drain``), 9090 (``/metrics``: the autoscaling ``Stat`` protobuf) and, when
+``OBSERVABILITY_CONFIG`` asks for Prometheus request metrics, 9091 (``/metrics`` text). The
+admin and metrics ports can be moved with ``QUEUE_ADMIN_PORT``, ``QUEUE_METRICS_PORT`` and
+``QUEUE_USER_METRICS_PORT`` so that several pods can share one host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+
+from dataplane.breaker import Breaker
+from dataplane.envconfig import ConfigError
+from dataplane.logs import setup_logging
+from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.statpb import Stat, encode_stat
+from dataplane.stats import RequestStats
+from dataplane.timeouts import TimeoutPolicy
+from dataplane.upstream import UpstreamPool
+
+from .drain import Drainer
+from .env import Env, parse_env
+from .handler import QueueProxyHandler
+from .readiness import ProbeConfigError, ReadinessProber, parse_readiness_probe
+
+__all__ = ["QueueProxy", "main"]
+
+log = logging.getLogger("queueproxy")
+
+_PROTOBUF = b"Content-Type: application/protobuf\r\n"
+_CERT_DIR = "/var/lib/knative/certs"
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+
+def _not_found(ex: Exchange) -> None:
+    ex.error(404, "404 page not found")
+
+
+class QueueProxy:
+    """The running sidecar: servers, stats reporter and shutdown sequence."""
+
+    def __init__(self, env: Env, loop: asyncio.AbstractEventLoop) -> None:
+        self.env = env
+        self.loop = loop
+        self.started = time.monotonic()
+        self.sigterm = False
+        self.stopped = loop.create_future()
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        cc = env.container_concurrency
+        self.breaker = Breaker(10 * cc, cc, cc) if cc >= 1 else None
+        self.stats = RequestStats(loop.time())
+        self.stat_bytes = encode_stat(Stat(pod_name=env.pod))
+        self.drainer = Drainer(env.drain_quiet_period, loop=loop)
+        probes = parse_readiness_probe(
+            env.readiness_probe,
+            multi_container=env.multi_container_probes,
+            user_port=env.user_port,
+        )
+        self.prober = ReadinessProber(probes, log=lambda m: log.warning(m))
+        self.pool = UpstreamPool(
+            env.user_host, env.user_port, max_idle=cc if cc >= 1 else 1000, loop=loop
+        )
+        obs = env.observability
+        self.registry = None
+        duration = None
+        if obs.request_metrics_protocol == "prometheus":
+            from dataplane.promtext import Gauge, Histogram, Registry
+
+            self.registry = Registry()
+            duration = Histogram(
+                "kn_serving_invocation_duration_seconds",
+                "The duration of the invocation of the user container, as seen by the queue-proxy",
+                _DURATION_BUCKETS,
+                ("http_response_status_code",),
+            )
+            self.registry.add(duration)
+            b = self.breaker
+            if b is not None:
+                self.registry.add(
+                    Gauge(
+                        "kn_serving_queue_depth",
+                        "Requests admitted by the breaker: executing plus waiting",
+                        fn=lambda: [((), float(b.in_flight))],
+                    )
+                )
+        request_log = None
+        if obs.enable_request_log:
+            from dataplane.reqlog import RequestLogTemplate, TemplateError
+
+            try:
+                request_log = RequestLogTemplate(obs.request_log_template)
+            except TemplateError as e:
+                log.error("request log disabled: invalid requestLogTemplate: %s", e)
+        self.handler = QueueProxyHandler(
+            loop=loop,
+            pool=self.pool,
+            breaker=self.breaker,
+            stats=self.stats,
+            prober=self.prober,
+            drainer=self.drainer,
+            timeouts=TimeoutPolicy(
+                env.revision_timeout, env.response_start_timeout, env.idle_timeout
+            ),
+            duration=duration,
+            request_log=request_log,
+            log_probes=obs.enable_probe_request_log,
+            log_fields={
+                "revision": env.revision,
+                "namespace": env.namespace,
+                "service": env.service,
+                "configuration": env.configuration,
+                "pod": env.pod,
+                "pod_ip": env.pod_ip,
+            },
+        )
+        base = {"max_header_bytes": env.max_header_bytes, "header_timeout": env.header_timeout}
+        self.main_server = HTTPServer(
+            self.handler,
+            ServerConfig(
+                timeout_body=b"request timeout",
+                restore_original_host=True,
+                forwarded_shim=True,
+                tunnel_drain_timeout=env.hijack_drain_timeout,
+                **base,  # type: ignore[arg-type]
+            ),
+            loop=loop,
+        )
+        self.admin_server = HTTPServer(self._admin, ServerConfig(**base), loop=loop)  # type: ignore[arg-type]
+        self.metrics_server = HTTPServer(self._metrics, ServerConfig(**base), loop=loop)  # type: ignore[arg-type]
+        self.user_metrics_server: HTTPServer | None = None
+        if self.registry is not None:
+            self.user_metrics_server = HTTPServer(
+                self._user_metrics,
+                ServerConfig(**base),  # type: ignore[arg-type]
+                loop=loop,
+            )
+        self._report_handle: asyncio.TimerHandle | None = None
+
+    # -- servers ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        env = self.env
+        host = env.bind_host or None
+        listeners: list[tuple[HTTPServer, int, str]] = [
+            (self.main_server, env.serving_port, "QUEUE_SERVING_PORT"),
+            (self.admin_server, env.admin_port, "QUEUE_ADMIN_PORT"),
+            (self.metrics_server, env.metrics_port, "QUEUE_METRICS_PORT"),
+        ]
+        if self.user_metrics_server is not None:
+            port = env.user_metrics_port
+            ep = env.observability.request_metrics_endpoint
+            if ep and "QUEUE_USER_METRICS_PORT" not in os.environ:
+                try:
+                    port = int(ep.rsplit(":", 1)[-1])
+                except ValueError:
+                    raise ConfigError(
+                        f"OBSERVABILITY_CONFIG: requestMetrics.endpoint {ep!r} has no port"
+                    ) from None
+            listeners.append((self.user_metrics_server, port, "QUEUE_USER_METRICS_PORT"))
+        for server, port, name in listeners:
+            try:
+                await server.start(host, port)
+            except OSError as e:
+                raise ConfigError(
+                    f"{name}: cannot listen on {host or ''}:{port}: {e.strerror or e}"
+                ) from None
+        if os.path.exists(f"{_CERT_DIR}/tls.crt") and os.path.exists(f"{_CERT_DIR}/tls.key"):
+            log.warning(
+                "certificates found in %s but TLS serving is not implemented yet; "
+                "serving plain HTTP only",
+                _CERT_DIR,
+            )
+        self._report_handle = self.loop.call_later(1.0, self._report)
+
+    def _report(self) -> None:
+        now = self.loop.time()
+        r = self.stats.report(now)
+        self.stat_bytes = encode_stat(
+            Stat(
+                pod_name=self.env.pod,
+                average_concurrent_requests=r.average_concurrency,
+                average_proxied_concurrent_requests=r.average_proxied_concurrency,
+                request_count=r.request_count,
+                proxied_request_count=r.proxied_request_count,
+                process_uptime=time.monotonic() - self.started,
+            )
+        )
+        self._report_handle = self.loop.call_later(1.0, self._report)
+
+    # -- small servers ---------------------------------------------------------------------
+    def _metrics(self, ex: Exchange) -> None:
+        if ex.path == b"/metrics":
+            ex.respond(200, self.stat_bytes, _PROTOBUF)
+        else:
+            _not_found(ex)
+
+    def _user_metrics(self, ex: Exchange) -> None:
+        if ex.path == b"/metrics" and self.registry is not None:
+            from dataplane.promtext import CONTENT_TYPE
+
+            ex.respond(200, self.registry.render(), b"Content-Type: " + CONTENT_TYPE + b"\r\n")
+        else:
+            _not_found(ex)
+
+    def _admin(self, ex: Exchange) -> None:
+        if ex.path != b"/wait-for-drain":
+            _not_found(ex)
+            return
+        t = self.loop.create_task(self._wait_for_drain(ex))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _wait_for_drain(self, ex: Exchange) -> None:
+        # The user container's preStop hook. If no SIGTERM reaches us within a second, the
+        # preStop came from a liveness-probe restart of the user container: undo the drain.
+        def check() -> None:
+            if not self.sigterm:
+                log.info("no SIGTERM within 1s of /wait-for-drain: resetting the drain")
+                self.drainer.reset()
+
+        handle = self.loop.call_later(1.0, check)
+        try:
+            await self.drainer.drain()
+        finally:
+            handle.cancel()
+        ex.respond(200)
+
+    # -- shutdown --------------------------------------------------------------------------
+    def on_signal(self, sig: int) -> None:
+        if self._shutdown_task is None:
+            quick = sig == signal.SIGINT
+            self._shutdown_task = self.loop.create_task(self.shutdown(quick=quick))
+
+    async def shutdown(self, *, quick: bool = False) -> None:
+        self.sigterm = True
+        if quick:
+            log.info("interrupted: shutting down without the drain quiet period")
+            self.drainer.draining = True
+        else:
+            log.info(
+                "received TERM signal, draining: probes now fail; waiting for %.0fs without "
+                "requests before shutting down",
+                self.env.drain_quiet_period,
+            )
+            await self.drainer.drain()
+        servers = [self.main_server, self.admin_server, self.metrics_server]
+        if self.user_metrics_server is not None:
+            servers.append(self.user_metrics_server)
+        await asyncio.gather(*(s.shutdown() for s in servers))
+        if self._report_handle is not None:
+            self._report_handle.cancel()
+        self.pool.close()
+        log.info("shutdown complete")
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+
+async def _serve(env: Env) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        qp = QueueProxy(env, loop)
+        await qp.start()
+    except (ConfigError, ProbeConfigError) as e:
+        print(f"queue-proxy: {e}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, qp.on_signal, sig)
+    log.info(
+        "queue-proxy serving",
+        extra={
+            "port": env.serving_port,
+            "user_port": env.user_port,
+            "container_concurrency": env.container_concurrency,
+        },
+    )
+    await qp.stopped
+    return 0
+
+
+def run(environ: Mapping[str, str]) -> int:
+    try:
+        env = parse_env(environ)
+    except ConfigError as e:
+        print(f"queue-proxy: {e}", file=sys.stderr)
+        return 1
+    setup_logging(
+        env.logging_level,
+        {"knative.dev/key": f"{env.namespace}/{env.revision}", "knative.dev/pod": env.pod},
+    )
+    try:
+        import uvloop
+
+        return int(uvloop.run(_serve(env)))
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(_serve(env))
+
+
+def main() -> None:
+    sys.exit(run(os.environ))
+
+
+if __name__ == "__main__":
+    main()
