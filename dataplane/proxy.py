@@ -490,7 +490,7 @@ class Exchange:
         pool = self.pool
         assert pool is not None
         if (
-            up.parser.should_keep_alive()
+            up.keep_alive
             and self.body_done
             and not self.upgrade
             and not up.closed

@@ -53,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "in_trailers",
         "interim",
+        "keep_alive",
         "parser",
         "pool",
         "read_paused",
@@ -97,6 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_trailers = False
         self.trailers: list[bytes] | None = None
         self.resp_complete = False
+        self.keep_alive = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -189,6 +191,8 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.relay_interim(self, status)
             return
         self.in_trailers = True
+        # Read now: once the message completes the parser state is reset.
+        self.keep_alive = self.parser.should_keep_alive()
         ex.response_head(self, status)
 
     def on_body(self, body: bytes) -> None:
