@@ -26,7 +26,9 @@ Supported template subset
 * Functions ``js`` (Go's ``JSEscapeString``), ``html`` (``HTMLEscapeString``), ``urlquery``
   (``url.QueryEscape``), ``print`` (``fmt.Sprint``), ``printf`` (``fmt.Sprintf``) and ``len``
   (length in UTF-8 bytes of a string), in call form ``{{js .X}}``, pipeline form
-  ``{{.X | js}}`` and parenthesised ``{{js (print .A .B)}}``.
+  ``{{.X | js}}`` and parenthesised ``{{js (print .A .B)}}``. Like Go's, ``js`` escapes ``'`` as
+  ``\\'``, which JSON does not accept: a User-Agent with an apostrophe makes the default template's
+  line invalid JSON, in Knative too.
 * ``printf`` takes a literal format with the verbs ``%s %d %v %q %f %.Nf %%``. As in Go, an
   operand of the wrong type renders ``%!d(string=GET)``, a missing one ``%!d(MISSING)``, extra
   ones ``%!(EXTRA int=200)``.
@@ -49,7 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final, TypeAlias, cast
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -200,19 +202,22 @@ def _js(s: str) -> str:
     )
 
 
-_HTML_TABLE: Final[dict[int, str]] = {
-    0: "\ufffd",
-    ord('"'): "&#34;",
-    ord("'"): "&#39;",
-    ord("&"): "&amp;",
-    ord("<"): "&lt;",
-    ord(">"): "&gt;",
-}
+_HTML_SPECIAL_BYTES: Final = b"\x00\"'&<>"
 
 
 def _html(s: str) -> str:
-    """Go's ``template.HTMLEscapeString``."""
-    return s.translate(_HTML_TABLE)
+    """Go's ``template.HTMLEscapeString`` (NUL becomes U+FFFD)."""
+    b = s.encode("utf-8", "surrogatepass")
+    if len(b.translate(None, _HTML_SPECIAL_BYTES)) == len(b):
+        return s
+    return (
+        s.replace("&", "&amp;")
+        .replace("'", "&#39;")
+        .replace('"', "&#34;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\x00", "\ufffd")
+    )
 
 
 _URL_SAFE: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
@@ -421,7 +426,7 @@ class _Code:
         self.src = src
 
 
-_Part = str | _Code  # a plain str part is literal text
+_Part: TypeAlias = str | _Code  # a plain str part is literal text
 
 
 class _Val:
@@ -440,7 +445,11 @@ class _Val:
 
 
 class _Tok:
-    """A token inside an action: field, string, ident, pipe, lparen or rparen."""
+    """A token inside an action: field, string, ident, pipe, lparen, rparen or error.
+
+    An ``error`` token is a construct outside the subset (its text is the problem); it is raised
+    when the parser reaches it, so the first problem in reading order is the one reported.
+    """
 
     __slots__ = ("kind", "offset", "text")
 
@@ -552,21 +561,18 @@ def _lex_action(src: str, p: int, start: int) -> tuple[list[_Tok], int, bool]:
             toks.append(_Tok("string", src[p + 1 : q].replace("\r", ""), p))
             p = q + 1
         elif c == ".":
-            q = p
-            while q < n and src[q] == "." and q + 1 < n and _is_name_char(src[q + 1]):
-                q += 1
-                if src[q].isdigit():
-                    raise TemplateError("unsupported number literal", p)
+            if p + 1 < n and src[p + 1].isdigit():
+                p = _unsupported(toks, "unsupported number literal", src, p)
+                continue
+            q = p  # a field chain: (.Name)+
+            while q + 1 < n and src[q] == "." and _is_name_char(src[q + 1]):
+                q += 2
                 while q < n and _is_name_char(src[q]):
                     q += 1
             if q == p:
-                if p + 1 < n and src[p + 1].isdigit():
-                    raise TemplateError("unsupported number literal", p)
-                raise TemplateError(
-                    'unsupported use of "." (the whole context); use a field such as '
-                    ".Request.Method",
-                    p,
-                )
+                toks.append(_Tok("error", _BARE_DOT, p))
+                p += 1
+                continue
             _check_terminator(src, q, src[p:q])
             toks.append(_Tok("field", src[p:q], p))
             p = q
@@ -581,15 +587,33 @@ def _lex_action(src: str, p: int, start: int) -> tuple[list[_Tok], int, bool]:
             q = p + 1
             while q < n and _is_name_char(src[q]):
                 q += 1
-            raise TemplateError(f'unsupported variable "{src[p:q]}"', p)
+            toks.append(_Tok("error", f'unsupported variable "{src[p:q]}"', p))
+            p = q
         elif c.isdigit() or c in "+-":
-            raise TemplateError("unsupported number literal", p)
+            p = _unsupported(toks, "unsupported number literal", src, p)
         elif c == "'":
-            raise TemplateError("unsupported character constant", p)
+            q = p + 1
+            while q < n and src[q] not in "'\n":
+                q += 2 if src[q] == "\\" else 1
+            toks.append(_Tok("error", "unsupported character constant", p))
+            p = q + 1
         elif c in ":=":
-            raise TemplateError("unsupported variable declaration or assignment", p)
+            toks.append(_Tok("error", "unsupported variable declaration or assignment", p))
+            p += 2 if src.startswith(":=", p) else 1
         else:
             raise TemplateError(f"unexpected {c!r} in action", p)
+
+
+_BARE_DOT: Final = 'unsupported use of "." (the whole context); use a field such as .Request.Method'
+
+
+def _unsupported(toks: list[_Tok], problem: str, src: str, p: int) -> int:
+    """Record a number-like word as an error token (raised if the parser reaches it)."""
+    q = p + 1
+    while q < len(src) and (_is_name_char(src[q]) or src[q] in ".+-"):
+        q += 1
+    toks.append(_Tok("error", problem, p))
+    return q
 
 
 def _check_terminator(src: str, q: int, word: str) -> None:
@@ -703,7 +727,7 @@ class _Compiler:
 
     # ---- template structure -----------------------------------------------------------------
 
-    def parse_list(self, inside: str) -> tuple[list[_Part], str, int]:
+    def parse_list(self, inside: str = "", opened_at: int = 0) -> tuple[list[_Part], str, int]:
         """Parts up to ``{{else}}``/``{{end}}`` (inside an if) or the end of the template."""
         parts: list[_Part] = []
         while self.i < len(self.items):
@@ -716,6 +740,8 @@ class _Compiler:
             if not toks:
                 raise TemplateError("missing value for command (empty action)", item.offset)
             head = toks[0]
+            if head.kind == "error":
+                raise TemplateError(head.text, head.offset)
             keyword = head.text if head.kind == "ident" else ""
             if keyword in ("else", "end"):
                 if not inside:
@@ -732,7 +758,7 @@ class _Compiler:
                 self.expect_end()
                 parts.extend(_str_parts(value))
         if inside:
-            raise TemplateError(f"unexpected end of template: missing {{{{end}}}} for {inside}")
+            raise TemplateError(f"missing {{{{end}}}} for {{{{{inside}}}}}", opened_at)
         return parts, "", len(self.items)
 
     def parse_if(self, toks: list[_Tok], first: int) -> list[_Part]:
@@ -743,7 +769,7 @@ class _Compiler:
             raise TemplateError("missing value for if", if_offset)
         cond = self.pipeline()
         self.expect_end()
-        then_parts, term, term_offset = self.parse_list("if")
+        then_parts, term, term_offset = self.parse_list("if", if_offset)
         else_parts: list[_Part] = []
         if term == "else":
             rest = self.toks[1:]
@@ -754,7 +780,7 @@ class _Compiler:
                     raise TemplateError(f'unsupported action "else {rest[0].text}"', rest[0].offset)
                 raise TemplateError("unexpected operand after else", rest[0].offset)
             else:
-                else_parts, term, term_offset = self.parse_list("else")
+                else_parts, term, term_offset = self.parse_list("else", term_offset)
                 if term == "else":
                     raise TemplateError("expected {{end}}; found {{else}}", term_offset)
         if term == "end" and len(self.toks) > 1:
@@ -778,6 +804,8 @@ class _Compiler:
     def expect_end(self) -> None:
         tok = self.peek()
         if tok is not None:
+            if tok.kind == "error":
+                raise TemplateError(tok.text, tok.offset)
             what = "right paren" if tok.kind == "rparen" else repr(tok.text)
             raise TemplateError(f"unexpected {what} in action", tok.offset)
 
@@ -838,6 +866,8 @@ class _Compiler:
         if tok.kind == "ident":
             self.check_function(tok)
             return tok
+        if tok.kind == "error":
+            raise TemplateError(tok.text, tok.offset)
         raise TemplateError(f"unexpected {tok.text!r} in operand", tok.offset)
 
     def check_function(self, tok: _Tok) -> None:
@@ -987,14 +1017,13 @@ class RequestLogTemplate:
         self.source = template
         # Knative appends the newline to the template text before parsing it.
         text = template if template.endswith("\n") else template + "\n"
-        compiler = _Compiler(text)
-        parts, _, _ = compiler.parse_list("")
-        self.python_source = f"def _render(c):\n    return {_expr(parts)}\n"
-        namespace: dict[str, object] = dict(_RUNTIME)
         try:
+            parts, _, _ = _Compiler(text).parse_list()
+            self.python_source = f"def _render(c):\n    return {_expr(parts)}\n"
             code = compile(self.python_source, "<request-log-template>", "exec")
         except (SyntaxError, RecursionError, MemoryError) as err:  # pathological nesting
-            raise TemplateError(f"template too complex to compile ({err})") from None
+            raise TemplateError(f"template nested too deeply ({type(err).__name__})") from None
+        namespace: dict[str, object] = dict(_RUNTIME)
         exec(code, namespace)
         self._render = cast(Callable[[LogContext], str], namespace["_render"])
 

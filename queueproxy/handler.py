@@ -248,7 +248,7 @@ class QueueProxyHandler:
         peer = ex.conn.transport.get_extra_info("peername") if not ex.conn.closed else None
         remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ex.conn.peer.decode()
         method = ex.method.decode("latin-1")
-        uri = ex.target.decode("latin-1")
+        uri = ex.target.decode("utf-8", "surrogateescape")
         code = ex.resp_status or 200
         latency = now - ex.start
         f = self.log_fields
@@ -257,11 +257,11 @@ class QueueProxyHandler:
                 Method=method,
                 RequestURI=uri,
                 ContentLength=clen,
-                UserAgent=(hdr.get(b"user-agent") or b"").decode("latin-1"),
+                UserAgent=(hdr.get(b"user-agent") or b"").decode("utf-8", "surrogateescape"),
                 RemoteAddr=remote,
-                Referer=(hdr.get(b"referer") or b"").decode("latin-1"),
+                Referer=(hdr.get(b"referer") or b"").decode("utf-8", "surrogateescape"),
                 Proto="HTTP/" + ex.version,
-                Host=(hdr.get(b"host") or b"").decode("latin-1"),
+                Host=(hdr.get(b"host") or b"").decode("utf-8", "surrogateescape"),
             ),
             Response=LogResponse(Code=code, Size=ex.resp_size, Latency=latency),
             Revision=LogRevision(
@@ -283,7 +283,7 @@ class QueueProxyHandler:
 
 def _stdout_writer() -> Callable[[str], None]:
     def write(line: str) -> None:
-        data = line.encode()
+        data = line.encode("utf-8", "surrogateescape")
         try:
             while data:
                 n = os.write(1, data)

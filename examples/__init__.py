@@ -1,0 +1,1 @@
+"""Sample user apps and launchers."""
