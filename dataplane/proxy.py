@@ -61,6 +61,7 @@ P_UPSTREAM = 2  # upstream cannot take more (its transport paused writing)
 P_PIPELINE = 4  # a pipelined request waits for the current one
 
 _DISCARD_LIMIT = 256 * 1024
+_SWEEP_INTERVAL = 0.05
 
 
 class _ParseLimit(Exception):
@@ -116,6 +117,7 @@ class Exchange:
         "closing",
         "conn",
         "ctx",
+        "deadline",
         "deadlines",
         "done",
         "early",
@@ -143,7 +145,6 @@ class Exchange:
         "sent_continue",
         "start",
         "target",
-        "timer",
         "tunnel_eofs",
         "upgrade",
         "upstream",
@@ -182,8 +183,8 @@ class Exchange:
         self.closing = False
         self.out: list[bytes] = []
         self.last_write: float | None = None
+        self.deadline = 0.0  # next time the server's sweep must look at this exchange; 0: none
         self.deadlines: RequestDeadlines | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.on_done: Callable[[Exchange], None] | None = None
         self.ctx: Any = None
         self.done = False
@@ -260,13 +261,24 @@ class Exchange:
 
     # -- proxying --------------------------------------------------------------------------
     def set_timeouts(self, policy: TimeoutPolicy) -> None:
-        """Start the total/response-start/idle timers of this exchange (from its start)."""
-        if not policy.enabled or self.done:
+        """Start the total/response-start/idle limits of this exchange (from its start).
+
+        No timer per request: the server sweeps its timed exchanges every 50 ms, so a limit
+        fires within 50 ms after it passes. The common total-only policy costs one float.
+        """
+        if self.done:
             return
-        self.deadlines = d = RequestDeadlines(policy, self.start)
-        when = d.next_deadline(None)
-        if when is not None:
-            self.timer = self.conn.loop.call_at(when, self._on_timer)
+        if policy.response_start > 0 or policy.idle > 0:
+            self.deadlines = d = RequestDeadlines(policy, self.start)
+            when = d.next_deadline(None)
+            if when is None:
+                return
+            self.deadline = when
+        elif policy.total > 0:
+            self.deadline = self.start + policy.total
+        else:
+            return
+        self.conn.server.watch(self)
 
     def proxy(
         self, pool: UpstreamPool, *, host: bytes | None = None, extra_headers: bytes = b""
@@ -345,7 +357,7 @@ class Exchange:
                 host = hdr.get(b"host", b"")
         parts = [self.method, b" ", self.target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
         ctoks = hdr.get(b"connection")
-        if ctoks is not None:
+        if ctoks is not None and ctoks.lower() not in _BASIC_CONN_TOKENS:
             extra = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
             if extra:
                 out = self.hdr_out
@@ -437,7 +449,11 @@ class Exchange:
         self.resp_mode = mode
         parts = [status_line(status)]
         rconn = up.resp_conn
-        if rconn is not None and (connection_tokens(rconn) - _BASIC_CONN_TOKENS):
+        if (
+            rconn is not None
+            and rconn.lower() not in _BASIC_CONN_TOKENS
+            and (connection_tokens(rconn) - _BASIC_CONN_TOKENS)
+        ):
             extra = connection_tokens(rconn)
             out = up.resp_out
             for i in range(0, len(out), 4):
@@ -562,10 +578,10 @@ class Exchange:
         if not self.upgrade or up.parser.get_status_code() != 101:
             self.upstream_failed(up, "unexpected protocol switch from upstream")
             return
-        if self.timer is not None:
+        if self.deadline:
             # Upgraded connections outlive the request timeouts (like a hijacked Go conn).
-            self.timer.cancel()
-            self.timer = None
+            conn.server.timed.discard(self)
+            self.deadline = 0.0
         self.deadlines = None
         self.resp_status = 101
         self.resp_started = True
@@ -606,17 +622,16 @@ class Exchange:
         self._finish()
 
     # -- timers ----------------------------------------------------------------------------
-    def _on_timer(self) -> None:
-        self.timer = None
-        d = self.deadlines
-        if self.done or d is None:
+    def check_deadline(self, now: float) -> None:
+        """Called by the server's sweep once ``now`` has reached ``self.deadline``."""
+        if self.done:
             return
-        loop = self.conn.loop
-        now = loop.time()
-        if not d.expired(now, self.last_write):
+        d = self.deadlines
+        if d is not None and not d.expired(now, self.last_write):
             when = d.next_deadline(self.last_write)
-            if when is not None:
-                self.timer = loop.call_at(max(when, now + 0.001), self._on_timer)
+            self.deadline = when if when is not None else 0.0
+            if not self.deadline:
+                self.conn.server.timed.discard(self)
             return
         self.timed_out()
 
@@ -662,9 +677,8 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.deadline:
+            self.conn.server.timed.discard(self)
         cb = self.on_done
         if cb is not None:
             self.on_done = None
@@ -704,6 +718,7 @@ class ServerConnection(asyncio.Protocol):
         "active",
         "closed",
         "discarded",
+        "failed",
         "header_tick",
         "loop",
         "parser",
@@ -737,6 +752,7 @@ class ServerConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.upgrade_pending = False
         self._dispatching = False
+        self.failed: tuple[int, str] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -753,6 +769,8 @@ class ServerConnection(asyncio.Protocol):
             return
         if self.upgrade_pending:
             self._early_data(data)
+            return
+        if self.failed is not None:
             return
         try:
             self.parser.feed_data(data)
@@ -953,10 +971,13 @@ class ServerConnection(asyncio.Protocol):
             while self.active is None and self.pending and not self.closed:
                 nxt = self.pending.popleft()
                 self._dispatch(nxt)
-            if not self.pending:
+            if not self.pending and self.failed is None:
                 self.resume(P_PIPELINE)
         finally:
             self._dispatching = False
+        if self.active is None and not self.pending and self.failed is not None:
+            self._write_error_and_close(*self.failed)
+            return
         if (
             self.active is None
             and self.parsing is None
@@ -996,31 +1017,32 @@ class ServerConnection(asyncio.Protocol):
             status, reason = 400, "malformed request: " + str(e)
         ex = self.parsing
         self.parsing = None
-        self.pending.clear()
         active = self.active
-        if active is not None and not active.done:
-            if ex is active:
-                # The body of the request being proxied is malformed: abort it.
-                up = active.upstream
-                if up is not None:
-                    active.upstream = None
-                    up.abort()
-                if not active.resp_started:
-                    active.keep_alive = False
-                    active.error(400, reason)
-                else:
-                    active.closing = True
-                    self.close()
-                    active._finish()
-                return
-            # A pipelined request behind the active one is malformed: finish the active one,
-            # then close.
-            active.keep_alive = False
-            self.pause(P_PIPELINE)
+        if ex is not None and ex is active and not ex.done:
+            # The body of the request being served is malformed: abort it.
+            up = ex.upstream
+            if up is not None:
+                ex.upstream = None
+                up.abort()
+            if not ex.resp_started:
+                ex.keep_alive = False
+                ex.error(400, reason)
+            else:
+                ex.closing = True
+                self.close()
+                ex._finish()
             return
-        self._write_error_and_close(status, reason)
+        if ex is not None and self.pending and self.pending[-1] is ex:
+            self.pending.pop()  # a queued request whose body turned out malformed
+        # Requests parsed before the bad bytes are answered first; then the error, then close.
+        self.failed = (status, reason)
+        self.pause(P_PIPELINE)
+        if self.active is None and not self.pending:
+            self._write_error_and_close(status, reason)
 
     def _write_error_and_close(self, status: int, reason: str) -> None:
+        if self.closed:
+            return
         body = reason.encode() + b"\n"
         self.transport.write(
             status_line(status) + error_body_headers(body) + b"Connection: close\r\n\r\n" + body
@@ -1070,6 +1092,8 @@ class HTTPServer:
         self.shutting_down = False
         self.tick = 1
         self.date = DateCache()
+        self.timed: set[Exchange] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.TimerHandle | None = None
 
@@ -1088,10 +1112,25 @@ class HTTPServer:
 
     @property
     def port(self) -> int:
-        srv = self._server
-        assert isinstance(srv, asyncio.Server)
-        socks = srv.sockets
+        socks = getattr(self._server, "sockets", None)
         return int(socks[0].getsockname()[1]) if socks else 0
+
+    def watch(self, ex: Exchange) -> None:
+        """Have the deadline sweep look after ``ex`` (see ``Exchange.set_timeouts``)."""
+        self.timed.add(ex)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        due = [ex for ex in self.timed if ex.deadline <= now]
+        for ex in due:
+            try:
+                ex.check_deadline(now)
+            except Exception:
+                log.exception("timeout handling failed")
+                self.timed.discard(ex)
+        self._sweeper = self.loop.call_later(_SWEEP_INTERVAL, self._sweep) if self.timed else None
 
     def _tick(self) -> None:
         self.tick += 1
@@ -1136,5 +1175,8 @@ class HTTPServer:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             await self._server.wait_closed()
