@@ -160,13 +160,17 @@ class Breaker:
         waiters = self._waiters
         while waiters and self._in_use < self._capacity:
             w = waiters.popleft()
-            if w.state == 2:
-                self._cancelled_waiting -= 1
+            if w.state != 0:
+                if w.state == 2:
+                    self._cancelled_waiting -= 1
                 continue
             w.state = 1
             self._in_use += 1
             w.callback()
 
     def _compact(self) -> None:
-        self._waiters = deque(w for w in self._waiters if w.state == 0)
+        # In place: _grant may be iterating this very deque (a grant callback can cancel).
+        live = [w for w in self._waiters if w.state == 0]
+        self._waiters.clear()
+        self._waiters.extend(live)
         self._cancelled_waiting = 0

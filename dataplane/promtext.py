@@ -47,8 +47,10 @@ class _Metric:
         self.help = help_text
         self.label_names = labels
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+    def header(self, name: str | None = None) -> list[str]:
+        n = name or self.name
+        h = self.help.replace("\\", "\\\\").replace("\n", "\\n")
+        return [f"# HELP {n} {h}", f"# TYPE {n} {self.kind}"]
 
     def render(self) -> list[str]:
         raise NotImplementedError
@@ -67,7 +69,7 @@ class Counter(_Metric):
         self.values[labels] = self.values.get(labels, 0.0) + amount
 
     def render(self) -> list[str]:
-        out = self.header()
+        out = self.header(self.name + "_total")
         for lv, v in sorted(self.values.items()):
             out.append(f"{self.name}_total{_labels(self.label_names, lv)} {_num(v)}")
         return out

@@ -123,7 +123,7 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
-            return result, pos
+            return result & 0xFFFFFFFFFFFFFFFF, pos
         shift += 7
         if shift >= 70:
             raise DecodeError("varint too long")
@@ -137,8 +137,8 @@ def _fields(buf: bytes) -> list[tuple[int, int, object]]:
     while pos < end:
         key, pos = _read_varint(buf, pos)
         num, wt = key >> 3, key & 7
-        if num == 0:
-            raise DecodeError("field number 0")
+        if num == 0 or num > 0x1FFFFFFF:
+            raise DecodeError(f"invalid field number {num}")
         value: object
         if wt == 0:
             value, pos = _read_varint(buf, pos)
@@ -158,10 +158,44 @@ def _fields(buf: bytes) -> list[tuple[int, int, object]]:
                 raise DecodeError("truncated fixed32")
             value = None
             pos += 4
+        elif wt == 3:
+            pos = _skip_group(buf, pos, num)
+            continue
         else:
             raise DecodeError(f"unsupported wire type {wt}")
         out.append((num, wt, value))
     return out
+
+
+def _skip_group(buf: bytes, pos: int, num: int) -> int:
+    """Skip an (unknown, deprecated) group up to its matching end tag."""
+    end = len(buf)
+    while True:
+        if pos >= end:
+            raise DecodeError("truncated group")
+        key, pos = _read_varint(buf, pos)
+        n, wt = key >> 3, key & 7
+        if n == 0 or n > 0x1FFFFFFF:
+            raise DecodeError(f"invalid field number {n}")
+        if wt == 4:
+            if n != num:
+                raise DecodeError("mismatched end-group tag")
+            return pos
+        if wt == 0:
+            _, pos = _read_varint(buf, pos)
+        elif wt == 1:
+            pos += 8
+        elif wt == 2:
+            ln, pos = _read_varint(buf, pos)
+            pos += ln
+        elif wt == 3:
+            pos = _skip_group(buf, pos, n)
+        elif wt == 5:
+            pos += 4
+        else:
+            raise DecodeError(f"unsupported wire type {wt}")
+        if pos > end:
+            raise DecodeError("truncated group")
 
 
 def _str(v: object) -> str:

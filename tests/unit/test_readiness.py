@@ -537,4 +537,4 @@ def test_no_third_party_imports() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     ).stdout
     added = set(json.loads(out))
-    assert added <= {"queueproxy", "queueproxy.readiness"}, added
+    assert added <= {"__future__", "queueproxy", "queueproxy.readiness"}, added
