@@ -1,0 +1,52 @@
+"""Command line: ``python -m benchmarks <scenario> [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+from benchmarks import _procs
+
+
+def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
+    """Scenario name -> (one-line help, lazy module loader)."""
+
+    def proxy() -> ModuleType:
+        from benchmarks import proxy as mod
+
+        return mod
+
+    return {
+        "proxy": ("queue-proxy throughput vs direct, nginx, aiohttp and --extra proxies", proxy),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the scenario name and its options, run it, return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="knative-dataplane benchmarks (loopback only; all processes stop on exit).",
+    )
+    sub = parser.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
+    runners = {}
+    for name, (help_text, load) in _scenarios().items():
+        mod = load()
+        scenario_parser = sub.add_parser(name, help=help_text, description=mod.__doc__)
+        mod.add_arguments(scenario_parser)
+        runners[name] = mod.run
+    args = parser.parse_args(argv)
+    with _procs.signals_raise_system_exit():
+        try:
+            return int(runners[args.scenario](args))
+        except _procs.BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
