@@ -37,6 +37,7 @@ from .http1 import (
     error_body_headers,
     status_line,
 )
+from .sockets import listen_socket
 from .timeouts import RequestDeadlines, TimeoutPolicy
 from .upstream import UpstreamConnection, UpstreamPool
 
@@ -1100,6 +1101,11 @@ class HTTPServer:
     async def start(
         self, host: str | None, port: int, *, sock: Any = None, backlog: int = 2048
     ) -> None:
+        if sock is None:
+            try:
+                sock = listen_socket(host, port, backlog)
+            except ValueError:  # a host name: let the loop resolve it
+                sock = None
         if sock is not None:
             self._server = await self.loop.create_server(
                 lambda: ServerConnection(self), sock=sock, backlog=backlog

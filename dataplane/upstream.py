@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import random
 import socket
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,7 @@ from .http1 import (
     R_UPGRADE,
     RESP_ACTIONS,
 )
+from .sockets import ip_family
 
 if TYPE_CHECKING:
     from .proxy import Exchange
@@ -246,6 +246,7 @@ class UpstreamPool:
     """Keep-alive connections to one ``host:port``."""
 
     __slots__ = (
+        "_family",
         "_idle",
         "_sweep_handle",
         "_tick",
@@ -283,6 +284,7 @@ class UpstreamPool:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.closed = False
         self.connecting = 0
+        self._family = ip_family(host)
 
     @property
     def idle_count(self) -> int:
@@ -352,16 +354,15 @@ class UpstreamPool:
 
     async def dial(self) -> UpstreamConnection:
         """Open one connection, retrying only dial timeouts (Knative's back-off)."""
+        import random  # only needed when a dial times out; kept off the start-up path
+
         loop = self.loop
         timeout = self.dial_timeout
         start = loop.time()
         last: BaseException | None = None
         for attempt in range(self.dial_attempts):
             try:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
-                    timeout,
-                )
+                _, proto = await asyncio.wait_for(self._connect(), timeout)
             except TimeoutError as e:
                 last = e
             except OSError as e:
@@ -379,6 +380,23 @@ class UpstreamPool:
                 timeout *= 1.4 * random.uniform(0.9, 1.1)
         elapsed = loop.time() - start
         raise DialError(f"timed out dialing {self.host}:{self.port} after {elapsed:.2f}s") from last
+
+    async def _connect(self) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
+        loop = self.loop
+        family = self._family
+        if family is None:
+            return await loop.create_connection(
+                lambda: UpstreamConnection(self), self.host, self.port
+            )
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, (self.host, self.port))
+            return await loop.create_connection(lambda: UpstreamConnection(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     def close(self) -> None:
         """Close idle connections and refuse to pool more."""

@@ -47,8 +47,11 @@ def _not_found(ex: Exchange) -> None:
 class QueueProxy:
     """The running sidecar: servers, stats reporter and shutdown sequence."""
 
-    def __init__(self, env: Env, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, env: Env, loop: asyncio.AbstractEventLoop, main_sock: object | None = None
+    ) -> None:
         self.env = env
+        self.main_sock = main_sock
         self.loop = loop
         self.started = time.monotonic()
         self.sigterm = False
@@ -167,6 +170,9 @@ class QueueProxy:
             listeners.append((self.user_metrics_server, port, "QUEUE_USER_METRICS_PORT"))
         for server, port, name in listeners:
             try:
+                if server is self.main_server and self.main_sock is not None:
+                    await server.start(None, port, sock=self.main_sock)
+                    continue
                 await server.start(host, port)
             except OSError as e:
                 raise ConfigError(
@@ -263,10 +269,10 @@ class QueueProxy:
             self.stopped.set_result(None)
 
 
-async def _serve(env: Env) -> int:
+async def _serve(env: Env, main_sock: object | None) -> int:
     loop = asyncio.get_running_loop()
     try:
-        qp = QueueProxy(env, loop)
+        qp = QueueProxy(env, loop, main_sock)
         await qp.start()
     except (ConfigError, ProbeConfigError) as e:
         print(f"queue-proxy: {e}", file=sys.stderr)
@@ -285,7 +291,7 @@ async def _serve(env: Env) -> int:
     return 0
 
 
-def run(environ: Mapping[str, str]) -> int:
+def run(environ: Mapping[str, str], main_sock: object | None = None) -> int:
     try:
         env = parse_env(environ)
     except ConfigError as e:
@@ -298,9 +304,9 @@ def run(environ: Mapping[str, str]) -> int:
     try:
         import uvloop
 
-        return int(uvloop.run(_serve(env)))
+        return int(uvloop.run(_serve(env, main_sock)))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(_serve(env))
+        return asyncio.run(_serve(env, main_sock))
 
 
 def main() -> None:

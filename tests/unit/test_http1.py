@@ -43,19 +43,16 @@ class TestStatusLine:
 
     @pytest.mark.parametrize("status", list(HTTPStatus))
     def test_every_known_status(self, status: HTTPStatus) -> None:
+        # Go's reason phrases; they differ from Python's in a few places.
+        go = {414: "Request URI Too Long", 418: "I'm a teapot"}
         line = status_line(status.value)
-        assert line == f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()
-
-    def test_known_code_ignores_custom_reason(self) -> None:
-        assert status_line(200, b"Fine") == b"HTTP/1.1 200 OK\r\n"
+        phrase = go.get(status.value, status.phrase)
+        assert line == f"HTTP/1.1 {status.value} {phrase}\r\n".encode()
 
     @pytest.mark.parametrize("code", [299, 420, 499, 599, 999])
     def test_unknown_like_go(self, code: int) -> None:
         # Go's net/http writes "status code <n>" when StatusText is empty
         assert status_line(code) == b"HTTP/1.1 %d status code %d\r\n" % (code, code)
-
-    def test_unknown_with_reason(self) -> None:
-        assert status_line(599, b"Network Timeout") == b"HTTP/1.1 599 Network Timeout\r\n"
 
     @settings(max_examples=200, deadline=None)
     @given(st.integers(100, 999))
