@@ -498,11 +498,12 @@ class Exchange:
 
     def upstream_complete(self, up: UpstreamConnection) -> None:
         """The upstream response is complete: finish the client response, pool the connection."""
-        if self.resp_mode == M_CHUNKED and not self.conn.closed:
+        if self.resp_mode == M_CHUNKED:
             if up.trailers:
-                self.conn.transport.write(b"0\r\n" + b"".join(up.trailers) + _CRLF)
+                self.out += (b"0\r\n", *up.trailers, _CRLF)
             else:
-                self.conn.transport.write(_LAST_CHUNK)
+                self.out.append(_LAST_CHUNK)
+        self.flush_out()
         self.upstream = None
         pool = self.pool
         assert pool is not None

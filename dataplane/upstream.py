@@ -123,9 +123,10 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as e:
             ex.upstream_failed(self, f"malformed response from upstream: {e}")
             return
-        ex.flush_out()
         if self.resp_complete:
-            ex.upstream_complete(self)
+            ex.upstream_complete(self)  # flushes the client-bound bytes with the last chunk
+        else:
+            ex.flush_out()
 
     def eof_received(self) -> bool | None:
         ex = self.exchange

@@ -1,0 +1,1 @@
+"""Test applications (upstreams) used by the integration tests."""
