@@ -62,6 +62,8 @@ P_UPSTREAM = 2  # upstream cannot take more (its transport paused writing)
 P_PIPELINE = 4  # a pipelined request waits for the current one
 
 _DISCARD_LIMIT = 256 * 1024
+_LINGER = 0.5  # seconds to keep reading (and discarding) after closing our side
+_XFF_FIRST = b":xff-first"  # hdr key: first X-Forwarded-For line when there are several
 _SWEEP_INTERVAL = 0.05
 
 
@@ -355,7 +357,10 @@ class Exchange:
         if host is None:
             host = hdr.get(b"k-original-host") if cfg.restore_original_host else None
             if not host:
-                host = hdr.get(b"host", b"")
+                host = hdr.get(b"host")
+                if not host:  # HTTP/1.0 without Host: name the upstream, as Go's transport does
+                    assert self.pool is not None
+                    host = self.pool.authority
         parts = [self.method, b" ", self.target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
         ctoks = hdr.get(b"connection")
         if ctoks is not None and ctoks.lower() not in _BASIC_CONN_TOKENS:
@@ -379,7 +384,9 @@ class Exchange:
             parts += (b"X-Forwarded-For: ", prior, _CRLF)
         if cfg.forwarded_shim and b"forwarded" not in hdr:
             fwd = forwarded_value(
-                _first(prior), hdr.get(b"x-forwarded-host"), hdr.get(b"x-forwarded-proto")
+                hdr.get(_XFF_FIRST, prior),
+                hdr.get(b"x-forwarded-host"),
+                hdr.get(b"x-forwarded-proto"),
             )
             if fwd is not None:
                 parts += (b"Forwarded: ", fwd, _CRLF)
@@ -402,7 +409,7 @@ class Exchange:
             conn = self.conn
             conn.discarded += len(data)
             if conn.discarded > _DISCARD_LIMIT:
-                conn.close()
+                conn.close_lingering()
             return
         up = self.upstream
         if up is not None and self.head_sent and not self.upgrade:
@@ -703,13 +710,6 @@ class Exchange:
         self._finish()
 
 
-def _first(v: bytes | None) -> bytes | None:
-    if v is None:
-        return None
-    i = v.find(b",")
-    return v if i < 0 else v[:i]
-
-
 class ServerConnection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
@@ -722,11 +722,13 @@ class ServerConnection(asyncio.Protocol):
         "discarded",
         "failed",
         "header_tick",
+        "lingering",
         "loop",
         "parser",
         "parsing",
         "paused",
         "peer",
+        "peer_port",
         "pending",
         "server",
         "transport",
@@ -741,6 +743,8 @@ class ServerConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
+        self.peer_port = 0
+        self.lingering: asyncio.TimerHandle | None = None
         self.parsing: Exchange | None = None
         self.active: Exchange | None = None
         self.pending: deque[Exchange] = deque()
@@ -760,14 +764,22 @@ class ServerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = peer[0].encode() if isinstance(peer, tuple) else b""
+        if isinstance(peer, tuple) and peer:
+            ip = peer[0]
+            if ip.startswith("::ffff:") and "." in ip:
+                ip = ip[7:]  # IPv4 client on the dual-stack listener: report it as Go does
+            self.peer = ip.encode()
+            self.peer_port = peer[1]
         self.server.connections.add(self)
+        # Like Go's ReadHeaderTimeout, a new connection must send its first request in time.
+        self.header_tick = self.server.tick
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.transport.write(data)
+            return
+        if self.lingering is not None:
             return
         if self.upgrade_pending:
             self._early_data(data)
@@ -789,6 +801,8 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if self.lingering is not None:
+            self.lingering.cancel()
         ex = self.active
         if ex is not None:
             ex.abort()
@@ -828,6 +842,22 @@ class ServerConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.transport.close()
+
+    def close_lingering(self) -> None:
+        """Close after the response, without losing it: shut our side down, then discard what
+        the client still sends for up to 0.5 s (a plain close with unread input sends a reset
+        that can destroy the response in flight, as Go's server also avoids)."""
+        t = self.transport
+        if self.closed or self.lingering is not None or t.is_closing():
+            return
+        if not t.can_write_eof():
+            t.close()
+            return
+        t.write_eof()
+        self.lingering = self.loop.call_later(_LINGER, t.close)
+        if self.paused:
+            self.paused = 0
+            t.resume_reading()
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -872,7 +902,11 @@ class ServerConnection(asyncio.Protocol):
             hdr[lname] = value
         elif act == H_XFF:
             prior = hdr.get(lname)
-            hdr[lname] = value if prior is None else prior + b", " + value
+            if prior is None:
+                hdr[lname] = value
+            else:
+                hdr.setdefault(_XFF_FIRST, prior)  # the shim reads the first header line
+                hdr[lname] = prior + b", " + value
         elif act == H_CONNECTION:
             prior = hdr.get(lname)
             hdr[lname] = value if prior is None else prior + b"," + value
@@ -916,7 +950,7 @@ class ServerConnection(asyncio.Protocol):
                 # The response went out before the body ended; the body is now drained.
                 self.discarded = 0
                 if ex.closing:
-                    self.close()
+                    self.close_lingering()
                 else:
                     self._run_pending()
 
@@ -928,7 +962,10 @@ class ServerConnection(asyncio.Protocol):
         ex.start = self.loop.time()
         if ex.version != "1.1" and ex.version != "1.0":
             ex.keep_alive = False
-            ex.error(505, "unsupported protocol version")
+            if ex.version == "0.9":
+                ex.error(400, "malformed HTTP request")
+            else:
+                ex.error(505, "unsupported protocol version")
             return
         if ex.method == b"CONNECT":
             ex.keep_alive = False
@@ -938,6 +975,14 @@ class ServerConnection(asyncio.Protocol):
         if t[:1] != b"/" and t != b"*" and not _absolute_form(ex):
             ex.keep_alive = False
             ex.error(400, "malformed request target")
+            return
+        if ex.version == "1.1" and not ex.hdr.get(b"host"):
+            ex.keep_alive = False
+            ex.error(400, "missing required Host header")
+            return
+        if ex.req_chunked and ex.hdr[b"transfer-encoding"].strip().lower() != b"chunked":
+            ex.keep_alive = False
+            ex.error(501, "unsupported transfer encoding")
             return
         try:
             server.handler(ex)
@@ -955,7 +1000,7 @@ class ServerConnection(asyncio.Protocol):
         if self.closed:
             return
         if ex.closing or ex.upgrade:
-            self.close()
+            self.close_lingering()
             return
         self.resume(P_BODY | P_UPSTREAM)
         if ex is self.parsing:
@@ -1049,7 +1094,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport.write(
             status_line(status) + error_body_headers(body) + b"Connection: close\r\n\r\n" + body
         )
-        self.close()
+        self.close_lingering()
 
 
 def _absolute_form(ex: Exchange) -> bool:

@@ -251,6 +251,7 @@ class UpstreamPool:
         "_idle",
         "_sweep_handle",
         "_tick",
+        "authority",
         "closed",
         "connecting",
         "dial_attempts",
@@ -286,6 +287,8 @@ class UpstreamPool:
         self.closed = False
         self.connecting = 0
         self._family = ip_family(host)
+        hp = f"[{host}]" if ":" in host else host
+        self.authority = f"{hp}:{port}".encode()
 
     @property
     def idle_count(self) -> int:

@@ -38,17 +38,21 @@ _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
 _DIRECT = 0
 _PROXIED = 1
 _SLOT = 2  # holds a breaker slot
+_PROBE = 4  # a probe (any K-Network-Probe value): proxied and counted, but not logged/measured
 
 
 class _Queued:
     """A request waiting in the breaker."""
 
-    __slots__ = ("ex", "granted", "handler", "proxied", "waiter")
+    __slots__ = ("ex", "granted", "handler", "probe", "proxied", "waiter")
 
-    def __init__(self, handler: QueueProxyHandler, ex: Exchange, proxied: bool) -> None:
+    def __init__(
+        self, handler: QueueProxyHandler, ex: Exchange, proxied: bool, probe: bool
+    ) -> None:
         self.handler = handler
         self.ex = ex
         self.proxied = proxied
+        self.probe = probe
         self.granted = False
         self.waiter: Waiter | None = None
 
@@ -119,27 +123,32 @@ class QueueProxyHandler:
         proxied = hdr.get(b"k-proxy-request") == b"activator"
         if proxied:
             self.stats.proxied_in(ex.start)
+            code = _PROXIED
         else:
             self.stats.req_in(ex.start)
+            code = _DIRECT
+        if netprobe:
+            # Knative's IsProbe: excluded from the request log and request metrics only.
+            code |= _PROBE
         b = self.breaker
         if b is None:
-            ex.ctx = _PROXIED if proxied else _DIRECT
+            ex.ctx = code
             ex.on_done = self._done
             ex.proxy(self.pool)
             return
         try:
             got = b.try_acquire()
         except QueueFullError:
-            ex.ctx = _PROXIED if proxied else _DIRECT
+            ex.ctx = code
             ex.on_done = self._done
             ex.error(503, "pending request queue full")
             return
         if got:
-            ex.ctx = (_PROXIED | _SLOT) if proxied else _SLOT
+            ex.ctx = code | _SLOT
             ex.on_done = self._done
             ex.proxy(self.pool)
             return
-        q = _Queued(self, ex, proxied)
+        q = _Queued(self, ex, proxied, bool(netprobe))
         ex.ctx = q
         ex.on_done = self._done_queued
         q.waiter = b.enqueue(q.grant)
@@ -195,7 +204,7 @@ class QueueProxyHandler:
             assert self.breaker is not None
             self.breaker.release()
         if self._needs_done:
-            self._observe(ex, now, ex.start)
+            self._observe(ex, now, ex.start, bool(code & _PROBE))
 
     def _done_queued(self, ex: Exchange) -> None:
         q: _Queued = ex.ctx
@@ -210,13 +219,17 @@ class QueueProxyHandler:
         elif q.waiter is not None:
             q.waiter.cancel()
         if self._needs_done:
-            self._observe(ex, now, ex.start)
+            self._observe(ex, now, ex.start, q.probe)
 
     def _log_only(self, ex: Exchange) -> None:
         if self.request_log is not None:
             self._log_request(ex, self.loop.time())
 
-    def _observe(self, ex: Exchange, now: float, start: float) -> None:
+    def _observe(self, ex: Exchange, now: float, start: float, probe: bool) -> None:
+        if probe:
+            if self.request_log is not None and self.log_probes:
+                self._log_request(ex, now)
+            return
         d = self.duration
         if d is not None and ex.resp_status:
             labels = self._status_labels.get(ex.resp_status)
@@ -245,8 +258,9 @@ class QueueProxyHandler:
             clen = int(clen_raw)
         else:
             clen = 0
-        peer = ex.conn.transport.get_extra_info("peername") if not ex.conn.closed else None
-        remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ex.conn.peer.decode()
+        conn = ex.conn
+        ip = conn.peer.decode()
+        remote = f"[{ip}]:{conn.peer_port}" if ":" in ip else f"{ip}:{conn.peer_port}"
         method = ex.method.decode("latin-1")
         uri = ex.target.decode("utf-8", "surrogateescape")
         code = ex.resp_status or 200

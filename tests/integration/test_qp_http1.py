@@ -42,11 +42,6 @@ async def test_malformed_requests_are_400_and_closed(qp: QueueProxy, app: Runnin
     assert app.state.total == 0, app.state.paths
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a request line without a version is taken for HTTP/0.9 and answered 505 "
-    "(proxy.py _dispatch version check); Go answers 400 malformed HTTP request",
-)
 async def test_request_line_without_version_is_400(qp: QueueProxy, app: RunningApp) -> None:
     resp, closed = await raw_exchange(qp.port, b"GET /hello\r\nHost: h\r\n\r\n")
     assert resp.status == 400
@@ -309,11 +304,6 @@ async def test_request_body_with_trailers(qp: QueueProxy) -> None:
     assert doc["transfer_encoding"] == "chunked"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an HTTP/1.1 request without Host is proxied with an empty Host header "
-    "(proxy.py _request_head host fallback b''); Go answers 400 missing required Host header",
-)
 async def test_http11_without_host_is_400(qp: QueueProxy, app: RunningApp) -> None:
     resp, closed = await raw_exchange(qp.port, b"GET /hello HTTP/1.1\r\n\r\n")
     assert resp.status == 400
@@ -321,11 +311,6 @@ async def test_http11_without_host_is_400(qp: QueueProxy, app: RunningApp) -> No
     assert app.state.total == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an HTTP/1.0 request without Host reaches the app with an empty Host header; "
-    "Go's transport falls back to the upstream URL host (127.0.0.1:USER_PORT)",
-)
 async def test_http10_without_host_gets_upstream_host(qp: QueueProxy) -> None:
     resp, _ = await raw_exchange(qp.port, b"GET /headers HTTP/1.0\r\n\r\n")
 
@@ -334,11 +319,6 @@ async def test_http10_without_host_gets_upstream_host(qp: QueueProxy) -> None:
     assert hosts == [f"127.0.0.1:{qp.user_port}"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: 'Transfer-Encoding: gzip, chunked' is accepted and forwarded as plain "
-    "chunked, silently dropping the gzip coding; Go answers 501 unsupported transfer encoding",
-)
 async def test_unsupported_transfer_coding_is_501(qp: QueueProxy, app: RunningApp) -> None:
     resp, closed = await raw_exchange(
         qp.port,
@@ -363,12 +343,6 @@ async def test_duplicate_headers_kept_in_order(qp: QueueProxy) -> None:
     assert [v for k, v in pairs if k == "cookie"] == ["a=1", "b=2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a connection that never sends a byte is never closed: the header timer "
-    "(ServerConnection.header_tick) only starts in on_message_begin; Go's ReadHeaderTimeout "
-    "starts when the server begins reading the first request",
-)
 @pytest.mark.qp_env(QUEUE_READ_HEADER_TIMEOUT_SECONDS="1")
 async def test_read_header_timeout_closes_silent_connection(qp: QueueProxy) -> None:
     conn = await RawConn.open(qp.port)

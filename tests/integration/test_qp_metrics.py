@@ -210,12 +210,6 @@ async def test_prometheus_request_metrics(
         assert (await m.get("/other")).status_code == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a proxied request with a non-empty K-Network-Probe header (ordinary "
-    "User-Agent) is counted in kn_serving_invocation_duration_seconds; Knative's IsProbe "
-    "excludes it (handler.py _observe does not check the header)",
-)
 @pytest.mark.qp_env(OBSERVABILITY_CONFIG=PROM)
 async def test_prometheus_excludes_any_k_network_probe(
     qp: QueueProxy, client: httpx.AsyncClient, app: RunningApp

@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
 
 from tests.apps.upstream import RunningApp
 
 from .helpers import QueueProxy, RawConn
-
-V4_MAPPED_BUG = (
-    "BUG: since the dual-stack early listen (queueproxy/cli.py _early_listen binds '::' with "
-    "IPV6_V6ONLY=0), IPv4 peers are seen as '::ffff:127.0.0.1' and put into X-Forwarded-For "
-    "as such (proxy.py ServerConnection.connection_made); Go unmaps them to '127.0.0.1'"
-)
 
 
 def names(pairs: list[tuple[str, str]]) -> list[str]:
@@ -92,10 +85,6 @@ async def test_knative_routing_headers_stripped_others_kept(qp: QueueProxy) -> N
     assert values(hdrs, "x-custom") == ["yes"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=V4_MAPPED_BUG,
-)
 async def test_x_forwarded_for_set_to_peer(qp: QueueProxy) -> None:
     _, hdrs = await raw_headers_request(qp, "GET /headers HTTP/1.1\r\nHost: h\r\n\r\n")
     assert values(hdrs, "x-forwarded-for") == ["127.0.0.1"]
@@ -103,10 +92,6 @@ async def test_x_forwarded_for_set_to_peer(qp: QueueProxy) -> None:
     assert "forwarded" not in names(hdrs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=V4_MAPPED_BUG,
-)
 async def test_x_forwarded_for_appended(qp: QueueProxy) -> None:
     _, hdrs = await raw_headers_request(
         qp,
@@ -116,11 +101,6 @@ async def test_x_forwarded_for_appended(qp: QueueProxy) -> None:
     assert values(hdrs, "x-forwarded-for") == ["203.0.113.9, 10.0.0.1, 10.0.0.2, 127.0.0.1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Forwarded shim keeps only the first X-Forwarded-For node "
-    "(proxy.py _request_head passes _first(prior), cut at the first comma)",
-)
 async def test_forwarded_shim_from_x_forwarded(qp: QueueProxy) -> None:
     # SPEC §1.7 example: XFF "127.0.0.1, ::1", XFH h, XFP p.
     _, hdrs = await raw_headers_request(

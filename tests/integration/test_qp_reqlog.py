@@ -78,12 +78,6 @@ async def test_request_log_lines(qp: QueueProxy, client: httpx.AsyncClient) -> N
     assert lines[2]["traceId"] == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: remoteIp is '::ffff:127.0.0.1:<port>' for IPv4 clients since the serving "
-    "socket is dual-stack (queueproxy/cli.py _early_listen; handler.py _log_request uses the "
-    "raw peername); Go's RemoteAddr is '127.0.0.1:<port>'",
-)
 @pytest.mark.qp_env(OBSERVABILITY_CONFIG=obs())
 async def test_request_log_remote_ip_is_ipv4(qp: QueueProxy, client: httpx.AsyncClient) -> None:
     assert (await client.get("/hello")).status_code == 200
@@ -147,12 +141,6 @@ async def test_no_request_log_by_default(qp: QueueProxy, client: httpx.AsyncClie
     assert qp.stdout() == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a proxied request carrying a non-empty K-Network-Probe (e.g. 'activator' "
-    "with an ordinary User-Agent) is request-logged; Knative's IsProbe skips it "
-    "(handler.py only skips health-check UAs, K-Network-Probe: probe and K-Kubelet-Probe)",
-)
 @pytest.mark.qp_env(OBSERVABILITY_CONFIG=obs())
 async def test_request_log_skips_any_k_network_probe(
     qp: QueueProxy, client: httpx.AsyncClient
