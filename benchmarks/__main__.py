@@ -18,8 +18,14 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
 
         return mod
 
+    def engine() -> ModuleType:
+        from benchmarks import engine as mod
+
+        return mod
+
     return {
         "proxy": ("queue-proxy throughput vs direct, nginx, aiohttp and --extra proxies", proxy),
+        "engine": ("Python cost per proxied request, in memory (no sockets)", engine),
     }
 
 

@@ -129,7 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--targets",
         help="comma-separated subset: direct, nginx, aiohttp-proxy, queue-proxy (both), "
-        "queue-proxy-cc0, queue-proxy-cc10, or an --extra NAME (default: all)",
+        "queue-proxy-cc0, queue-proxy-cc10, queue-proxy-mypyc (both), queue-proxy-mypyc-cc0, "
+        "queue-proxy-mypyc-cc10, or an --extra NAME (default: all)",
     )
     parser.add_argument(
         "--workloads",
@@ -147,6 +148,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-proxy",
         help="queue-proxy executable (default: the one next to this Python, else on PATH)",
+    )
+    parser.add_argument(
+        "--compiled",
+        default="auto",
+        metavar="auto|off|DIR",
+        help="also measure the mypyc-compiled queue-proxy (the Docker image's build): 'auto' "
+        "builds it into build/compiled with tools/build_compiled.py, DIR uses a build there",
     )
     parser.add_argument("--cold-starts", type=int, default=5, help="starts timed per queue-proxy")
     parser.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy under test")
@@ -181,6 +189,26 @@ def _queue_proxy_path(option: str | None) -> str:
     return shutil.which("queue-proxy") or str(beside)
 
 
+def _compiled_dir(args: argparse.Namespace) -> str | None:
+    """Directory of the mypyc build to measure, building it when asked; None to skip."""
+    opt = args.compiled
+    if opt == "off":
+        return None
+    if opt != "auto":
+        if not Path(opt).is_dir():
+            raise BenchError(f"--compiled {opt}: not a directory")
+        return str(Path(opt).resolve())
+    tools = Path(__file__).resolve().parent.parent / "tools"
+    print("building the mypyc-compiled queue-proxy (tools/build_compiled.py) ...", flush=True)
+    proc = subprocess.run(
+        [sys.executable, str(tools / "build_compiled.py")], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        print(f"warning: mypyc build failed, compiled targets skipped: {proc.stderr[-500:]}")
+        return None
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def build_targets(args: argparse.Namespace) -> list[Target]:
     """The selected targets, in table order."""
     qp = _queue_proxy_path(args.queue_proxy)
@@ -191,6 +219,19 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         Target("queue-proxy-cc0", "queue-proxy cc=0", "queue-proxy", [qp], cc=0),
         Target("queue-proxy-cc10", "queue-proxy cc=10", "queue-proxy", [qp], cc=10),
     ]
+    compiled = _compiled_dir(args)
+    if compiled is not None:
+        env_qp = ["env", f"PYTHONPATH={compiled}", qp]
+        for cc in (0, 10):
+            targets.append(
+                Target(
+                    f"queue-proxy-mypyc-cc{cc}",
+                    f"queue-proxy mypyc cc={cc}",
+                    "queue-proxy",
+                    env_qp,
+                    cc=cc,
+                )
+            )
     for spec in args.extra:
         name, sep, command = spec.partition("=")
         name = name.strip()
@@ -204,6 +245,9 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         if "queue-proxy" in wanted:
             wanted |= {"queue-proxy-cc0", "queue-proxy-cc10"}
             wanted.discard("queue-proxy")
+        if "queue-proxy-mypyc" in wanted:
+            wanted |= {"queue-proxy-mypyc-cc0", "queue-proxy-mypyc-cc10"}
+            wanted.discard("queue-proxy-mypyc")
         unknown = wanted - {t.id for t in targets}
         if unknown:
             known = ", ".join(t.id for t in targets)
@@ -514,6 +558,9 @@ def check_response(port: int, workload: Workload, deadline: float) -> None:
 # --- report --------------------------------------------------------------------------------
 
 
+VARIANTS = ("queue-proxy", "queue-proxy-mypyc")  # interpreted and mypyc-compiled builds
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -536,9 +583,11 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
         if base_id in by_id:
             for t in by_id.values():
                 out[key][t.id] = compare(t, by_id[base_id])
-    cc0, cc10 = by_id.get("queue-proxy-cc0"), by_id.get("queue-proxy-cc10")
-    if cc0 and cc10:
-        out["cc10_vs_cc0"] = compare(cc10, cc0)
+    for variant in VARIANTS:
+        cc0, cc10 = by_id.get(f"{variant}-cc0"), by_id.get(f"{variant}-cc10")
+        if cc0 and cc10:
+            out["cc10_vs_cc0"][variant] = compare(cc10, cc0)
+    cc0 = by_id.get("queue-proxy-cc0") or by_id.get("queue-proxy-mypyc-cc0")
     for extra in (t for t in by_id.values() if t.kind == "extra"):
         if cc0:
             entry: dict[str, Any] = compare(cc0, extra)
@@ -554,9 +603,18 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
 def compute_goals(
     targets: list[Target], ratios: dict[str, Any], workloads: list[Workload]
 ) -> list[dict[str, Any]]:
-    """DESIGN.md's performance targets that this run can check, for queue-proxy cc=0."""
+    """DESIGN.md's performance targets that this run can check, per queue-proxy build."""
     goals: list[dict[str, Any]] = []
-    qp = next((t for t in targets if t.id == "queue-proxy-cc0" and not t.error), None)
+    for variant in VARIANTS:
+        goals += _variant_goals(variant, targets, ratios, workloads)
+    return goals
+
+
+def _variant_goals(
+    variant: str, targets: list[Target], ratios: dict[str, Any], workloads: list[Workload]
+) -> list[dict[str, Any]]:
+    goals: list[dict[str, Any]] = []
+    qp = next((t for t in targets if t.id == f"{variant}-cc0" and not t.error), None)
     if qp is None:
         return goals
     names = {w.name for w in workloads}
@@ -564,7 +622,7 @@ def compute_goals(
 
     def goal(text: str, value: float | None, limit: float, at_least: bool) -> None:
         ok = None if value is None else (value >= limit if at_least else value <= limit)
-        goals.append({"goal": text, "value": value, "limit": limit, "ok": ok})
+        goals.append({"build": variant, "goal": text, "value": value, "limit": limit, "ok": ok})
 
     for wl in ("1k", "1m"):
         if wl not in names:
@@ -573,8 +631,8 @@ def compute_goals(
             vs_nginx = ratios["vs_nginx"].get(qp.id, {}).get(wl, {})
             goal(f"{wl}: throughput >= 0.6 x nginx", vs_nginx.get("rps"), 0.6, True)
             goal(f"{wl}: CPU/request <= 2 x nginx", vs_nginx.get("cpu_per_req"), 2.0, False)
-        if "queue-proxy-cc10" in selected:
-            cc = ratios["cc10_vs_cc0"].get(wl, {})
+        if f"{variant}-cc10" in selected:
+            cc = ratios["cc10_vs_cc0"].get(variant, {}).get(wl, {})
             goal(f"{wl}: cc=10 throughput >= 0.9 x cc=0", cc.get("rps"), 0.9, True)
         for name, entry in ratios["vs_extra"].items():
             goal(f"{wl}: throughput >= 2 x {name}", entry.get(wl, {}).get("rps"), 2.0, True)
@@ -666,8 +724,8 @@ def render(
                 f"  (median of {len(t.start_ms)}: {', '.join(f'{v:.0f}' for v in t.start_ms)})"
             )
     pairs = []
-    if ratios["cc10_vs_cc0"]:
-        pairs.append(("queue-proxy cc=10 / cc=0", ratios["cc10_vs_cc0"]))
+    for variant, entry in ratios["cc10_vs_cc0"].items():
+        pairs.append((f"{variant} cc=10 / cc=0", entry))
     for name, entry in ratios["vs_extra"].items():
         pairs.append((f"queue-proxy cc=0 / {name}", entry))
     if pairs:
@@ -685,9 +743,12 @@ def render(
                     f"{_fmt(fp['peak_rss'], '.2f')}, start {_fmt(fp['start'], '.2f')}"
                 )
             lines.append(f"  {label:<28}" + "; ".join(parts))
-    if goals:
-        lines += ["", "DESIGN.md targets (queue-proxy cc=0)"]
-        for g in goals:
+    for variant in VARIANTS:
+        vgoals = [g for g in goals if g["build"] == variant]
+        if not vgoals:
+            continue
+        lines += ["", f"DESIGN.md targets ({variant} cc=0)"]
+        for g in vgoals:
             mark = {True: "ok", False: "MISS", None: "n/a"}[g["ok"]]
             lines.append(f"  {mark:<5}{g['goal']:<42}{_fmt(g['value'], '.3g'):>8}")
     return "\n".join(lines)

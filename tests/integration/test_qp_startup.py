@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 
 import pytest
 
-from .helpers import QP_BIN, free_ports, knative_env
+from .helpers import QP_BIN, QueueProxy, free_ports, knative_env
 
 
 def run_qp(
@@ -109,3 +110,14 @@ def test_user_metrics_port_in_use_with_prometheus() -> None:
             }
         )
     assert_config_failure(proc, "QUEUE_USER_METRICS_PORT")
+
+
+async def test_runs_the_build_under_test(qp: QueueProxy) -> None:
+    """`make test-compiled` points PYTHONPATH at the mypyc build: make sure the queue-proxy
+    really runs the compiled engine there (and the interpreted one otherwise), so that the
+    suite cannot silently test the wrong build."""
+    with open(f"/proc/{qp.pid}/maps") as f:
+        maps = f.read()
+    compiled = "dataplane/proxy.cpython" in maps
+    expect = "compiled" in os.environ.get("PYTHONPATH", "")
+    assert compiled == expect, f"PYTHONPATH={os.environ.get('PYTHONPATH')!r}"

@@ -1,0 +1,144 @@
+"""Python cost of one proxied request in the engine, without sockets or the kernel.
+
+Drives a real ``ServerConnection`` and pooled ``UpstreamConnection`` (with the queue-proxy
+handler, breaker and stats) through in-memory transports: request bytes in, response bytes in,
+and counts the microseconds of Python per request. On loopback the kernel's share of a proxied
+request is large and noisy; this isolates the part our code controls, so an optimisation can be
+measured before and after in a few seconds. Compare against ``--handler plain`` (no
+queue-proxy logic) to see the engine's own share.
+
+    python -m benchmarks engine [--requests N] [--handler qp|plain] [--cc N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import time
+from typing import Any
+
+from dataplane.breaker import Breaker
+from dataplane.proxy import HTTPServer, ServerConfig, ServerConnection
+from dataplane.stats import RequestStats
+from dataplane.timeouts import TimeoutPolicy
+from dataplane.upstream import UpstreamConnection, UpstreamPool
+
+REQUEST = (
+    b"GET /hello?name=world HTTP/1.1\r\nHost: hello.default.example.com\r\n"
+    b"User-Agent: locust/2.47\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
+    b"X-Request-Id: 6c1f7d4e-0a9b-4f7e-8d7e-2b7c6d5e4f3a\r\n"
+    b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 07:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 1024\r\nConnection: keep-alive\r\n\r\n"
+    + b"a"
+    * 1024
+)
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = 0
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.written += len(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=50_000, help="requests per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--handler", choices=("qp", "plain"), default="qp")
+    p.add_argument("--cc", type=int, default=10, help="container concurrency (qp handler)")
+    p.add_argument("--quick", action="store_true", help="10,000 requests x 3 rounds")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.requests, args.rounds = 10_000, 3
+    loop = asyncio.new_event_loop()
+    try:
+        return _run(args, loop)
+    finally:
+        loop.close()
+
+
+def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
+    pool = UpstreamPool("127.0.0.1", 8080, loop=loop)
+    handler: Any
+    if args.handler == "plain":
+
+        def handler(ex: Any) -> None:
+            ex.proxy(pool)
+
+    else:
+        from queueproxy.drain import Drainer
+        from queueproxy.handler import QueueProxyHandler
+        from queueproxy.readiness import ReadinessProber
+
+        cc = args.cc
+        handler = QueueProxyHandler(
+            loop=loop,
+            pool=pool,
+            breaker=Breaker(10 * cc, cc, cc) if cc else None,
+            stats=RequestStats(loop.time()),
+            prober=ReadinessProber([]),
+            drainer=Drainer(30.0, loop=loop),
+            timeouts=TimeoutPolicy(300.0),
+        )
+    server = HTTPServer(
+        handler, ServerConfig(restore_original_host=True, forwarded_shim=True), loop=loop
+    )
+    conn = ServerConnection(server)
+    ct = _Transport()
+    conn.connection_made(ct)
+    up = UpstreamConnection(pool)
+    ut = _Transport()
+    up.connection_made(ut)
+    pool.release(up)
+
+    def one_round(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            conn.data_received(REQUEST)
+            up.data_received(RESPONSE)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    one_round(2000)  # warm up
+    expect = ct.written
+    results = []
+    for _ in range(args.rounds):
+        gc.collect()
+        results.append(one_round(args.requests))
+    assert ct.written > expect and pool.idle_count == 1, "requests did not complete"
+    print(
+        f"engine ({args.handler}, cc={args.cc}): "
+        f"{statistics.median(results):.2f} us/request of Python "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in results)})"
+    )
+    return 0
