@@ -286,9 +286,10 @@ def queue_proxy_env(cc: int, port: int, user_port: int) -> dict[str, str]:
         QUEUE_ADMIN_PORT=str(_procs.free_port()),
         QUEUE_METRICS_PORT=str(_procs.free_port()),
         QUEUE_USER_METRICS_PORT=str(_procs.free_port()),
-        # As the Docker image sets them: large bodies stop page-faulting through fresh mmaps.
-        MALLOC_MMAP_THRESHOLD_="131072",
-        MALLOC_TRIM_THRESHOLD_="131072",
+        # As the Docker image sets them (queueproxy/cli.py MALLOC_ENV): large bodies stop
+        # page-faulting through fresh mmaps.
+        MALLOC_MMAP_THRESHOLD_="1048576",
+        MALLOC_TRIM_THRESHOLD_="2097152",
     )
     return env
 

@@ -717,6 +717,8 @@ class ServerConnection(asyncio.Protocol):
         "_dispatching",
         "_hdr_bytes",
         "_hdr_count",
+        "_max_hdr_bytes",
+        "_max_hdrs",
         "active",
         "closed",
         "discarded",
@@ -752,7 +754,10 @@ class ServerConnection(asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.header_tick = 0
-        self._hdr_bytes = 0
+        cfg = server.config
+        self._max_hdr_bytes = cfg.max_header_bytes
+        self._max_hdrs = cfg.max_headers
+        self._hdr_bytes = 0  # budgets left for the head being parsed
         self._hdr_count = 0
         self.discarded = 0
         self.tunnel: UpstreamConnection | None = None
@@ -862,24 +867,23 @@ class ServerConnection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
-        self._hdr_bytes = 0
-        self._hdr_count = 0
+        self._hdr_bytes = self._max_hdr_bytes
+        self._hdr_count = self._max_hdrs
         self.header_tick = self.server.tick or 1
 
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
         assert ex is not None
         ex.target += url
-        if len(ex.target) > self.server.config.max_header_bytes:
+        if len(ex.target) > self._max_hdr_bytes:
             raise _ParseLimit(414, "request URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
         assert ex is not None
-        self._hdr_bytes += len(name) + len(value) + 4
-        self._hdr_count += 1
-        cfg = self.server.config
-        if self._hdr_bytes > cfg.max_header_bytes or self._hdr_count > cfg.max_headers:
+        self._hdr_count -= 1
+        self._hdr_bytes -= len(name) + len(value) + 4
+        if (self._hdr_count | self._hdr_bytes) < 0:  # either budget spent
             raise _ParseLimit(431, "request header fields too large")
         if ex.headers_complete:  # chunked-body trailer
             if ex.req_trailers is None:
@@ -1002,13 +1006,15 @@ class ServerConnection(asyncio.Protocol):
         if ex.closing or ex.upgrade:
             self.close_lingering()
             return
-        self.resume(P_BODY | P_UPSTREAM)
+        if self.paused:
+            self.resume(P_BODY | P_UPSTREAM)
         if ex is self.parsing:
             # Response complete while the request body still arrives: drain it (bounded),
             # then carry on with the next request.
             self.discarded = 0
             return
-        self._run_pending()
+        if self.pending or self.failed is not None or self.server.shutting_down:
+            self._run_pending()
 
     def _run_pending(self) -> None:
         if self._dispatching:

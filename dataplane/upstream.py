@@ -226,7 +226,7 @@ class UpstreamConnection(asyncio.Protocol):
             # A HEAD response left the parser expecting a body that never comes.
             self.parser = httptools.HttpResponseParser(self)
             self.stale_parser = False
-        self._reset_response()
+        # (response state is reset by on_message_begin when the response starts)
 
 
 def _dial_error_text(host: str, port: int, exc: BaseException) -> str:
