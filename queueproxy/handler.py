@@ -273,7 +273,7 @@ class QueueProxyHandler:
                 ContentLength=clen,
                 UserAgent=(hdr.get(b"user-agent") or b"").decode("utf-8", "surrogateescape"),
                 RemoteAddr=remote,
-                Referer=(hdr.get(b"referer") or b"").decode("utf-8", "surrogateescape"),
+                Referer=(ex.find_header(b"referer") or b"").decode("utf-8", "surrogateescape"),
                 Proto="HTTP/" + ex.version,
                 Host=(hdr.get(b"host") or b"").decode("utf-8", "surrogateescape"),
             ),
@@ -286,7 +286,9 @@ class QueueProxyHandler:
                 PodName=f.get("pod", ""),
                 PodIP=f.get("pod_ip", ""),
             ),
-            TraceID=trace_id_from_headers(hdr.get(b"traceparent"), hdr.get(b"x-b3-traceid")),
+            TraceID=trace_id_from_headers(
+                ex.find_header(b"traceparent"), ex.find_header(b"x-b3-traceid")
+            ),
         )
         try:
             line = self.request_log.render(ctx)
