@@ -1,0 +1,377 @@
+"""Engine protocol tests: the request head sent upstream (Go ReverseProxy + queue-proxy rules).
+
+Every head is checked as the fast path reads it (one packet), as it arrives byte by byte, and
+as the callback parser reads it (two pipelined copies in one packet), which must all agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from dataplane.proxy import Exchange, ServerConfig
+
+from .enginekit import (
+    DATE,
+    PEER,
+    FakeTransport,
+    Kit,
+    check_all,
+    client_ok,
+    dechunk,
+    ok,
+    request,
+    upstream_head,
+)
+
+
+@pytest.fixture(autouse=True)
+def _kit_checks() -> Iterator[None]:
+    yield
+    check_all()
+
+
+MODES = ["packet", "bytewise", "pipelined"]
+
+
+def forward(
+    req: bytes, mode: str, config: ServerConfig | None = None, peer: object = PEER
+) -> bytes:
+    """What the upstream receives for ``req`` (head and body) when ``mode`` delivers it."""
+    k = Kit(config=config)
+    up = k.idle_upstream()
+    c = k.client(peer)
+    if mode == "packet":
+        c.feed(req)
+    elif mode == "bytewise":
+        c.feed(req, step=1)
+    else:
+        c.feed(req + req)
+        first = up.take()
+        up.feed(ok())
+        assert c.take() == client_ok()
+        second = up.take()
+        assert second == first, "the second pipelined copy was forwarded differently"
+        up.feed(ok())
+        assert c.take() == client_ok()
+        assert len(k.done) == 2
+        return first
+    sent = up.take()
+    up.feed(ok())
+    assert c.take() == client_ok()
+    k.done_once(k.exchanges[0])
+    assert k.pool.idle_count == 1
+    return sent
+
+
+@pytest.mark.parametrize("mode", MODES)
+class TestHead:
+    def test_host_first_and_peer_appended(self, mode: str) -> None:
+        req = request(b"/a?b=c", b"Accept: */*", b"X-A: 1", host=None)
+        req = req.replace(b"X-A: 1\r\n", b"X-A: 1\r\nHost: h.example\r\nX-B: 2\r\n")
+        assert forward(req, mode) == upstream_head(
+            b"/a?b=c", b"Accept: */*", b"X-A: 1", b"X-B: 2", host=b"h.example"
+        )
+
+    def test_hop_by_hop_headers_removed(self, mode: str) -> None:
+        req = request(
+            b"/",
+            b"Connection: keep-alive",
+            b"Keep-Alive: timeout=5",
+            b"X-Keep: 1",
+            b"Proxy-Connection: keep-alive",
+            b"Proxy-Authorization: Basic eDp5",
+            b"Trailer: X-Sum",
+            b"TE: gzip",
+            b"Upgrade: h2c",
+            b"X-Keep: 2",
+        )
+        assert forward(req, mode) == upstream_head(b"/", b"X-Keep: 1", b"X-Keep: 2")
+
+    def test_connection_listed_headers_removed(self, mode: str) -> None:
+        req = request(
+            b"/",
+            b"Connection: keep-alive, X-Foo",
+            b"X-Foo: 1",
+            b"x-bar: 2",
+            b"X-Baz: 3",
+            b"connection: X-BAR",
+            b"User-Agent: curl",
+        )
+        assert forward(req, mode) == upstream_head(b"/", b"X-Baz: 3", b"User-Agent: curl")
+
+    def test_connection_listed_tracked_header_removed(self, mode: str) -> None:
+        # A tracked (remembered) header named by Connection is hop-by-hop too.
+        req = request(b"/", b"User-Agent: curl", b"Connection: User-Agent", b"X-A: 1")
+        assert forward(req, mode) == upstream_head(b"/", b"X-A: 1")
+
+    @pytest.mark.parametrize(
+        ("te", "sent"),
+        [
+            (b"TE: trailers", (b"TE: trailers",)),
+            (b"TE: gzip, Trailers", (b"TE: trailers",)),
+            (b"TE: trailers;q=0.5", ()),
+            (b"TE: gzip", ()),
+        ],
+    )
+    def test_te_trailers_kept(self, mode: str, te: bytes, sent: tuple[bytes, ...]) -> None:
+        req = request(b"/", b"X-A: 1", te)
+        assert forward(req, mode) == upstream_head(b"/", b"X-A: 1", *sent)
+
+    @pytest.mark.parametrize(
+        ("lines", "xff"),
+        [
+            ((), b"10.0.0.1"),
+            ((b"X-Forwarded-For: 1.2.3.4",), b"1.2.3.4, 10.0.0.1"),
+            (
+                (b"X-Forwarded-For: 1.1.1.1", b"X-A: 1", b"x-forwarded-for: 2.2.2.2, 3.3.3.3"),
+                b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.1",
+            ),
+        ],
+    )
+    def test_x_forwarded_for(self, mode: str, lines: tuple[bytes, ...], xff: bytes) -> None:
+        others = tuple(line for line in lines if not line.lower().startswith(b"x-forwarded-for"))
+        assert forward(request(b"/", *lines), mode) == upstream_head(b"/", *others, xff=xff)
+
+    @pytest.mark.parametrize(
+        ("peer", "xff"),
+        [
+            (("::ffff:192.0.2.7", 1234, 0, 0), b"192.0.2.7"),
+            (("2001:db8::1", 1234, 0, 0), b"2001:db8::1"),
+            (None, None),
+            ("/run/sock", None),
+        ],
+    )
+    def test_x_forwarded_for_peer_forms(self, mode: str, peer: object, xff: bytes | None) -> None:
+        assert forward(request(), mode, peer=peer) == upstream_head(xff=xff)
+
+    def test_x_forwarded_for_kept_without_peer(self, mode: str) -> None:
+        req = request(b"/", b"X-Forwarded-For: 1.2.3.4")
+        assert forward(req, mode, peer=None) == upstream_head(xff=b"1.2.3.4")
+
+    def test_forwarded_shim(self, mode: str) -> None:
+        cfg = ServerConfig(forwarded_shim=True)
+        req = request(
+            b"/",
+            b"X-Forwarded-For: 1.2.3.4, ::1",
+            b"X-Forwarded-Host: h.example",
+            b"X-Forwarded-Proto: https",
+            b"X-Forwarded-For: 5.6.7.8",
+        )
+        assert forward(req, mode, cfg) == upstream_head(
+            b"/",
+            b"X-Forwarded-Host: h.example",
+            b"X-Forwarded-Proto: https",
+            xff=b"1.2.3.4, ::1, 5.6.7.8, 10.0.0.1",
+            # the shim reads the first X-Forwarded-For line only, as Knative's does
+            tail=(b'Forwarded: for=1.2.3.4;host=h.example;proto=https, for="[::1]"',),
+        )
+
+    def test_forwarded_shim_keeps_existing_forwarded(self, mode: str) -> None:
+        cfg = ServerConfig(forwarded_shim=True)
+        req = request(b"/", b"Forwarded: for=9.9.9.9", b"X-Forwarded-For: 1.2.3.4")
+        assert forward(req, mode, cfg) == upstream_head(
+            b"/", b"Forwarded: for=9.9.9.9", xff=b"1.2.3.4, 10.0.0.1"
+        )
+
+    def test_forwarded_shim_needs_client_x_forwarded_headers(self, mode: str) -> None:
+        # The peer address we append is not a reason to add Forwarded (Knative shims the
+        # incoming request, before the reverse proxy appends the peer).
+        cfg = ServerConfig(forwarded_shim=True)
+        assert forward(request(), mode, cfg) == upstream_head()
+
+    def test_no_forwarded_without_shim(self, mode: str) -> None:
+        req = request(b"/", b"X-Forwarded-Proto: https")
+        assert forward(req, mode) == upstream_head(b"/", b"X-Forwarded-Proto: https")
+
+    def test_k_original_host_restored(self, mode: str) -> None:
+        cfg = ServerConfig(restore_original_host=True)
+        req = request(b"/", b"K-Original-Host: orig.example", b"X-A: 1")
+        assert forward(req, mode, cfg) == upstream_head(b"/", b"X-A: 1", host=b"orig.example")
+
+    def test_k_original_host_ignored_when_not_configured(self, mode: str) -> None:
+        req = request(b"/", b"K-Original-Host: orig.example", b"X-A: 1")
+        head = forward(req, mode)
+        assert head.startswith(b"GET / HTTP/1.1\r\nHost: example.com\r\n")
+
+    def test_knative_routing_headers_stripped(self, mode: str) -> None:
+        req = request(
+            b"/",
+            b"Knative-Serving-Revision: rev-1",
+            b"Knative-Serving-Namespace: default",
+            b"Knative-Serving-Tag: canary",
+            b"Knative-Serving-Default-Route: true",
+        )
+        assert forward(req, mode) == upstream_head(
+            b"/", b"Knative-Serving-Tag: canary", b"Knative-Serving-Default-Route: true"
+        )
+
+    def test_content_length_preserved(self, mode: str) -> None:
+        req = request(
+            b"/p",
+            b"Content-Type: text/plain",
+            b"Content-Length: 5",
+            method=b"POST",
+            body=b"hello",
+        )
+        assert forward(req, mode) == upstream_head(
+            b"/p", b"Content-Type: text/plain", method=b"POST", tail=(b"Content-Length: 5",)
+        ) + (b"hello")
+
+    def test_content_length_zero_preserved(self, mode: str) -> None:
+        req = request(b"/p", b"Content-Length: 0", method=b"POST")
+        assert forward(req, mode) == upstream_head(
+            b"/p", method=b"POST", tail=(b"Content-Length: 0",)
+        )
+
+    def test_http10_without_host_names_the_upstream(self, mode: str) -> None:
+        req = request(b"/old", b"Connection: keep-alive", host=None, version=b"1.0")
+        k = Kit()
+        up = k.idle_upstream()
+        c = k.client()
+        c.feed(req, step=1 if mode == "bytewise" else 0)
+        assert up.take() == upstream_head(b"/old", host=b"127.0.0.1:8080")
+        up.feed(ok())
+        assert c.take() == client_ok().replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n")
+
+    def test_absolute_form_target(self, mode: str) -> None:
+        req = request(b"http://other.example:81/p?q=1", b"X-A: 1")
+        assert forward(req, mode) == upstream_head(b"/p?q=1", b"X-A: 1", host=b"other.example:81")
+
+    def test_headers_are_forwarded_as_received(self, mode: str) -> None:
+        # Names keep their case and order; values keep inner whitespace and raw bytes;
+        # duplicates stay.
+        lines = (
+            b"x-lower: a  b",
+            b"X-UPPER: 1",
+            b"X-Dup: 1",
+            b"X-Dup: 2",
+            b"Cookie: a=1; b=2",
+            b"X-Utf8: caf\xc3\xa9",
+        )
+        assert forward(request(b"/", *lines), mode) == upstream_head(b"/", *lines)
+
+
+def test_chunked_request_rechunked_with_trailers() -> None:
+    req = request(
+        b"/c",
+        b"Transfer-Encoding: chunked",
+        b"Trailer: X-Sum",
+        method=b"POST",
+        body=b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Sum: 8\r\n\r\n",
+    )
+    head = upstream_head(b"/c", method=b"POST", tail=(b"Transfer-Encoding: chunked",))
+    sent = forward(req, "packet")
+    assert sent == head + b"5\r\nhello\r\n3\r\nabc\r\n0\r\nX-Sum: 8\r\n\r\n"
+    for mode in ("bytewise", "pipelined"):
+        sent = forward(req, mode)
+        assert sent.startswith(head)
+        chunks, trailers = dechunk(sent[len(head) :])
+        assert b"".join(chunks) == b"helloabc"
+        assert trailers == b"X-Sum: 8\r\n"
+
+
+@pytest.mark.parametrize(
+    ("target", "sent", "host"),
+    [
+        (b"http://h.example", b"/", b"h.example"),
+        (b"http://h.example?x=1", b"/?x=1", b"h.example"),
+        (b"HTTPS://h.example/a", b"/a", b"h.example"),
+        (b"*", b"*", b"example.com"),
+    ],
+)
+def test_request_target_forms(target: bytes, sent: bytes, host: bytes) -> None:
+    req = request(target, method=b"OPTIONS")
+    assert forward(req, "packet") == upstream_head(sent, method=b"OPTIONS", host=host)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the userinfo of an absolute-form target ends up in the Host header sent "
+    "upstream (Go uses the URL's host only)",
+)
+def test_absolute_form_userinfo_not_in_host() -> None:
+    req = request(b"http://user:pw@h.example/p")
+    assert forward(req, "packet") == upstream_head(b"/p", host=b"h.example")
+
+
+def test_empty_chunked_request() -> None:
+    req = request(b"/c", b"Transfer-Encoding: chunked", method=b"POST", body=b"0\r\n\r\n")
+    head = upstream_head(b"/c", method=b"POST", tail=(b"Transfer-Encoding: chunked",))
+    for mode in MODES:
+        assert forward(req, mode) == head + b"0\r\n\r\n"
+
+
+def test_chunked_request_streamed_as_it_arrives() -> None:
+    k = Kit()
+    up = k.idle_upstream()
+    c = k.client()
+    c.feed(request(b"/c", b"Transfer-Encoding: chunked", method=b"POST"))
+    head = upstream_head(b"/c", method=b"POST", tail=(b"Transfer-Encoding: chunked",))
+    assert up.take() == head
+    c.feed(b"4\r\nWiki\r\n")
+    assert up.take() == b"4\r\nWiki\r\n"
+    c.feed(b"5\r\npedia\r\n0\r\n\r\n")
+    assert up.take() == b"5\r\npedia\r\n0\r\n\r\n"
+    up.feed(ok())
+    assert c.take() == client_ok()
+    k.done_once(k.exchanges[0])
+    assert k.pool.idle_count == 1
+
+
+def test_host_override_and_extra_headers() -> None:
+    k = Kit(
+        lambda ex: ex.proxy(k.pool, host=b"svc.local", extra_headers=b"X-Extra: 1\r\n"),
+        ServerConfig(restore_original_host=True),
+    )
+    up = k.idle_upstream()
+    c = k.client()
+    c.feed(request(b"/", b"K-Original-Host: orig.example", b"Content-Length: 0", method=b"PUT"))
+    assert up.take() == upstream_head(
+        b"/",
+        method=b"PUT",
+        host=b"svc.local",
+        tail=(b"Content-Length: 0", b"X-Extra: 1"),
+    )
+
+
+def test_handler_sees_stripped_and_tracked_headers() -> None:
+    seen: list[Exchange] = []
+
+    def handler(ex: Exchange) -> None:
+        seen.append(ex)
+        ex.respond(200)
+
+    k = Kit(handler)
+    c: FakeTransport = k.client()
+    c.feed(
+        request(
+            b"/p?x=1",
+            b"Knative-Serving-Revision: rev-1",
+            b"User-Agent: curl",
+            b"X-Custom: v",
+            b"K-Network-Probe: queue",
+        )
+    )
+    ex = seen[0]
+    assert ex.path == b"/p"
+    assert ex.header(b"knative-serving-revision") == b"rev-1"
+    assert ex.header(b"user-agent") == b"curl"
+    assert ex.header(b"k-network-probe") == b"queue"
+    assert ex.header(b"x-custom") is None
+    assert ex.find_header(b"x-custom") == b"v"
+    assert ex.find_header(b"x-missing") is None
+    assert c.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + DATE + b"\r\n"
+    k.done_once(ex)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: X-Forwarded-For named in Connection is re-emitted (Go drops it as hop-by-hop "
+    "before appending the peer)",
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_connection_listed_x_forwarded_for_removed(mode: str) -> None:
+    req = request(b"/", b"Connection: X-Forwarded-For", b"X-Forwarded-For: 6.6.6.6")
+    assert forward(req, mode) == upstream_head(b"/", xff=b"10.0.0.1")
