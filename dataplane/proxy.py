@@ -62,12 +62,23 @@ P_UPSTREAM = 2  # upstream cannot take more (its transport paused writing)
 P_PIPELINE = 4  # a pipelined request waits for the current one
 
 _DISCARD_LIMIT = 256 * 1024
+# Go's transport replays a request on a fresh connection only for these methods (or with an
+# Idempotency-Key header), and only when the reused connection failed before any response.
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 _LINGER = 0.5  # seconds to keep reading (and discarding) after closing our side
 _XFF_FIRST = b":xff-first"  # hdr key: first X-Forwarded-For line when there are several
 _SWEEP_INTERVAL = 0.05
 
 
 class _ParseLimit(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class _LimitReached(httptools.HttpParserError):
+    """A head limit found on the raw bytes (handled like a parse error)."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
@@ -217,6 +228,13 @@ class Exchange:
                 return out[i + 2]
         return None
 
+    def _hdr_names(self) -> set[bytes]:
+        """Lower-case names of the pass-through headers (slow; rare paths only)."""
+        return {
+            line.partition(b":")[0].lower().removeprefix(b"x-")
+            for line in b"".join(self.hdr_out).split(_CRLF)
+        }
+
     @property
     def has_body(self) -> bool:
         return self.req_chunked or (
@@ -308,7 +326,9 @@ class Exchange:
         up.exchange = self
         conn = self.conn
         head = self._request_head()
-        if not self.has_body:
+        if not self.has_body and (
+            self.method in _IDEMPOTENT or b"idempotency-key" in self._hdr_names()
+        ):
             self.replay = head
         parts = [head]
         if self.upgrade:
@@ -363,8 +383,9 @@ class Exchange:
                     host = self.pool.authority
         parts = [self.method, b" ", self.target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
         ctoks = hdr.get(b"connection")
+        listed: set[bytes] = set()
         if ctoks is not None and ctoks.lower() not in _BASIC_CONN_TOKENS:
-            extra = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
+            extra = listed = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
             if extra:
                 out = self.hdr_out
                 for i in range(0, len(out), 4):
@@ -374,9 +395,9 @@ class Exchange:
                 parts += self.hdr_out
         else:
             parts += self.hdr_out
-        if b"te" in hdr:
+        if b"te" in hdr and b"te" not in listed:
             parts.append(b"TE: trailers\r\n")
-        prior = hdr.get(b"x-forwarded-for")
+        prior = hdr.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
         peer = conn.peer
         if peer:
             parts += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
@@ -717,7 +738,9 @@ class ServerConnection(asyncio.Protocol):
         "_dispatching",
         "_hdr_bytes",
         "_hdr_count",
+        "_head_seen",
         "_max_hdr_bytes",
+        "_max_head_bytes",
         "_max_hdrs",
         "active",
         "closed",
@@ -757,9 +780,12 @@ class ServerConnection(asyncio.Protocol):
         cfg = server.config
         self._max_hdr_bytes = cfg.max_header_bytes
         self._max_hdrs = cfg.max_headers
+        # request line and header block are limited separately; their sum bounds a raw head
+        self._max_head_bytes = 2 * cfg.max_header_bytes + 64
         self._hdr_bytes = 0  # budgets left for the head being parsed
         self._hdr_count = 0
         self.discarded = 0
+        self._head_seen = 0  # raw bytes received for the head being parsed
         self.tunnel: UpstreamConnection | None = None
         self.upgrade_pending = False
         self._dispatching = False
@@ -791,12 +817,27 @@ class ServerConnection(asyncio.Protocol):
             return
         if self.failed is not None:
             return
+        ex = self.parsing
+        in_head = ex is None or not ex.headers_complete
+        if in_head:
+            self._head_seen += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._upgrade_request(data[e.args[0] :])
+            return
         except httptools.HttpParserError as e:
             self._parse_error(e)
+            return
+        if in_head and self._head_seen > self._max_head_bytes:
+            ex = self.parsing
+            if ex is not None and not ex.headers_complete:
+                # A head still unfinished past both limits: httptools keeps accumulating an
+                # unterminated line (on_url/on_header only see it once it ends), so stop here.
+                if self._hdr_count == self._max_hdrs:  # no header line yet
+                    self._parse_error(_LimitReached(414, "request URI too long"))
+                else:
+                    self._parse_error(_LimitReached(431, "request header fields too large"))
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None and self.active is not None:
@@ -869,7 +910,8 @@ class ServerConnection(asyncio.Protocol):
         self.parsing = Exchange(self)
         self._hdr_bytes = self._max_hdr_bytes
         self._hdr_count = self._max_hdrs
-        self.header_tick = self.server.tick or 1
+        if self.active is None:  # the clock of a pipelined head starts when its turn comes
+            self.header_tick = self.server.tick or 1
 
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
@@ -930,6 +972,7 @@ class ServerConnection(asyncio.Protocol):
         ex.keep_alive = p.should_keep_alive()
         ex.upgrade = p.should_upgrade()
         ex.req_chunked = b"transfer-encoding" in ex.hdr
+        self._head_seen = 0
         expect = ex.hdr.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue":
             ex.expect_continue = True
@@ -1008,6 +1051,9 @@ class ServerConnection(asyncio.Protocol):
             return
         if self.paused:
             self.resume(P_BODY | P_UPSTREAM)
+        nxt = self.parsing
+        if nxt is not None and nxt is not ex and not nxt.headers_complete:
+            self.header_tick = self.server.tick or 1  # its turn: the header clock starts
         if ex is self.parsing:
             # Response complete while the request body still arrives: drain it (bounded),
             # then carry on with the next request.
@@ -1046,9 +1092,7 @@ class ServerConnection(asyncio.Protocol):
             self._early_data(rest)
 
     def _early_data(self, data: bytes) -> None:
-        ex = (
-            self.active if self.active is not None else (self.pending[-1] if self.pending else None)
-        )
+        ex = self.pending[-1] if self.pending else self.active  # the last parsed request
         if ex is None or ex.done:
             return
         up = ex.upstream
@@ -1064,7 +1108,9 @@ class ServerConnection(asyncio.Protocol):
 
     def _parse_error(self, e: Exception) -> None:
         cause = e.__context__
-        if isinstance(cause, _ParseLimit):
+        if isinstance(e, _LimitReached):
+            status, reason = e.status, str(e)
+        elif isinstance(cause, _ParseLimit):
             status, reason = cause.status, str(cause)
         else:
             status, reason = 400, "malformed request: " + str(e)
@@ -1120,6 +1166,7 @@ def _absolute_form(ex: Exchange) -> bool:
         authority, path = rest[:j], rest[j:]
         if path[:1] == b"?":
             path = b"/" + path
+    authority = authority.rpartition(b"@")[2]  # never forward user info as the Host
     if not authority:
         return False
     ex.hdr[b"host"] = authority
@@ -1196,7 +1243,7 @@ class HTTPServer:
         if limit > 0:
             for c in list(self.connections):
                 t = c.header_tick
-                if t and self.tick - t > limit:
+                if t and self.tick - t > limit and c.active is None:
                     c.close()
         self._ticker = self.loop.call_later(1.0, self._tick)
 

@@ -39,6 +39,10 @@ _SEP = b": "
 _CRLF = b"\r\n"
 
 
+class _BadResponse(Exception):
+    """Raised from a parser callback to stop parsing an unacceptable response."""
+
+
 class DialError(Exception):
     """A new upstream connection could not be made; the text is Go-like for 502 bodies."""
 
@@ -121,8 +125,15 @@ class UpstreamConnection(asyncio.Protocol):
             ex.start_tunnel(self, data[e.args[0] :])
             return
         except httptools.HttpParserError as e:
-            ex.upstream_failed(self, f"malformed response from upstream: {e}")
-            return
+            if self.resp_complete:
+                # Bytes after the complete response (a second response, junk): the response
+                # stands, the connection is not reused.
+                self.keep_alive = False
+            else:
+                cause = e.__context__
+                reason = str(cause) if isinstance(cause, _BadResponse) else str(e)
+                ex.upstream_failed(self, f"malformed response from upstream: {reason}")
+                return
         if self.resp_complete:
             ex.upstream_complete(self)  # flushes the client-bound bytes with the last chunk
         else:
@@ -158,6 +169,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.resp_complete:
+            raise _BadResponse("more than one response")  # stops the parser here
         self._reset_response()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -172,7 +185,9 @@ class UpstreamConnection(asyncio.Protocol):
         elif act == R_CLEN:
             self.resp_clen = value
         elif act == R_TENC:
-            self.resp_chunked = value.rstrip().lower().endswith(b"chunked")
+            if value.strip().lower() != b"chunked":
+                raise _BadResponse(f"unsupported transfer encoding: {value.decode('latin-1')}")
+            self.resp_chunked = True
         elif act == R_DATE:
             self.saw_date = True
             self.resp_out += (name, _SEP, value, _CRLF)
@@ -222,6 +237,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def prepare_reuse(self) -> None:
         self.got_bytes = False
+        self.resp_complete = False
         if self.stale_parser:
             # A HEAD response left the parser expecting a body that never comes.
             self.parser = httptools.HttpResponseParser(self)

@@ -286,11 +286,6 @@ def test_request_target_forms(target: bytes, sent: bytes, host: bytes) -> None:
     assert forward(req, "packet") == upstream_head(sent, method=b"OPTIONS", host=host)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the userinfo of an absolute-form target ends up in the Host header sent "
-    "upstream (Go uses the URL's host only)",
-)
 def test_absolute_form_userinfo_not_in_host() -> None:
     req = request(b"http://user:pw@h.example/p")
     assert forward(req, "packet") == upstream_head(b"/p", host=b"h.example")
@@ -366,11 +361,6 @@ def test_handler_sees_stripped_and_tracked_headers() -> None:
     k.done_once(ex)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: X-Forwarded-For named in Connection is re-emitted (Go drops it as hop-by-hop "
-    "before appending the peer)",
-)
 @pytest.mark.parametrize("mode", MODES)
 def test_connection_listed_x_forwarded_for_removed(mode: str) -> None:
     req = request(b"/", b"Connection: X-Forwarded-For", b"X-Forwarded-For: 6.6.6.6")

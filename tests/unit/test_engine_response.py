@@ -348,11 +348,6 @@ class TestInterim:
 class TestUnsolicitedBytes:
     """An upstream that sends more than one response: the client must get exactly one."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: bytes after a complete response in the same packet are parsed as a second "
-        "response and relayed to the client; the connection is pooled",
-    )
     def test_second_response_in_same_packet_not_relayed(self) -> None:
         k, c, up = proxied(request())
         up.feed(ok(b"one") + ok(b"two"))
@@ -360,11 +355,6 @@ class TestUnsolicitedBytes:
         assert k.pool.idle_count == 0
         k.done_once(k.exchanges[0])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: the start of a second response after a complete one resets resp_complete; "
-        "the exchange never finishes",
-    )
     def test_partial_second_response_does_not_hang_the_exchange(self) -> None:
         k, c, up = proxied(request())
         up.feed(ok(b"one") + b"HTTP/1.1 200 OK\r\n")
@@ -372,11 +362,6 @@ class TestUnsolicitedBytes:
         k.done_once(k.exchanges[0])
         assert k.pool.idle_count == 0
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: junk after a complete response is treated as a mid-response failure and "
-        "closes the client connection",
-    )
     def test_junk_after_response_keeps_the_client_connection(self) -> None:
         k, c, up = proxied(request())
         up.feed(ok(b"one") + b"X")
@@ -396,11 +381,6 @@ class TestUnsolicitedBytes:
         assert nup.take() == upstream_head(b"/next")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a transfer coding other than chunked from upstream is dropped: the client "
-    "gets the still-gzipped body as plain chunked (Go's transport fails with 502)",
-)
 def test_upstream_transfer_coding_other_than_chunked() -> None:
     _k, c, up = proxied(request())
     up.feed(response(b"200 OK", b"Transfer-Encoding: gzip, chunked", body=b"2\r\nGZ\r\n0\r\n\r\n"))

@@ -230,11 +230,6 @@ class TestHeaderTimeout:
         k.loop.advance(2)
         assert c.calls == ["close"]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: the header clock of a partly received pipelined request runs while the "
-        "request before it is still served; the tick closes the connection and aborts it",
-    )
     def test_partial_pipelined_head_waits_for_the_request_before_it(self) -> None:
         k = self._ticking(3)
         up = k.idle_upstream()

@@ -84,11 +84,6 @@ def test_early_client_bytes_follow_the_head() -> None:
     assert up.take() == b"more"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bytes after a pipelined upgrade request are written to the upstream of the "
-    "request before it (still active), bypassing the handler",
-)
 def test_early_bytes_of_a_pipelined_upgrade_go_to_its_own_upstream() -> None:
     k = Kit()
     up = k.idle_upstream()

@@ -65,13 +65,33 @@ class TestRetry:
         k.done_once(k.exchanges[0])
         assert c.calls == []  # the client connection stays usable
 
-    def test_content_length_zero_counts_as_bodyless(self) -> None:
+    def test_head_with_content_length_zero_is_replayed(self) -> None:
         k = Kit()
         up = k.idle_upstream()
         c = k.client()
-        c.feed(request(b"/p", b"Content-Length: 0", method=b"POST"))
+        c.feed(request(b"/p", b"Content-Length: 0", method=b"OPTIONS"))
         up.peer_eof()
         assert len(k.pool.dialing) == 1
+
+    @pytest.mark.parametrize("key", [b"Idempotency-Key: 7", b"X-Idempotency-Key: 7"])
+    def test_bodyless_post_with_idempotency_key_is_replayed(self, key: bytes) -> None:
+        # Go's transport: non-idempotent methods are replayed only with an idempotency key
+        k = Kit()
+        up = k.idle_upstream()
+        c = k.client()
+        c.feed(request(b"/p", b"Content-Length: 0", key, method=b"POST"))
+        up.peer_eof()
+        assert len(k.pool.dialing) == 1
+
+    @pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE", b"PATCH"])
+    def test_bodyless_non_idempotent_request_is_not_replayed(self, method: bytes) -> None:
+        k = Kit()
+        up = k.idle_upstream()
+        c = k.client()
+        c.feed(request(b"/p", b"Content-Length: 0", method=method))
+        up.peer_eof()
+        assert not k.pool.dialing
+        assert c.take() == error_response(b"502 Bad Gateway", b"EOF")
 
     def test_retry_dial_fails(self) -> None:
         k = Kit()
