@@ -151,6 +151,7 @@ class Exchange:
         "replay",
         "req_chunked",
         "req_trailers",
+        "resp_extra",
         "resp_mode",
         "resp_size",
         "resp_started",
@@ -194,6 +195,7 @@ class Exchange:
         self.resp_status = 0
         self.resp_size = 0
         self.resp_mode = M_NONE
+        self.resp_extra = b""  # header lines the handler adds to the proxied response
         self.closing = False
         self.out: list[bytes] = []
         self.last_write: float | None = None
@@ -234,6 +236,15 @@ class Exchange:
             line.partition(b":")[0].lower().removeprefix(b"x-")
             for line in b"".join(self.hdr_out).split(_CRLF)
         }
+
+    def drop_header(self, lname: bytes) -> None:
+        """Remove a request header (all its lines) before the request is forwarded."""
+        self.hdr.pop(lname, None)
+        kept: list[bytes] = []
+        for line in b"".join(self.hdr_out).split(_CRLF):
+            if line and line.partition(b":")[0].lower() != lname:
+                kept += (line, _CRLF)
+        self.hdr_out = kept
 
     @property
     def has_body(self) -> bool:
@@ -490,6 +501,8 @@ class Exchange:
                     parts += out[i : i + 4]
         else:
             parts += up.resp_out
+        if self.resp_extra:
+            parts.append(self.resp_extra)
         if up.resp_clen is not None and (mode in (M_RAW, M_NONE)):
             parts += (b"Content-Length: ", up.resp_clen, _CRLF)
         elif mode == M_CHUNKED:

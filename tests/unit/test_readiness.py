@@ -272,7 +272,7 @@ AGGR = ProbeSpec("tcp", "127.0.0.1", 8080)
 
 class TestAggressive:
     def test_constants(self) -> None:
-        assert (AGGRESSIVE_PROBE_TIMEOUT, RETRY_INTERVAL, POLL_TIMEOUT) == (0.1, 0.05, 10.0)
+        assert (AGGRESSIVE_PROBE_TIMEOUT, RETRY_INTERVAL, POLL_TIMEOUT) == (0.1, 0.01, 10.0)
 
     async def test_immediate_success(self) -> None:
         fake, attempt = FakeTime(), FakeAttempt()
@@ -293,7 +293,7 @@ class TestAggressive:
         # fail, ok, ok, FAIL resets, ok, ok, ok -> ready on the 7th attempt.
         assert len(attempt.calls) == 7
         assert all(timeout == 0.1 for _, timeout in attempt.calls)
-        assert fake.sleeps == pytest.approx([0.05] * 6)
+        assert fake.sleeps == pytest.approx([RETRY_INTERVAL] * 6)
         assert logs == []  # intermediate failures are not logged
 
     async def test_counter_persists_across_cycles(self) -> None:
@@ -317,7 +317,8 @@ class TestAggressive:
         assert await prober.probe() is False
         assert prober.last_result is False
         assert fake.now - start == pytest.approx(POLL_TIMEOUT)
-        assert 195 <= len(attempt.calls) <= 205  # every 50 ms for 10 s
+        expected = POLL_TIMEOUT / RETRY_INTERVAL  # one attempt per interval for 10 s
+        assert expected - 5 <= len(attempt.calls) <= expected + 5
         assert len(logs) == 1
         match = re.fullmatch(
             r"aggressive probe error \(failed (\d+) times\): "
@@ -331,7 +332,7 @@ class TestAggressive:
         spec = ProbeSpec("tcp", "127.0.0.1", 8080, success_threshold=2)
         fake = FakeTime()
         # Alternating ok/fail never reaches two consecutive successes.
-        attempt = FakeAttempt([i % 2 == 0 for i in range(1000)])
+        attempt = FakeAttempt([i % 2 == 0 for i in range(2000)])
         prober, logs = make([spec], attempt, fake)
         assert await prober.probe() is False
         failures = sum(1 for i in range(len(attempt.calls)) if i % 2 == 1)
@@ -359,7 +360,7 @@ class TestAggressive:
         start = fake.now
         assert await prober.probe() is True
         assert len(attempt.calls) == 41
-        assert fake.now - start == pytest.approx(40 * 0.05)
+        assert fake.now - start == pytest.approx(40 * RETRY_INTERVAL)
         assert logs == []
 
 
