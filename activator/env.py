@@ -1,0 +1,76 @@
+"""The activator's environment (Knative SPEC §2.1) plus our settings for running without Knative."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dataplane.envconfig import ConfigError, env_duration, env_float, env_int, env_str
+
+__all__ = ["ActivatorEnv", "ConfigError", "parse_env"]
+
+_PORT = {"minimum": 1, "maximum": 65535}
+
+
+@dataclass(slots=True)
+class ActivatorEnv:
+    pod_name: str
+    pod_ip: str
+    system_namespace: str = "knative-serving"
+    cluster_domain: str = "cluster.local"
+    autoscaler_url: str = ""
+    max_idle_proxy_conns: int = 1000
+    max_idle_proxy_conns_per_host: int = 100
+    probe_timeout: float = 0.3
+    probe_frequency: float = 0.2
+    port: int = 8012
+    metrics_port: int = 9090
+    bind_host: str = ""
+    drain_quiet_period: float = 45.0
+    queue_depth: int = 10_000
+    queue_wait: float | None = None
+    platform_file: str = ""
+    logging_level: str = ""
+    max_header_bytes: int = 64 * 1024
+
+
+def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
+    """Read the environment; raises ConfigError naming the first bad variable."""
+    ns = env_str(env, "SYSTEM_NAMESPACE", "knative-serving") or "knative-serving"
+    domain = env_str(env, "CLUSTER_DOMAIN", "cluster.local") or "cluster.local"
+    e = ActivatorEnv(
+        pod_name=env_str(env, "POD_NAME"),
+        pod_ip=env_str(env, "POD_IP"),
+        system_namespace=ns,
+        cluster_domain=domain,
+        autoscaler_url=env.get("AUTOSCALER_URL", "") or f"ws://autoscaler.{ns}.svc.{domain}:8080",
+        max_idle_proxy_conns=env_int(env, "MAX_IDLE_PROXY_CONNS", 1000, minimum=0),
+        max_idle_proxy_conns_per_host=env_int(env, "MAX_IDLE_PROXY_CONNS_PER_HOST", 100, minimum=0),
+        probe_timeout=env_duration(env, "PROBE_TIMEOUT", 0.3),
+        probe_frequency=env_duration(env, "PROBE_FREQUENCY", 0.2),
+        port=env_int(env, "ACTIVATOR_PORT", 8012, **_PORT),
+        metrics_port=env_int(env, "ACTIVATOR_METRICS_PORT", 9090, **_PORT),
+        bind_host=env.get("ACTIVATOR_BIND_ADDRESS", ""),
+        drain_quiet_period=env_float(env, "DRAIN_QUIET_PERIOD_SECONDS", 45.0, minimum=0),
+        queue_depth=env_int(env, "ACTIVATOR_QUEUE_DEPTH", 10_000, minimum=1),
+        platform_file=env.get("ACTIVATOR_PLATFORM_FILE", ""),
+        logging_level=env.get("SERVING_LOGGING_LEVEL", ""),
+        max_header_bytes=env_int(
+            env, "ACTIVATOR_MAX_HEADER_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024
+        ),
+    )
+    qw = env.get("ACTIVATOR_QUEUE_WAIT_SECONDS", "")
+    if qw.strip():
+        e.queue_wait = env_float(env, "ACTIVATOR_QUEUE_WAIT_SECONDS", 0.0, minimum=0)
+    if not e.pod_name:
+        raise ConfigError("POD_NAME: must not be empty (it names this activator in its stats)")
+    if e.probe_timeout <= 0 or e.probe_frequency <= 0:
+        raise ConfigError("PROBE_TIMEOUT and PROBE_FREQUENCY must be greater than 0")
+    if not e.autoscaler_url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"AUTOSCALER_URL: {e.autoscaler_url!r} is not a ws:// or wss:// URL")
+    if not e.platform_file:
+        raise ConfigError(
+            "ACTIVATOR_PLATFORM_FILE: required until the Kubernetes platform lands (issue 5); "
+            "a JSON file listing revisions and their endpoints (see platforms/static.py)"
+        )
+    return e

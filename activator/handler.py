@@ -1,0 +1,382 @@
+"""The activator's request path and its view of the platform (Knative SPEC §2.2 to §2.8).
+
+Per request: health and network probes, revision resolution (Knative headers, the
+``<rev>.<ns>.svc.<domain>`` host, or a platform-provided host), the demand signal (an immediate
+stat on a revision's first request), the revision timeouts, then the throttler: a lease on a
+pod's capacity at once, or a ticket that waits (holding no task; the request body stays in the
+kernel because nothing reads it until the request is forwarded). A granted request is proxied to
+the pod's queue-proxy with ``K-Proxy-Request: activator`` and ``K-Original-Host``.
+
+Beyond Knative: a per-revision queue-wait limit (503 + ``Retry-After``), the waited time in the
+``Knd-Activator-Wait-Ms`` response header, and a histogram of waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dataplane.proxy import Exchange
+from dataplane.timeouts import TimeoutPolicy
+from dataplane.upstream import UpstreamPool
+from platforms.base import Endpoints, Revision, RevisionKey
+
+from .backends import ProbeFn, RevisionBackends, probe_queue_proxy
+from .reporter import ConcurrencyReporter
+from .throttler import Lease, QueueFullError, RevisionThrottler, Ticket
+
+if TYPE_CHECKING:
+    from dataplane.promtext import Histogram
+    from dataplane.statpb import WireStatMessage
+
+__all__ = ["WAIT_HEADER", "Activator", "RevisionState"]
+
+log = logging.getLogger("activator")
+
+WAIT_HEADER = b"Knd-Activator-Wait-Ms"
+_TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
+_PROXY_HEADERS = b"K-Proxy-Request: activator\r\nK-Original-Host: "
+
+
+class RevisionState:
+    """Everything the activator keeps per revision."""
+
+    def __init__(self, act: Activator, rev: Revision) -> None:
+        self.act = act
+        self.rev = rev
+        self.key = rev.key
+        self.throttler = RevisionThrottler(rev.container_concurrency, queue_depth=act.queue_depth)
+        self.backends = RevisionBackends(
+            rev.key,
+            self._healthy,
+            probe=act.probe,
+            frequency=act.probe_frequency,
+            timeout=act.probe_timeout,
+        )
+        self.pools: dict[str, UpstreamPool] = {}
+        self.queued = 0
+        self.active = 0
+        self.deleted = False
+        self.configure(rev)
+
+    def configure(self, rev: Revision) -> None:
+        self.rev = rev
+        self.timeouts = TimeoutPolicy(
+            rev.timeout_seconds, rev.response_start_timeout_seconds, rev.idle_timeout_seconds
+        )
+        qw = rev.queue_wait_seconds if rev.queue_wait_seconds is not None else self.act.queue_wait
+        self.queue_wait = qw if qw is not None and qw > 0 else None
+        self.labels = (rev.namespace, rev.name)
+
+    def pool(self, dest: str) -> UpstreamPool:
+        p = self.pools.get(dest)
+        if p is None:
+            host, _, port = dest.rpartition(":")
+            p = UpstreamPool(
+                host.strip("[]"),
+                int(port),
+                max_idle=self.act.max_idle_per_host,
+                loop=self.act.loop,
+            )
+            self.pools[dest] = p
+        return p
+
+    def _healthy(self, dests: list[str]) -> None:
+        # Pools of pods that left: idle connections closed, busy ones finish their exchange.
+        for dest in list(self.pools):
+            if dest not in dests:
+                self.pools.pop(dest).close()
+        self.throttler.update_backends(dests)
+
+    def close(self) -> None:
+        self.backends.close()
+        for p in self.pools.values():
+            p.close()
+        self.pools.clear()
+
+
+class _Request:
+    """Per-request state of a proxied request (``Exchange.ctx``)."""
+
+    __slots__ = ("ex", "lease", "rs", "ticket", "wait_start", "wait_timer")
+
+    def __init__(self, rs: RevisionState, ex: Exchange) -> None:
+        self.rs = rs
+        self.ex = ex
+        self.lease: Lease | None = None
+        self.ticket: Ticket | None = None
+        self.wait_start = 0.0
+        self.wait_timer: asyncio.TimerHandle | None = None
+
+    def grant(self, lease: Lease) -> None:
+        """The throttler gave this waiting request a pod."""
+        rs = self.rs
+        self.ticket = None
+        rs.queued -= 1
+        if rs.queued == 0:
+            rs.backends.set_demand(False)
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
+        ex = self.ex
+        if ex.done:
+            lease.release()
+            return
+        waited = rs.act.loop.time() - self.wait_start
+        rs.act.observe_wait(rs, waited)
+        ex.resp_extra = WAIT_HEADER + b": %d\r\n" % round(waited * 1000)
+        self.forward(lease)
+
+    def forward(self, lease: Lease) -> None:
+        self.lease = lease
+        rs = self.rs
+        rs.active += 1
+        ex = self.ex
+        orig = ex.hdr.get(b"k-original-host") or ex.hdr.get(b"host") or b""
+        dest = lease.dest
+        ex.proxy(
+            rs.pool(dest),
+            host=dest.encode(),
+            extra_headers=_PROXY_HEADERS + orig + b"\r\n",
+        )
+
+    def wait_expired(self) -> None:
+        """The queue-wait limit passed before capacity appeared: 503 + Retry-After."""
+        self.wait_timer = None
+        t = self.ticket
+        if t is None or not t.cancel():
+            return
+        self.ticket = None
+        rs = self.rs
+        rs.queued -= 1
+        if rs.queued == 0:
+            rs.backends.set_demand(False)
+        body = b"timed out waiting for capacity\n"
+        self.ex.respond(
+            503,
+            body,
+            b"Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"
+            b"Retry-After: 1\r\n",
+        )
+
+
+class Activator:
+    """Request handler plus platform-event receiver for one activator process."""
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        pod_name: str,
+        send_stats: Callable[[list[WireStatMessage]], None],
+        connected: Callable[[], bool],
+        cluster_domain: str = "cluster.local",
+        queue_depth: int = 10_000,
+        queue_wait: float | None = None,
+        probe: ProbeFn = probe_queue_proxy,
+        probe_frequency: float = 0.2,
+        probe_timeout: float = 0.3,
+        max_idle_per_host: int = 100,
+        wait_histogram: Histogram | None = None,
+    ) -> None:
+        self.loop = loop
+        self.send_stats = send_stats
+        self.connected = connected
+        self.cluster_domain = cluster_domain.lower().encode()
+        self.queue_depth = queue_depth
+        self.queue_wait = queue_wait
+        self.probe = probe
+        self.probe_frequency = probe_frequency
+        self.probe_timeout = probe_timeout
+        self.max_idle_per_host = max_idle_per_host
+        self.wait_histogram = wait_histogram
+        self.reporter = ConcurrencyReporter(pod_name, loop.time())
+        self.revisions: dict[RevisionKey, RevisionState] = {}
+        self.hosts: dict[bytes, RevisionKey] = {}
+        self._pending_eps: dict[RevisionKey, Endpoints] = {}
+        self._pending_acts: dict[RevisionKey, tuple[int, int]] = {}
+        self.sigterm = False
+        self._tick: asyncio.TimerHandle | None = None
+
+    # -- platform events -------------------------------------------------------------------
+    def revision_updated(self, rev: Revision) -> None:
+        rs = self.revisions.get(rev.key)
+        if rs is None:
+            rs = self.revisions[rev.key] = RevisionState(self, rev)
+            eps = self._pending_eps.pop(rev.key, None)
+            if eps is not None:
+                rs.backends.update(eps)
+            acts = self._pending_acts.pop(rev.key, None)
+            if acts is not None:
+                rs.throttler.update_activators(*acts)
+        else:
+            if rev.container_concurrency != rs.rev.container_concurrency:
+                log.warning(
+                    "containerConcurrency of %s/%s changed; it applies to new revisions only",
+                    rev.namespace,
+                    rev.name,
+                )
+            rs.configure(rev)
+        self._reindex_hosts()
+
+    def revision_deleted(self, key: RevisionKey) -> None:
+        rs = self.revisions.pop(key, None)
+        if rs is not None:
+            rs.deleted = True
+            rs.close()
+        self._pending_eps.pop(key, None)
+        self._reindex_hosts()
+
+    def endpoints_updated(self, key: RevisionKey, eps: Endpoints) -> None:
+        rs = self.revisions.get(key)
+        if rs is None:
+            self._pending_eps[key] = eps
+        else:
+            rs.backends.update(eps)
+
+    def activators_updated(self, key: RevisionKey, index: int, count: int) -> None:
+        rs = self.revisions.get(key)
+        if rs is None:
+            self._pending_acts[key] = (index, count)
+        else:
+            rs.throttler.update_activators(index, count)
+
+    def _reindex_hosts(self) -> None:
+        self.hosts = {h.encode(): rs.key for rs in self.revisions.values() for h in rs.rev.hosts}
+
+    # -- stats -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tick = self.loop.call_later(1.0, self._report)
+
+    def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        for rs in self.revisions.values():
+            rs.close()
+
+    def _report(self) -> None:
+        self._tick = self.loop.call_later(1.0, self._report)
+        msgs = self.reporter.report(self.loop.time())
+        if msgs:
+            self.send_stats(msgs)
+
+    def observe_wait(self, rs: RevisionState, waited: float) -> None:
+        h = self.wait_histogram
+        if h is not None:
+            h.observe(waited, rs.labels)
+
+    # -- requests --------------------------------------------------------------------------
+    def __call__(self, ex: Exchange) -> None:
+        hdr = ex.hdr
+        ua = hdr.get(b"user-agent")
+        if (ua is not None and ua.startswith(b"kube-probe/")) or b"k-kubelet-probe" in hdr:
+            if self.sigterm:
+                ex.error(500, "received SIGTERM from kubelet")
+            elif not self.connected():
+                ex.error(500, "connection has not yet been established")
+            else:
+                ex.respond(200)
+            return
+        np = hdr.get(b"k-network-probe")
+        if np:
+            self._network_probe(ex, np)
+            return
+        if b"k-network-hash" in hdr:
+            ex.drop_header(b"k-network-hash")
+        rs = self._resolve(ex)
+        if rs is None:
+            return
+        msgs = self.reporter.request_in(rs.key, ex.start)
+        if msgs:
+            self.send_stats(msgs)
+        req = _Request(rs, ex)
+        ex.ctx = req
+        ex.on_done = self._done
+        ex.set_timeouts(rs.timeouts)
+        try:
+            got = rs.throttler.try_acquire(req.grant)
+        except QueueFullError:
+            ex.error(503, "pending request queue full")
+            return
+        if isinstance(got, Lease):
+            req.forward(got)
+            return
+        req.ticket = got
+        req.wait_start = ex.start
+        rs.queued += 1
+        if rs.queued == 1:
+            rs.backends.set_demand(True)
+        qw = rs.queue_wait
+        if qw is not None and (not rs.timeouts.total or qw < rs.timeouts.total):
+            req.wait_timer = self.loop.call_at(ex.start + qw, req.wait_expired)
+
+    def _network_probe(self, ex: Exchange, np: bytes) -> None:
+        if np == b"probe":
+            h = ex.hdr.get(b"k-network-hash")
+            if not h:
+                ex.error(400, 'a probe request must contain a non-empty "K-Network-Hash" header')
+            else:
+                ex.respond(200, b"", b"K-Network-Hash: " + h + b"\r\n")
+        elif np == b"activator":
+            ex.respond(200, b"activator", _TEXT)
+        else:
+            value = html.escape(np.decode("latin-1"), quote=True)
+            ex.error(400, f'unexpected probe header value: "{value}"')
+
+    def _resolve(self, ex: Exchange) -> RevisionState | None:
+        hdr = ex.hdr
+        ns = hdr.get(b"knative-serving-namespace")
+        name = hdr.get(b"knative-serving-revision")
+        key: RevisionKey | None = None
+        if ns and name:
+            key = (ns.decode("latin-1"), name.decode("latin-1"))
+        else:
+            host = (hdr.get(b"host") or b"").lower()
+            h = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
+            parts = h.split(b".")
+            if len(parts) == 4 and parts[2] == b"svc" and parts[3] == self.cluster_domain:
+                key = (parts[1].decode("latin-1"), parts[0].decode("latin-1"))
+            else:
+                key = self.hosts.get(h)
+                if key is None:
+                    ex.error(
+                        404,
+                        f"Error getting active endpoint: no revision for host "
+                        f"{h.decode('latin-1')!r}",
+                    )
+                    return None
+        rs = self.revisions.get(key)
+        if rs is None:
+            ex.error(
+                404,
+                f'Error getting active endpoint: revision.serving.knative.dev "{key[1]}" not found',
+            )
+        return rs
+
+    def _done(self, ex: Exchange) -> None:
+        req: _Request = ex.ctx
+        rs = req.rs
+        if req.wait_timer is not None:
+            req.wait_timer.cancel()
+            req.wait_timer = None
+        lease = req.lease
+        if lease is not None:
+            req.lease = None
+            rs.active -= 1
+            lease.release()
+        elif req.ticket is not None:
+            if req.ticket.cancel():
+                rs.queued -= 1
+                if rs.queued == 0:
+                    rs.backends.set_demand(False)
+            req.ticket = None
+        self.reporter.request_out(rs.key, self.loop.time())
+
+    # -- introspection (metrics) -----------------------------------------------------------
+    def gauges(self) -> list[tuple[tuple[str, str], int, int]]:
+        """(labels, queued, active) per revision."""
+        return [(rs.labels, rs.queued, rs.active) for rs in self.revisions.values()]

@@ -1,0 +1,209 @@
+"""``activator`` entry point: platform, stat sink, data port, metrics port, drain on SIGTERM.
+
+Ports: the data path on ``ACTIVATOR_PORT`` (8012; kubelet probes are answered there too) and
+Prometheus metrics on ``ACTIVATOR_METRICS_PORT`` (9090). Revisions and endpoints come from the
+platform (for now a JSON file, ``ACTIVATOR_PLATFORM_FILE``; see ``platforms/static.py``); stats
+go to the autoscaler over a websocket (``AUTOSCALER_URL``, Knative's address by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+from dataplane.envconfig import ConfigError
+from dataplane.logs import setup_logging
+from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
+from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from platforms.static import StaticPlatform
+
+from .env import ActivatorEnv, parse_env
+from .handler import Activator
+from .statsink import StatSink
+
+__all__ = ["main", "run"]
+
+log = logging.getLogger("activator")
+
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_REV_LABELS = ("k8s_namespace_name", "kn_revision_name")
+
+
+class ActivatorProcess:
+    """The running activator: servers, platform, stat sink and the shutdown sequence."""
+
+    def __init__(self, env: ActivatorEnv, loop: asyncio.AbstractEventLoop) -> None:
+        self.env = env
+        self.loop = loop
+        self.stopped: asyncio.Future[None] = loop.create_future()
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self.registry = Registry()
+        self.reachable = Gauge(
+            "kn_activator_stats_conn_reachable",
+            "Whether the autoscaler is reachable over the stats websocket (1) or not (0)",
+            ("peer",),
+        )
+        self.reachable.set(0, ("autoscaler",))
+        self.conn_errors = Counter(
+            "kn_activator_stats_conn_errors",
+            "Disconnections of the stats websocket to the autoscaler",
+            ("peer",),
+        )
+        self.sink = StatSink(
+            env.autoscaler_url, on_connect=self._on_connect, on_disconnect=self._on_disconnect
+        )
+        self.waits = Histogram(
+            "knd_activator_request_wait_seconds",
+            "Time requests waited at the activator for capacity (cold starts included)",
+            _WAIT_BUCKETS,
+            _REV_LABELS,
+        )
+        self.activator = Activator(
+            loop=loop,
+            pod_name=env.pod_name,
+            send_stats=self.sink.send,
+            connected=lambda: self.sink.connected,
+            cluster_domain=env.cluster_domain,
+            queue_depth=env.queue_depth,
+            queue_wait=env.queue_wait,
+            probe_frequency=env.probe_frequency,
+            probe_timeout=env.probe_timeout,
+            max_idle_per_host=env.max_idle_proxy_conns_per_host,
+            wait_histogram=self.waits,
+        )
+        act = self.activator
+        self.registry.add(
+            Gauge(
+                "kn_revision_request_queued",
+                "Requests waiting in the activator's throttler",
+                _REV_LABELS,
+                fn=lambda: [(labels, float(q)) for labels, q, _ in act.gauges()],
+            )
+        )
+        self.registry.add(
+            Gauge(
+                "kn_revision_request_active",
+                "Requests the activator is proxying",
+                _REV_LABELS,
+                fn=lambda: [(labels, float(a)) for labels, _, a in act.gauges()],
+            )
+        )
+        self.registry.add(
+            Gauge(
+                "kn_revision_request_concurrency",
+                "Average concurrency per revision through this activator, as last reported",
+                _REV_LABELS,
+                fn=lambda: [(k, v) for k, v in act.reporter.concurrency().items()],
+            )
+        )
+        self.registry.add(self.reachable)
+        self.registry.add(self.conn_errors)
+        self.registry.add(self.waits)
+        self.platform = StaticPlatform(env.platform_file)
+        base = ServerConfig(max_header_bytes=env.max_header_bytes)
+        self.server = HTTPServer(
+            act,
+            ServerConfig(
+                max_header_bytes=env.max_header_bytes,
+                timeout_body=b"activator request timeout",
+            ),
+            loop=loop,
+        )
+        self.metrics_server = HTTPServer(self._metrics, base, loop=loop)
+
+    def _on_connect(self) -> None:
+        self.reachable.set(1, ("autoscaler",))
+
+    def _on_disconnect(self) -> None:
+        self.reachable.set(0, ("autoscaler",))
+        self.conn_errors.inc(("autoscaler",))
+
+    def _metrics(self, ex: Exchange) -> None:
+        if ex.path == b"/metrics":
+            ex.respond(200, self.registry.render(), b"Content-Type: " + CONTENT_TYPE + b"\r\n")
+        else:
+            ex.error(404, "404 page not found")
+
+    async def start(self) -> None:
+        env = self.env
+        await self.platform.start(self.activator)
+        await self.sink.start()
+        self.activator.start()
+        host = env.bind_host or None
+        for server, port, name in (
+            (self.server, env.port, "ACTIVATOR_PORT"),
+            (self.metrics_server, env.metrics_port, "ACTIVATOR_METRICS_PORT"),
+        ):
+            try:
+                await server.start(host, port)
+            except OSError as e:
+                raise ConfigError(
+                    f"{name}: cannot listen on {host or ''}:{port}: {e.strerror}"
+                ) from None
+
+    def on_signal(self, sig: int) -> None:
+        if self._shutdown_task is None:
+            self._shutdown_task = self.loop.create_task(self.shutdown(quick=sig == signal.SIGINT))
+
+    async def shutdown(self, *, quick: bool = False) -> None:
+        """Knative's sequence: fail health at once, keep serving through the drain period,
+        then stop accepting and let in-flight requests finish."""
+        act = self.activator
+        act.sigterm = True
+        if not quick:
+            log.info(
+                "received TERM signal: health checks fail now; serving for %.0fs more",
+                self.env.drain_quiet_period,
+            )
+            await asyncio.sleep(self.env.drain_quiet_period)
+        await asyncio.gather(self.server.shutdown(), self.metrics_server.shutdown())
+        act.stop()
+        await self.platform.close()
+        await self.sink.close()
+        log.info("shutdown complete")
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+
+async def _serve(env: ActivatorEnv) -> int:
+    loop = asyncio.get_running_loop()
+    proc = ActivatorProcess(env, loop)
+    try:
+        await proc.start()
+    except ConfigError as e:
+        print(f"activator: {e}", file=sys.stderr)
+        await proc.sink.close()
+        await proc.platform.close()
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proc.on_signal, sig)
+    log.info(
+        "activator serving",
+        extra={"port": env.port, "autoscaler": env.autoscaler_url, "pod": env.pod_name},
+    )
+    await proc.stopped
+    return 0
+
+
+def run(environ: Mapping[str, str]) -> int:
+    try:
+        env = parse_env(environ)
+    except ConfigError as e:
+        print(f"activator: {e}", file=sys.stderr)
+        return 1
+    setup_logging(env.logging_level, {"knative.dev/pod": env.pod_name})
+    import uvloop
+
+    return int(uvloop.run(_serve(env)))
+
+
+def main() -> None:
+    sys.exit(run(os.environ))
+
+
+if __name__ == "__main__":
+    main()

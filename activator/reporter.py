@@ -1,0 +1,105 @@
+"""Per-revision concurrency accounting for the autoscaler (Knative ``concurrency_reporter.go``).
+
+Sans-I/O: the caller passes ``now`` (seconds, monotonic) to every method and ships the returned
+``WireStatMessage`` batches itself (see :mod:`activator.statsink`). SPEC §2.7:
+
+- the first request of a revision with no entry is reported *immediately* as
+  ``{AverageConcurrentRequests: 1, RequestCount: 1}``, the scale-from-zero trigger;
+- the 1 s tick reports every revision, subtracting that already-reported request in the first
+  report after the entry was created (average floored at 0);
+- an entry idle for the whole period with no request in flight is deleted, so the next request
+  triggers a new immediate message.
+
+The activator never sets the proxied fields of ``Stat``, nor ``process_uptime`` or ``timestamp``
+(the autoscaler fills the timestamp in).
+"""
+
+from __future__ import annotations
+
+from dataplane.statpb import Stat, WireStatMessage
+from dataplane.stats import RequestStats
+
+__all__ = ["ConcurrencyReporter", "RevisionKey"]
+
+RevisionKey = tuple[str, str]  # (namespace, name)
+
+
+class _RevisionStats:
+    """One revision's accounting: the time-weighted stats, the first-request flag, live refs."""
+
+    __slots__ = ("first_request", "refs", "stats")
+
+    def __init__(self, now: float) -> None:
+        self.stats = RequestStats(now)
+        self.first_request = 1.0  # subtracted once, in the first report after creation
+        self.refs = 0  # requests in flight; an entry with live refs is never deleted
+
+
+class ConcurrencyReporter:
+    """Request in/out accounting per revision and the per-tick ``Stat`` batch."""
+
+    __slots__ = ("_last", "_pod_name", "_stats")
+
+    def __init__(self, pod_name: str, now: float) -> None:
+        # ``now`` is accepted for symmetry with the other sans-I/O objects: the activator's Stat
+        # carries no process uptime, and each revision's window starts at its first request.
+        del now
+        self._pod_name = pod_name
+        self._stats: dict[RevisionKey, _RevisionStats] = {}
+        self._last: dict[RevisionKey, float] = {}
+
+    def request_in(self, key: RevisionKey, now: float) -> list[WireStatMessage]:
+        """Record a request entering; returns the immediate message for a revision's first."""
+        entry = self._stats.get(key)
+        if entry is not None:
+            entry.refs += 1
+            entry.stats.req_in(now)
+            return []
+        entry = self._stats[key] = _RevisionStats(now)
+        entry.refs = 1
+        entry.stats.req_in(now)
+        # Always exactly 1 request: an entry is only deleted by a tick that saw no activity.
+        stat = Stat(pod_name=self._pod_name, average_concurrent_requests=1.0, request_count=1.0)
+        return [WireStatMessage(key[0], key[1], stat)]
+
+    def request_out(self, key: RevisionKey, now: float) -> None:
+        """Record a request leaving (a revision without an entry is ignored)."""
+        entry = self._stats.get(key)
+        if entry is None:
+            return
+        entry.stats.req_out(now)
+        entry.refs -= 1
+
+    def report(self, now: float) -> list[WireStatMessage]:
+        """The 1 s tick: one message per revision, all to be sent as one batch."""
+        msgs: list[WireStatMessage] = []
+        last: dict[RevisionKey, float] = {}
+        pod = self._pod_name
+        for key, entry in list(self._stats.items()):
+            rep = entry.stats.report(now)
+            first_adj = entry.first_request
+            entry.first_request = 0.0
+            # Zero only when there was no activity for the entire period.
+            if rep.average_concurrency == 0 and entry.refs == 0:
+                del self._stats[key]
+            # The immediate message already counted one request at concurrency 1; the period's
+            # real average may be below 1, hence the floor.
+            avg = max(rep.average_concurrency - first_adj, 0.0)
+            count = rep.request_count - first_adj
+            stat = Stat(pod_name=pod, average_concurrent_requests=avg, request_count=count)
+            msgs.append(WireStatMessage(key[0], key[1], stat))
+            last[key] = avg
+        self._last = last
+        return msgs
+
+    def concurrency(self) -> dict[RevisionKey, float]:
+        """The averages of the last :meth:`report`, per revision (the value that was sent).
+
+        For the ``kn.revision.request.concurrency`` gauge; a revision deleted by that tick is
+        still listed (with its final value) until the next tick.
+        """
+        return dict(self._last)
+
+    def __len__(self) -> int:
+        """Number of revisions currently tracked."""
+        return len(self._stats)
