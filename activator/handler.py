@@ -287,6 +287,8 @@ class Activator:
             return
         if b"k-network-hash" in hdr:
             ex.drop_header(b"k-network-hash")
+        if b"k-proxy-request" in hdr:
+            ex.drop_header(b"k-proxy-request")  # only ours may reach the queue-proxy
         rs = self._resolve(ex)
         if rs is None:
             return
@@ -337,7 +339,7 @@ class Activator:
         else:
             host = (hdr.get(b"host") or b"").lower()
             h = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
-            parts = h.split(b".")
+            parts = h.split(b".", 3)  # Go's SplitN(host, ".", 4): the domain may have dots
             if len(parts) == 4 and parts[2] == b"svc" and parts[3] == self.cluster_domain:
                 key = (parts[1].decode("latin-1"), parts[0].decode("latin-1"))
             else:

@@ -258,7 +258,7 @@ class RevisionThrottler:
         for d in names:
             t = old.get(d)
             if t is None:
-                t = None
+                t = retired.pop(d, None)
                 if t is None:
                     t = PodTracker(d, self._cc)
             trackers[d] = t

@@ -23,9 +23,15 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
 
         return mod
 
+    def held() -> ModuleType:
+        from benchmarks import held as mod
+
+        return mod
+
     return {
         "proxy": ("queue-proxy throughput vs direct, nginx, aiohttp and --extra proxies", proxy),
         "engine": ("Python cost per proxied request, in memory (no sockets)", engine),
+        "held": ("activator: memory per held request, draining them, release latency", held),
     }
 
 

@@ -5,6 +5,10 @@ proxy CPU (0). For every target and workload: req/s, p50/p99 latency, the proxy'
 and wrk's errors, as medians over --repeat runs; for queue-proxies also idle and peak RSS and
 exec-to-listening time. Ratios against nginx (and queue-proxy against each --extra) are computed
 in the same run. Results: a table on the terminal and JSON under benchmarks/results/.
+
+The activator targets chain wrk -> activator -> queue-proxy -> upstream, both proxies on the
+proxy CPU, requests carrying ``Host: bench.example.com`` (the revision's host in the platform
+file); their CPU per request is reported in total and per process.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _procs, _tools, upstream
+from benchmarks import _activator, _procs, _tools, upstream
 from benchmarks._procs import BenchError, ProcessSet, StartError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 START_TIMEOUT = 10.0
 LOAD_BOUND_PCT = 95.0
 BUSY_WARN_PCT = 10.0
+ACTIVATOR_HOST = "bench.example.com"
 
 
 @dataclass(frozen=True)
@@ -78,17 +83,26 @@ class Run:
     proxy_cpu_busy_pct: float
     proxy_cpu_other_pct: float
     peak_rss_mib: float | None
+    # Activator targets: the two processes' shares of cpu_us_per_req.
+    activator_cpu_us_per_req: float | None = None
+    qp_cpu_us_per_req: float | None = None
 
 
 @dataclass
 class Target:
-    """A thing wrk sends load to; ``argv`` is None for direct and the nginx/aiohttp baselines."""
+    """A thing wrk sends load to; ``argv`` is None for direct and the nginx/aiohttp baselines.
+
+    Activator targets: ``argv`` starts the activator (the process the footprint is about) and
+    ``qp_argv`` the queue-proxy behind it, the activator's only pod.
+    """
 
     id: str
     label: str
-    kind: str  # direct | nginx | aiohttp | queue-proxy | extra
+    kind: str  # direct | nginx | aiohttp | queue-proxy | extra | activator
     argv: list[str] | None = None
     cc: int | None = None
+    qp_argv: list[str] | None = None
+    host: str | None = None  # Host header of every request
     error: str | None = None
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -96,10 +110,14 @@ class Target:
     start_ms: list[float] = field(default_factory=list)
     idle_rss_mib: float | None = None
     runs: dict[str, list[Run]] = field(default_factory=dict)
+    qp_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    qp_port: int = 0
+    qp_log: Path | None = None
+    platform_file: Path | None = None
 
     @property
     def has_footprint(self) -> bool:
-        return self.kind in ("queue-proxy", "extra")
+        return self.kind in ("queue-proxy", "extra", "activator")
 
     def median(self, workload: str, metric: str) -> float | None:
         """Median of one metric over this target's runs of a workload (None if unavailable)."""
@@ -130,7 +148,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--targets",
         help="comma-separated subset: direct, nginx, aiohttp-proxy, queue-proxy (both), "
         "queue-proxy-cc0, queue-proxy-cc10, queue-proxy-mypyc (both), queue-proxy-mypyc-cc0, "
-        "queue-proxy-mypyc-cc10, or an --extra NAME (default: all)",
+        "queue-proxy-mypyc-cc10, activator-qp (both), activator-qp-cc0, activator-qp-cc10, "
+        "activator-qp-mypyc (both), activator-qp-mypyc-cc0, activator-qp-mypyc-cc10, or an "
+        "--extra NAME (default: all)",
     )
     parser.add_argument(
         "--workloads",
@@ -148,6 +168,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-proxy",
         help="queue-proxy executable (default: the one next to this Python, else on PATH)",
+    )
+    parser.add_argument(
+        "--activator",
+        help="activator executable (default: the one next to this Python, else on PATH)",
     )
     parser.add_argument(
         "--compiled",
@@ -212,6 +236,7 @@ def _compiled_dir(args: argparse.Namespace) -> str | None:
 def build_targets(args: argparse.Namespace) -> list[Target]:
     """The selected targets, in table order."""
     qp = _queue_proxy_path(args.queue_proxy)
+    act = _activator.activator_path(args.activator)
     targets = [
         Target("direct", "direct", "direct"),
         Target("nginx", "nginx", "nginx"),
@@ -219,6 +244,7 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         Target("queue-proxy-cc0", "queue-proxy cc=0", "queue-proxy", [qp], cc=0),
         Target("queue-proxy-cc10", "queue-proxy cc=10", "queue-proxy", [qp], cc=10),
     ]
+    targets += _activator_targets("activator-qp", "activator+qp", [act], [qp])
     compiled = _compiled_dir(args)
     if compiled is not None:
         env_qp = ["env", f"PYTHONPATH={compiled}", qp]
@@ -232,6 +258,10 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
                     cc=cc,
                 )
             )
+        # The activator's own modules are not compiled (setup.py COMPILED); with this
+        # PYTHONPATH it runs on the compiled engine (dataplane.proxy, .upstream, ...).
+        env_act = ["env", f"PYTHONPATH={compiled}", act]
+        targets += _activator_targets("activator-qp-mypyc", "activator+qp mypyc", env_act, env_qp)
     for spec in args.extra:
         name, sep, command = spec.partition("=")
         name = name.strip()
@@ -245,15 +275,33 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         if "queue-proxy" in wanted:
             wanted |= {"queue-proxy-cc0", "queue-proxy-cc10"}
             wanted.discard("queue-proxy")
-        if "queue-proxy-mypyc" in wanted:
-            wanted |= {"queue-proxy-mypyc-cc0", "queue-proxy-mypyc-cc10"}
-            wanted.discard("queue-proxy-mypyc")
+        for group in ("queue-proxy-mypyc", *ACTIVATOR_VARIANTS):
+            if group in wanted:
+                wanted |= {f"{group}-cc0", f"{group}-cc10"}
+                wanted.discard(group)
         unknown = wanted - {t.id for t in targets}
         if unknown:
             known = ", ".join(t.id for t in targets)
             raise BenchError(f"--targets: unknown {', '.join(sorted(unknown))} (known: {known})")
         targets = [t for t in targets if t.id in wanted]
     return targets
+
+
+def _activator_targets(
+    id_prefix: str, label: str, argv: list[str], qp_argv: list[str]
+) -> list[Target]:
+    return [
+        Target(
+            f"{id_prefix}-cc{cc}",
+            f"{label} cc={cc}",
+            "activator",
+            argv,
+            cc=cc,
+            qp_argv=qp_argv,
+            host=ACTIVATOR_HOST,
+        )
+        for cc in (0, 10)
+    ]
 
 
 def _workloads(spec: str) -> list[Workload]:
@@ -307,6 +355,7 @@ class Bench:
         self.tools = tools
         self.upstream_port = 0
         self.upstream_proc: subprocess.Popen[bytes] | None = None
+        self.autoscaler_port = 0
 
     def pinned(self, cpu: int, argv: list[str]) -> list[str]:
         return [self.tools["taskset"], "-c", str(cpu), *argv]
@@ -334,19 +383,46 @@ class Bench:
             elif target.kind == "nginx":
                 self._start_nginx(target)
             else:
+                if target.kind == "activator":
+                    self._start_pod(target)
                 if target.has_footprint:
                     self._cold_starts(target)
                 self._spawn(target)
                 if target.has_footprint and target.proc is not None:
                     time.sleep(0.5)
                     target.idle_rss_mib = _procs.tree_rss_mib(target.proc.pid)
+            # For the activator the first request also waits until it has probed its pod.
             for workload in self.workloads:
-                check_response(target.port, workload, deadline=5.0)
+                check_response(target.port, workload, deadline=5.0, host=target.host)
         except StartError as exc:
             target.error = "failed to start: " + " | ".join(str(exc).split("\n"))
-            if target.proc is not None:
-                self.procs.stop(target.proc, graceful=False)
-                target.proc = None
+            for proc in (target.proc, target.qp_proc):
+                if proc is not None:
+                    self.procs.stop(proc, graceful=False)
+            target.proc = target.qp_proc = None
+
+    def _start_pod(self, target: Target) -> None:
+        """The activator's pod: a queue-proxy on the proxy CPU in front of the upstream, listed
+        as ready in a platform file with one revision that has the benchmark's host."""
+        if not self.autoscaler_port:
+            self.autoscaler_port, _ = _activator.start_autoscaler_sink(
+                self.procs,
+                self.tmp / "autoscaler.log",
+                [self.tools["taskset"], "-c", str(self.args.load_cpu)],
+            )
+        assert target.qp_argv is not None and target.cc is not None
+        target.qp_port = _procs.free_port()
+        target.qp_log = self.tmp / f"{target.id}-queue-proxy.log"
+        env = queue_proxy_env(target.cc, target.qp_port, self.upstream_port)
+        target.qp_proc = self.procs.start(
+            self.pinned(self.args.proxy_cpu, target.qp_argv), env=env, log_path=target.qp_log
+        )
+        _procs.wait_listening(target.qp_port, target.qp_proc, START_TIMEOUT, 0.005, target.qp_log)
+        target.platform_file = self.tmp / f"{target.id}-platform.json"
+        rev = _activator.revision(
+            "bench-00001", ACTIVATOR_HOST, target.cc, ready=[f"127.0.0.1:{target.qp_port}"]
+        )
+        _activator.write_platform(target.platform_file, [rev])
 
     def _start_nginx(self, target: Target) -> None:
         prefix = self.tmp / "nginx-proxy"
@@ -368,6 +444,12 @@ class Bench:
             env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
             return argv, env
         assert target.argv is not None and target.cc is not None
+        if target.kind == "activator":
+            assert target.platform_file is not None
+            env = _activator.activator_env(
+                target.port, _procs.free_port(), self.autoscaler_port, target.platform_file
+            )
+            return list(target.argv), env
         return list(target.argv), queue_proxy_env(target.cc, target.port, self.upstream_port)
 
     def _spawn(self, target: Target) -> float:
@@ -400,23 +482,31 @@ class Bench:
 
     def measure(self, target: Target, workload: Workload) -> None:
         """Warm up, then one measured wrk run; appends to target.runs or sets target.error."""
-        if target.proc is not None and target.proc.poll() is not None:
-            target.error = (
-                f"exited with status {target.proc.returncode} during the benchmark"
-                f"{_procs.log_tail(target.log)}"
-            )
-            return
+        for proc, log, what in (
+            (target.proc, target.log, ""),
+            (target.qp_proc, target.qp_log, "its queue-proxy "),
+        ):
+            if proc is not None and proc.poll() is not None:
+                target.error = (
+                    f"{what}exited with status {proc.returncode} during the benchmark"
+                    f"{_procs.log_tail(log)}"
+                )
+                return
         pid = target.proc.pid if target.proc is not None else None
+        qp_pid = target.qp_proc.pid if target.qp_proc is not None else None
         if pid is not None and target.has_footprint and workload.name == PEAK_WORKLOAD:
             _procs.reset_tree_hwm(pid)
         if self.args.warmup:
-            self.wrk(target.port, workload, self.args.warmup)
+            self.wrk(target.port, workload, self.args.warmup, target.host)
         cpu0 = _procs.tree_cpu_seconds(pid) if pid is not None else 0.0
+        qp_cpu0 = _procs.tree_cpu_seconds(qp_pid) if qp_pid is not None else 0.0
         busy0 = _procs.cpu_busy_ticks()
         t0 = time.perf_counter()
-        result = self.wrk(target.port, workload, self.args.duration)
+        result = self.wrk(target.port, workload, self.args.duration, target.host)
         wall = time.perf_counter() - t0
-        cpu = (_procs.tree_cpu_seconds(pid) - cpu0) if pid is not None else None
+        own = (_procs.tree_cpu_seconds(pid) - cpu0) if pid is not None else None
+        qp_cpu = (_procs.tree_cpu_seconds(qp_pid) - qp_cpu0) if qp_pid is not None else None
+        cpu = None if own is None else own + (qp_cpu or 0.0)
         busy = _procs.cpu_busy_percent(busy0, _procs.cpu_busy_ticks())
         if result is None or result["requests"] == 0:
             target.error = f"wrk got no responses for {workload.name}{_procs.log_tail(target.log)}"
@@ -447,10 +537,16 @@ class Bench:
                     0.0, busy.get(self.args.proxy_cpu, 0.0) - (100 * cpu / wall if cpu else 0.0)
                 ),
                 peak_rss_mib=peak,
+                activator_cpu_us_per_req=(
+                    1e6 * own / requests if own is not None and qp_cpu is not None else None
+                ),
+                qp_cpu_us_per_req=1e6 * qp_cpu / requests if qp_cpu is not None else None,
             )
         )
 
-    def wrk(self, port: int, workload: Workload, seconds: int) -> dict[str, float] | None:
+    def wrk(
+        self, port: int, workload: Workload, seconds: int, host: str | None = None
+    ) -> dict[str, float] | None:
         """Run wrk pinned to the load CPU; return the JSON its done() hook prints."""
         script = self.tmp / f"wrk-{workload.name}.lua"
         if not script.exists():
@@ -464,6 +560,7 @@ class Bench:
                 f"-d{seconds}s",
                 "--timeout",
                 "5s",
+                *(["-H", f"Host: {host}"] if host else []),
                 "-s",
                 str(script),
                 f"http://127.0.0.1:{port}{workload.path}",
@@ -533,16 +630,17 @@ def wrk_script(workload: Workload) -> str:
     return setup + _WRK_DONE
 
 
-def check_response(port: int, workload: Workload, deadline: float) -> None:
+def check_response(port: int, workload: Workload, deadline: float, host: str | None = None) -> None:
     """One request of the workload must come back 200 with the full body (retried until the
     deadline, since a proxy may answer 503 until it has seen its upstream)."""
     end = time.monotonic() + deadline
     body = b"x" * workload.body_size if workload.body_size else None
+    headers = {"Host": host} if host else {}
     problem = "no answer"
     while time.monotonic() < end:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
-            conn.request(workload.method, workload.path, body=body)
+            conn.request(workload.method, workload.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
             if resp.status == 200 and len(data) == workload.response_size:
@@ -560,6 +658,8 @@ def check_response(port: int, workload: Workload, deadline: float) -> None:
 
 
 VARIANTS = ("queue-proxy", "queue-proxy-mypyc")  # interpreted and mypyc-compiled builds
+# activator + queue-proxy chains, each with the queue-proxy variant of the same build.
+ACTIVATOR_VARIANTS = {"activator-qp": "queue-proxy", "activator-qp-mypyc": "queue-proxy-mypyc"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -569,7 +669,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str, Any]:
     """Ratios to nginx and direct per target, cc=10/cc=0, and queue-proxy cc=0 / each extra."""
     by_id = {t.id: t for t in targets if not t.error}
-    out: dict[str, Any] = {"vs_nginx": {}, "vs_direct": {}, "cc10_vs_cc0": {}, "vs_extra": {}}
+    out: dict[str, Any] = {
+        "vs_nginx": {},
+        "vs_direct": {},
+        "cc10_vs_cc0": {},
+        "vs_extra": {},
+        "activator_vs_qp": {},
+    }
     metrics = {"rps": "rps", "cpu_per_req": "cpu_us_per_req", "p99": "p99_ms"}
 
     def compare(a: Target, b: Target) -> dict[str, dict[str, float | None]]:
@@ -584,10 +690,16 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
         if base_id in by_id:
             for t in by_id.values():
                 out[key][t.id] = compare(t, by_id[base_id])
-    for variant in VARIANTS:
+    for variant in (*VARIANTS, *ACTIVATOR_VARIANTS):
         cc0, cc10 = by_id.get(f"{variant}-cc0"), by_id.get(f"{variant}-cc10")
         if cc0 and cc10:
             out["cc10_vs_cc0"][variant] = compare(cc10, cc0)
+    # What the activator hop costs: the chain against the queue-proxy alone, same build and CC.
+    for variant, qp_variant in ACTIVATOR_VARIANTS.items():
+        for cc in (0, 10):
+            chain, alone = by_id.get(f"{variant}-cc{cc}"), by_id.get(f"{qp_variant}-cc{cc}")
+            if chain and alone:
+                out["activator_vs_qp"][f"{variant}-cc{cc}"] = compare(chain, alone)
     cc0 = by_id.get("queue-proxy-cc0") or by_id.get("queue-proxy-mypyc-cc0")
     for extra in (t for t in by_id.values() if t.kind == "extra"):
         if cc0:
@@ -709,6 +821,22 @@ def render(
             f"* load-bound: the load CPU was >= {LOAD_BOUND_PCT:.0f} % busy while the proxy's CPU "
             "was not; that req/s is a lower bound (compare CPU/request instead)",
         ]
+    chains = [t for t in targets if t.kind == "activator" and t.runs]
+    if chains:
+        cw = max(10, *(len(w.name) + 5 for w in workloads))
+        head = f"{'CPU us/req split':<{lw}}" + "".join(
+            f"{w.name + ' act':>{cw}}{w.name + ' qp':>{cw}}" for w in workloads
+        )
+        lines += ["", head, "-" * len(head)]
+        for t in chains:
+            lines.append(
+                f"{t.label:<{lw}}"
+                + "".join(
+                    f"{_fmt(t.median(w.name, 'activator_cpu_us_per_req'), '.1f'):>{cw}}"
+                    f"{_fmt(t.median(w.name, 'qp_cpu_us_per_req'), '.1f'):>{cw}}"
+                    for w in workloads
+                )
+            )
     footprint = [t for t in targets if t.has_footprint]
     if footprint:
         head = f"{'footprint':<{lw}}{'idle RSS MiB':>13}{'peak RSS MiB (64c)':>20}"
@@ -724,12 +852,21 @@ def render(
                 f"{_fmt(t.start_median_ms(), '.1f'):>17}"
                 f"  (median of {len(t.start_ms)}: {', '.join(f'{v:.0f}' for v in t.start_ms)})"
             )
+        if any(t.kind == "activator" for t in footprint):
+            lines.append("activator+qp rows: the activator process alone (its pod excluded)")
     pairs = []
+    labels = {t.id: t.label for t in targets}
     for variant, entry in ratios["cc10_vs_cc0"].items():
-        pairs.append((f"{variant} cc=10 / cc=0", entry))
+        name = labels.get(f"{variant}-cc0", variant).removesuffix(" cc=0")
+        pairs.append((f"{name} cc=10 / cc=0", entry))
     for name, entry in ratios["vs_extra"].items():
         pairs.append((f"queue-proxy cc=0 / {name}", entry))
+    for tid, entry in ratios["activator_vs_qp"].items():
+        variant, cc = tid.rsplit("-cc", 1)
+        alone = labels.get(f"{ACTIVATOR_VARIANTS[variant]}-cc{cc}", "queue-proxy")
+        pairs.append((f"{labels.get(tid, tid)} / {alone}", entry))
     if pairs:
+        width = max(28, *(len(label) for label, _ in pairs))
         lines += ["", "ratios (req/s, CPU/req, p99)"]
         for label, entry in pairs:
             parts = [
@@ -743,7 +880,7 @@ def render(
                     f"idle RSS {_fmt(fp['idle_rss'], '.2f')}, peak RSS "
                     f"{_fmt(fp['peak_rss'], '.2f')}, start {_fmt(fp['start'], '.2f')}"
                 )
-            lines.append(f"  {label:<28}" + "; ".join(parts))
+            lines.append(f"  {label:<{width}}  " + "; ".join(parts))
     for variant in VARIANTS:
         vgoals = [g for g in goals if g["build"] == variant]
         if not vgoals:
@@ -816,6 +953,8 @@ def to_json(
         "proxy_cpu_busy_pct",
         "proxy_cpu_other_pct",
         "load_core_pct",
+        "activator_cpu_us_per_req",
+        "qp_cpu_us_per_req",
     )
     return {
         "scenario": "proxy",
@@ -835,6 +974,8 @@ def to_json(
                 "label": t.label,
                 "kind": t.kind,
                 "command": t.argv,
+                "queue_proxy_command": t.qp_argv,
+                "host_header": t.host,
                 "container_concurrency": t.cc,
                 "error": t.error,
                 "footprint": {
@@ -869,7 +1010,8 @@ def _compile_bytecode() -> None:
     missing .pyc (e.g. under PYTHONDONTWRITEBYTECODE) would be compiled at every start and
     inflate start-up time and idle RSS."""
     root = Path(__file__).resolve().parent.parent
-    dirs = [root / "dataplane", root / "queueproxy", root / "build" / "compiled"]
+    dirs = [root / "dataplane", root / "queueproxy", root / "activator", root / "platforms"]
+    dirs.append(root / "build" / "compiled")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     subprocess.run(
         [sys.executable, "-m", "compileall", "-q", *(str(d) for d in dirs if d.is_dir())],

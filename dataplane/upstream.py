@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
+from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
@@ -267,6 +269,7 @@ class UpstreamPool:
         "_idle",
         "_sweep_handle",
         "_tick",
+        "_waiting",
         "authority",
         "closed",
         "connecting",
@@ -275,6 +278,7 @@ class UpstreamPool:
         "host",
         "idle_timeout",
         "loop",
+        "max_dials",
         "max_idle",
         "port",
     )
@@ -288,6 +292,7 @@ class UpstreamPool:
         idle_timeout: float = 4.0,
         dial_timeout: float = 0.05,
         dial_attempts: int = 16,
+        max_dials: int = 32,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.host = host
@@ -302,6 +307,8 @@ class UpstreamPool:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.closed = False
         self.connecting = 0
+        self.max_dials = max_dials
+        self._waiting: deque[Exchange] = deque()
         self._family = ip_family(host)
         hp = f"[{host}]" if ":" in host else host
         self.authority = f"{hp}:{port}".encode()
@@ -326,6 +333,13 @@ class UpstreamPool:
         up.exchange = None
         if up.closed:
             return
+        if self._waiting and not self.closed:
+            ex = self._next_waiter()
+            if ex is not None:  # hand it straight to a request waiting for a connection
+                up.reused = True
+                up.prepare_reuse()
+                ex.attach(up)
+                return
         if self.closed or len(self._idle) >= self.max_idle:
             up.close()
             return
@@ -354,23 +368,52 @@ class UpstreamPool:
         self._sweep_handle = self.loop.call_later(1.0, self._sweep) if idle else None
 
     def connect(self, ex: Exchange) -> None:
-        """Dial a new connection for ``ex``; calls ``ex.attach`` or ``ex.connect_failed``."""
-        self.connecting += 1
-        self.loop.create_task(self._dial(ex))
+        """Get ``ex`` a connection: a new dial, or (when ``max_dials`` are already in flight)
+        the next connection released or dialled. Calls ``ex.attach`` or ``ex.connect_failed``.
 
-    async def _dial(self, ex: Exchange) -> None:
+        Bounding dials matters when thousands of held requests are released at once: each
+        dial's timeout runs on the event loop, and a loop busy with thousands of dials makes
+        them time out and redial though the kernel connected them at once."""
+        if self.connecting < self.max_dials:
+            self.connecting += 1
+            self.loop.create_task(self._dial(ex))
+        else:
+            self._waiting.append(ex)
+
+    def _next_waiter(self) -> Exchange | None:
+        w = self._waiting
+        while w:
+            ex = w.popleft()
+            if not ex.done:
+                return ex
+        return None
+
+    async def _dial(self, ex: Exchange | None) -> None:
         try:
             up = await self.dial()
         except DialError as e:
-            ex.connect_failed(str(e))
-            return
-        finally:
             self.connecting -= 1
-        if ex.done:
+            if ex is not None and not ex.done:
+                ex.connect_failed(str(e))
+            self._more_dials()
+            return
+        self.connecting -= 1
+        if ex is None or ex.done:
+            ex = self._next_waiter()
+        if ex is None:
             self.release(up)
         else:
             up.reused = False
             ex.attach(up)
+        self._more_dials()
+
+    def _more_dials(self) -> None:
+        while self._waiting and self.connecting < self.max_dials:
+            ex = self._next_waiter()
+            if ex is None:
+                return
+            self.connecting += 1
+            self.loop.create_task(self._dial(ex))
 
     async def dial(self) -> UpstreamConnection:
         """Open one connection, retrying only dial timeouts (Knative's back-off)."""
@@ -412,14 +455,32 @@ class UpstreamPool:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, (self.host, self.port))
+            # A plain non-blocking connect: loop.sock_connect would send even an IP literal
+            # through the resolver's thread pool.
+            err = sock.connect_ex((self.host, self.port))
+            if err == errno.EINPROGRESS:
+                fut: asyncio.Future[None] = loop.create_future()
+                fd = sock.fileno()
+
+                def writable() -> None:
+                    if not fut.done():
+                        fut.set_result(None)
+
+                loop.add_writer(fd, writable)
+                try:
+                    await fut
+                finally:
+                    loop.remove_writer(fd)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
             return await loop.create_connection(lambda: UpstreamConnection(self), sock=sock)
         except BaseException:
             sock.close()
             raise
 
     def close(self) -> None:
-        """Close idle connections and refuse to pool more."""
+        """Close idle connections and refuse to pool more (dials in flight still complete)."""
         self.closed = True
         for up in self._idle:
             up.close()

@@ -1,0 +1,1 @@
+"""A compact Knative KPA autoscaler: sans-I/O config, window aggregation, decider and scaler."""
