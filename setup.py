@@ -11,7 +11,7 @@ import os
 from setuptools import setup
 
 # The per-request code: engine, upstream pool, breaker, stats, timeouts, header tables, and
-# the queue-proxy's handler. Everything else stays interpreted (start-up and config code).
+# the queue-proxy's and the activator's request handling. Everything else stays interpreted (start-up and config code).
 COMPILED = [
     "dataplane/proxy.py",
     "dataplane/upstream.py",
@@ -21,6 +21,10 @@ COMPILED = [
     "dataplane/timeouts.py",
     "dataplane/forwarded.py",
     "queueproxy/handler.py",
+    "activator/throttler.py",
+    "activator/lb_policy.py",
+    "activator/reporter.py",
+    "activator/handler.py",
 ]
 
 ext_modules = []

@@ -41,7 +41,8 @@ def _tune_malloc() -> None:
     new_env = dict(env)
     for k, v in MALLOC_ENV.items():
         new_env.setdefault(k, v)
-    argv = [sys.executable, "-m", "queueproxy", *sys.argv[1:]]
+    # -P: never put the current directory first on sys.path (it could shadow the install)
+    argv = [sys.executable, "-P", "-m", "queueproxy", *sys.argv[1:]]
     try:
         os.execve(sys.executable, argv, new_env)
     except OSError:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "compiled"
-PACKAGES = ("dataplane", "queueproxy")
+PACKAGES = ("dataplane", "queueproxy", "activator", "platforms")
 
 
 def _compiled_list() -> list[str]:
