@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run: the sample app behind a real queue-proxy on :8012 (Ctrl-C stops it)
+## run: knd run on examples/services.yaml: two apps with scale-to-zero behind the activator
+## on :8080 (curl -H 'Host: hello.localhost' localhost:8080/); Ctrl-C stops everything
 run: $(STAMP)
-	$(BIN)/python -m examples.serve
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/knd run --file examples/services.yaml
 
 ## test: lint, type-check, the whole test suite, then the integration suite again against
 ## the mypyc-compiled build (what the Docker image ships); this is what CI runs

@@ -200,6 +200,10 @@ class Activator:
         self._pending_acts: dict[RevisionKey, tuple[int, int]] = {}
         self.sigterm = False
         self._tick: asyncio.TimerHandle | None = None
+        # Requests whose Host names no revision go here when set (knd run with one service).
+        self.default_key: RevisionKey | None = None
+        # Called with (revision, milliseconds) whenever a request waited for capacity.
+        self.on_wait: Callable[[RevisionKey, float], None] | None = None
 
     # -- platform events -------------------------------------------------------------------
     def revision_updated(self, rev: Revision) -> None:
@@ -268,6 +272,8 @@ class Activator:
         h = self.wait_histogram
         if h is not None:
             h.observe(waited, rs.labels)
+        if self.on_wait is not None:
+            self.on_wait(rs.key, waited * 1000)
 
     # -- requests --------------------------------------------------------------------------
     def __call__(self, ex: Exchange) -> None:
@@ -343,7 +349,7 @@ class Activator:
             if len(parts) == 4 and parts[2] == b"svc" and parts[3] == self.cluster_domain:
                 key = (parts[1].decode("latin-1"), parts[0].decode("latin-1"))
             else:
-                key = self.hosts.get(h)
+                key = self.hosts.get(h) or self.default_key
                 if key is None:
                     ex.error(
                         404,

@@ -1,0 +1,1 @@
+"""knd: serverless on one machine (the activator, the KPA and pods as local processes)."""

@@ -1,0 +1,5 @@
+"""``python -m knd``."""
+
+from .cli import main
+
+main()

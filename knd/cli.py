@@ -1,0 +1,172 @@
+"""``knd``: ``knd run`` serves apps with scale-to-zero on this machine; ``knd status`` shows them.
+
+knd run --name hello [--concurrency 10] [--port 8080] [--min-scale 0 ...] -- python app.py
+knd run --file services.yaml
+knd status [--admin-port 9080]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+
+from dataplane.envconfig import ConfigError
+
+__all__ = ["main"]
+
+
+def _flag_name(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .services import AUTOSCALING_FLAGS, CONFIG_FLAGS
+
+    p = argparse.ArgumentParser(prog="knd", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    r = sub.add_parser(
+        "run",
+        help="serve apps with scale-to-zero (pods are local processes)",
+        description="Serve one app (--name ... -- COMMAND) or the services of a file (--file). "
+        "Each pod is the app (given $PORT) behind a real queue-proxy; the activator on --port "
+        "routes NAME.localhost (any Host when there is one service) and holds requests while "
+        "pods start; the autoscaler (Knative's KPA) scales from and to zero.",
+    )
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--name", help="service name (a DNS label)")
+    src.add_argument("--file", "-f", help="services file (YAML; see examples/services.yaml)")
+    r.add_argument("--concurrency", type=int, default=0, help="containerConcurrency (default 0)")
+    r.add_argument("--timeout", type=float, default=300.0, help="request timeout (default 300 s)")
+    r.add_argument("--env", action="append", default=[], metavar="K=V", help="app environment")
+    r.add_argument("--port", type=int, default=8080, help="where requests come in (8080)")
+    r.add_argument("--address", default="127.0.0.1", help="listen address (127.0.0.1)")
+    r.add_argument("--admin-port", type=int, default=9080, help="status port (9080)")
+    r.add_argument(
+        "--progress-deadline",
+        type=float,
+        default=120.0,
+        help="give up when a pod is not ready after this many seconds (120)",
+    )
+    r.add_argument(
+        "--drain-quiet-period",
+        type=float,
+        default=1.0,
+        help="a stopping pod's queue-proxy drain period in seconds (1; Knative: 30)",
+    )
+    r.add_argument("--quiet", action="store_true", help="no event and status lines")
+    g = r.add_argument_group(
+        "autoscaling (Knative's autoscaling.knative.dev/* annotations and defaults)"
+    )
+    for key in AUTOSCALING_FLAGS:
+        g.add_argument(f"--{key}", dest=_flag_name(key), metavar="V")
+    for key in CONFIG_FLAGS:
+        g.add_argument(f"--{key}", dest=_flag_name(key), metavar="V")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... (with --name)")
+    s = sub.add_parser("status", help="show what a running knd run serves")
+    s.add_argument("--admin-port", type=int, default=9080)
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import RunOptions, run
+    from .services import AUTOSCALING_FLAGS, CONFIG_FLAGS, load_services_file, service_from_flags
+
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    config: dict[str, str] = {}
+    for key in CONFIG_FLAGS:
+        v = getattr(args, _flag_name(key))
+        if v is not None:
+            config[key] = v
+    if args.file:
+        if cmd:
+            raise ConfigError("knd run --file: no command expected (the file names them)")
+        services, file_config = load_services_file(args.file)
+        config = {**file_config, **config}
+    else:
+        env: dict[str, str] = {}
+        for kv in args.env:
+            k, sep, v = kv.partition("=")
+            if not sep or not k:
+                raise ConfigError(f"--env {kv!r}: expected KEY=VALUE")
+            env[k] = v
+        if args.concurrency < 0:
+            raise ConfigError("--concurrency: must be 0 or more")
+        auto = {
+            key: getattr(args, _flag_name(key))
+            for key in AUTOSCALING_FLAGS
+            if getattr(args, _flag_name(key)) is not None
+        }
+        services = [
+            service_from_flags(
+                args.name,
+                cmd,
+                concurrency=args.concurrency,
+                timeout=args.timeout,
+                env=env,
+                autoscaling=auto,
+            )
+        ]
+    return run(
+        RunOptions(
+            services=services,
+            config=config,
+            port=args.port,
+            address=args.address,
+            admin_port=args.admin_port,
+            progress_deadline=args.progress_deadline,
+            drain_quiet_period=args.drain_quiet_period,
+            quiet=args.quiet,
+        )
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = f"http://127.0.0.1:{args.admin_port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            data = json.load(resp)
+    except OSError as e:
+        print(f"knd status: nothing answers on {url} ({e}); is knd run up?", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    rows = [("SERVICE", "READY", "DESIRED", "IN FLIGHT", "QUEUED", "LAST COLD START", "URL")]
+    for s in data["services"]:
+        cs = s["last_cold_start_ms"]
+        rows.append(
+            (
+                s["service"],
+                str(s["ready"]),
+                str(s["desired"]),
+                str(s["in_flight"]),
+                str(s["queued"]),
+                "-" if cs is None else f"{cs} ms",
+                f"http://{s['host']}/",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        code = _run(args) if args.cmd == "run" else _status(args)
+    except ConfigError as e:
+        print(f"knd: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The services file of ``knd run --file`` (YAML), and the flags of ``knd run -- COMMAND``.
+
+Schema (every key but ``services[].name`` and ``services[].command`` is optional)::
+
+    autoscaler:                  # Knative's config-autoscaler keys, e.g.
+      stable-window: 60s
+      scale-to-zero-grace-period: 30s
+    services:
+      - name: hello              # DNS label; served at hello.localhost
+        command: [python, -m, examples.hello]   # a list, or a string split like a shell
+        concurrency: 0           # containerConcurrency (0: unlimited)
+        timeout: 300             # timeoutSeconds
+        env: {TARGET: World}     # added to knd's environment (plus PORT)
+        cwd: .                   # working directory (default: knd's)
+        autoscaling:             # autoscaling.knative.dev/<key> annotations
+          min-scale: 0
+          max-scale: 5
+          initial-scale: 0
+          target: 10
+        readinessProbe:          # corev1 Probe (default: a TCP probe of the app's port)
+          httpGet: {path: /healthz}
+
+Problems end in one :class:`~dataplane.envconfig.ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from dataplane.envconfig import ConfigError
+from platforms.local import ServiceSpec
+
+__all__ = ["AUTOSCALING_FLAGS", "load_services_file", "parse_services", "service_from_flags"]
+
+_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+# knd run flags that map to autoscaling.knative.dev/<annotation>
+AUTOSCALING_FLAGS = (
+    "min-scale",
+    "max-scale",
+    "initial-scale",
+    "activation-scale",
+    "target",
+    "target-utilization-percentage",
+    "target-burst-capacity",
+    "window",
+    "panic-window-percentage",
+    "panic-threshold-percentage",
+    "scale-down-delay",
+    "scale-to-zero-pod-retention-period",
+    "metric",
+    "metric-aggregation-algorithm",
+)
+# config-autoscaler keys that may be given as flags (they apply to every service)
+CONFIG_FLAGS = ("stable-window", "scale-to-zero-grace-period", "enable-scale-to-zero")
+
+
+def _str_map(v: Any, where: str) -> dict[str, str]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    out: dict[str, str] = {}
+    for k, val in v.items():
+        if not isinstance(k, str) or isinstance(val, dict | list) or val is None:
+            raise ConfigError(f"{where}.{k}: expected a scalar value")
+        out[k] = str(val).lower() if isinstance(val, bool) else str(val)
+    return out
+
+
+def _service(i: int, s: Any, where: str) -> ServiceSpec:
+    w = f"{where}: services[{i}]"
+    if not isinstance(s, dict):
+        raise ConfigError(f"{w}: expected a mapping")
+    unknown = set(s) - {
+        "name",
+        "command",
+        "concurrency",
+        "timeout",
+        "env",
+        "cwd",
+        "autoscaling",
+        "readinessProbe",
+    }
+    if unknown:
+        raise ConfigError(f"{w}: unknown key(s) {', '.join(sorted(unknown))}")
+    name = s.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{w}.name: {name!r} is not a DNS label (lower case, digits, '-')")
+    w = f"{where}: service {name}"
+    cmd = s.get("command")
+    if isinstance(cmd, str):
+        argv = tuple(shlex.split(cmd))
+    elif isinstance(cmd, list) and all(isinstance(a, str | int | float) for a in cmd):
+        argv = tuple(str(a) for a in cmd)
+    else:
+        raise ConfigError(f"{w}.command: expected a string or a list of strings")
+    if not argv:
+        raise ConfigError(f"{w}.command: must not be empty")
+    cc = s.get("concurrency", 0)
+    if isinstance(cc, bool) or not isinstance(cc, int) or cc < 0:
+        raise ConfigError(f"{w}.concurrency: expected an integer >= 0")
+    timeout = s.get("timeout", 300)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError(f"{w}.timeout: expected a number of seconds > 0")
+    cwd = s.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise ConfigError(f"{w}.cwd: expected a path")
+    annotations = {
+        f"autoscaling.knative.dev/{k}": v
+        for k, v in _str_map(s.get("autoscaling"), f"{w}.autoscaling").items()
+    }
+    probe = s.get("readinessProbe")
+    probe_json = ""
+    if probe is not None:
+        if not isinstance(probe, dict):
+            raise ConfigError(f"{w}.readinessProbe: expected a mapping (a Kubernetes Probe)")
+        probe_json = json.dumps(probe)
+    return ServiceSpec(
+        name=name,
+        command=argv,
+        container_concurrency=cc,
+        timeout_seconds=float(timeout),
+        env=_str_map(s.get("env"), f"{w}.env"),
+        annotations=annotations,
+        readiness_probe=probe_json,
+        cwd=cwd,
+    )
+
+
+def parse_services(doc: Any, where: str) -> tuple[list[ServiceSpec], dict[str, str]]:
+    """Services and config-autoscaler overrides from a parsed document."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a mapping with a 'services' list")
+    unknown = set(doc) - {"services", "autoscaler"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    items = doc.get("services")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{where}: 'services' must be a non-empty list")
+    services = [_service(i, s, where) for i, s in enumerate(items)]
+    names = [s.name for s in services]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{where}: duplicate service name(s) {', '.join(sorted(dup))}")
+    return services, _str_map(doc.get("autoscaler"), f"{where}: autoscaler")
+
+
+def load_services_file(path: str) -> tuple[list[ServiceSpec], dict[str, str]]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return parse_services(doc, path)
+
+
+def service_from_flags(
+    name: str,
+    command: list[str],
+    *,
+    concurrency: int,
+    timeout: float,
+    env: Mapping[str, str],
+    autoscaling: Mapping[str, str],
+) -> ServiceSpec:
+    if not _NAME.match(name):
+        raise ConfigError(f"--name: {name!r} is not a DNS label (lower case, digits, '-')")
+    if not command:
+        raise ConfigError("knd run: no command given; usage: knd run --name NAME -- COMMAND ARGS")
+    return ServiceSpec(
+        name=name,
+        command=tuple(command),
+        container_concurrency=concurrency,
+        timeout_seconds=timeout,
+        env=dict(env),
+        annotations={f"autoscaling.knative.dev/{k}": v for k, v in autoscaling.items()},
+    )
