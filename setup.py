@@ -11,7 +11,8 @@ import os
 from setuptools import setup
 
 # The per-request code: engine, upstream pool, breaker, stats, timeouts, header tables, and
-# the queue-proxy's and the activator's request handling. Everything else stays interpreted (start-up and config code).
+# the queue-proxy's and the activator's request handling. Everything else stays interpreted
+# (start-up and config code).
 COMPILED = [
     "dataplane/proxy.py",
     "dataplane/upstream.py",
