@@ -36,6 +36,8 @@ from platforms.local import ServiceSpec
 
 __all__ = ["AUTOSCALING_FLAGS", "load_services_file", "parse_services", "service_from_flags"]
 
+# knd prefixes app output with the pod name through a pipe: keep Python apps line-buffered.
+_UNBUFFERED = {"PYTHONUNBUFFERED": "1"}
 _NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 # knd run flags that map to autoscaling.knative.dev/<annotation>
@@ -125,7 +127,7 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
         command=argv,
         container_concurrency=cc,
         timeout_seconds=float(timeout),
-        env=_str_map(s.get("env"), f"{w}.env"),
+        env={**_UNBUFFERED, **_str_map(s.get("env"), f"{w}.env")},
         annotations=annotations,
         readiness_probe=probe_json,
         cwd=cwd,
@@ -181,6 +183,6 @@ def service_from_flags(
         command=tuple(command),
         container_concurrency=concurrency,
         timeout_seconds=timeout,
-        env=dict(env),
+        env={**_UNBUFFERED, **env},
         annotations={f"autoscaling.knative.dev/{k}": v for k, v in autoscaling.items()},
     )
