@@ -181,4 +181,8 @@ class WeightedFloat64Buckets(TimedFloat64Buckets):
 
 
 def _floor6(v: float) -> float:
+    # The running total drifts by float rounding once buckets are subtracted (-1e-17 after
+    # adding and removing 0.1 + 0.2): never report a negative concurrency for it.
+    if v <= 0.0:
+        return 0.0
     return math.floor(v * _PRECISION) / _PRECISION

@@ -261,3 +261,13 @@ def test_copy_state_between_algorithms() -> None:
     back = TimedFloat64Buckets(60)
     w.copy_state_to(back, T0 + 3)
     assert back.window_average(T0 + 3) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_rounding_drift_of_the_running_total_never_reports_negative_concurrency() -> None:
+    # 0.7 + 0.2 + 0.9 added, then subtracted as the buckets age out, leaves -1.1e-16 in the
+    # running total: the average of an idle window is 0.0, not -0.000001.
+    b = TimedFloat64Buckets(3.0)
+    for t, v in enumerate([0.7, 0.2, 0.9, 0.0, 0.0, 0.0]):
+        b.record(float(t), v)
+    assert b.window_average(5.0) == 0.0
+    assert str(b.window_average(5.0)) == "0.0"
