@@ -149,17 +149,23 @@ class _Request:
         t = self.ticket
         if t is None or not t.cancel():
             return
+        self.fail(b"timed out waiting for capacity\n", b"Retry-After: 1\r\n")
+
+    def fail(self, body: bytes, extra: bytes = b"") -> None:
+        """Answer a request whose ticket was cancelled with 503 and ``body``."""
         self.ticket = None
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
         rs = self.rs
         rs.queued -= 1
         if rs.queued == 0:
             rs.backends.set_demand(False)
-        body = b"timed out waiting for capacity\n"
         self.ex.respond(
             503,
             body,
             b"Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"
-            b"Retry-After: 1\r\n",
+            + extra,
         )
 
 
@@ -225,6 +231,20 @@ class Activator:
                 )
             rs.configure(rev)
         self._reindex_hosts()
+
+    def fail_waiting(self, key: RevisionKey, body: bytes) -> int:
+        """Answer every request held for ``key`` with 503 ``body`` (its pods cannot start);
+        returns how many were answered."""
+        rs = self.revisions.get(key)
+        if rs is None:
+            return 0
+        n = 0
+        for on_grant in rs.throttler.cancel_waiting():
+            req = getattr(on_grant, "__self__", None)
+            if isinstance(req, _Request):
+                req.fail(body)
+                n += 1
+        return n
 
     def revision_deleted(self, key: RevisionKey) -> None:
         rs = self.revisions.pop(key, None)

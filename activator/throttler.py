@@ -246,6 +246,17 @@ class RevisionThrottler:
         self._waiting += 1
         return ticket
 
+    def cancel_waiting(self) -> list[Callable[[Lease], None]]:
+        """Cancel every waiting ticket (the revision will not be served) and return their
+        ``on_grant`` callbacks in FIFO order, so the caller can answer each request."""
+        out = [t.on_grant for t in self._queue if t.state == _WAITING]
+        for t in self._queue:
+            t.state = _CANCELLED
+        self._queue.clear()
+        self._queue_cancelled = 0
+        self._waiting = 0
+        return out
+
     # -- updates ---------------------------------------------------------------------------
     def update_backends(self, dests: Iterable[str]) -> None:
         """Replace the set of healthy pods (``ip:port``). Trackers of pods that stay keep their

@@ -168,9 +168,10 @@ class Autoscaler:
         try:
             await self.scale(key, n)
         except Exception as e:
-            log.error("scaling %s/%s to %d failed: %s", key[0], key[1], n, e)
             if self.on_error is not None:
-                self.on_error(key, e)
+                self.on_error(key, e)  # the owner reports it
+            else:
+                log.error("scaling %s/%s to %d failed: %s", key[0], key[1], n, e)
 
     def status(self) -> Mapping[RevisionKey, RevisionScaler]:
         return self.revisions

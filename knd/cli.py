@@ -72,7 +72,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from .runner import RunOptions, run
-    from .services import AUTOSCALING_FLAGS, CONFIG_FLAGS, load_services_file, service_from_flags
+    from .services import (
+        AUTOSCALING_FLAGS,
+        CONFIG_FLAGS,
+        check_scaling,
+        load_services_file,
+        service_from_flags,
+    )
 
     cmd = list(args.command)
     if cmd and cmd[0] == "--":
@@ -82,11 +88,14 @@ def _run(args: argparse.Namespace) -> int:
         v = getattr(args, _flag_name(key))
         if v is not None:
             config[key] = v
+    if config:
+        check_scaling([], config)  # a bad value names its flag
     if args.file:
         if cmd:
             raise ConfigError("knd run --file: no command expected (the file names them)")
         services, file_config = load_services_file(args.file)
         config = {**file_config, **config}
+        check_scaling(services, config, where=args.file)
     else:
         env: dict[str, str] = {}
         for kv in args.env:
@@ -111,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
                 autoscaling=auto,
             )
         ]
+        check_scaling(services, config)
     return run(
         RunOptions(
             services=services,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 import time
@@ -26,6 +27,8 @@ from dataplane.envconfig import ConfigError
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from platforms.base import Endpoints, Revision, RevisionKey
 from platforms.local import LocalPlatform, PlatformError, ServiceSpec
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunOptions", "run"]
 
@@ -136,8 +139,11 @@ class Runner:
         self._status_soon()
 
     def _scale_error(self, key: RevisionKey, e: BaseException) -> None:
-        if isinstance(e, PlatformError) and not self.fatal.done():
-            self.fatal.set_result(str(e))
+        if isinstance(e, PlatformError):
+            if not self.fatal.done():
+                self.fatal.set_result(str(e))
+        else:
+            log.error("scaling %s/%s failed: %r", key[0], key[1], e)
 
     def status(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -264,8 +270,12 @@ async def _main(opts: RunOptions) -> int:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if runner.fatal.done():
-        print(f"knd: {runner.fatal.result()}", file=sys.stderr)
+        text = runner.fatal.result()
+        print(f"knd: {text}", file=sys.stderr)
         code = 1
+        # Requests held for a pod that will never come: answer them now, not at shutdown.
+        for key in list(runner.activator.revisions):
+            runner.activator.fail_waiting(key, f"knd: {text}\n".encode())
     else:
         runner._line("stopping: draining pods ...")
     await runner.stop()

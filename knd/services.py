@@ -31,10 +31,18 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from autoscaler.config import AutoscalerConfig, resolve_scaling
 from dataplane.envconfig import ConfigError
 from platforms.local import ServiceSpec
+from queueproxy.readiness import ProbeConfigError, parse_readiness_probe
 
-__all__ = ["AUTOSCALING_FLAGS", "load_services_file", "parse_services", "service_from_flags"]
+__all__ = [
+    "AUTOSCALING_FLAGS",
+    "check_scaling",
+    "load_services_file",
+    "parse_services",
+    "service_from_flags",
+]
 
 # knd prefixes app output with the pod name through a pipe: keep Python apps line-buffered.
 _UNBUFFERED = {"PYTHONUNBUFFERED": "1"}
@@ -122,6 +130,10 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
         if not isinstance(probe, dict):
             raise ConfigError(f"{w}.readinessProbe: expected a mapping (a Kubernetes Probe)")
         probe_json = json.dumps(probe)
+        try:
+            parse_readiness_probe(probe_json, multi_container=False, user_port=1)
+        except ProbeConfigError as e:
+            raise ConfigError(f"{w}.readinessProbe: {e}") from None
     return ServiceSpec(
         name=name,
         command=argv,
@@ -149,7 +161,33 @@ def parse_services(doc: Any, where: str) -> tuple[list[ServiceSpec], dict[str, s
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"{where}: duplicate service name(s) {', '.join(sorted(dup))}")
-    return services, _str_map(doc.get("autoscaler"), f"{where}: autoscaler")
+    config = _str_map(doc.get("autoscaler"), f"{where}: autoscaler")
+    check_scaling(services, config, where=where)
+    return services, config
+
+
+_ANNOTATION = "autoscaling.knative.dev/"
+
+
+def check_scaling(
+    services: list[ServiceSpec], config: Mapping[str, str], *, where: str = ""
+) -> None:
+    """Validate config-autoscaler values and each service's autoscaling settings now, before
+    anything starts. ``where`` is the services file (messages name its keys) or empty for the
+    command line (messages name the flags)."""
+    try:
+        cfg = AutoscalerConfig.from_map({"allow-zero-initial-scale": "true", **config})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: autoscaler.{e}" if where else f"--{e}") from None
+    for spec in services:
+        try:
+            resolve_scaling(cfg, spec.container_concurrency, spec.annotations)
+        except ConfigError as e:
+            msg = str(e)
+            if where:
+                msg = msg.removeprefix(_ANNOTATION)
+                raise ConfigError(f"{where}: service {spec.name}.autoscaling.{msg}") from None
+            raise ConfigError(f"--{msg.removeprefix(_ANNOTATION)}") from None
 
 
 def load_services_file(path: str) -> tuple[list[ServiceSpec], dict[str, str]]:
@@ -161,7 +199,8 @@ def load_services_file(path: str) -> tuple[list[ServiceSpec], dict[str, str]]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        # PyYAML's message spans lines (problem, context, a caret under the source): one line.
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     return parse_services(doc, path)
 
 

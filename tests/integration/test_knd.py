@@ -436,10 +436,6 @@ def test_command_not_found_ends_in_a_clear_message(tmp_path: Path) -> None:
     assert "knd: service x: command not found: no-such-command-knd" in res.stderr.splitlines()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the autoscaler's log.error('scaling ... failed: ...') also reaches stderr",
-)
 def test_command_not_found_is_exactly_one_line(tmp_path: Path) -> None:
     port, admin = free_ports(2)
     res = run_knd(
@@ -449,11 +445,6 @@ def test_command_not_found_is_exactly_one_line(tmp_path: Path) -> None:
     assert res.stderr.splitlines() == ["knd: service x: command not found: no-such-command-knd"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a fatal error knd waits up to 30 s for held requests (server.shutdown) that "
-    "no pod will ever serve, then resets them",
-)
 async def test_command_not_found_at_first_request_ends_promptly(
     start_knd: StartKnd,
 ) -> None:
@@ -496,36 +487,21 @@ async def test_command_not_found_at_first_request_ends_promptly(
         pytest.param(
             "services: [\n",
             "not valid YAML",
-            marks=pytest.mark.xfail(strict=True, reason="PyYAML's message spans several lines"),
             id="yaml-syntax",
         ),
         pytest.param(
             "autoscaler:\n  stable-window: soon\nservices:\n  - {name: a, command: x}\n",
             "autoscaler.stable-window",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="config-autoscaler values are validated in Runner: the message names "
-                "neither the file nor the autoscaler: section",
-            ),
             id="autoscaler-value",
         ),
         pytest.param(
             "services:\n  - name: a\n    command: x\n    readinessProbe: {exec: {command: [x]}}\n",
             "service a.readinessProbe",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="LocalPlatform's ValueError for a bad probe escapes as a traceback",
-            ),
             id="readiness-probe",
         ),
         pytest.param(
             "services:\n  - name: a\n    command: x\n    autoscaling: {target: -5}\n",
             "service a.autoscaling.target",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="annotations are validated after start-up: exit 1, a message naming "
-                "revision a-00001 and autoscaling.knative.dev/target, not the file",
-            ),
             id="autoscaling-value",
         ),
     ],
@@ -605,3 +581,25 @@ async def test_sigint_under_load_drains_and_leaves_no_process(
     assert children == k.child_pids()
     assert not [pid for pid in children if alive(pid)]
     assert not _processes_with_env(f"KND_TEST_DIR={records.directory}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--target", "-5"], "knd: --target: '-5' must be at least"),
+        (["--stable-window", "soon"], "knd: --stable-window: 'soon' is not a duration"),
+        (["--min-scale", "3", "--max-scale", "2"], "knd: --max-scale: "),
+    ],
+)
+def test_bad_autoscaling_flag_is_one_line_naming_the_flag(
+    flags: list[str], needle: str, tmp_path: Path
+) -> None:
+    port, admin = free_ports(2)
+    res = run_knd(
+        "run", "--name", "a", "--port", str(port), "--admin-port", str(admin), *flags,
+        "--", "no-such-command-knd", env=knd_env(tmp_path), timeout=20,
+    )  # fmt: skip
+    assert res.returncode == 2, res
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(needle), res.stderr
+    assert res.stdout == ""
