@@ -28,10 +28,16 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
 
         return mod
 
+    def knd() -> ModuleType:
+        from benchmarks import knd_scaling as mod
+
+        return mod
+
     return {
         "proxy": ("queue-proxy throughput vs direct, nginx, aiohttp and --extra proxies", proxy),
         "engine": ("Python cost per proxied request, in memory (no sockets)", engine),
         "held": ("activator: memory per held request, draining them, release latency", held),
+        "knd": ("knd run: cold start from zero, scale-out timeline under a stepped load", knd),
     }
 
 
