@@ -1,0 +1,1127 @@
+"""A fake Kubernetes API server on a real loopback socket, for driving real clients over HTTP.
+
+It speaks the Kubernetes JSON and watch protocol, generically over registered resources
+(core/v1 pods, services, endpoints, configmaps; discovery.k8s.io/v1 endpointslices; apps/v1
+deployments with the ``scale`` subresource; coordination.k8s.io/v1 leases;
+serving.knative.dev/v1 revisions), so the real ``kubernetes_asyncio`` client can be pointed at it.
+
+Usage::
+
+    from tests.fakekube import FakeKube
+
+    async with FakeKube() as kube:            # or: await FakeKube().start() ... await close()
+        cfg = kube.configuration()            # a kubernetes_asyncio Configuration (host + token)
+        path = kube.write_kubeconfig(tmp_path / "kubeconfig")   # or a kubeconfig file
+        kube.create("pods", {"metadata": {"name": "p", "namespace": "default"}, ...})
+        kube.patch("deployments", "default", "web", {"spec": {"replicas": 2}})
+        kube.delete("pods", "default", "p")
+        kube.forbid("watch", "endpointslices", namespace="x")  # 403 Forbidden (RBAC)
+        kube.fail("list", "pods", status=500, times=2)          # inject server errors
+        kube.compact()                         # drop event history: older resourceVersions -> 410
+        await kube.close_watches("pods")       # end open watch streams (clients re-watch)
+        await kube.wait_watchers("pods", 1)    # until a client watches pods
+        kube.bookmark()                        # send a BOOKMARK on every watch that allows them
+        kube.requests                          # every request seen (KubeRequest)
+
+Resources are named by their plural (``"endpointslices"``) or ``plural.group``
+(``"revisions.serving.knative.dev"``); subresources as ``"deployments/scale"`` in ``forbid`` and
+``fail``. Store methods (``create``/``get``/``update``/``patch``/``delete``/``list``) act as an
+API client would (resourceVersion bump, events to watchers) and return the stored object (a copy).
+
+Protocol notes (what real clients rely on):
+- one global resourceVersion counter, as etcd's; list ``metadata.resourceVersion`` is the
+  current one; ``limit``/``continue`` paging over a snapshot;
+- ``?watch=1&resourceVersion=R``: events after R; R unset or "0": synthetic ADDED for the current
+  objects first; ``allowWatchBookmarks=true``: BOOKMARK events (on :meth:`bookmark` and every
+  ``bookmark_interval`` seconds); ``timeoutSeconds``: the stream ends after it;
+- a watch from a resourceVersion older than the retained history (``history`` events, or
+  :meth:`compact`) gets an ``ERROR`` event holding a ``Status`` with code 410, reason Expired
+  (as kube-apiserver's watch cache does); with ``gone_as_http=True`` a plain HTTP 410 instead;
+- label selectors (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``) and field
+  selectors on ``metadata.name``/``metadata.namespace``; an object that stops (starts) matching
+  a watch's selector is sent as DELETED (ADDED);
+- PATCH: ``application/merge-patch+json``, ``application/strategic-merge-patch+json`` (treated as
+  a merge patch), ``application/json-patch+json``, ``application/apply-patch+yaml`` (server-side
+  apply as a merge; creates when absent; needs ``fieldManager``); ``fieldManager`` of every
+  write is recorded in ``metadata.managedFields``;
+- errors are ``Status`` bodies: 404 NotFound, 409 AlreadyExists / Conflict (stale
+  resourceVersion on update), 403 Forbidden, 401 Unauthorized (wrong bearer token), 422 Invalid,
+  410 Expired, 500 InternalError;
+- discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>/<version>``, ``/version``;
+  :meth:`remove_resource` makes a resource unknown (404s, absent from discovery), e.g. a cluster
+  without EndpointSlices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+__all__ = ["FakeKube", "KubeRequest", "ResourceType", "merge_patch"]
+
+Obj = dict[str, Any]
+TOKEN = "fake-token"
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str  # "" for core
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    subresources: tuple[str, ...] = ("status",)
+    builtin: bool = True  # list items carry no kind/apiVersion (CRDs' do)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def name(self) -> str:
+        """``plural`` for core resources, ``plural.group`` otherwise."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+DEFAULT_RESOURCES = (
+    ResourceType("", "v1", "pods", "Pod"),
+    ResourceType("", "v1", "services", "Service"),
+    ResourceType("", "v1", "endpoints", "Endpoints", subresources=()),
+    ResourceType("", "v1", "configmaps", "ConfigMap", subresources=()),
+    ResourceType("", "v1", "namespaces", "Namespace", namespaced=False),
+    ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", subresources=()),
+    ResourceType("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease", subresources=()),
+    ResourceType("serving.knative.dev", "v1", "revisions", "Revision", builtin=False),
+)
+
+
+@dataclass
+class KubeRequest:
+    """One request as the server understood it (``resource`` includes ``/subresource``)."""
+
+    method: str
+    verb: str
+    resource: str
+    namespace: str | None
+    name: str | None
+    query: dict[str, str]
+    content_type: str = ""
+    body: Any = None
+
+
+@dataclass
+class _Event:
+    rv: int
+    rt: ResourceType
+    type: str
+    obj: Obj
+    old: Obj | None
+
+
+@dataclass
+class _Watch:
+    rt: ResourceType
+    namespace: str | None
+    selector: Callable[[Obj], bool]
+    bookmarks: bool
+    queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+
+
+class KubeError(Exception):
+    def __init__(
+        self, code: int, reason: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+
+    def status(self) -> Obj:
+        st: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details is not None:
+            st["details"] = self.details
+        return st
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def _json_patch(doc: Any, ops: list[Any]) -> Any:
+    """RFC 6902 (add, remove, replace, test; enough for tests)."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in str(op["path"]).split("/")[1:]]
+        parent = doc
+        for p in parts[:-1]:
+            parent = parent[int(p)] if isinstance(parent, list) else parent[p]
+        last = parts[-1] if parts else ""
+        kind = op["op"]
+        if kind == "test":
+            cur = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if cur != op.get("value"):
+                raise KubeError(422, "Invalid", f"test operation failed at {op['path']}")
+        elif kind == "remove":
+            del parent[int(last) if isinstance(parent, list) else last]
+        elif kind in ("add", "replace"):
+            if isinstance(parent, list):
+                if last == "-":
+                    parent.append(op["value"])
+                elif kind == "add":
+                    parent.insert(int(last), op["value"])
+                else:
+                    parent[int(last)] = op["value"]
+            else:
+                parent[last] = op["value"]
+        else:
+            raise KubeError(422, "Invalid", f"unsupported json patch op {kind!r}")
+    return doc
+
+
+def parse_label_selector(sel: str) -> Callable[[dict[str, str]], bool]:
+    """Kubernetes label selector syntax -> predicate over a label dict."""
+    reqs: list[Callable[[dict[str, str]], bool]] = []
+    # split on commas outside parentheses
+    parts, depth, cur = [], 0, ""
+    for ch in sel:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    for raw in parts:
+        p = raw.strip()
+        if not p:
+            continue
+        words = p.split()
+        if len(words) >= 3 and words[1] in ("in", "notin"):
+            key, op = words[0], words[1]
+            vals = {v.strip() for v in p.split("(", 1)[1].rstrip(")").split(",") if v.strip()}
+            if op == "in":
+                reqs.append(lambda lb, k=key, vs=vals: lb.get(k) in vs)
+            else:
+                reqs.append(lambda lb, k=key, vs=vals: lb.get(k) not in vs)
+        elif "!=" in p:
+            k, v = (s.strip() for s in p.split("!=", 1))
+            reqs.append(lambda lb, k=k, v=v: lb.get(k) != v)
+        elif "==" in p or "=" in p:
+            k, v = (s.strip() for s in p.replace("==", "=").split("=", 1))
+            reqs.append(lambda lb, k=k, v=v: lb.get(k) == v)
+        elif p.startswith("!"):
+            neg_key = p[1:].strip()
+            reqs.append(lambda lb, k=neg_key: k not in lb)
+        else:
+            reqs.append(lambda lb, k=p: k in lb)
+    return lambda labels: all(r(labels) for r in reqs)
+
+
+def _parse_field_selector(sel: str) -> Callable[[Obj], bool]:
+    reqs: list[Callable[[Obj], bool]] = []
+    for raw in sel.split(","):
+        p = raw.strip()
+        if not p:
+            continue
+        neg = "!=" in p
+        k, v = (s.strip() for s in p.replace("!=", "=").replace("==", "=").split("=", 1))
+        path = k.split(".")
+
+        def get(o: Obj, path: list[str] = path) -> Any:
+            cur: Any = o
+            for s in path:
+                cur = cur.get(s) if isinstance(cur, dict) else None
+            return cur
+
+        if neg:
+            reqs.append(lambda o, g=get, v=v: g(o) != v)
+        else:
+            reqs.append(lambda o, g=get, v=v: g(o) == v)
+    return lambda o: all(r(o) for r in reqs)
+
+
+def _same(a: Obj, b: Obj) -> bool:
+    """Equal apart from resourceVersion and managedFields."""
+
+    def strip(o: Obj) -> Obj:
+        c = dict(o)
+        c["metadata"] = {
+            k: v
+            for k, v in o.get("metadata", {}).items()
+            if k not in ("resourceVersion", "managedFields")
+        }
+        return c
+
+    return strip(a) == strip(b)
+
+
+def _labels(o: Obj) -> dict[str, str]:
+    return o.get("metadata", {}).get("labels") or {}
+
+
+class FakeKube:
+    """The fake API server; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        history: int = 1000,
+        bookmark_interval: float | None = None,
+        gone_as_http: bool = False,
+        token: str | None = TOKEN,
+        resources: Iterable[ResourceType] = DEFAULT_RESOURCES,
+    ) -> None:
+        self.history_size = history
+        self.bookmark_interval = bookmark_interval
+        self.gone_as_http = gone_as_http
+        self.token = token
+        self.types: dict[str, ResourceType] = {}
+        for rt in resources:
+            self.add_resource(rt)
+        self.objects: dict[str, dict[tuple[str, str], Obj]] = {}
+        self.rv = 1
+        self.history: deque[_Event] = deque()
+        self.floor = 0  # events with rv > floor are retained
+        self.watches: list[_Watch] = []
+        self.requests: list[KubeRequest] = []
+        self.forbidden: set[tuple[str, str, str | None]] = set()
+        self.failures: dict[tuple[str, str], list[int]] = {}
+        self.user = "system:serviceaccount:knative-serving:activator"
+        self._snapshots: dict[str, tuple[int, list[Obj]]] = {}
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.port = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, port: int = 0) -> FakeKube:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def close(self) -> None:
+        await self.close_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeKube:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def configuration(self) -> Any:
+        """A ``kubernetes_asyncio.client.Configuration`` for this server."""
+        from kubernetes_asyncio.client import Configuration
+
+        cfg = Configuration(host=self.url)
+        if self.token:
+            cfg.api_key = {"BearerToken": self.token}
+            cfg.api_key_prefix = {"BearerToken": "Bearer"}
+        return cfg
+
+    def kubeconfig(self, namespace: str = "default") -> dict[str, Any]:
+        user: dict[str, Any] = {"token": self.token} if self.token else {}
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": user}],
+            "contexts": [
+                {
+                    "name": "fake",
+                    "context": {"cluster": "fake", "user": "fake", "namespace": namespace},
+                }
+            ],
+            "current-context": "fake",
+        }
+
+    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
+        p = Path(path)
+        p.write_text(yaml.safe_dump(self.kubeconfig(namespace)))
+        return p
+
+    # ------------------------------------------------------------------ resource types
+    def add_resource(self, rt: ResourceType) -> None:
+        self.types[rt.name] = rt
+        if rt.plural not in self.types:
+            self.types[rt.plural] = rt
+
+    def remove_resource(self, name: str) -> None:
+        """Make a resource unknown to the server (404, absent from discovery)."""
+        rt = self._rt(name)
+        for k in [k for k, v in self.types.items() if v == rt]:
+            del self.types[k]
+
+    def _rt(self, name: str) -> ResourceType:
+        rt = self.types.get(name)
+        if rt is None:
+            raise KeyError(f"unknown resource {name!r}")
+        return rt
+
+    def _lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
+        for rt in self.types.values():
+            if rt.group == group and rt.version == version and rt.plural == plural:
+                return rt
+        return None
+
+    # ------------------------------------------------------------------ hooks
+    def forbid(self, verb: str, resource: str, namespace: str | None = None) -> None:
+        """Answer ``verb`` on ``resource`` (e.g. ``"deployments/scale"``) with 403; in one
+        namespace, or everywhere when ``namespace`` is None. ``verb="*"``: every verb."""
+        self.forbidden.add((verb, resource, namespace))
+
+    def allow(self, verb: str, resource: str, namespace: str | None = None) -> None:
+        self.forbidden.discard((verb, resource, namespace))
+
+    def fail(self, verb: str, resource: str, status: int = 500, times: int = 1) -> None:
+        """The next ``times`` requests of ``verb`` on ``resource`` get ``status``."""
+        self.failures.setdefault((verb, resource), []).extend([status] * times)
+
+    def compact(self) -> None:
+        """Forget the event history: watches from any older resourceVersion get 410."""
+        self.history.clear()
+        self.floor = self.rv
+        self._snapshots.clear()
+
+    def bookmark(self) -> None:
+        """Queue a BOOKMARK (at the current resourceVersion) on every watch allowing them."""
+        for w in self.watches:
+            if w.bookmarks:
+                w.queue.put_nowait(("BOOKMARK", self.rv))
+
+    async def close_watches(self, resource: str | None = None, *, abort: bool = False) -> int:
+        """End open watch streams (cleanly, or by resetting the connection with ``abort``);
+        returns how many were closed."""
+        rt = self._rt(resource) if resource is not None else None
+        n = 0
+        for w in list(self.watches):
+            if rt is None or w.rt == rt:
+                w.queue.put_nowait(("ABORT" if abort else "CLOSE", None))
+                n += 1
+        return n
+
+    def watchers(self, resource: str) -> int:
+        rt = self._rt(resource)
+        return sum(1 for w in self.watches if w.rt == rt)
+
+    async def wait_watchers(self, resource: str, n: int = 1, timeout: float = 5.0) -> None:
+        """Until at least ``n`` watches of ``resource`` are open."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.watchers(resource) < n:
+            if loop.time() > deadline:
+                raise AssertionError(
+                    f"{n} watches of {resource} not open within {timeout}s "
+                    f"(open: {self.watchers(resource)})"
+                )
+            await asyncio.sleep(0.005)
+
+    def requests_for(self, verb: str, resource: str) -> list[KubeRequest]:
+        return [r for r in self.requests if r.verb == verb and r.resource == resource]
+
+    # ------------------------------------------------------------------ store
+    def _bucket(self, rt: ResourceType) -> dict[tuple[str, str], Obj]:
+        return self.objects.setdefault(rt.name, {})
+
+    def _record(self, rt: ResourceType, type_: str, obj: Obj, old: Obj | None) -> None:
+        ev = _Event(self.rv, rt, type_, copy.deepcopy(obj), old)
+        self.history.append(ev)
+        while len(self.history) > self.history_size:
+            self.floor = self.history.popleft().rv
+        for w in self.watches:
+            if w.rt == rt:
+                out = self._translate(w, ev)
+                if out is not None:
+                    w.queue.put_nowait(("EVENT", out))
+
+    def _translate(self, w: _Watch, ev: _Event) -> tuple[str, Obj] | None:
+        ns = ev.obj["metadata"].get("namespace")
+        if w.namespace is not None and ns != w.namespace:
+            return None
+        new_match = w.selector(ev.obj)
+        old_match = ev.old is not None and w.selector(ev.old)
+        if ev.type == "DELETED":
+            return ("DELETED", ev.obj) if new_match else None
+        if ev.type == "ADDED":
+            return ("ADDED", ev.obj) if new_match else None
+        if new_match and old_match:
+            return ("MODIFIED", ev.obj)
+        if new_match:
+            return ("ADDED", ev.obj)
+        if old_match:
+            return ("DELETED", ev.obj)
+        return None
+
+    def _bump(self) -> str:
+        self.rv += 1
+        return str(self.rv)
+
+    def create(self, resource: str, obj: Obj, namespace: str | None = None) -> Obj:
+        return copy.deepcopy(self._create(self._rt(resource), obj, namespace, None))
+
+    def _create(
+        self, rt: ResourceType, obj: Obj, namespace: str | None, manager: str | None
+    ) -> Obj:
+        obj = copy.deepcopy(obj)
+        md = obj.setdefault("metadata", {})
+        ns = namespace if namespace is not None else md.get("namespace")
+        if rt.namespaced:
+            ns = ns or "default"
+            if md.get("namespace") not in (None, ns):
+                raise KubeError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace "
+                    "sent on the request",
+                )
+            md["namespace"] = ns
+        else:
+            md.pop("namespace", None)
+            ns = ""
+        if not md.get("name"):
+            if md.get("generateName"):
+                md["name"] = md["generateName"] + uuid.uuid4().hex[:5]
+            else:
+                raise KubeError(
+                    422,
+                    "Invalid",
+                    f'{rt.kind} "" is invalid: metadata.name: Required value: name or '
+                    "generateName is required",
+                    {"kind": rt.plural, "group": rt.group},
+                )
+        key = (ns or "", md["name"])
+        bucket = self._bucket(rt)
+        if key in bucket:
+            raise KubeError(
+                409,
+                "AlreadyExists",
+                f'{rt.name} "{md["name"]}" already exists',
+                {"name": md["name"], "group": rt.group, "kind": rt.plural},
+            )
+        obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+        md["uid"] = str(uuid.uuid4())
+        md["creationTimestamp"] = _now()
+        md["generation"] = 1
+        md["resourceVersion"] = self._bump()
+        if manager:
+            self._manage(md, manager, "Update", rt)
+        bucket[key] = obj
+        self._record(rt, "ADDED", obj, None)
+        return obj
+
+    def _manage(self, md: Obj, manager: str, operation: str, rt: ResourceType) -> None:
+        mf = [m for m in md.get("managedFields") or [] if m.get("manager") != manager]
+        mf.append(
+            {
+                "manager": manager,
+                "operation": operation,
+                "apiVersion": rt.api_version,
+                "time": _now(),
+                "fieldsType": "FieldsV1",
+                "fieldsV1": {},
+            }
+        )
+        md["managedFields"] = mf
+
+    def get(self, resource: str, namespace: str | None, name: str) -> Obj:
+        return copy.deepcopy(self._get(self._rt(resource), namespace, name))
+
+    def _get(self, rt: ResourceType, namespace: str | None, name: str) -> Obj:
+        obj = self._bucket(rt).get(((namespace or "") if rt.namespaced else "", name))
+        if obj is None:
+            raise KubeError(
+                404,
+                "NotFound",
+                f'{rt.name} "{name}" not found',
+                {"name": name, "group": rt.group, "kind": rt.plural},
+            )
+        return obj
+
+    def list(self, resource: str, namespace: str | None = None) -> list[Obj]:
+        rt = self._rt(resource)
+        return [
+            copy.deepcopy(o)
+            for (ns, _), o in sorted(self._bucket(rt).items())
+            if namespace is None or ns == namespace
+        ]
+
+    def update(self, resource: str, obj: Obj, namespace: str | None = None) -> Obj:
+        """Replace an object (a stale ``metadata.resourceVersion`` gives a Conflict)."""
+        rt = self._rt(resource)
+        md = obj.get("metadata", {})
+        ns = namespace if namespace is not None else md.get("namespace")
+        return copy.deepcopy(self._update(rt, ns, md["name"], obj, None, "Update"))
+
+    def _update(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        obj: Obj,
+        manager: str | None,
+        operation: str,
+        *,
+        subresource: str = "",
+    ) -> Obj:
+        old = self._get(rt, namespace, name)
+        new = copy.deepcopy(obj)
+        md = new.setdefault("metadata", {})
+        want_rv = md.get("resourceVersion")
+        if want_rv and want_rv != old["metadata"]["resourceVersion"]:
+            raise KubeError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {rt.name} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                {"name": name, "group": rt.group, "kind": rt.plural},
+            )
+        if md.get("name", name) != name:
+            raise KubeError(400, "BadRequest", "the name of the object does not match the URL")
+        if subresource == "status":
+            merged = copy.deepcopy(old)
+            merged["status"] = new.get("status")
+            new, md = merged, merged["metadata"]
+        keep = ("uid", "creationTimestamp", "namespace", "name", "generation", "managedFields")
+        for k in keep:
+            if k in old["metadata"]:
+                md[k] = old["metadata"][k]
+            else:
+                md.pop(k, None)
+        new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        if new.get("spec") != old.get("spec"):
+            md["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        if manager:
+            self._manage(md, manager, operation, rt)
+        if _same(new, old):
+            return old  # no-op: no new resourceVersion, no event (as the real server)
+        md["resourceVersion"] = self._bump()
+        key = (old["metadata"].get("namespace", ""), name)
+        self._bucket(rt)[key] = new
+        self._record(rt, "MODIFIED", new, old)
+        return new
+
+    def patch(
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        content_type: str = "application/merge-patch+json",
+        field_manager: str | None = None,
+    ) -> Obj:
+        rt = self._rt(resource)
+        return copy.deepcopy(
+            self._patch(rt, namespace, name, patch, content_type, field_manager, "")
+        )
+
+    def _patch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        content_type: str,
+        manager: str | None,
+        subresource: str,
+    ) -> Obj:
+        ct = content_type.split(";")[0].strip()
+        if ct == "application/apply-patch+yaml":
+            if not manager:
+                raise KubeError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                    "is required for apply patch",
+                )
+            try:
+                old = self._get(rt, namespace, name)
+            except KubeError:
+                body = copy.deepcopy(patch)
+                body.setdefault("metadata", {})["name"] = name
+                obj = self._create(rt, body, namespace, None)
+                self._manage(obj["metadata"], manager, "Apply", rt)
+                return obj
+            new = merge_patch(old, patch)
+            op = "Apply"
+        elif ct in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            old = self._get(rt, namespace, name)
+            new = merge_patch(old, patch)
+            op = "Update"
+        elif ct == "application/json-patch+json":
+            old = self._get(rt, namespace, name)
+            new = _json_patch(old, patch)
+            op = "Update"
+        else:
+            raise KubeError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format ({ct}) - accepted media types "
+                "include: application/json-patch+json, application/merge-patch+json, "
+                "application/apply-patch+yaml",
+            )
+        # A patch carries no resourceVersion precondition unless it sets one.
+        patch_rv = (
+            (patch.get("metadata") or {}).get("resourceVersion")
+            if isinstance(patch, dict)
+            else None
+        )
+        new.setdefault("metadata", {})["resourceVersion"] = (
+            patch_rv or old["metadata"]["resourceVersion"]
+        )
+        return self._update(rt, namespace, name, new, manager, op, subresource=subresource)
+
+    def delete(self, resource: str, namespace: str | None, name: str) -> Obj:
+        return copy.deepcopy(self._delete(self._rt(resource), namespace, name))
+
+    def _delete(self, rt: ResourceType, namespace: str | None, name: str) -> Obj:
+        old = self._get(rt, namespace, name)
+        key = (old["metadata"].get("namespace", ""), name)
+        del self._bucket(rt)[key]
+        gone = copy.deepcopy(old)
+        gone["metadata"]["resourceVersion"] = self._bump()
+        self._record(rt, "DELETED", gone, old)
+        return gone
+
+    def apply(self, resource: str, obj: Obj, namespace: str | None = None) -> Obj:
+        """Create or replace (test convenience; no conflict check)."""
+        rt = self._rt(resource)
+        md = obj.get("metadata", {})
+        ns = namespace if namespace is not None else md.get("namespace", "default")
+        try:
+            self._get(rt, ns, md["name"])
+        except KubeError:
+            return self.create(resource, obj, ns)
+        body = copy.deepcopy(obj)
+        body["metadata"].pop("resourceVersion", None)
+        return copy.deepcopy(self._update(rt, ns, md["name"], body, None, "Update"))
+
+    # ------------------------------------------------------------------ scale subresource
+    def _scale(self, rt: ResourceType, obj: Obj) -> Obj:
+        md = obj["metadata"]
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        sel = (spec.get("selector") or {}).get("matchLabels") or {}
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": md["name"],
+                "namespace": md.get("namespace"),
+                "uid": md["uid"],
+                "resourceVersion": md["resourceVersion"],
+                "creationTimestamp": md["creationTimestamp"],
+            },
+            "spec": {"replicas": int(spec.get("replicas", 1))},
+            "status": {
+                "replicas": int(status.get("replicas", 0)),
+                "selector": ",".join(f"{k}={v}" for k, v in sorted(sel.items())),
+            },
+        }
+
+    def _write_scale(
+        self,
+        rt: ResourceType,
+        ns: str | None,
+        name: str,
+        scale: Obj,
+        manager: str | None,
+        operation: str,
+    ) -> Obj:
+        obj = self._get(rt, ns, name)
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise KubeError(
+                422,
+                "Invalid",
+                f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                f"{replicas!r}: must be greater than or equal to 0",
+            )
+        new = copy.deepcopy(obj)
+        new.setdefault("spec", {})["replicas"] = replicas
+        new["metadata"]["resourceVersion"] = (scale.get("metadata") or {}).get(
+            "resourceVersion"
+        ) or obj["metadata"]["resourceVersion"]
+        return self._scale(rt, self._update(rt, ns, name, new, manager, operation))
+
+    # ------------------------------------------------------------------ HTTP
+    def _forbidden(self, verb: str, resource: str, ns: str | None) -> bool:
+        for v in (verb, "*"):
+            if (v, resource, None) in self.forbidden or (v, resource, ns) in self.forbidden:
+                return True
+        return False
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._dispatch(request)
+        except KubeError as e:
+            return web.json_response(e.status(), status=e.code)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+            raise KubeError(401, "Unauthorized", "Unauthorized")
+        parts = [p for p in request.path.split("/") if p]
+        q = dict(request.query)
+        # discovery
+        if parts == ["version"]:
+            return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake"})
+        if parts == ["api"]:
+            return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
+        if parts == ["apis"]:
+            return web.json_response(self._group_list())
+        if parts[:2] == ["api", "v1"]:
+            group, version, rest = "", "v1", parts[2:]
+        elif len(parts) >= 3 and parts[0] == "apis":
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
+        if not rest:
+            return web.json_response(self._resource_list(group, version))
+        ns: str | None = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            ns, rest = rest[1], rest[2:]
+        plural, name, sub = (
+            rest[0],
+            rest[1] if len(rest) > 1 else None,
+            rest[2] if len(rest) > 2 else "",
+        )
+        rt = self._lookup(group, version, plural)
+        if rt is None or len(rest) > 3 or (sub and sub not in rt.subresources):
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
+        if rt.namespaced is False:
+            ns = None
+        method = request.method
+        watch = q.get("watch") in ("1", "true", "True")
+        verb = {
+            "GET": "get" if name else ("watch" if watch else "list"),
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete",
+        }.get(method)
+        if verb is None:
+            raise KubeError(405, "MethodNotAllowed", f"method {method} not allowed")
+        resource = rt.plural + (f"/{sub}" if sub else "")
+        ctype = request.headers.get("Content-Type", "")
+        body: Any = None
+        if method in ("POST", "PUT", "PATCH"):
+            raw = await request.read()
+            try:
+                if ctype.startswith("application/apply-patch+yaml"):
+                    body = yaml.safe_load(raw)
+                else:
+                    body = json.loads(raw) if raw else None
+            except (ValueError, yaml.YAMLError) as e:
+                raise KubeError(400, "BadRequest", f"invalid body: {e}") from None
+        self.requests.append(KubeRequest(method, verb, resource, ns, name, q, ctype, body))
+        if self._forbidden(verb, resource, ns):
+            raise self._forbid_error(rt, verb, resource, ns, name)
+        fails = self.failures.get((verb, resource))
+        if fails:
+            code = fails.pop(0)
+            raise KubeError(
+                code,
+                "InternalError" if code >= 500 else "BadRequest",
+                f"Internal error occurred: injected failure ({code})",
+            )
+        manager = q.get("fieldManager")
+        if name is None:
+            if method == "GET":
+                if watch:
+                    return await self._watch(request, rt, ns, q)
+                return web.json_response(self._list(rt, ns, q))
+            if method == "POST":
+                if not isinstance(body, dict):
+                    raise KubeError(400, "BadRequest", "expected an object body")
+                return web.json_response(self._create(rt, body, ns, manager), status=201)
+            raise KubeError(405, "MethodNotAllowed", f"method {method} not allowed")
+        if sub == "scale":
+            obj = self._get(rt, ns, name)
+            if method == "GET":
+                return web.json_response(self._scale(rt, obj))
+            if method == "PUT":
+                return web.json_response(self._write_scale(rt, ns, name, body, manager, "Update"))
+            if method == "PATCH":
+                cur = self._scale(rt, obj)
+                if ctype.startswith("application/json-patch+json"):
+                    new = _json_patch(cur, body)
+                else:
+                    new = merge_patch(cur, body)
+                op = "Apply" if ctype.startswith("application/apply-patch") else "Update"
+                return web.json_response(self._write_scale(rt, ns, name, new, manager, op))
+            raise KubeError(405, "MethodNotAllowed", f"method {method} not allowed")
+        if method == "GET":
+            return web.json_response(self._get(rt, ns, name))
+        if method == "PUT":
+            if not isinstance(body, dict):
+                raise KubeError(400, "BadRequest", "expected an object body")
+            return web.json_response(
+                self._update(rt, ns, name, body, manager, "Update", subresource=sub)
+            )
+        if method == "PATCH":
+            return web.json_response(self._patch(rt, ns, name, body, ctype, manager, sub))
+        if method == "DELETE":
+            return web.json_response(self._delete(rt, ns, name))
+        raise KubeError(405, "MethodNotAllowed", f"method {method} not allowed")
+
+    def _forbid_error(
+        self, rt: ResourceType, verb: str, resource: str, ns: str | None, name: str | None
+    ) -> KubeError:
+        what = f"{rt.plural}.{rt.group}" if rt.group else rt.plural
+        if name:
+            what += f' "{name}"'
+        where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+        return KubeError(
+            403,
+            "Forbidden",
+            f'{what} is forbidden: User "{self.user}" cannot {verb} resource "{resource}" '
+            f'in API group "{rt.group}" {where}',
+            {"name": name or "", "group": rt.group, "kind": rt.plural},
+        )
+
+    def _group_list(self) -> Obj:
+        groups: dict[str, list[str]] = {}
+        for rt in self.types.values():
+            if rt.group:
+                vs = groups.setdefault(rt.group, [])
+                if rt.version not in vs:
+                    vs.append(rt.version)
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": g,
+                    "versions": [{"groupVersion": f"{g}/{v}", "version": v} for v in vs],
+                    "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]},
+                }
+                for g, vs in sorted(groups.items())
+            ],
+        }
+
+    def _resource_list(self, group: str, version: str) -> Obj:
+        rts = {rt for rt in self.types.values() if rt.group == group and rt.version == version}
+        if not rts:
+            raise KubeError(404, "NotFound", "the server could not find the requested resource")
+        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+        resources: list[Obj] = []
+        for rt in sorted(rts, key=lambda r: r.plural):
+            resources.append(
+                {"name": rt.plural, "namespaced": rt.namespaced, "kind": rt.kind, "verbs": verbs}
+            )
+            for sub in rt.subresources:
+                kind = "Scale" if sub == "scale" else rt.kind
+                resources.append(
+                    {
+                        "name": f"{rt.plural}/{sub}",
+                        "namespaced": rt.namespaced,
+                        "kind": kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
+
+    def _selector(self, q: dict[str, str]) -> Callable[[Obj], bool]:
+        label = parse_label_selector(q.get("labelSelector", ""))
+        fields = _parse_field_selector(q.get("fieldSelector", ""))
+        return lambda o: label(_labels(o)) and fields(o)
+
+    def _list(self, rt: ResourceType, ns: str | None, q: dict[str, str]) -> Obj:
+        rv = q.get("resourceVersion", "")
+        if q.get("resourceVersionMatch") == "Exact" and rv and int(rv) < self.floor:
+            raise self._gone(int(rv))
+        token = q.get("continue")
+        if token:
+            snap = self._snapshots.get(token)
+            if snap is None:
+                raise KubeError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter.",
+                )
+            list_rv, items = snap
+        else:
+            sel = self._selector(q)
+            list_rv = self.rv
+            items = [
+                o
+                for (ons, _), o in sorted(self._bucket(rt).items())
+                if (ns is None or ons == ns) and sel(o)
+            ]
+        limit = int(q.get("limit", "0") or 0)
+        meta: Obj = {"resourceVersion": str(list_rv)}
+        if limit and len(items) > limit:
+            nxt = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
+            self._snapshots[nxt] = (list_rv, items[limit:])
+            while len(self._snapshots) > 64:
+                self._snapshots.pop(next(iter(self._snapshots)))
+            meta["continue"] = nxt
+            meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
+        out_items = []
+        for o in items:
+            c = copy.deepcopy(o)
+            if rt.builtin:
+                c.pop("kind", None)
+                c.pop("apiVersion", None)
+            out_items.append(c)
+        return {
+            "kind": f"{rt.kind}List",
+            "apiVersion": rt.api_version,
+            "metadata": meta,
+            "items": out_items,
+        }
+
+    def _gone(self, rv: int) -> KubeError:
+        return KubeError(410, "Expired", f"too old resource version: {rv} ({self.floor + 1})")
+
+    async def _watch(
+        self, request: web.Request, rt: ResourceType, ns: str | None, q: dict[str, str]
+    ) -> web.StreamResponse:
+        rv_s = q.get("resourceVersion", "")
+        sel = self._selector(q)
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1", "True")
+        initial: list[tuple[str, Obj]] = []
+        gone: KubeError | None = None
+        w = _Watch(rt, ns, sel, bookmarks)
+        if rv_s in ("", "0"):
+            for (ons, _), o in sorted(self._bucket(rt).items()):
+                if (ns is None or ons == ns) and sel(o):
+                    initial.append(("ADDED", copy.deepcopy(o)))
+        else:
+            try:
+                rv = int(rv_s)
+            except ValueError:
+                raise KubeError(400, "BadRequest", f"invalid resourceVersion {rv_s!r}") from None
+            if rv < self.floor:
+                gone = self._gone(rv)
+                if self.gone_as_http:
+                    raise gone
+            else:
+                for ev in self.history:
+                    if ev.rv > rv and ev.rt == rt:
+                        out = self._translate(w, ev)
+                        if out is not None:
+                            initial.append(out)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        if gone is not None:
+            await resp.write(self._line("ERROR", gone.status()))
+            await resp.write_eof()
+            return resp
+        # Registered only after the awaits above would miss events: register first, then
+        # replay (nothing can run between the snapshot and the registration).
+        self.watches.append(w)
+        try:
+            for t, o in initial:
+                await resp.write(self._line(t, o))
+            loop = asyncio.get_running_loop()
+            timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+            deadline = loop.time() + timeout if timeout else None
+            while True:
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                if self.bookmark_interval is not None and bookmarks:
+                    wait = (
+                        self.bookmark_interval
+                        if wait is None
+                        else min(wait, self.bookmark_interval)
+                    )
+                try:
+                    kind, item = await asyncio.wait_for(w.queue.get(), wait)
+                except TimeoutError:
+                    if deadline is not None and loop.time() >= deadline:
+                        break
+                    kind, item = "BOOKMARK", self.rv
+                if kind == "EVENT":
+                    await resp.write(self._line(*item))
+                elif kind == "BOOKMARK":
+                    await resp.write(
+                        self._line(
+                            "BOOKMARK",
+                            {
+                                "kind": rt.kind,
+                                "apiVersion": rt.api_version,
+                                "metadata": {"resourceVersion": str(item)},
+                            },
+                        )
+                    )
+                elif kind == "CLOSE":
+                    break
+                elif kind == "ABORT":
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return resp
+        except (ConnectionResetError, asyncio.CancelledError):
+            return resp
+        finally:
+            if w in self.watches:
+                self.watches.remove(w)
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+
+    @staticmethod
+    def _line(type_: str, obj: Obj) -> bytes:
+        return json.dumps({"type": type_, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+# convenience for tests building objects
+def meta(name: str, namespace: str = "default", **labels: str) -> Obj:
+    return {"name": name, "namespace": namespace, "labels": dict(labels)}

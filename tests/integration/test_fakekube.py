@@ -1,0 +1,196 @@
+"""The fake API server (tests/fakekube.py) driven by the real kubernetes_asyncio client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client import ApiClient, ApiException
+
+from tests.fakekube import FakeKube
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[FakeKube]:
+    async with FakeKube() as k:
+        yield k
+
+
+@pytest.fixture
+async def api(kube: FakeKube) -> AsyncIterator[ApiClient]:
+    async with ApiClient(kube.configuration()) as a:
+        yield a
+
+
+async def watch_lines(api: ApiClient, path: str, **query: str) -> list[dict[str, Any]]:
+    r = await api.call_api(
+        path,
+        "GET",
+        query_params=[("watch", "1"), *query.items()],
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=5,
+    )
+    assert r.status == 200
+    return [json.loads(line) async for line in r.content]
+
+
+async def test_list_get_create_conflict_and_not_found(kube: FakeKube, api: ApiClient) -> None:
+    v1 = client.CoreV1Api(api)
+    await v1.create_namespaced_pod("default", {"metadata": {"name": "a", "labels": {"x": "1"}}})
+    kube.create("pods", {"metadata": {"name": "b", "namespace": "default"}})
+    pods = await v1.list_namespaced_pod("default", label_selector="x=1")
+    assert [p.metadata.name for p in pods.items] == ["a"]
+    assert int(pods.metadata.resource_version) == kube.rv
+    with pytest.raises(ApiException) as e:
+        await v1.create_namespaced_pod("default", {"metadata": {"name": "a"}})
+    assert e.value.status == 409 and json.loads(e.value.body)["reason"] == "AlreadyExists"
+    with pytest.raises(ApiException) as e:
+        await v1.read_namespaced_pod("zz", "default")
+    assert e.value.status == 404 and json.loads(e.value.body)["kind"] == "Status"
+    stale = kube.get("pods", "default", "a")
+    kube.patch("pods", "default", "a", {"metadata": {"labels": {"y": "2"}}})
+    with pytest.raises(ApiException) as e:
+        await v1.replace_namespaced_pod("a", "default", stale)
+    assert e.value.status == 409 and json.loads(e.value.body)["reason"] == "Conflict"
+
+
+async def test_watch_replays_from_resource_version_and_times_out(
+    kube: FakeKube, api: ApiClient
+) -> None:
+    kube.create("pods", {"metadata": {"name": "a", "namespace": "default"}})
+    rv = str(kube.rv)
+    kube.create("pods", {"metadata": {"name": "b", "namespace": "default", "labels": {"k": "v"}}})
+    kube.patch("pods", "default", "a", {"metadata": {"labels": {"k": "v"}}})
+    kube.delete("pods", "default", "b")
+    evs = await watch_lines(
+        api, "/api/v1/namespaces/default/pods", resourceVersion=rv, timeoutSeconds="0.2"
+    )
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == [
+        ("ADDED", "b"),
+        ("MODIFIED", "a"),
+        ("DELETED", "b"),
+    ]
+    # a selector turns a label change into ADDED for the watch
+    evs = await watch_lines(
+        api,
+        "/api/v1/pods",
+        resourceVersion=rv,
+        labelSelector="k=v",
+        timeoutSeconds="0.2",
+    )
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == [
+        ("ADDED", "b"),
+        ("ADDED", "a"),
+        ("DELETED", "b"),
+    ]
+
+
+async def test_compacted_history_gives_410(kube: FakeKube, api: ApiClient) -> None:
+    kube.create("pods", {"metadata": {"name": "a", "namespace": "default"}})
+    rv = str(kube.rv)
+    kube.create("pods", {"metadata": {"name": "b", "namespace": "default"}})
+    kube.compact()
+    evs = await watch_lines(api, "/api/v1/pods", resourceVersion=rv)
+    assert evs[0]["type"] == "ERROR"
+    assert evs[0]["object"]["code"] == 410 and evs[0]["object"]["reason"] == "Expired"
+
+
+async def test_bookmarks_and_closed_watches(kube: FakeKube, api: ApiClient) -> None:
+    kube.create("leases", {"metadata": {"name": "l", "namespace": "default"}})
+    r = await api.call_api(
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+        "GET",
+        query_params=[("watch", "1"), ("resourceVersion", str(kube.rv))],
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+    )
+    await kube.wait_watchers("leases")
+    kube.bookmark()  # not allowed on this watch: ignored
+    kube.create("leases", {"metadata": {"name": "m", "namespace": "default"}})
+    assert await kube.close_watches("leases") == 1
+    lines = [json.loads(x) async for x in r.content]
+    assert [e["type"] for e in lines] == ["ADDED"]
+    r = await api.call_api(
+        "/apis/coordination.k8s.io/v1/leases",
+        "GET",
+        query_params=[("watch", "1"), ("allowWatchBookmarks", "true")],
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+    )
+    await kube.wait_watchers("leases")
+    kube.bookmark()
+    await kube.close_watches()
+    lines = [json.loads(x) async for x in r.content]
+    assert [e["type"] for e in lines] == ["ADDED", "ADDED", "BOOKMARK"]
+    assert lines[-1]["object"]["metadata"]["resourceVersion"] == str(kube.rv)
+
+
+async def test_scale_subresource_and_field_manager(kube: FakeKube, api: ApiClient) -> None:
+    kube.create(
+        "deployments",
+        {
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}}},
+        },
+    )
+    apps = client.AppsV1Api(api)
+    s = await apps.read_namespaced_deployment_scale("web", "default")
+    assert s.spec.replicas == 0 and s.status.selector == "app=web"
+    s = await apps.patch_namespaced_deployment_scale(
+        "web", "default", {"spec": {"replicas": 2}}, field_manager="knd-autoscaler"
+    )
+    assert s.spec.replicas == 2
+    dep = kube.get("deployments", "default", "web")
+    assert dep["spec"]["replicas"] == 2
+    assert [m["manager"] for m in dep["metadata"]["managedFields"]] == ["knd-autoscaler"]
+    kube.forbid("patch", "deployments/scale", namespace="default")
+    with pytest.raises(ApiException) as e:
+        await apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": 1}})
+    body = json.loads(e.value.body)
+    assert e.value.status == 403 and body["reason"] == "Forbidden"
+    assert 'cannot patch resource "deployments/scale"' in body["message"]
+
+
+async def test_apply_patch_creates_and_discovery(kube: FakeKube, api: ApiClient) -> None:
+    co = client.CustomObjectsApi(api)
+    rev = {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "metadata": {"name": "hello-00001", "namespace": "default"},
+        "spec": {"containerConcurrency": 3},
+    }
+    await co.create_namespaced_custom_object(
+        "serving.knative.dev", "v1", "default", "revisions", rev
+    )
+    got = await co.get_namespaced_custom_object(
+        "serving.knative.dev", "v1", "default", "revisions", "hello-00001"
+    )
+    assert got["spec"]["containerConcurrency"] == 3
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "spec": {"holderIdentity": "a"},
+    }
+    await client.CoordinationV1Api(api).patch_namespaced_lease(
+        "lock", "default", lease, field_manager="me", _content_type="application/apply-patch+yaml"
+    )
+    assert kube.get("leases", "default", "lock")["spec"]["holderIdentity"] == "a"
+    kube.remove_resource("endpointslices")
+    with pytest.raises(ApiException) as e:
+        await client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces()
+    assert e.value.status == 404
+    groups = await client.ApisApi(api).get_api_versions()
+    assert "discovery.k8s.io" not in {g.name for g in groups.groups}
+
+
+async def test_wrong_token_is_401(kube: FakeKube) -> None:
+    cfg = kube.configuration()
+    cfg.api_key = {"BearerToken": "nope"}
+    async with ApiClient(cfg) as a:
+        with pytest.raises(ApiException) as e:
+            await client.CoreV1Api(a).list_namespaced_pod("default")
+    assert e.value.status == 401
