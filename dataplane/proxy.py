@@ -68,6 +68,8 @@ _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 _LINGER = 0.5  # seconds to keep reading (and discarding) after closing our side
 _XFF_FIRST = b":xff-first"  # hdr key: first X-Forwarded-For line when there are several
 _SWEEP_INTERVAL = 0.05
+# Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
+_HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
 
 
 class _ParseLimit(Exception):
@@ -755,6 +757,7 @@ class ServerConnection(asyncio.Protocol):
         "_max_hdr_bytes",
         "_max_hdrs",
         "_max_head_bytes",
+        "_ready",
         "active",
         "closed",
         "discarded",
@@ -802,6 +805,9 @@ class ServerConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.upgrade_pending = False
         self._dispatching = False
+        # A request whose head was parsed from the bytes being fed: dispatched only once all
+        # of them are parsed, so that bad bytes read with it keep it from ever going upstream.
+        self._ready: Exchange | None = None
         self.failed: tuple[int, str] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -837,11 +843,17 @@ class ServerConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
+            self._dispatch_ready()
             self._upgrade_request(data[e.args[0] :])
             return
         except httptools.HttpParserError as e:
+            h2c = self.server.h2c
+            if h2c is not None and self.active is None and not self.pending and h2c(self, data):
+                return  # an HTTP/2 preface: the connection now belongs to the h2c protocol
             self._parse_error(e)
             return
+        if self._ready is not None:
+            self._dispatch_ready()
         if in_head and self._head_seen > self._max_head_bytes:
             ex = self.parsing
             if ex is not None and not ex.headers_complete:
@@ -867,6 +879,7 @@ class ServerConnection(asyncio.Protocol):
             ex.abort()
         self.pending.clear()
         self.parsing = None
+        self._ready = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -923,7 +936,8 @@ class ServerConnection(asyncio.Protocol):
         self.parsing = Exchange(self)
         self._hdr_bytes = self._max_hdr_bytes
         self._hdr_count = self._max_hdrs
-        if self.active is None:  # the clock of a pipelined head starts when its turn comes
+        if self.active is None and self._ready is None:
+            # the clock of a pipelined head starts when its turn comes
             self.header_tick = self.server.tick or 1
 
     def on_url(self, url: bytes) -> None:
@@ -990,8 +1004,13 @@ class ServerConnection(asyncio.Protocol):
         if expect is not None and expect.lower() == b"100-continue":
             ex.expect_continue = True
         self.header_tick = 0
-        if self.active is None and not self.pending and not self._dispatching:
-            self._dispatch(ex)
+        if (
+            self.active is None
+            and self._ready is None
+            and not self.pending
+            and not self._dispatching
+        ):
+            self._ready = ex  # dispatched by data_received once this read is parsed
         else:
             self.pending.append(ex)
             self.pause(P_PIPELINE)
@@ -1015,6 +1034,12 @@ class ServerConnection(asyncio.Protocol):
                     self._run_pending()
 
     # -- request lifecycle -----------------------------------------------------------------
+    def _dispatch_ready(self) -> None:
+        ex = self._ready
+        if ex is not None:
+            self._ready = None
+            self._dispatch(ex)
+
     def _dispatch(self, ex: Exchange) -> None:
         self.active = ex
         server = self.server
@@ -1036,9 +1061,21 @@ class ServerConnection(asyncio.Protocol):
             ex.keep_alive = False
             ex.error(400, "malformed request target")
             return
-        if ex.version == "1.1" and not ex.hdr.get(b"host"):
+        host = ex.hdr.get(b"host")
+        if not host:
+            if ex.version == "1.1":
+                ex.keep_alive = False
+                ex.error(400, "missing required Host header")
+                return
+        elif host.translate(None, _HOST_BYTES):  # any byte left is not allowed in a Host
             ex.keep_alive = False
-            ex.error(400, "missing required Host header")
+            ex.error(400, "malformed Host header")
+            return
+        if ex.req_chunked and ex.version == "1.0":
+            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (Go ignores it,
+            # llhttp honours it: a front end and we could disagree on where the body ends).
+            ex.keep_alive = False
+            ex.error(400, "Transfer-Encoding in an HTTP/1.0 request")
             return
         if ex.req_chunked and ex.hdr[b"transfer-encoding"].strip().lower() != b"chunked":
             ex.keep_alive = False
@@ -1129,6 +1166,12 @@ class ServerConnection(asyncio.Protocol):
             status, reason = 400, "malformed request: " + str(e)
         ex = self.parsing
         self.parsing = None
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            if ready is not ex:
+                self._dispatch(ready)  # complete before the bad bytes: answered first
+            # else: the bad bytes are its own body: it never reaches the handler
         active = self.active
         if ex is not None and ex is active and not ex.done:
             # The body of the request being served is malformed: abort it.
@@ -1209,6 +1252,9 @@ class HTTPServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.TimerHandle | None = None
+        # HTTP/2 with prior knowledge (dataplane/h2c.py): called with a connection whose first
+        # request line was the HTTP/2 preface and the bytes of that read; True if it took over.
+        self.h2c: Callable[[ServerConnection, bytes], bool] | None = None
 
     async def start(
         self, host: str | None, port: int, *, sock: Any = None, backlog: int = 2048
