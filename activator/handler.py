@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from dataplane.proxy import Exchange
 from dataplane.timeouts import TimeoutPolicy
+from dataplane.tracing import set_upstream_traceparent
 from dataplane.upstream import UpstreamPool
 from platforms.base import Endpoints, Revision, RevisionKey
 
@@ -31,6 +32,7 @@ from .throttler import Lease, QueueFullError, RevisionThrottler, Ticket
 if TYPE_CHECKING:
     from dataplane.promtext import Histogram
     from dataplane.statpb import WireStatMessage
+    from dataplane.tracing import RequestSpans, Tracer
 
 __all__ = ["WAIT_HEADER", "Activator", "RevisionState"]
 
@@ -101,11 +103,12 @@ class RevisionState:
 class _Request:
     """Per-request state of a proxied request (``Exchange.ctx``)."""
 
-    __slots__ = ("ex", "lease", "rs", "ticket", "wait_start", "wait_timer")
+    __slots__ = ("ex", "lease", "rs", "spans", "ticket", "wait_start", "wait_timer")
 
     def __init__(self, rs: RevisionState, ex: Exchange) -> None:
         self.rs = rs
         self.ex = ex
+        self.spans: RequestSpans | None = None
         self.lease: Lease | None = None
         self.ticket: Ticket | None = None
         self.wait_start = 0.0
@@ -125,6 +128,8 @@ class _Request:
         if ex.done:
             lease.release()
             return
+        if self.spans is not None:
+            self.spans.end_wait()
         waited = rs.act.loop.time() - self.wait_start
         rs.act.observe_wait(rs, waited)
         ex.resp_extra = WAIT_HEADER + b": %d\r\n" % round(waited * 1000)
@@ -137,6 +142,8 @@ class _Request:
         ex = self.ex
         orig = ex.hdr.get(b"k-original-host") or ex.hdr.get(b"host") or b""
         dest = lease.dest
+        if self.spans is not None:
+            set_upstream_traceparent(ex, self.spans.start_inner("activator_proxy"))
         ex.proxy(
             rs.pool(dest),
             host=dest.encode(),
@@ -187,6 +194,7 @@ class Activator:
         probe_timeout: float = 0.3,
         max_idle_per_host: int = 100,
         wait_histogram: Histogram | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.loop = loop
         self.send_stats = send_stats
@@ -199,6 +207,7 @@ class Activator:
         self.probe_timeout = probe_timeout
         self.max_idle_per_host = max_idle_per_host
         self.wait_histogram = wait_histogram
+        self.tracer = tracer
         self.reporter = ConcurrencyReporter(pod_name, loop.time())
         self.revisions: dict[RevisionKey, RevisionState] = {}
         self.hosts: dict[bytes, RevisionKey] = {}
@@ -324,13 +333,24 @@ class Activator:
         req = _Request(rs, ex)
         ex.ctx = req
         ex.on_done = self._done
+        tr = self.tracer
+        if tr is not None and tr.sampler.sample(hdr.get(b"traceparent")):
+            req.spans = spans = tr.start_request(
+                ex, "handle", "", "throttler_try", ex.start, self.loop.time()
+            )
+            spans.attach(ex)
+            spans.start_wait()
         ex.set_timeouts(rs.timeouts)
         try:
             got = rs.throttler.try_acquire(req.grant)
         except QueueFullError:
+            if req.spans is not None:
+                req.spans.end_wait("pending request queue full")
             ex.error(503, "pending request queue full")
             return
         if isinstance(got, Lease):
+            if req.spans is not None:
+                req.spans.end_wait()
             req.forward(got)
             return
         req.ticket = got

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from dataplane.envconfig import ConfigError
 from dataplane.logs import setup_logging
@@ -24,6 +25,9 @@ from platforms.static import StaticPlatform
 from .env import ActivatorEnv, parse_env
 from .handler import Activator
 from .statsink import StatSink
+
+if TYPE_CHECKING:
+    from dataplane.tracing import Tracer, TracingConfig
 
 __all__ = ["main", "run"]
 
@@ -36,9 +40,24 @@ _REV_LABELS = ("k8s_namespace_name", "kn_revision_name")
 class ActivatorProcess:
     """The running activator: servers, platform, stat sink and the shutdown sequence."""
 
-    def __init__(self, env: ActivatorEnv, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        env: ActivatorEnv,
+        loop: asyncio.AbstractEventLoop,
+        tracing: TracingConfig | None = None,
+    ) -> None:
         self.env = env
         self.loop = loop
+        self.tracer: Tracer | None = None
+        if tracing is not None and tracing.enabled:
+            from dataplane.tracing import instrument_aiohttp, start_tracing
+
+            self.tracer = start_tracing(tracing, "knative.dev/serving/pkg/activator")
+            if self.tracer is not None:
+                # The stats websocket to the autoscaler is the activator's aiohttp client.
+                missing = instrument_aiohttp(self.tracer, client=True)
+                if missing:
+                    log.info("not instrumented (packages missing): %s", ", ".join(missing))
         self.stopped: asyncio.Future[None] = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
         self.registry = Registry()
@@ -74,6 +93,7 @@ class ActivatorProcess:
             probe_timeout=env.probe_timeout,
             max_idle_per_host=env.max_idle_proxy_conns_per_host,
             wait_histogram=self.waits,
+            tracer=self.tracer,
         )
         act = self.activator
         self.registry.add(
@@ -164,14 +184,42 @@ class ActivatorProcess:
         act.stop()
         await self.platform.close()
         await self.sink.close()
+        if self.tracer is not None:
+            try:
+                await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
+            except Exception:
+                log.warning("could not flush traces within 10s")
         log.info("shutdown complete")
         if not self.stopped.done():
             self.stopped.set_result(None)
 
 
-async def _serve(env: ActivatorEnv) -> int:
+def _tracing_config(env: ActivatorEnv, environ: Mapping[str, str]) -> TracingConfig | None:
+    """Tracing settings from ``OBSERVABILITY_CONFIG`` / ``OTEL_*``; None when none is set."""
+    raw = environ.get("OBSERVABILITY_CONFIG", "")
+    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
+        return None
+    from dataplane.tracing import observability_tracing, tracing_config
+
+    protocol, endpoint, rate = observability_tracing(raw)
+    return tracing_config(
+        environ,
+        protocol=protocol,
+        endpoint=endpoint,
+        rate=rate,
+        service_name="activator",
+        resource={
+            "k8s.container.name": "activator",
+            "k8s.namespace.name": env.system_namespace,
+            "k8s.pod.name": env.pod_name,
+            "service.instance.id": env.pod_name,
+        },
+    )
+
+
+async def _serve(env: ActivatorEnv, tracing: TracingConfig | None = None) -> int:
     loop = asyncio.get_running_loop()
-    proc = ActivatorProcess(env, loop)
+    proc = ActivatorProcess(env, loop, tracing)
     try:
         await proc.start()
     except ConfigError as e:
@@ -192,13 +240,14 @@ async def _serve(env: ActivatorEnv) -> int:
 def run(environ: Mapping[str, str]) -> int:
     try:
         env = parse_env(environ)
+        tracing = _tracing_config(env, environ)
     except ConfigError as e:
         print(f"activator: {e}", file=sys.stderr)
         return 1
     setup_logging(env.logging_level, {"knative.dev/pod": env.pod_name})
     import uvloop
 
-    return int(uvloop.run(_serve(env)))
+    return int(uvloop.run(_serve(env, tracing)))
 
 
 def main() -> None:

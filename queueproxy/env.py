@@ -124,7 +124,15 @@ def parse_observability(raw: str) -> ObservabilityConfig:
     tr = section("tracing")
     cfg.tracing_protocol = text(tr, "protocol", "tracing") or "none"
     cfg.tracing_endpoint = text(tr, "endpoint", "tracing")
-    rate = _ci_get(tr, "sampling_rate")
+    # Knative's JSON name is samplingRate; the configmap key is tracing-sampling-rate.
+    rate = next(
+        (
+            v
+            for k in ("samplingRate", "sampling-rate", "sampling_rate")
+            if (v := _ci_get(tr, k)) is not None
+        ),
+        None,
+    )
     if rate is not None:
         if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
             raise ConfigError(f"{name}: tracing.sampling_rate must be a number within 0..1")

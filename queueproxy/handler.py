@@ -26,6 +26,7 @@ from .readiness import ReadinessProber
 if TYPE_CHECKING:
     from dataplane.promtext import Histogram
     from dataplane.reqlog import RequestLogTemplate
+    from dataplane.tracing import RequestSpans, Tracer
 
 __all__ = ["QueueProxyHandler"]
 
@@ -44,7 +45,7 @@ _PROBE = 4  # a probe (any K-Network-Probe value): proxied and counted, but not 
 class _Queued:
     """A request waiting in the breaker."""
 
-    __slots__ = ("ex", "granted", "handler", "probe", "proxied", "waiter")
+    __slots__ = ("ex", "granted", "handler", "probe", "proxied", "spans", "waiter")
 
     def __init__(
         self, handler: QueueProxyHandler, ex: Exchange, proxied: bool, probe: bool
@@ -55,9 +56,12 @@ class _Queued:
         self.probe = probe
         self.granted = False
         self.waiter: Waiter | None = None
+        self.spans: RequestSpans | None = None
 
     def grant(self) -> None:
         self.granted = True
+        if self.spans is not None:
+            self.spans.end_wait()
         ex = self.ex
         if not ex.done:
             ex.proxy(self.handler.pool)
@@ -80,6 +84,7 @@ class QueueProxyHandler:
         request_log: RequestLogTemplate | None = None,
         log_probes: bool = False,
         log_fields: dict[str, str] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.loop = loop
         self.pool = pool
@@ -92,6 +97,7 @@ class QueueProxyHandler:
         self.request_log = request_log
         self.log_probes = log_probes
         self.log_fields = log_fields or {}
+        self.tracer = tracer
         self._status_labels: dict[int, tuple[str, ...]] = {}
         self._needs_done = duration is not None or request_log is not None
         self._write_log: Callable[[str], None] = _stdout_writer()
@@ -130,27 +136,46 @@ class QueueProxyHandler:
         if netprobe:
             # Knative's IsProbe: excluded from the request log and request metrics only.
             code |= _PROBE
+        spans: RequestSpans | None = None
+        tr = self.tracer
+        if tr is not None and not netprobe and tr.sampler.sample(hdr.get(b"traceparent")):
+            spans = tr.start_request(
+                ex, "queue", "kn.queueproxy.proxy", "kn.queueproxy.wait", ex.start, self.loop.time()
+            )
         b = self.breaker
         if b is None:
             ex.ctx = code
             ex.on_done = self._done
+            if spans is not None:
+                spans.attach(ex)
             ex.proxy(self.pool)
             return
+        if spans is not None:
+            spans.start_wait(spans.inner)
         try:
             got = b.try_acquire()
         except QueueFullError:
             ex.ctx = code
             ex.on_done = self._done
+            if spans is not None:
+                spans.end_wait("pending request queue full")
+                spans.attach(ex)
             ex.error(503, "pending request queue full")
             return
         if got:
             ex.ctx = code | _SLOT
             ex.on_done = self._done
+            if spans is not None:
+                spans.end_wait()
+                spans.attach(ex)
             ex.proxy(self.pool)
             return
         q = _Queued(self, ex, proxied, bool(netprobe))
         ex.ctx = q
         ex.on_done = self._done_queued
+        if spans is not None:
+            q.spans = spans
+            spans.attach(ex)
         q.waiter = b.enqueue(q.grant)
 
     # -- probes ----------------------------------------------------------------------------

@@ -16,9 +16,11 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from dataplane.breaker import Breaker
 from dataplane.envconfig import ConfigError
+from dataplane.h2c import H2Hub
 from dataplane.logs import setup_logging
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from dataplane.statpb import Stat, encode_stat
@@ -30,6 +32,9 @@ from .drain import Drainer
 from .env import Env, parse_env
 from .handler import QueueProxyHandler
 from .readiness import ProbeConfigError, ReadinessProber, parse_readiness_probe
+
+if TYPE_CHECKING:
+    from dataplane.tracing import Tracer, TracingConfig
 
 __all__ = ["QueueProxy", "main"]
 
@@ -48,7 +53,11 @@ class QueueProxy:
     """The running sidecar: servers, stats reporter and shutdown sequence."""
 
     def __init__(
-        self, env: Env, loop: asyncio.AbstractEventLoop, main_sock: object | None = None
+        self,
+        env: Env,
+        loop: asyncio.AbstractEventLoop,
+        main_sock: object | None = None,
+        tracing: TracingConfig | None = None,
     ) -> None:
         self.env = env
         self.main_sock = main_sock
@@ -95,6 +104,11 @@ class QueueProxy:
                         fn=lambda: [((), float(b.in_flight))],
                     )
                 )
+        self.tracer: Tracer | None = None
+        if tracing is not None and tracing.enabled:
+            from dataplane.tracing import start_tracing
+
+            self.tracer = start_tracing(tracing, "knative.dev/serving/pkg/queue")
         request_log = None
         if obs.enable_request_log:
             from dataplane.reqlog import RequestLogTemplate, TemplateError
@@ -124,6 +138,7 @@ class QueueProxy:
                 "pod": env.pod,
                 "pod_ip": env.pod_ip,
             },
+            tracer=self.tracer,
         )
         base = {"max_header_bytes": env.max_header_bytes, "header_timeout": env.header_timeout}
         self.main_server = HTTPServer(
@@ -137,6 +152,10 @@ class QueueProxy:
             ),
             loop=loop,
         )
+        # HTTP/2 with prior knowledge on the same listener (Knative's h2c handler, SPEC §1.1);
+        # the h2 library is imported by the first h2c connection only.
+        self.h2c = H2Hub(loop)
+        self.h2c.enable(self.main_server)
         self.admin_server = HTTPServer(self._admin, ServerConfig(**base), loop=loop)  # type: ignore[arg-type]
         self.metrics_server = HTTPServer(self._metrics, ServerConfig(**base), loop=loop)  # type: ignore[arg-type]
         self.user_metrics_server: HTTPServer | None = None
@@ -260,19 +279,51 @@ class QueueProxy:
         servers = [self.main_server, self.admin_server, self.metrics_server]
         if self.user_metrics_server is not None:
             servers.append(self.user_metrics_server)
-        await asyncio.gather(*(s.shutdown() for s in servers))
+        await asyncio.gather(self.h2c.shutdown(), *(s.shutdown() for s in servers))
         if self._report_handle is not None:
             self._report_handle.cancel()
         self.pool.close()
+        if self.tracer is not None:
+            # Knative flushes telemetry for up to 10 s before exiting.
+            try:
+                await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
+            except Exception:
+                log.warning("could not flush traces within 10s")
         log.info("shutdown complete")
         if not self.stopped.done():
             self.stopped.set_result(None)
 
 
-async def _serve(env: Env, main_sock: object | None) -> int:
+def _tracing_config(env: Env, environ: Mapping[str, str]) -> TracingConfig | None:
+    """Tracing settings, or None when nothing asks for tracing (the module is not imported)."""
+    obs = env.observability
+    if obs.tracing_protocol in ("", "none") and not environ.get("OTEL_TRACES_EXPORTER"):
+        return None
+    from dataplane.tracing import tracing_config
+
+    pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or env.pod
+    return tracing_config(
+        environ,
+        protocol=obs.tracing_protocol,
+        endpoint=obs.tracing_endpoint,
+        rate=obs.tracing_sampling_rate,
+        service_name=env.service or env.configuration or env.revision or pod,
+        resource={
+            "k8s.container.name": "queue-proxy",
+            "k8s.namespace.name": env.namespace,
+            "k8s.pod.name": pod,
+            "service.instance.id": pod,
+            "kn.service.name": env.service,
+            "kn.configuration.name": env.configuration,
+            "kn.revision.name": env.revision,
+        },
+    )
+
+
+async def _serve(env: Env, main_sock: object | None, tracing: TracingConfig | None = None) -> int:
     loop = asyncio.get_running_loop()
     try:
-        qp = QueueProxy(env, loop, main_sock)
+        qp = QueueProxy(env, loop, main_sock, tracing)
         await qp.start()
     except (ConfigError, ProbeConfigError) as e:
         print(f"queue-proxy: {e}", file=sys.stderr)
@@ -294,6 +345,7 @@ async def _serve(env: Env, main_sock: object | None) -> int:
 def run(environ: Mapping[str, str], main_sock: object | None = None) -> int:
     try:
         env = parse_env(environ)
+        tracing = _tracing_config(env, environ)
     except ConfigError as e:
         print(f"queue-proxy: {e}", file=sys.stderr)
         return 1
@@ -304,9 +356,9 @@ def run(environ: Mapping[str, str], main_sock: object | None = None) -> int:
     try:
         import uvloop
 
-        return int(uvloop.run(_serve(env, main_sock)))
+        return int(uvloop.run(_serve(env, main_sock, tracing)))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(_serve(env, main_sock))
+        return asyncio.run(_serve(env, main_sock, tracing))
 
 
 def main() -> None:

@@ -1,0 +1,257 @@
+"""Tracing end to end with real processes (SPEC §1.3, §1.11, §2.9): a trace started by the test
+client is continued by the queue-proxy and the activator, spans reach an OTLP/HTTP collector on
+loopback with the right parents, and W3C headers pass through unchanged when not sampled or
+when tracing is off."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.apps import autoscaler_stub, otlp_collector
+from tests.apps.autoscaler_stub import RunningStub
+from tests.apps.otlp_collector import RunningCollector, Span
+from tests.apps.upstream import RunningApp
+
+from .activator_helpers import PlatformFile, Pods, StartActivator, activator_factory, rev_headers
+from .conftest import StartQP, make_client
+
+REV = "hello-00001"
+TRACESTATE = "vendor1=abc,vendor2=x:y"
+BAGGAGE = "userId=alice,tenant=t%201;prop=1"
+SPAN_SERVER = 2  # OTLP SpanKind SERVER
+
+
+def traceparent(sampled: bool) -> tuple[str, str, str]:
+    """(header value, trace id, parent span id) of a fresh client trace."""
+    tid, pid = secrets.token_hex(16), secrets.token_hex(8)
+    return f"00-{tid}-{pid}-{'01' if sampled else '00'}", tid, pid
+
+
+def tracing_env(col: RunningCollector, rate: float = 1.0) -> dict[str, str]:
+    return {
+        "OBSERVABILITY_CONFIG": json.dumps(
+            {
+                "tracing": {
+                    "protocol": "http/protobuf",
+                    "endpoint": col.endpoint,
+                    "samplingRate": rate,
+                }
+            }
+        ),
+        "OTEL_BSP_SCHEDULE_DELAY": "20",  # export within ~20 ms instead of 5 s
+    }
+
+
+def seen_headers(r: httpx.Response) -> dict[str, list[str]]:
+    """The headers the test app received (``/headers``), by lower-case name."""
+    out: dict[str, list[str]] = {}
+    for k, v in r.json()["headers"]:
+        out.setdefault(k.lower(), []).append(v)
+    return out
+
+
+def by_name(spans: list[Span]) -> dict[str, Span]:
+    out: dict[str, Span] = {}
+    for s in spans:
+        assert s.name not in out, f"two {s.name} spans: {spans}"
+        out[s.name] = s
+    return out
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[RunningCollector]:
+    c = await otlp_collector.start()
+    yield c
+    await c.close()
+
+
+async def test_qp_continues_the_client_trace(
+    collector: RunningCollector, app: RunningApp, start_qp: StartQP
+) -> None:
+    qp = await start_qp(
+        {**tracing_env(collector, rate=0.0), "CONTAINER_CONCURRENCY": "2"}, user_port=app.port
+    )
+    tp, tid, client_span = traceparent(sampled=True)
+    async with make_client(qp.url()) as c:
+        r = await c.get(
+            "/headers?x=1",
+            headers={"traceparent": tp, "tracestate": TRACESTATE, "baggage": BAGGAGE},
+        )
+    assert r.status_code == 200
+    h = seen_headers(r)
+    assert len(h["traceparent"]) == 1
+    version, got_tid, parent, flags = h["traceparent"][0].split("-")
+    assert (version, got_tid, flags) == ("00", tid, "01")
+    assert parent != client_span
+    assert h["tracestate"] == [TRACESTATE]
+    assert h["baggage"] == [BAGGAGE]
+
+    spans = await collector.wait_for(lambda s: len([x for x in s if x.trace_id == tid]) >= 3)
+    named = by_name(collector.trace(tid))
+    assert set(named) == {"queue", "kn.queueproxy.proxy", "kn.queueproxy.wait"}
+    server, proxy, wait = named["queue"], named["kn.queueproxy.proxy"], named["kn.queueproxy.wait"]
+    assert server.parent_id == client_span
+    assert server.kind == SPAN_SERVER
+    assert server.attributes["http.request.method"] == "GET"
+    assert server.attributes["url.path"] == "/headers"
+    assert server.attributes["http.response.status_code"] == 200
+    assert proxy.parent_id == server.span_id
+    assert wait.parent_id == proxy.span_id
+    assert parent == proxy.span_id  # the app's parent is the proxy span
+    assert {s.scope for s in named.values()} == {"knative.dev/serving/pkg/queue"}
+    assert server.service == "hello"
+    assert len(spans) == 3  # nothing else was traced
+
+
+async def test_qp_unsampled_and_probes_pass_through_untraced(
+    collector: RunningCollector, app: RunningApp, start_qp: StartQP
+) -> None:
+    qp = await start_qp(tracing_env(collector, rate=0.0), user_port=app.port)
+    unsampled, un_tid, _ = traceparent(sampled=False)
+    probe_tp, probe_tid, _ = traceparent(sampled=True)
+    last, last_tid, _ = traceparent(sampled=True)
+    async with make_client(qp.url()) as c:
+        r = await c.get("/headers", headers={"traceparent": unsampled, "baggage": BAGGAGE})
+        h = seen_headers(r)
+        assert h["traceparent"] == [unsampled]  # byte for byte: no span, no new parent
+        assert h["baggage"] == [BAGGAGE]
+        # Rate 0 and no traceparent: nothing is added.
+        r = await c.get("/headers")
+        assert "traceparent" not in seen_headers(r)
+        # Probes are never traced, even with a sampled parent.
+        r = await c.get("/headers", headers={"traceparent": probe_tp, "K-Network-Probe": "x"})
+        assert seen_headers(r)["traceparent"] == [probe_tp]
+        r = await c.get("/headers", headers={"traceparent": probe_tp, "K-Kubelet-Probe": "queue"})
+        assert seen_headers(r)["traceparent"] == [probe_tp]
+        # A sampled request last: once its spans are in, earlier ones would have been too.
+        await c.get("/hello", headers={"traceparent": last})
+    await collector.wait_for(lambda s: any(x.trace_id == last_tid for x in s))
+    seen = {s.trace_id for s in collector.spans}
+    assert un_tid not in seen
+    assert probe_tid not in seen
+    assert seen == {last_tid}
+
+
+async def test_qp_root_sampling_starts_a_trace(
+    collector: RunningCollector, app: RunningApp, start_qp: StartQP
+) -> None:
+    qp = await start_qp(tracing_env(collector, rate=1.0), user_port=app.port)
+    async with make_client(qp.url()) as c:
+        r = await c.get("/headers", headers={"tracestate": TRACESTATE})
+    h = seen_headers(r)
+    _, tid, parent, flags = h["traceparent"][0].split("-")
+    assert int(flags, 16) & 1  # sampled (the SDK may also set the W3C "random" flag)
+    assert h["tracestate"] == [TRACESTATE]
+    await collector.wait_for(lambda s: len([x for x in s if x.trace_id == tid]) >= 2)
+    named = by_name(collector.trace(tid))
+    assert set(named) == {"queue", "kn.queueproxy.proxy"}  # no breaker: no wait span
+    assert named["queue"].parent_id == ""
+    assert named["kn.queueproxy.proxy"].span_id == parent
+
+
+async def test_passthrough_with_tracing_off(app: RunningApp, start_qp: StartQP) -> None:
+    qp = await start_qp({"OTEL_TRACES_EXPORTER": "none"}, user_port=app.port)
+    for sampled in (True, False):
+        tp, _, _ = traceparent(sampled)
+        async with make_client(qp.url()) as c:
+            r = await c.get(
+                "/headers",
+                headers={"traceparent": tp, "tracestate": TRACESTATE, "baggage": BAGGAGE},
+            )
+        h = seen_headers(r)
+        assert h["traceparent"] == [tp]
+        assert h["tracestate"] == [TRACESTATE]
+        assert h["baggage"] == [BAGGAGE]
+    async with make_client(qp.url()) as c:
+        assert "traceparent" not in seen_headers(await c.get("/headers"))
+
+
+@pytest.mark.parametrize("config", ['{"tracing": {"protocol": "zipkin"}}', "{"])
+async def test_bad_tracing_config_is_one_clear_error(
+    config: str, app: RunningApp, start_qp: StartQP
+) -> None:
+    qp = await start_qp({"OBSERVABILITY_CONFIG": config}, user_port=app.port, wait=False)
+    assert await qp.wait_exit() == 1
+    err = qp.stderr()
+    assert err.startswith("queue-proxy: OBSERVABILITY_CONFIG")
+    assert "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- activator
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[RunningStub]:
+    s = await autoscaler_stub.start()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
+    async for start in activator_factory(tmp_path):
+        yield start
+
+
+@pytest.fixture
+async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
+    p = Pods(start_qp)
+    yield p
+    await p.close()
+
+
+async def test_activator_and_qp_continue_the_client_trace(
+    tmp_path: Path,
+    collector: RunningCollector,
+    stub: RunningStub,
+    start_activator: StartActivator,
+    pods: Pods,
+) -> None:
+    pod = await pods.start(**tracing_env(collector, rate=0.0))
+    platform = PlatformFile(tmp_path / "platform.json")
+    platform.revision(REV, cc=0, ready=[pod.dest])
+    platform.write()
+    act = await start_activator(platform, stub.url, **tracing_env(collector, rate=0.0))
+    tp, tid, client_span = traceparent(sampled=True)
+    unsampled, un_tid, _ = traceparent(sampled=False)
+    async with make_client(act.url()) as c:
+        r = await c.get(
+            "/headers",
+            headers={**rev_headers(REV), "traceparent": unsampled, "baggage": BAGGAGE},
+        )
+        assert seen_headers(r)["traceparent"] == [unsampled]
+        r = await c.get(
+            "/headers",
+            headers={
+                **rev_headers(REV),
+                "traceparent": tp,
+                "tracestate": TRACESTATE,
+                "baggage": BAGGAGE,
+            },
+        )
+    assert r.status_code == 200
+    h = seen_headers(r)
+    _, got_tid, app_parent, flags = h["traceparent"][0].split("-")
+    assert (got_tid, flags) == (tid, "01")
+    assert h["tracestate"] == [TRACESTATE]
+    assert h["baggage"] == [BAGGAGE]
+
+    names = {"handle", "throttler_try", "activator_proxy", "queue", "kn.queueproxy.proxy"}
+    await collector.wait_for(lambda s: {x.name for x in s if x.trace_id == tid} >= names)
+    named = by_name(collector.trace(tid))
+    assert set(named) == names
+    handle = named["handle"]
+    assert handle.parent_id == client_span
+    assert handle.scope == "knative.dev/serving/pkg/activator"
+    assert named["throttler_try"].parent_id == handle.span_id
+    assert named["activator_proxy"].parent_id == handle.span_id
+    assert named["queue"].parent_id == named["activator_proxy"].span_id
+    assert named["kn.queueproxy.proxy"].parent_id == named["queue"].span_id
+    assert app_parent == named["kn.queueproxy.proxy"].span_id
+    assert un_tid not in {s.trace_id for s in collector.spans}
