@@ -21,6 +21,7 @@ COMPILED = [
     "dataplane/stats.py",
     "dataplane/timeouts.py",
     "dataplane/forwarded.py",
+    "dataplane/h2stream.py",
     "queueproxy/handler.py",
     "activator/throttler.py",
     "activator/lb_policy.py",
