@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from dataplane.breaker import Breaker
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
-from dataplane.h2c import H2Hub
 from dataplane.logs import setup_logging
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from dataplane.statpb import Stat, encode_stat
@@ -153,10 +152,6 @@ class QueueProxy:
             ),
             loop=loop,
         )
-        # HTTP/2 with prior knowledge on the same listener (Knative's h2c handler, SPEC §1.1);
-        # the h2 library is imported by the first h2c connection only.
-        self.h2c = H2Hub(loop)
-        self.h2c.enable(self.main_server)
         # HTTP/2 with prior knowledge on the same listener (Knative's h2c handler, SPEC §1.1);
         # the h2 library is imported by the first h2c connection only.
         self.h2c = H2Hub(loop)
