@@ -352,6 +352,7 @@ def run(environ: Mapping[str, str], main_sock: object | None = None) -> int:
     setup_logging(
         env.logging_level,
         {"knative.dev/key": f"{env.namespace}/{env.revision}", "knative.dev/pod": env.pod},
+        env.logging_config,
     )
     try:
         import uvloop
