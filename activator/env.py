@@ -29,7 +29,11 @@ class ActivatorEnv:
     drain_quiet_period: float = 45.0
     queue_depth: int = 10_000
     queue_wait: float | None = None
+    platform: str = "knative"  # "knative" (Kubernetes with Knative Serving) or "static"
     platform_file: str = ""
+    kubeconfig: str = ""
+    watch_namespace: str = ""
+    api_wait: float = 60.0
     logging_level: str = ""
     max_header_bytes: int = 64 * 1024
 
@@ -54,6 +58,9 @@ def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
         drain_quiet_period=env_float(env, "DRAIN_QUIET_PERIOD_SECONDS", 45.0, minimum=0),
         queue_depth=env_int(env, "ACTIVATOR_QUEUE_DEPTH", 10_000, minimum=1),
         platform_file=env.get("ACTIVATOR_PLATFORM_FILE", ""),
+        kubeconfig=env.get("KUBECONFIG", ""),
+        watch_namespace=env.get("KND_WATCH_NAMESPACE", "").strip(),
+        api_wait=env_float(env, "KND_KUBE_API_WAIT_SECONDS", 60.0, minimum=0),
         logging_level=env.get("SERVING_LOGGING_LEVEL", ""),
         max_header_bytes=env_int(
             env, "ACTIVATOR_MAX_HEADER_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024
@@ -68,9 +75,18 @@ def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
         raise ConfigError("PROBE_TIMEOUT and PROBE_FREQUENCY must be greater than 0")
     if not e.autoscaler_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"AUTOSCALER_URL: {e.autoscaler_url!r} is not a ws:// or wss:// URL")
-    if not e.platform_file:
+    platform = env.get("KND_PLATFORM", "").strip().lower()
+    if not platform:
+        platform = "static" if e.platform_file else "knative"
+    if platform not in ("static", "knative"):
         raise ConfigError(
-            "ACTIVATOR_PLATFORM_FILE: required until the Kubernetes platform lands (issue 5); "
-            "a JSON file listing revisions and their endpoints (see platforms/static.py)"
+            f'KND_PLATFORM: {env.get("KND_PLATFORM")!r} is not "knative" (revisions and '
+            'endpoints from the Kubernetes API) or "static" (a JSON file)'
+        )
+    e.platform = platform
+    if platform == "static" and not e.platform_file:
+        raise ConfigError(
+            "ACTIVATOR_PLATFORM_FILE: required with KND_PLATFORM=static; a JSON file listing "
+            "revisions and their endpoints (see platforms/static.py)"
         )
     return e

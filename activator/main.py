@@ -2,8 +2,11 @@
 
 Ports: the data path on ``ACTIVATOR_PORT`` (8012; kubelet probes are answered there too) and
 Prometheus metrics on ``ACTIVATOR_METRICS_PORT`` (9090). Revisions and endpoints come from the
-platform (for now a JSON file, ``ACTIVATOR_PLATFORM_FILE``; see ``platforms/static.py``); stats
-go to the autoscaler over a websocket (``AUTOSCALER_URL``, Knative's address by default).
+platform (``KND_PLATFORM``): ``knative`` (the default) watches Knative Revisions and their
+private-service endpoints through the Kubernetes API (``platforms/kubernetes``; in-cluster, or
+``KUBECONFIG``), ``static`` reads a JSON file (``ACTIVATOR_PLATFORM_FILE``; see
+``platforms/static.py``). Stats go to the autoscaler over a websocket (``AUTOSCALER_URL``,
+Knative's address by default). Readiness waits for the platform's caches to be synced.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataplane.envconfig import ConfigError
 from dataplane.logs import setup_logging
 from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from platforms.base import Platform
 from platforms.static import StaticPlatform
 
 from .env import ActivatorEnv, parse_env
@@ -85,7 +89,7 @@ class ActivatorProcess:
             loop=loop,
             pod_name=env.pod_name,
             send_stats=self.sink.send,
-            connected=lambda: self.sink.connected,
+            connected=self._ready,
             cluster_domain=env.cluster_domain,
             queue_depth=env.queue_depth,
             queue_wait=env.queue_wait,
@@ -123,7 +127,7 @@ class ActivatorProcess:
         self.registry.add(self.reachable)
         self.registry.add(self.conn_errors)
         self.registry.add(self.waits)
-        self.platform = StaticPlatform(env.platform_file)
+        self.platform: Platform | None = None
         base = ServerConfig(max_header_bytes=env.max_header_bytes)
         self.server = HTTPServer(
             act,
@@ -134,6 +138,34 @@ class ActivatorProcess:
             loop=loop,
         )
         self.metrics_server = HTTPServer(self._metrics, base, loop=loop)
+
+    def _ready(self) -> bool:
+        """Kubelet probes pass once the autoscaler websocket is up and the platform's caches
+        are synced (a platform without a ``synced`` notion is ready once started)."""
+        p = self.platform
+        return self.sink.connected and p is not None and bool(getattr(p, "synced", True))
+
+    async def _make_platform(self) -> Platform:
+        env = self.env
+        if env.platform == "static":
+            return StaticPlatform(env.platform_file)
+        try:
+            from platforms.kubernetes import KnativePlatform, connect
+        except ImportError as e:
+            raise ConfigError(
+                f"KND_PLATFORM=knative needs kubernetes-asyncio (pip install "
+                f"'knative-dataplane[kubernetes]'): {e}"
+            ) from None
+        if not env.pod_ip:
+            log.warning("POD_IP is empty: subsetting across activators is off")
+        api = await connect(env.kubeconfig or None)
+        return KnativePlatform(
+            api,
+            pod_ip=env.pod_ip,
+            namespace=env.watch_namespace or None,
+            owns_api=True,
+            api_wait=env.api_wait,
+        )
 
     def _on_connect(self) -> None:
         self.reachable.set(1, ("autoscaler",))
@@ -150,6 +182,7 @@ class ActivatorProcess:
 
     async def start(self) -> None:
         env = self.env
+        self.platform = await self._make_platform()
         await self.platform.start(self.activator)
         await self.sink.start()
         self.activator.start()
@@ -182,7 +215,8 @@ class ActivatorProcess:
             await asyncio.sleep(self.env.drain_quiet_period)
         await asyncio.gather(self.server.shutdown(), self.metrics_server.shutdown())
         act.stop()
-        await self.platform.close()
+        if self.platform is not None:
+            await self.platform.close()
         await self.sink.close()
         if self.tracer is not None:
             try:
@@ -225,13 +259,19 @@ async def _serve(env: ActivatorEnv, tracing: TracingConfig | None = None) -> int
     except ConfigError as e:
         print(f"activator: {e}", file=sys.stderr)
         await proc.sink.close()
-        await proc.platform.close()
+        if proc.platform is not None:
+            await proc.platform.close()
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proc.on_signal, sig)
     log.info(
         "activator serving",
-        extra={"port": env.port, "autoscaler": env.autoscaler_url, "pod": env.pod_name},
+        extra={
+            "port": env.port,
+            "autoscaler": env.autoscaler_url,
+            "pod": env.pod_name,
+            "platform": env.platform,
+        },
     )
     await proc.stopped
     return 0
