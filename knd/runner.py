@@ -24,6 +24,8 @@ from autoscaler.config import AutoscalerConfig
 from autoscaler.multiscaler import Autoscaler, ScaleEvent
 from autoscaler.scraper import Scraper
 from dataplane.envconfig import ConfigError
+from dataplane.metrics import add_activator_metrics, add_autoscaler_metrics, wait_histogram
+from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from platforms.base import Endpoints, Revision, RevisionKey
 from platforms.local import LocalPlatform, PlatformError, ServiceSpec
@@ -94,13 +96,28 @@ class Runner:
             on_scale=self._scale_event,
             on_error=self._scale_error,
         )
+        waits = wait_histogram()
         self.activator = Activator(
             loop=loop,
             pod_name="knd-activator",
             send_stats=self.autoscaler.record_wire,
             connected=lambda: True,
+            wait_histogram=waits,
         )
         self.activator.on_wait = self._waited
+        # /metrics on the admin port: the autoscaler's and the activator's view, per revision.
+        self.registry = Registry()
+        add_autoscaler_metrics(
+            self.registry,
+            self.autoscaler.status,
+            self.platform.ready_count,
+            # a knd service is its own configuration, as with a Knative Service
+            labels=lambda key, rs: (key[0], self._name(key), self._name(key), key[1]),
+        )
+        add_activator_metrics(
+            self.registry, self.activator.gauges, self.activator.reporter.concurrency
+        )
+        self.registry.add(waits)
         self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
         self.server = HTTPServer(
             self.activator, ServerConfig(timeout_body=b"activator request timeout"), loop=loop
@@ -193,6 +210,8 @@ class Runner:
             ex.respond(200, body, b"Content-Type: application/json\r\n")
         elif ex.path == b"/healthz":
             ex.respond(200, b"ok\n", b"Content-Type: text/plain\r\n")
+        elif ex.path == b"/metrics":
+            ex.respond(200, self.registry.render(), b"Content-Type: " + CONTENT_TYPE + b"\r\n")
         else:
             ex.error(404, "404 page not found")
 
