@@ -18,7 +18,9 @@ from typing import Any
 from dataplane.envconfig import ConfigError, parse_duration
 
 __all__ = [
+    "ANNOTATION_NAMES",
     "ANNOTATION_PREFIX",
+    "CONFIG_KEYS",
     "HPA_CLASS",
     "KPA_CLASS",
     "AutoscalerConfig",
@@ -101,6 +103,9 @@ class AutoscalerConfig:
             kw["container_concurrency_target_percentage"] = pct / 100.0
         return cls(**kw)
 
+
+CONFIG_KEYS = frozenset(f.name.replace("_", "-") for f in fields(AutoscalerConfig))
+"""The ``config-autoscaler`` keys this autoscaler reads (others are ignored, as Knative does)."""
 
 _DURATION_FIELDS = frozenset(
     {
@@ -233,6 +238,24 @@ _INITIAL_SCALE = ("initial-scale", "initialScale")
 _ACTIVATION_SCALE = ("activation-scale",)
 _SCALE_DOWN_DELAY = ("scale-down-delay", "scaleDownDelay")
 _RETENTION = ("scale-to-zero-pod-retention-period", "scaleToZeroPodRetentionPeriod")
+ANNOTATION_NAMES = frozenset(
+    _CLASS
+    + _METRIC
+    + _ALGORITHM
+    + _TARGET
+    + _TARGET_UTILIZATION
+    + _TBC
+    + _WINDOW
+    + _PANIC_WINDOW_PCT
+    + _PANIC_THRESHOLD_PCT
+    + _MIN_SCALE
+    + _MAX_SCALE
+    + _INITIAL_SCALE
+    + _ACTIVATION_SCALE
+    + _SCALE_DOWN_DELAY
+    + _RETENTION
+)
+"""The ``autoscaling.knative.dev/<name>`` annotations this autoscaler reads (with aliases)."""
 
 _ALGORITHMS = {
     "linear": LINEAR,

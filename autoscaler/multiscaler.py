@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -106,6 +107,11 @@ class Autoscaler:
         now = self.loop.time() if t is None else t
         concurrency = stat.average_concurrent_requests - stat.average_proxied_concurrent_requests
         rps = stat.request_count - stat.proxied_request_count
+        if not (math.isfinite(concurrency) and math.isfinite(rps)):
+            # A NaN or infinity (from the network) would stay in the windows and make every
+            # tick of the revision fail for a whole stable window.
+            log.warning("dropping a non-finite stat for %s/%s: %s", key[0], key[1], stat)
+            return
         rs.decider.record(now, concurrency, rps)
         if rs.replicas == 0 and stat.average_concurrent_requests > 0:
             self._tick_soon(key)  # poke: demand at zero is acted on without waiting a tick
@@ -133,10 +139,21 @@ class Autoscaler:
     def _tick_all(self) -> None:
         self._ticker = self.loop.call_later(TICK_INTERVAL, self._tick_all)
         for key in list(self.revisions):
-            self.tick(key)
+            self._tick_guarded(key)
 
     def _tick_soon(self, key: RevisionKey) -> None:
-        self.loop.call_soon(self.tick, key)
+        self.loop.call_soon(self._tick_guarded, key)
+
+    def _tick_guarded(self, key: RevisionKey) -> None:
+        """A scheduled tick: one revision's failure (its ``ready`` lookup, a callback) must
+        not starve the revisions after it in the round, as Knative's per-revision loops don't."""
+        try:
+            self.tick(key)
+        except Exception as e:
+            if self.on_error is not None:
+                self.on_error(key, e)
+            else:
+                log.exception("tick of %s/%s failed", key[0], key[1])
 
     def tick(self, key: RevisionKey) -> None:
         """Decide now for one revision and actuate a change."""
@@ -153,21 +170,28 @@ class Autoscaler:
             rs.wake = None
         wake_at = rs.controller.wake_at
         if wake_at is not None:
-            rs.wake = self.loop.call_at(max(wake_at, now + 0.01), self.tick, key)
+            rs.wake = self.loop.call_at(max(wake_at, now + 0.01), self._tick_guarded, key)
         if want is None or want == rs.replicas:
             return
         event = ScaleEvent(key, rs.replicas, want, decision)
         rs.replicas = want
-        if self.on_scale is not None:
-            self.on_scale(event)
-        t = self.loop.create_task(self._actuate(key, want))
+        t = self.loop.create_task(self._actuate(key, event.old, want))
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+        if self.on_scale is not None:
+            self.on_scale(
+                event
+            )  # after the actuation is under way: a failing callback can't stop it
 
-    async def _actuate(self, key: RevisionKey, n: int) -> None:
+    async def _actuate(self, key: RevisionKey, old: int, n: int) -> None:
         try:
             await self.scale(key, n)
         except Exception as e:
+            rs = self.revisions.get(key)
+            if rs is not None and rs.replicas == n:
+                # The platform stayed where it was: the next tick asks again (Knative
+                # reconciles against the actual replicas, so a failed patch is retried).
+                rs.replicas = old
             if self.on_error is not None:
                 self.on_error(key, e)  # the owner reports it
             else:

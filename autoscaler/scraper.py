@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Callable
 
 from dataplane.statpb import DecodeError, Stat, decode_stat
@@ -28,6 +29,7 @@ log = logging.getLogger("autoscaler.scraper")
 SCRAPE_INTERVAL = 1.0
 SCRAPE_TIMEOUT = 3.0
 MAX_BODY = 336  # Knative reads at most 6*10 + 256 + 20 bytes
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 
 
 class ScrapeError(Exception):
@@ -51,14 +53,22 @@ async def scrape_stat(address: str, timeout: float = SCRAPE_TIMEOUT) -> Stat:
                 if not chunk:
                     break
                 data += chunk
+                # Done once the Content-Length body is in, even if the server keeps the
+                # connection open despite our Connection: close.
+                head, sep, body = data.partition(b"\r\n\r\n")
+                m = _CONTENT_LENGTH.search(head) if sep else None
+                if m is not None and len(body) >= int(m.group(1)):
+                    break
             return data
         finally:
             w.close()
 
     try:
         data = await asyncio.wait_for(fetch(), timeout)
-    except (OSError, TimeoutError) as e:
-        raise ScrapeError(f"scraping {address}: {e or type(e).__name__}") from None
+    except TimeoutError:
+        raise ScrapeError(f"scraping {address}: no response within {timeout:g}s") from None
+    except OSError as e:
+        raise ScrapeError(f"scraping {address}: {str(e) or type(e).__name__}") from None
     head, sep, body = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     if not sep or len(lines[0]) < 12 or lines[0][9:10] != b"2":
@@ -121,6 +131,9 @@ class Scraper:
 
     async def scrape_revision(self, key: RevisionKey) -> Stat | None:
         """Scrape a sample of the revision's pods; record and return the aggregate."""
+        rs = self.autoscaler.revisions.get(key)
+        if rs is None or rs.scaling.target_burst_capacity == -1:
+            return None  # TBC -1: Knative's scrape target is empty, activators report it all
         pods = self.targets(key)
         n = len(pods)
         if n == 0:

@@ -26,12 +26,13 @@ Problems end in one :class:`~dataplane.envconfig.ConfigError` naming the file an
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from autoscaler.config import AutoscalerConfig, resolve_scaling
+from autoscaler.config import ANNOTATION_NAMES, CONFIG_KEYS, AutoscalerConfig, resolve_scaling
 from dataplane.envconfig import ConfigError
 from platforms.local import ServiceSpec
 from queueproxy.readiness import ProbeConfigError, parse_readiness_probe
@@ -82,6 +83,13 @@ def _str_map(v: Any, where: str) -> dict[str, str]:
     return out
 
 
+def _known_keys(m: Mapping[str, str], known: frozenset[str], where: str, what: str) -> None:
+    """A typo must not pass silently (the default would apply): name the first unknown key."""
+    for k in m:
+        if k not in known:
+            raise ConfigError(f"{where}.{k}: unknown key (not {what} knd reads)")
+
+
 def _service(i: int, s: Any, where: str) -> ServiceSpec:
     w = f"{where}: services[{i}]"
     if not isinstance(s, dict):
@@ -115,15 +123,20 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
     if isinstance(cc, bool) or not isinstance(cc, int) or cc < 0:
         raise ConfigError(f"{w}.concurrency: expected an integer >= 0")
     timeout = s.get("timeout", 300)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf  # also refuses .nan
+    ):
         raise ConfigError(f"{w}.timeout: expected a number of seconds > 0")
     cwd = s.get("cwd")
     if cwd is not None and not isinstance(cwd, str):
         raise ConfigError(f"{w}.cwd: expected a path")
-    annotations = {
-        f"autoscaling.knative.dev/{k}": v
-        for k, v in _str_map(s.get("autoscaling"), f"{w}.autoscaling").items()
-    }
+    autoscaling = _str_map(s.get("autoscaling"), f"{w}.autoscaling")
+    _known_keys(
+        autoscaling, ANNOTATION_NAMES, f"{w}.autoscaling", "an autoscaling.knative.dev/* annotation"
+    )
+    annotations = {f"autoscaling.knative.dev/{k}": v for k, v in autoscaling.items()}
     probe = s.get("readinessProbe")
     probe_json = ""
     if probe is not None:
@@ -162,6 +175,7 @@ def parse_services(doc: Any, where: str) -> tuple[list[ServiceSpec], dict[str, s
     if dup:
         raise ConfigError(f"{where}: duplicate service name(s) {', '.join(sorted(dup))}")
     config = _str_map(doc.get("autoscaler"), f"{where}: autoscaler")
+    _known_keys(config, CONFIG_KEYS, f"{where}: autoscaler", "a config-autoscaler key")
     check_scaling(services, config, where=where)
     return services, config
 
