@@ -1,0 +1,194 @@
+"""Leader election on a Lease against the fake API server, with the real kubernetes-asyncio
+client and an injected clock: acquire, renew, expiry takeover, lost leadership, release,
+races, step-down after the renew deadline, RBAC errors, and the run loop handing over."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from kubernetes_asyncio.client import ApiClient
+
+from platforms.kubernetes.api import KubeAPI, KubeError, KubeForbidden
+from platforms.kubernetes.lease import LeaderElector
+from tests.fakekube import FakeKube
+
+NS, NAME = "knd-system", "knd-autoscaler"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[FakeKube]:
+    async with FakeKube() as k:
+        yield k
+
+
+@pytest.fixture
+async def api(kube: FakeKube) -> AsyncIterator[KubeAPI]:
+    api = KubeAPI(ApiClient(kube.configuration()))
+    yield api
+    await api.close()
+
+
+def elector(api: KubeAPI, who: str, clock: Clock, events: list[str]) -> LeaderElector:
+    return LeaderElector(
+        api,
+        NS,
+        NAME,
+        who,
+        lease_duration=15,
+        renew_deadline=10,
+        retry_period=2,
+        clock=clock,
+        on_started=lambda: events.append(f"{who} started"),
+        on_stopped=lambda: events.append(f"{who} stopped"),
+    )
+
+
+def holder(kube: FakeKube) -> str | None:
+    spec = kube.get("leases", NS, NAME)["spec"]
+    h = spec.get("holderIdentity")
+    return h if isinstance(h, str) else None
+
+
+async def test_acquire_renew_takeover_and_lost(kube: FakeKube, api: KubeAPI) -> None:
+    clock, events = Clock(), []
+    a, b = elector(api, "a", clock, events), elector(api, "b", clock, events)
+
+    assert await a.try_acquire_or_renew() is True  # creates the Lease
+    assert holder(kube) == "a" and a.is_leader
+    lease = kube.get("leases", NS, NAME)
+    assert lease["spec"]["leaseDurationSeconds"] == 15
+    assert lease["spec"]["renewTime"].endswith("Z") and lease["spec"]["leaseTransitions"] == 0
+    assert await b.try_acquire_or_renew() is False
+    assert b.leader == "a" and not b.is_leader
+
+    clock.t += 5
+    first_renew = lease["spec"]["renewTime"]
+    assert await a.try_acquire_or_renew() is True  # renew
+    renewed = kube.get("leases", NS, NAME)["spec"]
+    assert renewed["renewTime"] != first_renew
+    assert renewed["acquireTime"] == lease["spec"]["acquireTime"]
+
+    clock.t += 1  # b sees the renewal: expiry counts from here (t0 + 6)
+    assert await b.try_acquire_or_renew() is False
+    clock.t += 14.5  # a has been silent for 15.5 s, but b observed it 14.5 s ago
+    assert await b.try_acquire_or_renew() is False
+    clock.t += 1  # now 15.5 s since b observed the record: expired
+    assert await b.try_acquire_or_renew() is True
+    spec = kube.get("leases", NS, NAME)["spec"]
+    assert spec["holderIdentity"] == "b" and spec["leaseTransitions"] == 1
+
+    # a comes back (it was stuck, say): it finds b's valid lease and learns it lost
+    assert await a.try_acquire_or_renew() is False
+    assert not a.is_leader and a.leader == "b"
+    assert events == ["a started", "b started", "a stopped"]
+
+
+async def test_release_hands_over_without_waiting(kube: FakeKube, api: KubeAPI) -> None:
+    clock, events = Clock(), []
+    a, b = elector(api, "a", clock, events), elector(api, "b", clock, events)
+    assert await a.try_acquire_or_renew()
+    assert not await b.try_acquire_or_renew()
+    assert await a.release() is True
+    spec = kube.get("leases", NS, NAME)["spec"]
+    assert spec.get("holderIdentity") is None and spec["leaseDurationSeconds"] == 1
+    assert not a.is_leader
+    assert await b.try_acquire_or_renew() is True  # no expiry wait (same clock instant)
+    assert events == ["a started", "a stopped", "b started"]
+    assert await a.release() is False  # not the leader: nothing written
+    assert holder(kube) == "b"
+
+
+async def test_a_race_for_an_expired_lease_has_one_winner(kube: FakeKube, api: KubeAPI) -> None:
+    clock, events = Clock(), []
+    old = elector(api, "old", clock, events)
+    a, b = elector(api, "a", clock, events), elector(api, "b", clock, events)
+    assert await old.try_acquire_or_renew()
+    assert not await a.try_acquire_or_renew()
+    assert not await b.try_acquire_or_renew()
+    clock.t += 16
+    results = await asyncio.gather(a.try_acquire_or_renew(), b.try_acquire_or_renew())
+    assert sorted(results) == [False, True]
+    winner = "a" if results[0] else "b"
+    assert holder(kube) == winner
+    conflicts = [r for r in kube.requests_for("update", "leases")]
+    assert len(conflicts) >= 2  # both wrote; the stale resourceVersion lost with 409
+
+
+async def test_leader_steps_down_after_the_renew_deadline(kube: FakeKube, api: KubeAPI) -> None:
+    clock, events = Clock(), []
+    a = elector(api, "a", clock, events)
+    assert await a.try_acquire_or_renew()
+    kube.fail("update", "leases", status=500, times=100)
+    clock.t += 2
+    with pytest.raises(
+        KubeError, match=r"update leases\.coordination\.k8s\.io in namespace knd-system"
+    ):
+        await a.try_acquire_or_renew()
+    assert a.is_leader  # 2 s without a renewal: still within the 10 s deadline
+    clock.t += 8
+    with pytest.raises(KubeError):
+        await a.try_acquire_or_renew()
+    assert not a.is_leader  # 10 s: steps down before anybody else may take over (15 s)
+    assert events == ["a started", "a stopped"]
+
+
+async def test_forbidden_lease_names_verb_and_resource(kube: FakeKube, api: KubeAPI) -> None:
+    clock, events = Clock(), []
+    kube.forbid("get", "leases")
+    a = elector(api, "a", clock, events)
+    with pytest.raises(KubeError) as e:
+        await a.try_acquire_or_renew()
+    msg = str(e.value)
+    assert "forbidden" in msg and "get leases" in msg and "coordination.k8s.io" in msg
+    assert e.value.status == 403
+    kube.allow("get", "leases")
+    kube.forbid("create", "leases")
+    with pytest.raises(KubeForbidden, match="cannot create leases"):
+        await a.try_acquire_or_renew()
+    assert events == []
+
+
+async def test_run_loop_hands_over_on_shutdown(kube: FakeKube, api: KubeAPI) -> None:
+    """Real time, short periods: the leader's run task is cancelled (shutdown), it releases,
+    and the standby's loop takes over at its next retry instead of after the lease duration."""
+    started = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    def make(who: str) -> LeaderElector:
+        return LeaderElector(
+            api,
+            NS,
+            NAME,
+            who,
+            lease_duration=30,  # far longer than the test: only a release can hand over
+            renew_deadline=20,
+            retry_period=0.05,
+            on_started=started[who].set,
+        )
+
+    a, b = make("a"), make("b")
+    ta = asyncio.create_task(a.run())
+    await asyncio.wait_for(started["a"].wait(), 5)
+    tb = asyncio.create_task(b.run())
+    while b.leader != "a":  # b has looked at least once
+        await asyncio.sleep(0.01)
+    assert not b.is_leader
+    ta.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ta
+    assert holder(kube) is None
+    await asyncio.wait_for(started["b"].wait(), 5)
+    assert holder(kube) == "b"
+    tb.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tb
+    assert holder(kube) is None
