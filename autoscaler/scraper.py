@@ -85,6 +85,9 @@ async def scrape_stat(address: str, timeout: float = SCRAPE_TIMEOUT) -> Stat:
     if ctype != b"application/protobuf":
         raise ScrapeError(f"scraping {address}: unsupported metric type {ctype!r}")
     if clen is not None:
+        if len(body) < min(clen, MAX_BODY):
+            # Cut at a field boundary it would decode: a stat missing fields, silently.
+            raise ScrapeError(f"scraping {address}: body truncated ({len(body)} of {clen} bytes)")
         body = body[:clen]
     try:
         return decode_stat(body[:MAX_BODY])

@@ -132,6 +132,15 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
     cwd = s.get("cwd")
     if cwd is not None and not isinstance(cwd, str):
         raise ConfigError(f"{w}.cwd: expected a path")
+    env = _str_map(s.get("env"), f"{w}.env")
+    for k, v in env.items():
+        # What the OS cannot take fails at the first pod start, not at load: refuse it now.
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise ConfigError(f"{w}.env.{k}: not a valid environment variable (name or value)")
+    if any("\0" in a for a in argv):
+        raise ConfigError(f"{w}.command: contains a NUL character")
+    if cwd is not None and "\0" in cwd:
+        raise ConfigError(f"{w}.cwd: contains a NUL character")
     autoscaling = _str_map(s.get("autoscaling"), f"{w}.autoscaling")
     _known_keys(
         autoscaling, ANNOTATION_NAMES, f"{w}.autoscaling", "an autoscaling.knative.dev/* annotation"
@@ -152,7 +161,7 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
         command=argv,
         container_concurrency=cc,
         timeout_seconds=float(timeout),
-        env={**_UNBUFFERED, **_str_map(s.get("env"), f"{w}.env")},
+        env={**_UNBUFFERED, **env},
         annotations=annotations,
         readiness_probe=probe_json,
         cwd=cwd,

@@ -174,6 +174,15 @@ async def test_malformed_body_is_a_clean_error(serve: ServeFn, body: bytes) -> N
     assert str(ei.value).startswith(f"scraping {srv.address}: ")
 
 
+async def test_body_cut_short_is_an_error(serve: ServeFn) -> None:
+    """The connection closes after the pod name: decodable, but most of the Stat is missing."""
+    whole = response(BODY)
+    cut = whole[: whole.index(b"\r\n\r\n") + 4 + len(STAT.pod_name) + 2]
+    srv = await serve(replying(cut))
+    with pytest.raises(ScrapeError, match=f"body truncated \\(30 of {len(BODY)} bytes\\)"):
+        await scrape_stat(srv.address, timeout=2.0)
+
+
 @pytest.mark.parametrize("data", [b"", b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Ty"])
 async def test_garbage_or_truncated_response_is_an_error(serve: ServeFn, data: bytes) -> None:
     srv = await serve(replying(data))

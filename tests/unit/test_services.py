@@ -198,6 +198,7 @@ def test_document_errors(tmp_path: Path, text: str, expect: str) -> None:
         ("services:\n  - {name: a, command: [x, [y]]}\n", "service a.command: expected a string"),
         ("services:\n  - {name: a, command: ''}\n", "service a.command: must not be empty"),
         ("services:\n  - {name: a, command: []}\n", "service a.command: must not be empty"),
+        ('services:\n  - {name: a, command: "x\\0"}\n', "service a.command: contains a NUL"),
     ],
 )
 def test_name_command_and_unknown_keys(tmp_path: Path, text: str, expect: str) -> None:
@@ -220,6 +221,10 @@ def test_name_command_and_unknown_keys(tmp_path: Path, text: str, expect: str) -
         ("    env: [A=b]\n", "service hello.env: expected a mapping"),
         ("    env: {A: [1]}\n", "service hello.env.A: expected a scalar value"),
         ("    env: {A: null}\n", "service hello.env.A: expected a scalar value"),
+        ("    env: {A=B: x}\n", "service hello.env.A=B: not a valid environment variable"),
+        ("    env: {'': x}\n", "service hello.env.: not a valid environment variable"),
+        ('    env: {A: "x\\0y"}\n', "service hello.env.A: not a valid environment variable"),
+        ('    cwd: "/tmp\\0"\n', "service hello.cwd: contains a NUL character"),
         ("    autoscaling: 3\n", "service hello.autoscaling: expected a mapping"),
         ("    autoscaling: {max-scale: {a: 1}}\n", "service hello.autoscaling.max-scale: expected"),
         ("    readinessProbe: /healthz\n", "service hello.readinessProbe: expected a mapping"),
