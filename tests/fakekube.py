@@ -1106,7 +1106,7 @@ class FakeKube:
                     if request.transport is not None:
                         request.transport.abort()
                     return resp
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             return resp
         finally:
             if w in self.watches:

@@ -3,6 +3,9 @@ platform selection."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from activator.env import parse_env
@@ -151,3 +154,15 @@ def test_activator_platform_selection() -> None:
         parse_env({**BASE, "KND_PLATFORM": "static"})
     with pytest.raises(ConfigError, match="KND_PLATFORM: 'nomad' is not"):
         parse_env({**BASE, "KND_PLATFORM": "nomad"})
+
+
+def test_kubernetes_client_is_imported_only_by_the_kubernetes_platform() -> None:
+    """The sidecar never loads kubernetes-asyncio; the activator only in Knative mode."""
+    code = (
+        "import sys, queueproxy.main, activator.main, platforms.static\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('kubernetes_asyncio', "
+        "'platforms.kubernetes')))\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
