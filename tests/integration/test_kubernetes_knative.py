@@ -328,3 +328,39 @@ async def test_activator_exits_when_the_api_server_is_unreachable(
         "Kubernetes API server not available after 0s: cannot reach the Kubernetes API server "
         f"at http://127.0.0.1:{kube.port}"
     ) in msg
+
+
+async def test_activator_takes_its_subset_of_pods(
+    kube: FakeKube,
+    stub: RunningStub,
+    start_activator: StartActivator,
+    pods: Pods,
+    tmp_path: Path,
+) -> None:
+    """SPEC §2.10: with two activators in the revision's public endpoints, this one (POD_IP
+    127.0.0.1, index 1 of ["127.0.0.0", "127.0.0.1"]) uses the second of the pods sorted by
+    address; alone, it uses both."""
+    p1, p2 = await pods.start(), await pods.start()
+    mine, other = sorted((p1, p2), key=lambda p: p.dest)[::-1]
+    kube.create("revisions", revision(REV, cc=10))
+    for pod, suffix in ((p1, "aaaaa"), (p2, "bbbbb")):
+        kube.create(
+            "endpointslices", endpoint_slice(REV, ["127.0.0.1"], port=pod.qp.port, suffix=suffix)
+        )
+    kube.create("endpointslices", endpoint_slice(REV, ["127.0.0.1", "127.0.0.0"], kind="Public"))
+    act = await start_activator(
+        PlatformFile(tmp_path / "unused.json"), stub.url, **knative_env(kube, tmp_path)
+    )
+    assert mine.app is not None and other.app is not None
+    async with make_client(act.url(), timeout=10.0) as c:
+        for _ in range(20):
+            r = await c.get("/hello", headers=rev_headers(REV))
+            assert r.status_code == 200, r.text
+        assert len(mine.app.arrivals) == 20 and not other.app.arrivals
+        kube.apply("endpointslices", endpoint_slice(REV, ["127.0.0.1"], kind="Public"))
+
+        async def both_used() -> bool:
+            await c.get("/hello", headers=rev_headers(REV))
+            return bool(other.app and other.app.arrivals)
+
+        await eventually(both_used, timeout=10, what="alone, the activator uses every pod")
