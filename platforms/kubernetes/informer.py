@@ -1,8 +1,8 @@
 """An informer: a local cache of one resource kept current by list + watch.
 
 - list (paged), then watch from the list's resourceVersion with bookmarks and a server-side
-  timeout; a watch that ends is re-opened from the last resourceVersion seen (events, bookmarks),
-  so nothing is lost;
+  timeout (5 to 10 minutes by default, jittered); a watch that ends is re-opened from the last
+  resourceVersion seen (events, bookmarks), so nothing is lost;
 - ``410 Gone`` (the resourceVersion fell out of the server's history): re-list, diff against
   the cache, and emit exactly the missing events (adds, updates, deletes);
 - any other failure: back off (exponential, jittered) and retry; the error is kept in
@@ -81,6 +81,7 @@ class Informer:
         label_selector: str | None = None,
         field_selector: str | None = None,
         timeout_seconds: int = 300,
+        timeout_jitter: float = 1.0,
         page_size: int = 500,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -94,6 +95,7 @@ class Informer:
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.timeout_seconds = timeout_seconds
+        self.timeout_jitter = timeout_jitter
         self.page_size = page_size
         self.backoff = backoff or Backoff()
         self.sleep = sleep
@@ -237,7 +239,11 @@ class Informer:
             namespace=self.namespace,
             label_selector=self.label_selector,
             field_selector=self.field_selector,
-            timeout_seconds=self.timeout_seconds,
+            # as client-go: between timeout and (1 + jitter) x timeout, so that many informers
+            # started together do not re-watch together
+            timeout_seconds=int(
+                self.timeout_seconds * (1.0 + self.timeout_jitter * self.backoff.random())
+            ),
         ):
             seen += 1
             self._apply(str(ev.get("type")), ev["object"])

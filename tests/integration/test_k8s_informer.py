@@ -83,7 +83,7 @@ async def test_initial_list_then_watch_events(kube_api: tuple[FakeKube, KubeAPI]
         w = kube.requests_for("watch", "pods")[-1]
         assert w.query["allowWatchBookmarks"] == "true"
         assert w.query["resourceVersion"] == list_rv
-        assert int(w.query["timeoutSeconds"]) == 300
+        assert int(w.query["timeoutSeconds"]) == 450  # 300 x (1 + random()), random() = 0.5
     finally:
         await inf.close()
 
