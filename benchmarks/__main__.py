@@ -33,11 +33,17 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
 
         return mod
 
+    def telemetry() -> ModuleType:
+        from benchmarks import telemetry as mod
+
+        return mod
+
     return {
         "proxy": ("queue-proxy throughput vs direct, nginx, aiohttp and --extra proxies", proxy),
         "engine": ("Python cost per proxied request, in memory (no sockets)", engine),
         "held": ("activator: memory per held request, draining them, release latency", held),
         "knd": ("knd run: cold start from zero, scale-out timeline under a stepped load", knd),
+        "telemetry": ("queue-proxy throughput: tracing off, 1 % and 100 % vs none", telemetry),
     }
 
 

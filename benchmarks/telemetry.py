@@ -1,0 +1,231 @@
+"""What telemetry costs the queue-proxy: tracing off, on at 1 % sampling, on at 100 %.
+
+Four queue-proxies (CONTAINER_CONCURRENCY=0, one at a time on the proxy CPU, wrk and the nginx
+upstream on the load CPU, as in the ``proxy`` scenario) under the same load, interleaved over
+--repeat rounds:
+
+- ``no-telemetry``: the source tree of --baseline (default: the commit before tracing was
+  added), so no tracing code at all on its request path;
+- ``off``: this tree, tracing not configured (the hot path pays one ``is None`` test);
+- ``1%`` / ``100%``: this tree with ``OBSERVABILITY_CONFIG`` tracing over OTLP/HTTP to a sink on
+  the load CPU, parent-based ratio sampling at 0.01 / 1.0 (wrk sends no ``traceparent``, so the
+  ratio decides); spans go through the SDK's batch processor in its own thread.
+
+The request metrics (Prometheus on 9091) are on in all four, so only tracing differs. Printed:
+req/s, p99 and CPU per request (medians), and each variant's ratios against ``no-telemetry``.
+Targets (issue 8): off costs at most 2 %, 1 % sampling at most 10 %. The baseline also differs by
+whatever else changed since --baseline; on a shared machine a few % is noise: use --repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import textwrap
+from pathlib import Path
+
+from benchmarks import _procs, _tools
+from benchmarks._procs import BenchError, ProcessSet, StartError
+from benchmarks.proxy import (
+    WORKLOADS,
+    Bench,
+    Target,
+    _compile_bytecode,
+    _queue_proxy_path,
+    background_load,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+PROM = {"requestMetrics": {"protocol": "prometheus"}}
+
+# An OTLP/HTTP trace sink: answers every POST with an empty ExportTraceServiceResponse.
+SINK = textwrap.dedent(
+    """
+    import sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(n)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+    """
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="3 s per run, 2 rounds")
+    parser.add_argument("--duration", type=int, help="seconds per measurement (default 10)")
+    parser.add_argument("--warmup", type=int, help="seconds of warm-up load before each (2)")
+    parser.add_argument("--repeat", type=int, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--baseline",
+        help="git revision whose source is the no-telemetry queue-proxy (default: the parent "
+        "of the commit that added dataplane/tracing.py)",
+    )
+    parser.add_argument(
+        "--workloads", default="1k", help=f"comma-separated subset of {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument("--queue-proxy", help="queue-proxy executable (default: beside Python)")
+    parser.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy under test")
+    parser.add_argument("--load-cpu", type=int, default=1, help="CPU for wrk and the upstream")
+
+
+def _git(*argv: str) -> str:
+    proc = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchError(f"git {' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def _baseline_tree(rev: str | None, dest: Path) -> str:
+    """Export the baseline's packages into ``dest``; returns the commit used."""
+    if rev is None:
+        added = _git("log", "--diff-filter=A", "--format=%H", "--", "dataplane/tracing.py")
+        if not added:
+            raise BenchError("dataplane/tracing.py has no commit yet: pass --baseline REV")
+        rev = added.splitlines()[-1] + "^"
+    sha = _git("rev-parse", "--verify", rev + "^{commit}")
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", sha, "dataplane", "queueproxy"], cwd=REPO, capture_output=True
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {sha}: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return sha
+
+
+def _tracing_env(endpoint: str, rate: float) -> list[str]:
+    cfg = dict(
+        PROM, tracing={"protocol": "http/protobuf", "endpoint": endpoint, "samplingRate": rate}
+    )
+    return [f"OBSERVABILITY_CONFIG={json.dumps(cfg)}"]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.duration is None:
+        args.duration = 3 if args.quick else 10
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.repeat is None:
+        args.repeat = 2 if args.quick else 3
+    if args.duration < 1 or args.repeat < 1 or args.warmup < 0:
+        raise BenchError("--duration and --repeat must be >= 1, --warmup >= 0")
+    args.cold_starts = 1
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not names or any(n not in WORKLOADS for n in names):
+        raise BenchError(f"--workloads: choose from {', '.join(WORKLOADS)}")
+    args.workloads = ",".join(names)
+    workloads = [WORKLOADS[n] for n in names]
+    qp = _queue_proxy_path(args.queue_proxy)
+    _compile_bytecode()
+    tools = _tools.ensure_tools(["nginx", "wrk", "taskset"])
+    with tempfile.TemporaryDirectory(prefix="knd-bench-telemetry-") as tmp, ProcessSet() as procs:
+        base = Path(tmp) / "baseline"
+        sha = _baseline_tree(args.baseline, base)
+        bench = Bench(args, procs, Path(tmp), tools)
+        background = background_load([args.proxy_cpu, args.load_cpu])
+        bench.start_upstream()
+        sink_port = _procs.free_port()
+        sink = procs.start(
+            bench.pinned(args.load_cpu, ["python3", "-c", SINK, str(sink_port)]),
+            log_path=Path(tmp) / "sink.log",
+        )
+        try:
+            _procs.wait_listening(sink_port, sink, 10.0, 0.01, Path(tmp) / "sink.log")
+        except StartError as exc:
+            raise BenchError(f"OTLP sink did not start: {exc}") from exc
+        endpoint = f"http://127.0.0.1:{sink_port}/v1/traces"
+        prom = f"OBSERVABILITY_CONFIG={json.dumps(PROM)}"
+        targets = [
+            Target(
+                "no-telemetry",
+                f"no-telemetry ({sha[:8]})",
+                "queue-proxy",
+                ["env", f"PYTHONPATH={base}", prom, qp],
+                cc=0,
+            ),
+            Target("off", "tracing off", "queue-proxy", ["env", prom, qp], cc=0),
+            Target(
+                "1%", "tracing 1 %", "queue-proxy", ["env", *_tracing_env(endpoint, 0.01), qp], cc=0
+            ),
+            Target(
+                "100%",
+                "tracing 100 %",
+                "queue-proxy",
+                ["env", *_tracing_env(endpoint, 1.0), qp],
+                cc=0,
+            ),
+        ]
+        print(
+            f"telemetry: {len(targets)} queue-proxies x {len(workloads)} workloads x "
+            f"{args.repeat} rounds of {args.warmup}+{args.duration} s; baseline {sha[:12]}",
+            flush=True,
+        )
+        for t in targets:
+            bench.start_target(t)
+            print(f"  {t.label:<26}{t.error or f'listening on {t.port}'}", flush=True)
+        for rnd in range(args.repeat):
+            for w in workloads:
+                for t in targets:
+                    if t.error:
+                        continue
+                    bench.measure(t, w)
+                    last = t.runs.get(w.name, [])
+                    shown = t.error or f"{last[-1].rps:,.0f} req/s, p99 {last[-1].p99_ms:.2f} ms"
+                    print(
+                        f"  [{rnd + 1}/{args.repeat}] {w.name:<6}{t.label:<26}{shown}", flush=True
+                    )
+    base_t = targets[0]
+    print()
+    for w in workloads:
+        print(f"{w.describe()}: medians of {args.repeat}, ratios against no-telemetry")
+        print(
+            f"  {'variant':<26}{'req/s':>10}{'p99 ms':>9}{'rps ratio':>11}{'cost':>8}"
+            f"{'CPU us/req':>12}{'CPU cost':>10}"
+        )
+        for t in targets:
+            if t.error or not t.runs.get(w.name):
+                print(f"  {t.label:<26}{t.error or 'no runs'}")
+                continue
+            rps, p99, cpu = (t.median(w.name, m) for m in ("rps", "p99_ms", "cpu_us_per_req"))
+            r = _ratio(rps, base_t.median(w.name, "rps"))
+            c = _ratio(cpu, base_t.median(w.name, "cpu_us_per_req"))
+            cost = f"{(1 - r) * 100:+.1f}%" if r is not None else "-"
+            cpu_cost = f"{(c - 1) * 100:+.1f}%" if c is not None else "-"
+            print(
+                f"  {t.label:<26}{rps or 0:>10,.0f}{p99 or 0:>9.2f}{(r or 0):>11.3f}{cost:>8}"
+                f"{cpu or 0:>12.1f}{cpu_cost:>10}"
+            )
+        spread = [
+            (max(v) - min(v)) / statistics.median(v) * 100
+            for t in targets
+            if len(v := [x.rps for x in t.runs.get(w.name, [])]) > 1
+        ]
+        if spread:
+            print(f"  run-to-run spread of req/s within a variant: up to {max(spread):.1f}%")
+    print(
+        "targets: off costs <= 2 %, 1 % sampling <= 10 % (cost: 1 - rps ratio; CPU cost: "
+        "CPU per request against no-telemetry's, the steadier figure on a busy machine)"
+    )
+    if any(pct > 10 for pct in background.values()):
+        print(f"warning: the machine was busy before the run ({background}); figures are noisy")
+    return 0 if any(t.runs for t in targets) else 1
