@@ -259,10 +259,10 @@ async def test_scraper_records_a_real_queue_proxy(app: RunningApp, start_qp: Sta
     addr = f"127.0.0.1:{qp.metrics_port}"
     scraper = Scraper(autoscaler, lambda k: [addr] if k == key else [])
     async with make_client(qp.url(), timeout=10.0) as c:
-        direct = asyncio.ensure_future(c.get("/sleep?ms=2500"))
-        proxied = asyncio.ensure_future(
-            c.get("/sleep?ms=2500", headers={"K-Proxy-Request": "activator"})
-        )
+        # Both held in the app until released: a full report window with 2 in flight.
+        direct = asyncio.ensure_future(c.get("/gate"))
+        proxied = asyncio.ensure_future(c.get("/gate", headers={"K-Proxy-Request": "activator"}))
+        await app.state.wait_for(lambda st: st.in_flight == 2)
 
         async with asyncio.timeout(5.0):  # until a report covers both requests in flight
             while (raw := await scrape_stat(addr, timeout=2.0)).average_concurrent_requests < 1.9:
@@ -277,5 +277,7 @@ async def test_scraper_records_a_real_queue_proxy(app: RunningApp, start_qp: Sta
         # Only the direct request counts; the proxied one is the activator's to report.
         assert decision.stable_value == pytest.approx(1.0, abs=0.1)
         assert decision.desired == 1
+        app.state.gate.set()
         r1, r2 = await asyncio.gather(direct, proxied)
         assert (r1.status_code, r2.status_code) == (200, 200)
+    autoscaler.stop()

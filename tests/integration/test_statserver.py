@@ -231,3 +231,36 @@ async def test_stats_reach_the_autoscaler_and_poke_a_revision_at_zero(
     finally:
         autoscaler.stop()
         await srv.close()
+
+
+async def _silent_client(addr: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A websocket client that completes the handshake and then never reads nor answers."""
+    host, port = addr.rsplit(":", 1)
+    r, w = await asyncio.open_connection(host, int(port))
+    w.write(
+        b"GET / HTTP/1.1\r\nHost: %b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        % addr.encode()
+    )
+    async with asyncio.timeout(WAIT):
+        head = await r.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return r, w
+
+
+async def test_close_is_prompt_with_clients_that_never_answer(sink: Sink) -> None:
+    """Shutdown must not wait out a close handshake per silent client, one after another."""
+    srv = StatServer(sink)
+    port = await srv.start("127.0.0.1", 0)
+    addr = f"127.0.0.1:{port}"
+    clients = [await _silent_client(addr) for _ in range(3)]
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    async with asyncio.timeout(30):
+        await srv.close()
+    elapsed = loop.time() - t
+    for r, w in clients:
+        data = await r.read(64)  # the close frame was sent: 0x88, code 1012
+        assert data[:1] == b"\x88" and data[2:4] == (1012).to_bytes(2, "big")
+        w.close()
+    assert elapsed < 3.0
