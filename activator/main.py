@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dataplane.envconfig import ConfigError
+from dataplane.h2c import H2Hub
 from dataplane.logs import setup_logging
 from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
@@ -138,6 +139,13 @@ class ActivatorProcess:
             loop=loop,
         )
         self.metrics_server = HTTPServer(self._metrics, base, loop=loop)
+        # h2c (gRPC): prior knowledge on the data port, and on ACTIVATOR_H2C_PORT (Knative: 8013)
+        self.h2c = H2Hub(loop)
+        self.h2c.enable(self.server)
+        self.h2c_server: HTTPServer | None = None
+        if env.h2c_port:
+            self.h2c_server = HTTPServer(act, self.server.config, loop=loop)
+            self.h2c.enable(self.h2c_server)
 
     def _ready(self) -> bool:
         """Kubelet probes pass once the autoscaler websocket is up and the platform's caches
@@ -182,7 +190,8 @@ class ActivatorProcess:
 
     async def start(self) -> None:
         env = self.env
-        self.platform = await self._make_platform()
+        if self.platform is None:  # (an embedding may have set one)
+            self.platform = await self._make_platform()
         await self.platform.start(self.activator)
         await self.sink.start()
         self.activator.start()
@@ -190,6 +199,7 @@ class ActivatorProcess:
         for server, port, name in (
             (self.server, env.port, "ACTIVATOR_PORT"),
             (self.metrics_server, env.metrics_port, "ACTIVATOR_METRICS_PORT"),
+            *([(self.h2c_server, env.h2c_port, "ACTIVATOR_H2C_PORT")] if self.h2c_server else []),
         ):
             try:
                 await server.start(host, port)
@@ -213,7 +223,10 @@ class ActivatorProcess:
                 self.env.drain_quiet_period,
             )
             await asyncio.sleep(self.env.drain_quiet_period)
-        await asyncio.gather(self.server.shutdown(), self.metrics_server.shutdown())
+        extra = [self.h2c_server.shutdown()] if self.h2c_server is not None else []
+        await asyncio.gather(
+            self.h2c.shutdown(), self.server.shutdown(), self.metrics_server.shutdown(), *extra
+        )
         act.stop()
         if self.platform is not None:
             await self.platform.close()
