@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit compiled test-compiled bench install clean
+.PHONY: run test lint typecheck unit compiled test-compiled bench bench-smoke install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ run: $(STAMP)
 
 ## test: lint, type-check, the whole test suite, then the integration suite again against
 ## the mypyc-compiled build (what the Docker image ships); this is what CI runs
-test: lint typecheck unit test-compiled
+test: lint typecheck unit test-compiled bench-smoke
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -44,6 +44,16 @@ test-compiled: compiled
 ## bench: proxy throughput side by side with direct, nginx and an aiohttp proxy
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks proxy
+
+## bench-smoke: every benchmark scenario once, trimmed (python -m benchmarks all --smoke), as a
+## pytest test; installs the bench extra (locust, matplotlib) first, only for this step
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]' --config-settings editable_mode=compat
+	touch $(BENCH_STAMP)
+
+bench-smoke: $(BENCH_STAMP)
+	KND_BENCH_SMOKE=1 $(BIN)/python -m pytest tests/bench_smoke -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

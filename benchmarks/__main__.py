@@ -38,12 +38,24 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
 
         return mod
 
+    def locust() -> ModuleType:
+        from benchmarks import locust_shapes as mod
+
+        return mod
+
+    def all_() -> ModuleType:
+        from benchmarks import all_scenarios as mod
+
+        return mod
+
     return {
         "proxy": ("queue-proxy throughput vs direct, nginx, aiohttp and --extra proxies", proxy),
         "engine": ("Python cost per proxied request, in memory (no sockets)", engine),
         "held": ("activator: memory per held request, draining them, release latency", held),
         "knd": ("knd run: cold start from zero, scale-out timeline under a stepped load", knd),
         "telemetry": ("queue-proxy throughput: tracing off, 1 % and 100 % vs none", telemetry),
+        "locust": ("locust shapes: dataplane probe per hop, stepped load, burst from zero", locust),
+        "all": ("every other scenario once, in turn (--quick: the CI smoke)", all_),
     }
 
 
