@@ -1172,6 +1172,8 @@ class ServerConnection(asyncio.Protocol):
             if ready is not ex:
                 self._dispatch(ready)  # complete before the bad bytes: answered first
             # else: the bad bytes are its own body: it never reaches the handler
+        if self.closed or self.lingering is not None:
+            return  # already closing after an earlier response: the bad bytes are dropped
         active = self.active
         if ex is not None and ex is active and not ex.done:
             # The body of the request being served is malformed: abort it.
@@ -1196,8 +1198,8 @@ class ServerConnection(asyncio.Protocol):
             self._write_error_and_close(status, reason)
 
     def _write_error_and_close(self, status: int, reason: str) -> None:
-        if self.closed:
-            return
+        if self.closed or self.lingering is not None:
+            return  # already closing after an earlier response: the bad bytes are dropped
         body = reason.encode() + b"\n"
         self.transport.write(
             status_line(status) + error_body_headers(body) + b"Connection: close\r\n\r\n" + body

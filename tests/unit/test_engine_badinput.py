@@ -258,3 +258,26 @@ class TestHeaderTimeout:
         up.feed(ok())
         assert c.take() == client_ok()
         assert not c.closed
+
+
+@pytest.mark.parametrize(
+    "first",
+    [request(host=None), request(host=b"a b"), request(method=b"CONNECT")],
+    ids=["no-host", "bad-host", "connect"],
+)
+def test_refused_request_then_bad_bytes_in_the_same_read(first: bytes) -> None:
+    """A request refused before the handler (it closes the connection) followed in the same
+    read by bytes that do not parse: one response, then the close; nothing written after it
+    and reading goes on (to drain) until the lingering close ends."""
+    k = Kit()
+    up = k.idle_upstream()
+    c = k.client()
+    c.feed(first + b"\rGARBAGE\r\n\r\n")
+    got = c.take()
+    assert got.count(b"HTTP/1.1 ") == 1, got
+    assert c.calls == ["write_eof"]
+    assert c.reading
+    c.feed(b"more bytes to discard")
+    k.loop.advance(0.5)
+    assert c.calls == ["write_eof", "close"]
+    assert k.exchanges == [] and up.writes == []
