@@ -25,8 +25,13 @@ Usage::
 
 Resources are named by their plural (``"endpointslices"``) or ``plural.group``
 (``"revisions.serving.knative.dev"``); subresources as ``"deployments/scale"`` in ``forbid`` and
-``fail``. Store methods (``create``/``get``/``update``/``patch``/``delete``/``list``) act as an
-API client would (resourceVersion bump, events to watchers) and return the stored object (a copy).
+``fail``. Store methods (``create``/``get``/``update``/``patch``/``delete``/``list``, and
+``apply`` = create or replace) act as an API client would (resourceVersion bump, events to
+watchers; no event for a no-op write) and return the stored object (a copy); errors raise
+``KubeError`` (``.code``, ``.reason``). No controllers run: a Deployment's ``status`` (and so a
+Scale's ``status.replicas``) changes only when a test patches it; ``requests_for(verb,
+resource)`` lists what clients asked, e.g. ``requests_for("patch", "deployments/scale")`` with
+``.query["fieldManager"]`` and ``.body``.
 
 Protocol notes (what real clients rely on):
 - one global resourceVersion counter, as etcd's; list ``metadata.resourceVersion`` is the
