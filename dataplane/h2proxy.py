@@ -366,7 +366,11 @@ class H2ServerConnection(asyncio.Protocol):
         self.flush()
 
     # -- called by H2Upstream --------------------------------------------------------------
-    def response_head(self, st: H2Stream, headers: list[tuple[bytes, bytes]]) -> None:
+    def response_head(
+        self, st: H2Stream, headers: list[tuple[bytes, bytes]], end: bool = False
+    ) -> None:
+        """Response headers from upstream; ``end``: a headers-only response (gRPC's
+        trailers-only errors), relayed as one HEADERS frame with END_STREAM."""
         status = 0
         hs: list[tuple[bytes, bytes]] = []
         for name, value in headers:
@@ -383,9 +387,13 @@ class H2ServerConnection(asyncio.Protocol):
         if st.reset or self.closed:
             return
         try:
-            self.h2.send_headers(st.sid, [(b":status", b"%d" % status), *hs])
+            self.h2.send_headers(st.sid, [(b":status", b"%d" % status), *hs], end_stream=end)
         except H2Error:
             self.reset_stream(st, ErrorCodes.INTERNAL_ERROR)
+            return
+        if end:
+            st.resp_ended = True
+            self._sent(st)
 
     def response_data(self, st: H2Stream, data: bytes) -> None:
         st.resp_size += len(data)
@@ -399,6 +407,8 @@ class H2ServerConnection(asyncio.Protocol):
         self._pump(st)
 
     def response_end(self, st: H2Stream, trailers: list[tuple[bytes, bytes]] | None) -> None:
+        if st.resp_ended:
+            return
         if st.reset or self.closed:
             if not st.done:
                 st.finish()
@@ -442,6 +452,7 @@ class H2ServerConnection(asyncio.Protocol):
                 sent += n
             if not buf and st.out_end:
                 st.out_end = False
+                st.resp_ended = True
                 if st.out_trailers:
                     h2.send_headers(sid, st.out_trailers, end_stream=True)
                 else:
@@ -717,7 +728,7 @@ class H2Upstream(asyncio.Protocol):
         elif isinstance(ev, ResponseReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
-                st.link.response_head(st, ev.headers or [])
+                st.link.response_head(st, ev.headers or [], ev.stream_ended is not None)
         elif isinstance(ev, TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:

@@ -35,6 +35,7 @@ class H2Stream(Exchange):
         "req_ended",
         "req_h2_trailers",
         "reset",
+        "resp_ended",
         "sid",
         "up",
         "up_sid",
@@ -57,6 +58,7 @@ class H2Stream(Exchange):
         self.out_end = False  # the response ends once out_buf is sent
         self.out_trailers: Any = None
         self.reset = False  # the downstream stream was reset (by either side)
+        self.resp_ended = False  # END_STREAM sent to the client
 
     # -- overrides of the wire-facing parts of Exchange -------------------------------------
     def respond(

@@ -29,6 +29,7 @@ class GrpcApp:
     calls: int = 0
     cancelled: int = 0
     metadata: list[dict[str, str]] = field(default_factory=list)
+    remaining: list[float | None] = field(default_factory=list)  # deadline left at entry
     release: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -48,6 +49,7 @@ class GrpcApp:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         self.metadata.append({k: v for k, v in ctx.invocation_metadata() or ()})
+        self.remaining.append(ctx.time_remaining())
         async with self.changed:
             self.changed.notify_all()
 

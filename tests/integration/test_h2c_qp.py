@@ -1,30 +1,47 @@
-"""gRPC (h2c) through the queue-proxy: grpcio client -> queue-proxy -> grpcio server."""
+"""gRPC (h2c) through the queue-proxy: grpcio client -> queue-proxy -> grpcio server.
+
+One channel is one HTTP/2 connection, so concurrent calls here are streams multiplexed on it:
+the breaker, the stats and cancellation must work per stream.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+import httpx
 import pytest
 
 from tests.apps import grpc_app
 
-from .conftest import StartQP
-from .helpers import QueueProxy
+from .conftest import StartQP, make_client
+from .helpers import QueueProxy, eventually
 
 pytestmark = pytest.mark.timeout(60)
+
+PROM = '{"requestMetrics":{"protocol":"prometheus"}}'
+SVC = f"/{grpc_app.SERVICE}"
 
 
 @pytest.fixture
 async def gapp() -> AsyncIterator[grpc_app.GrpcApp]:
     a = await grpc_app.start()
     yield a
+    a.release.set()
     await a.close()
 
 
 @pytest.fixture
-async def gqp(gapp: grpc_app.GrpcApp, start_qp: StartQP) -> QueueProxy:
-    return await start_qp({"CONTAINER_CONCURRENCY": "0"}, user_port=gapp.port)
+def cc() -> str:
+    return "0"
+
+
+@pytest.fixture
+async def gqp(gapp: grpc_app.GrpcApp, start_qp: StartQP, cc: str) -> QueueProxy:
+    return await start_qp(
+        {"CONTAINER_CONCURRENCY": cc, "OBSERVABILITY_CONFIG": PROM}, user_port=gapp.port
+    )
 
 
 @pytest.fixture
@@ -33,18 +50,115 @@ async def channel(gqp: QueueProxy) -> AsyncIterator[grpc.aio.Channel]:
         yield ch
 
 
-def _m(ch: grpc.aio.Channel, kind: str, name: str) -> object:
-    return getattr(ch, kind)(f"/{grpc_app.SERVICE}/{name}")
+async def _queue_depth(m: httpx.AsyncClient) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = await m.get("/metrics")
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            if s.name == "kn_serving_queue_depth":
+                return float(s.value)
+    raise AssertionError("kn_serving_queue_depth not exported:\n" + r.text)
 
 
 async def test_unary(channel: grpc.aio.Channel, gapp: grpc_app.GrpcApp) -> None:
-    call = channel.unary_unary(f"/{grpc_app.SERVICE}/Unary")(
-        b"hi", metadata=(("x-custom", "v1"),), timeout=5
-    )
+    call = channel.unary_unary(f"{SVC}/Unary")(b"hi", metadata=(("x-custom", "v1"),), timeout=5)
     assert await call == b"echo:hi"
     assert await call.code() == grpc.StatusCode.OK
-    trailers = dict(await call.trailing_metadata())
-    assert trailers["x-echo-trailer"] == "yes"
+    assert dict(await call.trailing_metadata())["x-echo-trailer"] == "yes"
     md = gapp.metadata[-1]
     assert md["x-custom"] == "v1"
     assert md["x-forwarded-for"] == "127.0.0.1"
+
+
+async def test_error_status_in_trailers(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await channel.unary_unary(f"{SVC}/Unary")(b"fail", timeout=5)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.details() == "asked to fail"
+
+
+async def test_server_streaming_past_the_windows(channel: grpc.aio.Channel) -> None:
+    # 300 x 16 KiB = 4.8 MiB: more than every flow-control window on the way.
+    got = [m async for m in channel.unary_stream(f"{SVC}/Stream")(b"300x16384", timeout=20)]
+    assert len(got) == 300
+    assert [m[: len(b"%d" % i)] for i, m in enumerate(got)] == [b"%d" % i for i in range(300)]
+    assert all(len(m) == len(b"%d" % i) + 16384 for i, m in enumerate(got))
+
+
+async def test_client_streaming(channel: grpc.aio.Channel) -> None:
+    parts = [b"%d" % i + b"x" * 20000 for i in range(200)]  # ~4 MB upstream
+
+    async def gen() -> AsyncIterator[bytes]:
+        for p in parts:
+            yield p
+
+    got = await channel.stream_unary(f"{SVC}/Collect")(gen(), timeout=20)
+    assert got == b",".join(parts)
+
+
+async def test_bidi_interleaved(channel: grpc.aio.Channel) -> None:
+    call = channel.stream_stream(f"{SVC}/Chat")(timeout=10)
+    for i in range(20):
+        await call.write(b"m%d" % i)
+        assert await call.read() == b"re:m%d" % i  # each answer before the next message
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_many_concurrent_streams_on_one_connection(channel: grpc.aio.Channel) -> None:
+    unary = channel.unary_unary(f"{SVC}/Unary")
+    got = await asyncio.gather(*(unary(b"%d" % i, timeout=10) for i in range(200)))
+    assert got == [b"echo:%d" % i for i in range(200)]
+
+
+async def test_deadline_exceeded_cancels_upstream(
+    channel: grpc.aio.Channel, gapp: grpc_app.GrpcApp
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await channel.unary_unary(f"{SVC}/Unary")(b"sleep:30", timeout=0.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The deadline travelled (grpc-timeout) and the call ended at the app too.
+    left = gapp.remaining[-1]
+    assert left is not None and 0 < left <= 0.5
+    await gapp.wait_for(lambda: gapp.active == 0 and gapp.cancelled == 1)
+
+
+@pytest.mark.parametrize("cc", ["1"])
+async def test_cancel_frees_the_breaker_slot(
+    channel: grpc.aio.Channel, gapp: grpc_app.GrpcApp, gqp: QueueProxy
+) -> None:
+    unary = channel.unary_unary(f"{SVC}/Unary")
+    call = unary(b"hold", timeout=20)
+    await gapp.wait_for(lambda: gapp.active == 1)
+    call.cancel()
+    await gapp.wait_for(lambda: gapp.cancelled == 1 and gapp.active == 0)
+    # The only slot (CC=1) is free again: the next call runs at once.
+    assert await unary(b"next", timeout=5) == b"echo:next"
+    async with make_client(f"http://127.0.0.1:{gqp.user_metrics_port}") as m:
+        await eventually(lambda: _is_zero(m), what="queue depth back to 0")
+
+
+async def _is_zero(m: httpx.AsyncClient) -> bool:
+    return await _queue_depth(m) == 0
+
+
+@pytest.mark.parametrize("cc", ["1"])
+async def test_cc_enforced_per_stream(
+    channel: grpc.aio.Channel, gapp: grpc_app.GrpcApp, gqp: QueueProxy
+) -> None:
+    unary = channel.unary_unary(f"{SVC}/Unary")
+    calls = [unary(b"hold", timeout=20) for _ in range(3)]
+    async with make_client(f"http://127.0.0.1:{gqp.user_metrics_port}") as m:
+
+        async def depth3() -> bool:
+            return await _queue_depth(m) == 3
+
+        # All three streams reached the queue-proxy; one runs, two wait in the breaker.
+        await eventually(depth3, what="3 streams admitted")
+        await gapp.wait_for(lambda: gapp.active == 1)
+        gapp.release.set()
+        assert await asyncio.gather(*calls) == [b"echo:hold"] * 3
+    assert gapp.max_active == 1
+    assert gapp.calls == 3
