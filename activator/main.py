@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
 from dataplane.logs import setup_logging
+from dataplane.metrics import REVISION_LABELS, revision_labels
 from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from platforms.base import Platform
@@ -121,8 +122,8 @@ class ActivatorProcess:
             Gauge(
                 "kn_revision_request_concurrency",
                 "Average concurrency per revision through this activator, as last reported",
-                _REV_LABELS,
-                fn=lambda: [(k, v) for k, v in act.reporter.concurrency().items()],
+                REVISION_LABELS,
+                fn=self._concurrency,
             )
         )
         self.registry.add(self.reachable)
@@ -174,6 +175,17 @@ class ActivatorProcess:
             owns_api=True,
             api_wait=env.api_wait,
         )
+
+    def _concurrency(self) -> list[tuple[tuple[str, ...], float]]:
+        # SPEC §2.9: service, configuration, revision and namespace; a revision the activator
+        # no longer knows is skipped, as Knative skips the gauge when the lookup fails.
+        act = self.activator
+        out = []
+        for key, v in sorted(act.reporter.concurrency().items()):
+            rs = act.revisions.get(key)
+            if rs is not None:
+                out.append((revision_labels(key, rs.rev.annotations), v))
+        return out
 
     def _on_connect(self) -> None:
         self.reachable.set(1, ("autoscaler",))

@@ -20,6 +20,7 @@ from tests.apps.upstream import RunningApp
 
 from .activator_helpers import PlatformFile, Pods, StartActivator, activator_factory, rev_headers
 from .conftest import StartQP, make_client
+from .helpers import eventually
 
 REV = "hello-00001"
 TRACESTATE = "vendor1=abc,vendor2=x:y"
@@ -255,3 +256,44 @@ async def test_activator_and_qp_continue_the_client_trace(
     assert named["kn.queueproxy.proxy"].parent_id == named["queue"].span_id
     assert app_parent == named["kn.queueproxy.proxy"].span_id
     assert un_tid not in {s.trace_id for s in collector.spans}
+
+
+async def test_activator_metrics_parse_and_move_probes_excluded(
+    tmp_path: Path, stub: RunningStub, start_activator: StartActivator, pods: Pods
+) -> None:
+    pod = await pods.start()
+    platform = PlatformFile(tmp_path / "platform.json")
+    platform.revision(
+        REV,
+        cc=0,
+        ready=[pod.dest],
+        annotations={
+            "serving.knative.dev/service": "hello",
+            "serving.knative.dev/configuration": "hello",
+        },
+    )
+    platform.write()
+    act = await start_activator(platform, stub.url)
+    rev = {"k8s_namespace_name": "default", "kn_revision_name": REV}
+    full = {**rev, "kn_service_name": "hello", "kn_configuration_name": "hello"}
+    m = await act.metrics()  # parsed by prometheus_client
+    assert m["kn_activator_stats_conn_reachable"] == [({"peer": "autoscaler"}, 1.0)]
+    assert "kn_revision_request_concurrency" not in m
+    async with make_client(act.url()) as c:
+        # Probes are answered by the activator itself and leave no trace in the metrics.
+        for h in (
+            {"User-Agent": "kube-probe/1.30"},
+            {"K-Network-Probe": "activator"},
+            {"K-Network-Probe": "probe", "K-Network-Hash": "x"},
+        ):
+            assert (await c.get("/", headers={**rev_headers(REV), **h})).status_code == 200
+        assert "kn_revision_request_concurrency" not in await act.metrics()
+        for _ in range(3):
+            assert (await c.get("/hello", headers=rev_headers(REV))).status_code == 200
+
+    async def reported() -> bool:
+        return await act.metric("kn_revision_request_concurrency", **full) is not None
+
+    await eventually(reported, timeout=5, what="the per-second concurrency gauge")
+    assert await act.metric("kn_revision_request_active", **rev) == 0
+    assert await act.metric("kn_revision_request_queued", **rev) == 0
