@@ -5,8 +5,8 @@ probes concurrently, aggressive (poll every 10 ms, 100 ms attempts, give up afte
 standard (one attempt) mode. Stdlib asyncio only: this runs inside the memory-constrained
 queue-proxy sidecar, so no HTTP client library is imported here.
 
-gRPC health checking (``grpc.health.v1.Health/Check``) is not implemented yet: a ``grpc`` probe
-is accepted by the parser, and its default attempt is a plain TCP connect to the probe port.
+A ``grpc`` probe calls ``grpc.health.v1.Health/Check`` over h2c with the ``h2`` state machine
+(imported only when such a probe runs) and succeeds on ``SERVING``, as Knative's prober does.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "ProbeSpec",
     "ReadinessProber",
     "attempt_probe",
+    "grpc_attempt",
     "http_attempt",
     "parse_readiness_probe",
     "tcp_attempt",
@@ -403,12 +404,12 @@ class ReadinessProber:
 
 
 async def attempt_probe(spec: ProbeSpec, timeout: float) -> None:
-    """The default attempt: HTTP GET for http probes, a TCP connect for tcp probes.
-
-    gRPC health checking is not implemented yet: a grpc probe gets a TCP connect to its port.
-    """
+    """The default attempt: HTTP GET for http probes, gRPC health check for grpc probes, a
+    TCP connect for tcp probes."""
     if spec.kind == "http":
         await http_attempt(spec, timeout)
+    elif spec.kind == "grpc":
+        await grpc_attempt(spec, timeout)
     else:
         await tcp_attempt(spec.host, spec.port, timeout)
 
@@ -470,6 +471,151 @@ async def http_attempt(spec: ProbeSpec, timeout: float) -> None:
             writer.close()
     if not 200 <= status < 400:
         raise ProbeError(f"HTTP probe did not respond Ready, got status code: {status}")
+
+
+_GRPC_STATUS = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)  # fmt: skip
+_SERVING_STATUS = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _health_status(message: bytes) -> int:
+    """The ``status`` (field 1, varint) of a HealthCheckResponse; 0 (UNKNOWN) if absent."""
+    i = 0
+    status = 0
+    while i < len(message):
+        key = message[i]
+        i += 1
+        if key & 7 == 0:  # varint
+            v = shift = 0
+            while i < len(message):
+                b = message[i]
+                i += 1
+                v |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            if key >> 3 == 1:
+                status = v
+        elif key & 7 == 2:  # length-delimited: skip
+            n = shift = 0
+            while i < len(message):
+                b = message[i]
+                i += 1
+                n |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            i += n
+        else:
+            break
+    return status
+
+
+async def grpc_attempt(spec: ProbeSpec, timeout: float) -> None:
+    """Call ``grpc.health.v1.Health/Check`` (service ``spec.grpc_service``) over h2c; succeed
+    when the answer is SERVING (SPEC §1.12)."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import (
+        ConnectionTerminated,
+        DataReceived,
+        ResponseReceived,
+        StreamEnded,
+        StreamReset,
+        TrailersReceived,
+    )
+
+    addr = _host_port(spec.host, spec.port)
+    svc = spec.grpc_service.encode()
+    msg = (b"\x0a" + _varint(len(svc)) + svc) if svc else b""
+    body = b"\x00" + len(msg).to_bytes(4, "big") + msg
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    writer: asyncio.StreamWriter | None = None
+    headers: dict[bytes, bytes] = {}
+    data = b""
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                reader, writer = await asyncio.open_connection(spec.host, spec.port)
+            except OSError as exc:
+                raise ProbeError(
+                    f"failed to connect service {addr!r} within {timeout:g}s: "
+                    f"dial tcp {addr}: {_os_reason(exc)}"
+                ) from None
+            conn.initiate_connection()
+            conn.send_headers(
+                1,
+                [
+                    (b":method", b"POST"),
+                    (b":scheme", b"http"),
+                    (b":authority", addr.encode()),
+                    (b":path", b"/grpc.health.v1.Health/Check"),
+                    (b"content-type", b"application/grpc"),
+                    (b"te", b"trailers"),
+                    (b"user-agent", KUBE_PROBE_USER_AGENT.encode()),
+                    (b"grpc-timeout", b"%dm" % max(1, int(timeout * 1000))),
+                ],
+            )
+            conn.send_data(1, body, end_stream=True)
+            writer.write(conn.data_to_send())
+            done = False
+            while not done:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    raise ProbeError(f"health rpc probe failed: connection to {addr} closed")
+                for ev in conn.receive_data(chunk):
+                    if isinstance(ev, (ResponseReceived, TrailersReceived)):
+                        headers.update(ev.headers or [])
+                    elif isinstance(ev, DataReceived):
+                        data += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        if len(data) > MAX_RESPONSE_BYTES:
+                            raise ProbeError("health rpc probe failed: response too large")
+                    elif isinstance(ev, StreamEnded):
+                        done = True
+                    elif isinstance(ev, (StreamReset, ConnectionTerminated)):
+                        raise ProbeError(f"health rpc probe failed: {type(ev).__name__}")
+                writer.write(conn.data_to_send())
+    except TimeoutError:
+        raise ProbeError(
+            f"health rpc probe failed: rpc error: code = DeadlineExceeded desc = "
+            f"health rpc did not complete within {timeout:g}s"
+        ) from None
+    except OSError as exc:
+        raise ProbeError(f"health rpc probe failed: {_os_reason(exc)}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+    code = int(headers.get(b"grpc-status", b"2") or b"2")
+    if code != 0:
+        name = _GRPC_STATUS[code] if 0 <= code < len(_GRPC_STATUS) else str(code)
+        detail = headers.get(b"grpc-message", b"").decode("utf-8", "replace")
+        if name == "UNIMPLEMENTED":
+            raise ProbeError(
+                "this server does not implement the grpc health protocol "
+                f"(grpc.health.v1.Health): rpc error: code = Unimplemented desc = {detail}"
+            )
+        raise ProbeError(f"health rpc probe failed: rpc error: code = {name} desc = {detail}")
+    status = _health_status(data[5:]) if len(data) >= 5 else 0
+    if status != 1:
+        name = _SERVING_STATUS[status] if status < len(_SERVING_STATUS) else str(status)
+        raise ProbeError(f"service unhealthy (responded with {name!r})")
 
 
 def _build_request(spec: ProbeSpec, target: str, addr: str) -> bytes:

@@ -7,6 +7,7 @@ the breaker, the stats and cancellation must work per stream.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import grpc
@@ -162,3 +163,39 @@ async def test_cc_enforced_per_stream(
         assert await asyncio.gather(*calls) == [b"echo:hold"] * 3
     assert gapp.max_active == 1
     assert gapp.calls == 3
+
+
+def _grpc_probe(port: int, service: str = "") -> str:
+    # periodSeconds 1: one attempt per kubelet probe (standard mode), so NOT_SERVING shows at once
+    return json.dumps(
+        {"grpc": {"port": port, "service": service}, "periodSeconds": 1, "timeoutSeconds": 1}
+    )
+
+
+async def _kubelet_probe(qp: QueueProxy) -> httpx.Response:
+    async with make_client(qp.url()) as c:
+        return await c.get(
+            "/", headers={"User-Agent": "kube-probe/1.30", "K-Network-Probe": "queue"}
+        )
+
+
+async def test_grpc_health_readiness(gapp: grpc_app.GrpcApp, start_qp: StartQP) -> None:
+    qp = await start_qp({"SERVING_READINESS_PROBE": _grpc_probe(gapp.port)}, user_port=gapp.port)
+    r = await _kubelet_probe(qp)
+    assert (r.status_code, r.text) == (200, "queue")
+    await gapp.set_serving(False)
+    assert (await _kubelet_probe(qp)).status_code == 503
+    assert "NOT_SERVING" in qp.stderr()
+    await gapp.set_serving(True)
+    assert (await _kubelet_probe(qp)).status_code == 200
+
+
+async def test_grpc_health_readiness_unknown_service(
+    gapp: grpc_app.GrpcApp, start_qp: StartQP
+) -> None:
+    qp = await start_qp(
+        {"SERVING_READINESS_PROBE": _grpc_probe(gapp.port, "no.such.Service")},
+        user_port=gapp.port,
+    )
+    assert (await _kubelet_probe(qp)).status_code == 503
+    assert "NOT_FOUND" in qp.stderr()
