@@ -29,7 +29,9 @@ class ActivatorEnv:
     drain_quiet_period: float = 45.0
     queue_depth: int = 10_000
     queue_wait: float | None = None
-    platform: str = "knative"  # "knative" (Kubernetes with Knative Serving) or "static"
+    # "knative" (Kubernetes with Knative Serving), "standalone" (annotated Deployments with
+    # knd-autoscaler, platforms/kubernetes/standalone.py) or "static"
+    platform: str = "knative"
     platform_file: str = ""
     kubeconfig: str = ""
     watch_namespace: str = ""
@@ -80,12 +82,15 @@ def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
     platform = env.get("KND_PLATFORM", "").strip().lower()
     if not platform:
         platform = "static" if e.platform_file else "knative"
-    if platform not in ("static", "knative"):
+    if platform not in ("static", "knative", "standalone"):
         raise ConfigError(
             f'KND_PLATFORM: {env.get("KND_PLATFORM")!r} is not "knative" (revisions and '
-            'endpoints from the Kubernetes API) or "static" (a JSON file)'
+            'endpoints from the Kubernetes API), "standalone" (Deployments annotated '
+            'knd.dev/enabled, scaled by knd-autoscaler) or "static" (a JSON file)'
         )
     e.platform = platform
+    if platform == "standalone" and not env.get("AUTOSCALER_URL", ""):
+        e.autoscaler_url = f"ws://knd-autoscaler.{ns}.svc.{domain}:8080"
     if platform == "static" and not e.platform_file:
         raise ConfigError(
             "ACTIVATOR_PLATFORM_FILE: required with KND_PLATFORM=static; a JSON file listing "

@@ -162,12 +162,22 @@ class ActivatorProcess:
             from platforms.kubernetes import KnativePlatform, connect
         except ImportError as e:
             raise ConfigError(
-                f"KND_PLATFORM=knative needs kubernetes-asyncio (pip install "
+                f"KND_PLATFORM={env.platform} needs kubernetes-asyncio (pip install "
                 f"'knative-dataplane[kubernetes]'): {e}"
             ) from None
+        api = await connect(env.kubeconfig or None)
+        if env.platform == "standalone":
+            from platforms.kubernetes.standalone import StandalonePlatform
+
+            return StandalonePlatform(
+                api,
+                namespace=env.watch_namespace or None,
+                cluster_domain=env.cluster_domain,
+                owns_api=True,
+                api_wait=env.api_wait,
+            )
         if not env.pod_ip:
             log.warning("POD_IP is empty: subsetting across activators is off")
-        api = await connect(env.kubeconfig or None)
         return KnativePlatform(
             api,
             pod_ip=env.pod_ip,
