@@ -125,11 +125,13 @@ async def test_tcp_attempt_fails_fast_on_closed_port() -> None:
     assert str(info.value) == f"dial tcp 127.0.0.1:{port}: connection refused"
 
 
-async def test_default_attempt_dials_for_grpc_and_tcp() -> None:
+async def test_default_attempt_dials_for_tcp_and_calls_grpc_health() -> None:
     async with http_server(never_answer) as srv:
-        await attempt_probe(ProbeSpec("grpc", "127.0.0.1", srv.port, grpc_service="x"), 1.0)
         await attempt_probe(ProbeSpec("tcp", "127.0.0.1", srv.port), 1.0)
         assert srv.requests == []  # a bare connect, nothing sent
+        # gRPC health (tests/integration/test_h2c_qp.py has a real server): no answer, no success
+        with pytest.raises(ProbeError, match="DeadlineExceeded"):
+            await attempt_probe(ProbeSpec("grpc", "127.0.0.1", srv.port, grpc_service="x"), 0.2)
     with pytest.raises(ProbeError, match="connection refused"):
         await attempt_probe(ProbeSpec("grpc", "127.0.0.1", closed_port()), 1.0)
 
