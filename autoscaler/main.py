@@ -489,6 +489,36 @@ async def _serve(env: AutoscalerEnv) -> int:
     return 0
 
 
+def _start_tracing(environ: Mapping[str, str], pod: str) -> None:
+    """With tracing configured (``OBSERVABILITY_CONFIG`` or ``OTEL_*``, as the activator), the
+    aiohttp servers (stat websocket, metrics) are traced by the OpenTelemetry aiohttp-server
+    instrumentation; it must patch aiohttp before the applications are created."""
+    raw = environ.get("OBSERVABILITY_CONFIG", "")
+    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
+        return
+    from dataplane.tracing import (
+        instrument_aiohttp,
+        observability_tracing,
+        start_tracing,
+        tracing_config,
+    )
+
+    protocol, endpoint, rate = observability_tracing(raw)
+    cfg = tracing_config(
+        environ,
+        protocol=protocol,
+        endpoint=endpoint,
+        rate=rate,
+        service_name="autoscaler",
+        resource={"k8s.pod.name": pod, "service.instance.id": pod},
+    )
+    tracer = start_tracing(cfg, "knative.dev/serving/pkg/autoscaler")
+    if tracer is not None:
+        missing = instrument_aiohttp(tracer, client=False, server=True)
+        if missing:
+            log.info("not instrumented (packages missing): %s", ", ".join(missing))
+
+
 def run(environ: Mapping[str, str]) -> int:
     try:
         env = parse_env(environ)
@@ -507,6 +537,11 @@ def run(environ: Mapping[str, str]) -> int:
     from dataplane.logs import setup_logging
 
     setup_logging(env.log_level, {"knd.dev/pod": env.pod_name})
+    try:
+        _start_tracing(environ, env.pod_name)
+    except ConfigError as e:
+        print(f"knd-autoscaler: {e}", file=sys.stderr)
+        return 1
     import uvloop
 
     return int(uvloop.run(_serve(env)))
