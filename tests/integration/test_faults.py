@@ -369,9 +369,7 @@ async def kubelet(
                 if not ok:
                     ready.remove(p.dest)
                     moved.append(p.dest)
-                    platform.endpoints(
-                        REV, ready=ready, not_ready=[d for d in moved if d != p.dest] + [p.dest]
-                    )
+                    platform.endpoints(REV, ready=ready, not_ready=moved)
                     platform.write()
             try:
                 await asyncio.wait_for(stop.wait(), interval)
