@@ -24,6 +24,7 @@ from autoscaler.config import AutoscalerConfig
 from autoscaler.multiscaler import Autoscaler, ScaleEvent
 from autoscaler.scraper import Scraper
 from dataplane.envconfig import ConfigError
+from dataplane.h2c import H2Hub
 from dataplane.metrics import add_activator_metrics, add_autoscaler_metrics, wait_histogram
 from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
@@ -122,6 +123,8 @@ class Runner:
         self.server = HTTPServer(
             self.activator, ServerConfig(timeout_body=b"activator request timeout"), loop=loop
         )
+        self.h2c = H2Hub(loop)  # gRPC clients: h2c with prior knowledge on the same port
+        self.h2c.enable(self.server)
         self.admin = HTTPServer(self._admin, ServerConfig(), loop=loop)
         self._status_handle: asyncio.TimerHandle | None = None
         self._names = {(("default", f"{s.name}-00001")): s.name for s in opts.services}
@@ -263,7 +266,11 @@ class Runner:
         self.server.stop_accepting()
         self.autoscaler.stop()
         await self.scraper.stop()
-        await asyncio.gather(self.server.shutdown(timeout=30), self.admin.shutdown(timeout=5))
+        await asyncio.gather(
+            self.h2c.shutdown(timeout=30),
+            self.server.shutdown(timeout=30),
+            self.admin.shutdown(timeout=5),
+        )
         self.activator.stop()
         await self.platform.close()
 

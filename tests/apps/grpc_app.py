@@ -152,7 +152,8 @@ async def serve_forever(port: int) -> None:
     await app.server.wait_for_termination()
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m tests.apps.grpc_app [PORT]  (default: $PORT)
+    import os
     import sys
 
-    asyncio.run(serve_forever(int(sys.argv[1])))
+    asyncio.run(serve_forever(int(sys.argv[1] if len(sys.argv) > 1 else os.environ["PORT"])))
