@@ -11,6 +11,11 @@ upstream on the load CPU, as in the ``proxy`` scenario) under the same load, int
   the load CPU, parent-based ratio sampling at 0.01 / 1.0 (wrk sends no ``traceparent``, so the
   ratio decides); spans go through the SDK's batch processor in its own thread.
 
+First, in memory (``--engine-requests``; the ``engine`` scenario's method: request and response
+bytes through the real handler and engine, no sockets, each variant in a fresh interpreter):
+microseconds of Python per request for the same four variants, spans ending in a null exporter
+(so the export thread's encoding is not in that figure). Then the wrk run.
+
 The request metrics (Prometheus on 9091) are on in all four, so only tracing differs. Printed:
 req/s, p99 and CPU per request (medians), and each variant's ratios against ``no-telemetry``.
 Targets (issue 8): off costs at most 2 %, 1 % sampling at most 10 %. The baseline also differs by
@@ -21,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -66,6 +73,101 @@ SINK = textwrap.dedent(
 )
 
 
+# What wrk sends: no traceparent, so the sampling ratio decides.
+ENGINE_REQUEST = (
+    b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+)
+ENGINE_VARIANTS = (("no-telemetry", None), ("off", None), ("1%", 0.01), ("100%", 1.0))
+
+
+def engine_main() -> None:
+    """Child process: ``python -c 'from benchmarks.telemetry import engine_main; engine_main()'
+    REQUESTS ROUNDS [RATE]``; prints the median microseconds of Python per request."""
+    import asyncio
+    import gc
+    import sys
+    import time
+
+    from benchmarks.engine import RESPONSE, _Transport
+    from dataplane.proxy import HTTPServer, ServerConfig, ServerConnection
+    from dataplane.stats import RequestStats
+    from dataplane.timeouts import TimeoutPolicy
+    from dataplane.upstream import UpstreamConnection, UpstreamPool
+    from queueproxy.drain import Drainer
+    from queueproxy.handler import QueueProxyHandler
+    from queueproxy.readiness import ReadinessProber
+
+    requests, rounds = int(sys.argv[1]), int(sys.argv[2])
+    kw: dict[str, object] = {}
+    if len(sys.argv) > 3:
+        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+        from dataplane.tracing import TracingConfig, start_tracing
+
+        class Null(SpanExporter):
+            def export(self, spans: object) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
+
+        cfg = TracingConfig(protocol="http/protobuf", rate=float(sys.argv[3]))
+        kw["tracer"] = start_tracing(cfg, "knative.dev/serving/pkg/queue", exporter=Null())
+    loop = asyncio.new_event_loop()
+    pool = UpstreamPool("127.0.0.1", 8080, loop=loop)
+    handler = QueueProxyHandler(
+        loop=loop,
+        pool=pool,
+        breaker=None,
+        stats=RequestStats(loop.time()),
+        prober=ReadinessProber([]),
+        drainer=Drainer(30.0, loop=loop),
+        timeouts=TimeoutPolicy(300.0),
+        **kw,  # type: ignore[arg-type]
+    )
+    server = HTTPServer(
+        handler, ServerConfig(restore_original_host=True, forwarded_shim=True), loop=loop
+    )
+    conn = ServerConnection(server)
+    conn.connection_made(_Transport())
+    up = UpstreamConnection(pool)
+    up.connection_made(_Transport())
+    pool.release(up)
+
+    def one_round(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            conn.data_received(ENGINE_REQUEST)
+            up.data_received(RESPONSE)
+        return (time.perf_counter() - t0) / n * 1e6
+
+    one_round(min(2000, requests))
+    results = []
+    for _ in range(rounds):
+        gc.collect()
+        results.append(one_round(requests))
+    assert pool.idle_count == 1, "requests did not complete"
+    print(f"{statistics.median(results):.3f}")
+
+
+def engine_figures(base: Path, requests: int, rounds: int, passes: int) -> dict[str, float]:
+    """Median over ``passes`` interleaved child runs of each variant's us/request."""
+    got: dict[str, list[float]] = {name: [] for name, _ in ENGINE_VARIANTS}
+    for _ in range(passes):
+        for name, rate in ENGINE_VARIANTS:
+            path = f"{base}:{REPO}" if name == "no-telemetry" else str(REPO)
+            argv = [
+                sys.executable,
+                "-c",
+                "from benchmarks.telemetry import engine_main; engine_main()",
+            ]
+            n = max(200, requests // 20) if rate == 1.0 else requests
+            argv += [str(n), str(rounds)] + ([] if rate is None else [str(rate)])
+            env = dict(os.environ, PYTHONPATH=path)
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+            if proc.returncode != 0:
+                raise BenchError(f"in-memory {name} failed: {proc.stderr.strip()[-400:]}")
+            got[name].append(float(proc.stdout.strip().splitlines()[-1]))
+    return {name: statistics.median(v) for name, v in got.items()}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="3 s per run, 2 rounds")
     parser.add_argument("--duration", type=int, help="seconds per measurement (default 10)")
@@ -80,6 +182,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workloads", default="1k", help=f"comma-separated subset of {', '.join(WORKLOADS)}"
     )
     parser.add_argument("--queue-proxy", help="queue-proxy executable (default: beside Python)")
+    parser.add_argument(
+        "--engine-requests",
+        type=int,
+        help="requests per in-memory round (default 20000, --quick 5000; 0 skips that part)",
+    )
     parser.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxy under test")
     parser.add_argument("--load-cpu", type=int, default=1, help="CPU for wrk and the upstream")
 
@@ -141,6 +248,21 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="knd-bench-telemetry-") as tmp, ProcessSet() as procs:
         base = Path(tmp) / "baseline"
         sha = _baseline_tree(args.baseline, base)
+        if args.engine_requests is None:
+            args.engine_requests = 5000 if args.quick else 20_000
+        if args.engine_requests > 0:
+            passes = 2 if args.quick else 3
+            print(
+                f"in memory: {args.engine_requests} requests x 3 rounds, {passes} passes "
+                "per variant ...",
+                flush=True,
+            )
+            figs = engine_figures(base, args.engine_requests, 3, passes)
+            ref = figs["no-telemetry"]
+            print(f"  {'variant':<26}{'us/request':>12}{'cost':>9}")
+            for name, v in figs.items():
+                print(f"  {name:<26}{v:>12.2f}{(v / ref - 1) * 100:>+8.1f}%")
+            print(flush=True)
         bench = Bench(args, procs, Path(tmp), tools)
         background = background_load([args.proxy_cpu, args.load_cpu])
         bench.start_upstream()
