@@ -26,11 +26,12 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    Event,
     RemoteSettingsChanged,
     RequestReceived,
     ResponseReceived,
@@ -41,7 +42,7 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame
 
 from .forwarded import forwarded_value
 from .h2stream import H2Stream
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from .proxy import HTTPServer, ServerConnection
     from .upstream import UpstreamPool
 
-__all__ = ["H2ServerConnection", "H2Upstream", "take_over"]
+__all__ = ["GracefulConnection", "H2ServerConnection", "H2Upstream", "take_over"]
 
 log = logging.getLogger("dataplane.h2")
 
@@ -66,6 +67,19 @@ _HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
 _STATUS_FAMILY = {101}
+
+
+class GracefulConnection(H2Connection):
+    """h2's connection, except that a graceful GOAWAY (NO_ERROR) leaves the streams in flight
+    running: h2 closes its state machine on any GOAWAY, so the frames that still belong to
+    those streams (and PINGs) would be protocol errors, breaking the peer's graceful drain."""
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
+        before = self.state_machine.state
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == 0 and before != ConnectionState.CLOSED:
+            self.state_machine.state = before
+        return frames, events
 
 
 def _config(client: bool) -> H2Configuration:
@@ -116,7 +130,7 @@ class H2ServerConnection(asyncio.Protocol):
         self.server = server
         self.shadow = shadow
         self.loop = server.loop
-        self.h2 = H2Connection(config=_config(False))
+        self.h2 = GracefulConnection(config=_config(False))
         self.streams: dict[int, H2Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.write_paused = False
@@ -492,7 +506,7 @@ class H2Upstream(asyncio.Protocol):
         self.authority = pool.authority
         self.loop = hub.loop
         self.dial_timeout = pool.dial_timeout
-        self.h2 = H2Connection(config=_config(True))
+        self.h2 = GracefulConnection(config=_config(True))
         self.streams: dict[int, H2Stream] = {}
         self.waiting: deque[H2Stream] = deque()
         self.transport: asyncio.Transport | None = None
@@ -532,6 +546,8 @@ class H2Upstream(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 
 import grpc
@@ -199,3 +200,54 @@ async def test_grpc_health_readiness_unknown_service(
     )
     assert (await _kubelet_probe(qp)).status_code == 503
     assert "NOT_FOUND" in qp.stderr()
+
+
+async def test_drain_sends_goaway_and_finishes_streams(
+    gapp: grpc_app.GrpcApp, start_qp: StartQP
+) -> None:
+    from h2.config import H2Configuration
+    from h2.events import ConnectionTerminated, DataReceived, StreamEnded, TrailersReceived
+
+    qp = await start_qp({"DRAIN_QUIET_PERIOD_SECONDS": "0.5"}, user_port=gapp.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", qp.port)
+    from dataplane.h2proxy import GracefulConnection  # h2, minus its GOAWAY = closed
+
+    conn = GracefulConnection(H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(
+        1,
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"qp"),
+            (b":path", f"{SVC}/Unary".encode()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ],
+    )
+    conn.send_data(1, b"\x00\x00\x00\x00\x04hold", end_stream=True)
+    writer.write(conn.data_to_send())
+    await gapp.wait_for(lambda: gapp.active == 1)
+    qp.signal(signal.SIGTERM)
+    events: list[object] = []
+    try:
+        async with asyncio.timeout(10):
+            while not any(isinstance(e, StreamEnded) for e in events):
+                data = await reader.read(65536)
+                assert data, f"connection closed early; events {events}"
+                for ev in conn.receive_data(data):
+                    events.append(ev)
+                    if isinstance(ev, ConnectionTerminated):
+                        # Told to go away while the stream runs: it must still finish.
+                        assert (ev.error_code, ev.last_stream_id) == (0, 1)
+                        gapp.release.set()
+                writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    kinds = [type(e) for e in events]
+    assert kinds.index(ConnectionTerminated) < kinds.index(DataReceived)
+    body = b"".join(e.data for e in events if isinstance(e, DataReceived))
+    assert body == b"\x00\x00\x00\x00\x09echo:hold"
+    trailers = next(dict(e.headers) for e in events if isinstance(e, TrailersReceived))
+    assert trailers[b"grpc-status"] == b"0"
+    assert await qp.wait_exit(10) == 0
