@@ -101,6 +101,20 @@ async def test_activator_routes_annotated_deployments_by_host(
             "spec": {"replicas": 2},
         },
     )
+    # a second Deployment with default hosts: its Service's <svc>.<ns>.svc.<domain> routes to
+    # it although the names differ
+    kube.create(
+        "deployments",
+        {
+            "metadata": {
+                "name": "web",
+                "namespace": "default",
+                "annotations": {"knd.dev/enabled": "true", "knd.dev/service": "web-pods"},
+            },
+            "spec": {"replicas": 1},
+        },
+    )
+    kube.create("endpointslices", slice_for("web-pods-a", "web-pods", a.qp.port))
     kube.create("endpointslices", slice_for("hello-pods-a", "hello-pods", a.qp.port))
     kube.create("endpointslices", slice_for("hello-pods-b", "hello-pods", b.qp.port))
     act = await start_activator(
@@ -118,6 +132,9 @@ async def test_activator_routes_annotated_deployments_by_host(
         # the Deployment's own name routes too: <deployment>.<namespace>.svc.<domain>
         r = await c.get("/hello", headers={"Host": "hello.default.svc.cluster.local"})
         assert r.status_code == 200, r.text
+        for host in ("web-pods.default.svc.cluster.local", "web-pods.default:80"):
+            r = await c.get("/hello", headers={"Host": host})
+            assert r.status_code == 200, (host, r.text)
         r = await c.get("/hello", headers={"Host": "nobody.example.com"})
         assert r.status_code == 404
 
