@@ -43,6 +43,11 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
 
         return mod
 
+    def grpc() -> ModuleType:
+        from benchmarks import grpc as mod
+
+        return mod
+
     def all_() -> ModuleType:
         from benchmarks import all_scenarios as mod
 
@@ -55,6 +60,7 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
         "knd": ("knd run: cold start from zero, scale-out timeline under a stepped load", knd),
         "telemetry": ("queue-proxy throughput: tracing off, 1 % and 100 % vs none", telemetry),
         "locust": ("locust shapes: dataplane probe per hop, stepped load, burst from zero", locust),
+        "grpc": ("gRPC unary calls/s, p50/p99: direct, queue-proxy, activator (h2c)", grpc),
         "all": ("every other scenario once, in turn (--quick: the CI smoke)", all_),
     }
 

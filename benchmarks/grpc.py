@@ -1,0 +1,191 @@
+"""gRPC unary throughput and latency per hop: direct, through the queue-proxy, and through the
+activator plus the queue-proxy (all h2c, one HTTP/2 connection from the client).
+
+A grpcio server (``python -m benchmarks.grpc --serve PORT``, echo of a small message) is the
+app; the load generator is a grpcio asyncio client in this process running ``--concurrency``
+calls at a time on one channel for ``--duration`` seconds per target after a short warm-up. The
+Python gRPC client costs CPU too, so on a small machine the figures are a floor of what the
+proxies can do, and the ratios to direct are the point. Prints calls/s and p50/p99 per target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _activator, _procs
+
+METHOD = "/bench.Echo/Unary"
+PAYLOAD = b"x" * 100
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``grpc`` scenario."""
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per target (5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (1)")
+    parser.add_argument("--concurrency", type=int, default=32, help="calls in flight (32)")
+    parser.add_argument("--queue-proxy", default="", help="queue-proxy executable")
+    parser.add_argument("--activator", default="", help="activator executable")
+    parser.add_argument("--quick", action="store_true", help="2 s per target")
+    parser.add_argument(
+        "--results-dir", type=Path, default=None, help="write grpc-<time>.json there too"
+    )
+
+
+async def _load(
+    port: int, concurrency: int, warmup: float, duration: float, authority: str = ""
+) -> dict[str, Any]:
+    import grpc
+
+    latencies: list[float] = []
+    errors = 0
+    # The activator routes by Host (the :authority): name the revision's host there.
+    options = [("grpc.default_authority", authority)] if authority else []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as ch:
+        call = ch.unary_unary(METHOD)
+        await call(PAYLOAD, timeout=10)
+        loop = asyncio.get_running_loop()
+        measure_from = loop.time() + warmup
+        end = measure_from + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while True:
+                t0 = loop.time()
+                if t0 >= end:
+                    return
+                try:
+                    await call(PAYLOAD, timeout=10)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                if t0 >= measure_from:
+                    latencies.append(loop.time() - t0)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    latencies.sort()
+    n = len(latencies)
+
+    def pct(p: float) -> float:
+        return latencies[min(n - 1, int(p * n))] * 1000 if n else float("nan")
+
+    return {"calls_per_s": n / duration, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "errors": errors}
+
+
+def _qp_env(port: int, user_port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    admin, metrics, user_metrics = (_procs.free_port() for _ in range(3))
+    env.update(
+        CONTAINER_CONCURRENCY="0",
+        QUEUE_SERVING_PORT=str(port),
+        QUEUE_SERVING_TLS_PORT=str(_procs.free_port()),
+        USER_PORT=str(user_port),
+        REVISION_TIMEOUT_SECONDS="300",
+        SERVING_LOGGING_CONFIG="",
+        SERVING_LOGGING_LEVEL="warn",
+        SERVING_NAMESPACE=_activator.NAMESPACE,
+        SERVING_CONFIGURATION="bench",
+        SERVING_REVISION="bench-00001",
+        SERVING_POD="bench-00001-pod",
+        SERVING_POD_IP="127.0.0.1",
+        QUEUE_ADMIN_PORT=str(admin),
+        QUEUE_METRICS_PORT=str(metrics),
+        QUEUE_USER_METRICS_PORT=str(user_metrics),
+        DRAIN_QUIET_PERIOD_SECONDS="0",
+        **_activator.MALLOC_ENV,
+    )
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start app, queue-proxy and activator; measure each hop; print the table."""
+    if args.quick:
+        args.duration, args.warmup = 2.0, 0.5
+    qp_bin = args.queue_proxy or str(Path(sys.executable).with_name("queue-proxy"))
+    act_bin = _activator.activator_path(args.activator or None)
+    print(
+        f"grpc: unary echo of {len(PAYLOAD)} B, {args.concurrency} in flight on one h2c "
+        f"connection, {args.duration:g} s per target; grpcio client in this process "
+        "(the client's CPU counts too: compare ratios, and expect noise on a shared machine)"
+    )
+    results: dict[str, dict[str, Any]] = {}
+    with _procs.ProcessSet() as procs, tempfile.TemporaryDirectory() as tmp:
+        logs = Path(tmp)
+        app_port, qp_port, act_port, act_metrics = (_procs.free_port() for _ in range(4))
+        app = procs.start(
+            [sys.executable, "-m", "benchmarks.grpc", "--serve", str(app_port)],
+            env=dict(os.environ, PYTHONPATH=str(_activator.ROOT)),
+            log_path=logs / "app.log",
+            cwd=_activator.ROOT,
+        )
+        _procs.wait_listening(app_port, app, 10.0, 0.01, logs / "app.log")
+        qp = procs.start([qp_bin], env=_qp_env(qp_port, app_port), log_path=logs / "qp.log")
+        _procs.wait_listening(qp_port, qp, 10.0, 0.01, logs / "qp.log")
+        sink_port, _ = _activator.start_autoscaler_sink(procs, logs / "sink.log")
+        platform = logs / "platform.json"
+        _activator.write_platform(
+            platform,
+            [_activator.revision("bench-00001", "bench.example.com", 0, [f"127.0.0.1:{qp_port}"])],
+        )
+        act = procs.start(
+            [act_bin],
+            env=_activator.activator_env(act_port, act_metrics, sink_port, platform),
+            log_path=logs / "act.log",
+        )
+        _procs.wait_listening(act_port, act, 10.0, 0.01, logs / "act.log")
+        for name, port, authority in (
+            ("direct", app_port, ""),
+            ("queue-proxy", qp_port, ""),
+            ("activator + queue-proxy", act_port, "bench.example.com"),
+        ):
+            results[name] = asyncio.run(
+                _load(port, args.concurrency, args.warmup, args.duration, authority)
+            )
+    base = results["direct"]["calls_per_s"] or float("nan")
+    print(f"{'target':<26}{'calls/s':>10}{'x direct':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, r in results.items():
+        print(
+            f"{name:<26}{r['calls_per_s']:>10.0f}{r['calls_per_s'] / base:>10.2f}"
+            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
+        )
+    if args.results_dir is not None:
+        now = dt.datetime.now().astimezone()
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        out = args.results_dir / f"grpc-{now:%Y%m%d-%H%M%S}.json"
+        doc = {"scenario": "grpc", "started": now.isoformat(), "results": results}
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"results: {out}")
+    return 0
+
+
+async def _serve(port: int) -> None:
+    import grpc
+
+    async def unary(req: bytes, ctx: Any) -> bytes:
+        return req
+
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        try:
+            asyncio.run(_serve(int(sys.argv[2])))
+        except KeyboardInterrupt:
+            pass
+        sys.exit(0)
+    sys.exit("usage: python -m benchmarks grpc [options]")
