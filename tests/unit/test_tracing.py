@@ -330,3 +330,30 @@ def test_sdk_not_imported_unless_tracing_is_on() -> None:
     code = "import sys, queueproxy.main\nassert 'dataplane.tracing' not in sys.modules\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
+        ("c:4318", "http://c:4318/v1/traces"),
+        ("https://c", "https://c/v1/traces"),
+    ],
+)
+def test_otlp_http_endpoint(endpoint: str, url: str) -> None:
+    from dataplane.tracing import _exporter
+
+    exp = _exporter(TracingConfig(protocol="http/protobuf", endpoint=endpoint))
+    assert exp._endpoint == url
+
+
+def test_grpc_without_its_exporter_is_a_clear_error() -> None:
+    from dataplane.tracing import _exporter
+
+    try:
+        import opentelemetry.exporter.otlp.proto.grpc  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="opentelemetry-exporter-otlp-proto-grpc"):
+            _exporter(TracingConfig(protocol="grpc", endpoint="c:4317"))
+    else:  # pragma: no cover - depends on what is installed
+        assert _exporter(TracingConfig(protocol="grpc", endpoint="c:4317")) is not None
