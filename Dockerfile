@@ -33,7 +33,9 @@ FROM source AS wheel-compiled
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
-RUN pip install "setuptools>=68" wheel "mypy>=1.10" \
+# mypyc type-checks what it compiles, so the runtime dependencies must be importable here.
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install "setuptools>=68" wheel "mypy>=1.10" types-pyyaml -r /tmp/requirements.txt \
     && KND_MYPYC=1 pip wheel --no-build-isolation --no-deps --wheel-dir /wheels .
 
 FROM wheel-${BUILD} AS wheel
@@ -44,7 +46,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=igno
 COPY --from=wheel /wheels /wheels
 RUN python -m venv /opt/knd \
     && /opt/knd/bin/pip install --upgrade pip \
-    && /opt/knd/bin/pip install "$(ls /wheels/*.whl)[kubernetes]" \
+    && /opt/knd/bin/pip install "$(ls /wheels/*.whl)[kubernetes,tracing]" \
     && /opt/knd/bin/pip uninstall -y pip \
     && rm -rf /wheels
 # Every console script of pyproject.toml must be installed (tests/unit/test_dockerfile.py keeps

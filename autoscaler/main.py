@@ -236,7 +236,7 @@ class AutoscalerProcess:
         lease_clock: Callable[[], float] | None = None,
     ) -> None:
         from platforms.kubernetes.lease import LeaderElector
-        from platforms.kubernetes.scale import DeploymentScaler
+        from platforms.kubernetes.scale import DeploymentScaler, EventRecorder
         from platforms.kubernetes.standalone import StandalonePlatform
 
         self.env = env
@@ -260,6 +260,7 @@ class AutoscalerProcess:
         )
         self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
         self.scaler = DeploymentScaler(api)
+        self.events = EventRecorder(api, instance=env.pod_name)
         kw: dict[str, Any] = {} if lease_clock is None else {"clock": lease_clock}
         self.elector = LeaderElector(
             api,
@@ -333,7 +334,10 @@ class AutoscalerProcess:
     def _started_leading(self) -> None:
         for key in list(self.autoscaler.revisions):
             self.sync_replicas(key)
+            self.loop.call_soon(self.autoscaler.tick, key)  # act now, not a tick from now
         self.autoscaler.start()
+        # a fresh scraper each term: the previous one may still be stopping
+        self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
         self.scraper.start()
 
     def _stopped_leading(self) -> None:
@@ -366,6 +370,9 @@ class AutoscalerProcess:
         self.scale_errors.inc(key)
         log.error("scaling deployment %s/%s failed: %s", key[0], key[1], e)
         self.sync_replicas(key)
+        self._spawn(
+            self.events.deployment_event(key[0], key[1], "ScaleFailed", str(e), warning=True)
+        )
 
     async def _scale(self, key: RevisionKey, n: int) -> None:
         rs = self.autoscaler.revisions.get(key)
@@ -386,7 +393,22 @@ class AutoscalerProcess:
             return
         stored = await self.scaler.scale(key[0], key[1], n)
         self.scale_changes.inc(key)
-        log.info("deployment %s/%s: scaled %d -> %d", key[0], key[1], actual, stored)
+        d = rs.last
+        why = (
+            f"stable concurrency {d.stable_value:.2f}, panic {d.panic_value:.2f}"
+            f"{', panicking' if d.panicking else ''}"
+            if d.desired >= 0
+            else "min/max scale"
+        )
+        log.info("deployment %s/%s: scaled %d -> %d (%s)", key[0], key[1], actual, stored, why)
+        self._spawn(
+            self.events.deployment_event(
+                key[0],
+                key[1],
+                "ScaledUp" if stored > actual else "ScaledDown",
+                f"Scaled from {actual} to {stored} replicas ({why})",
+            )
+        )
 
     # -- servers ---------------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:

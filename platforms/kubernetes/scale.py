@@ -9,9 +9,14 @@ the resource (``forbidden: cannot patch deployments.apps/scale in namespace ...`
 
 from __future__ import annotations
 
-from .api import DEPLOYMENTS, KubeAPI
+import logging
+from datetime import UTC, datetime
 
-__all__ = ["FIELD_MANAGER", "DeploymentScaler"]
+from .api import DEPLOYMENTS, KubeAPI, KubeError, Resource
+
+__all__ = ["EVENTS", "FIELD_MANAGER", "DeploymentScaler", "EventRecorder"]
+
+log = logging.getLogger("platforms.kubernetes")
 
 FIELD_MANAGER = "knd-autoscaler"
 
@@ -44,3 +49,52 @@ class DeploymentScaler:
         out = await self.api.get(DEPLOYMENTS, namespace, name, "scale")
         replicas = (out.get("spec") or {}).get("replicas")
         return replicas if isinstance(replicas, int) else 0
+
+
+EVENTS = Resource("", "v1", "events")
+
+
+class EventRecorder:
+    """Kubernetes Events on the scaled Deployments (``kubectl describe deployment`` shows who
+    scaled it and why). Best effort: a failure is logged once per reason, never raised."""
+
+    def __init__(self, api: KubeAPI, component: str = FIELD_MANAGER, instance: str = "") -> None:
+        self.api = api
+        self.component = component
+        self.instance = instance
+        self._warned: set[str] = set()
+
+    async def deployment_event(
+        self, namespace: str, name: str, reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        micro = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": name,
+                "namespace": namespace,
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": self.component, "host": self.instance},
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "eventTime": micro,
+            "action": "Scale",
+            "count": 1,
+        }
+        try:
+            await self.api.create(EVENTS, namespace, event)
+        except KubeError as e:
+            key = f"{type(e).__name__}:{e.verb}"
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("cannot record Kubernetes events (continuing without): %s", e)

@@ -24,7 +24,7 @@ from dataplane.proxy import HTTPServer, ServerConfig
 from dataplane.statpb import Stat, WireStatMessage, encode_stat, encode_wire_stat_messages
 from platforms.kubernetes.api import KubeAPI
 from platforms.kubernetes.standalone import StandalonePlatform
-from tests.fakekube import FakeKube
+from tests.fakekube import FakeKube, ResourceType
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,6 +176,7 @@ def scale_patches(kube: FakeKube) -> list[int]:
 async def test_scale_from_zero_on_a_held_request_and_back_to_zero(
     kube: FakeKube, pod: FakePod, procs: Procs
 ) -> None:
+    kube.add_resource(ResourceType("", "v1", "events", "Event", subresources=()))
     kube.create("deployments", hello_deployment(pod.metrics_port))
     kube.create("endpointslices", hello_slice(pod.port, ready=False))
     proc = await procs.start(
@@ -235,6 +236,18 @@ async def test_scale_from_zero_on_a_held_request_and_back_to_zero(
                 what="scaled to zero when idle",
             )
             assert scale_patches(kube) == [1, 0]
+            # each change is an Event on the Deployment (kubectl describe shows it)
+            await until(lambda: len(kube.list("events", NS)) == 2, what="two events")
+            events = sorted(kube.list("events", NS), key=lambda e: e["reason"])
+            assert [e["reason"] for e in events] == ["ScaledDown", "ScaledUp"]
+            assert events[1]["involvedObject"] == {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": "hello",
+                "namespace": NS,
+            }
+            assert events[1]["message"].startswith("Scaled from 0 to 1 replicas (stable")
+            assert events[1]["source"]["component"] == "knd-autoscaler"
             # metrics and health
             base = f"http://127.0.0.1:{proc.metrics_port}"
             async with http.get(base + "/metrics") as r:
