@@ -4,11 +4,13 @@ and one message naming the variable for every bad value (exit code 1)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from autoscaler.main import parse_env, read_config
 from dataplane.envconfig import ConfigError
@@ -119,3 +121,42 @@ def test_the_entry_point_exits_with_one_line() -> None:
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "KUBECONFIG is not set" in lines[0], lines
+
+
+def test_unreachable_api_server_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KND_", "KUBE"))}
+    env.update(
+        KUBECONFIG=str(kubeconfig),
+        KND_KUBE_API_WAIT_SECONDS="0",
+        KND_STAT_PORT="0",
+        KND_METRICS_PORT="0",
+        KND_BIND_ADDRESS="127.0.0.1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoscaler.main"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("knd-autoscaler: Kubernetes API server not available after 0s"), last
+    assert f"127.0.0.1:{port}" in last
