@@ -156,9 +156,17 @@ class LeaderElector:
         try:
             while True:
                 try:
-                    await self.try_acquire_or_renew()
+                    # One attempt may not outlast the renew deadline (client-go bounds it the
+                    # same way): a leader stuck on a hung request must step down in time.
+                    await asyncio.wait_for(self.try_acquire_or_renew(), self.renew_deadline / 2)
                 except KubeError as e:
                     log.error("leader election: %s", e)
+                except TimeoutError:
+                    log.error(
+                        "leader election: no answer from the API server in %.1fs",
+                        self.renew_deadline / 2,
+                    )
+                    self._failed(self.clock(), None)
                 await self.sleep(self.retry_period)
         finally:
             if self.is_leader:

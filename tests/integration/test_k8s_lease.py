@@ -192,3 +192,40 @@ async def test_run_loop_hands_over_on_shutdown(kube: FakeKube, api: KubeAPI) -> 
     with pytest.raises(asyncio.CancelledError):
         await tb
     assert holder(kube) is None
+
+
+async def test_a_leader_stuck_on_a_hung_api_steps_down(kube: FakeKube, api: KubeAPI) -> None:
+    """Each attempt is bounded by half the renew deadline, so a leader whose requests hang
+    notices (on its clock) that it has not renewed for the renew deadline and steps down."""
+    clock, events = Clock(), []
+    a = elector(api, "a", clock, events)
+    a.renew_deadline, a.retry_period = 0.2, 0.01  # the attempt bound: 0.1 s of real time
+    assert await a.try_acquire_or_renew()
+
+    class Hung:
+        host = api.host
+
+        async def get(self, *args: object, **kw: object) -> dict[str, object]:
+            await asyncio.Event().wait()  # never answers
+            raise AssertionError
+
+    a.api = Hung()  # type: ignore[assignment]
+
+    async def sleep(_d: float) -> None:
+        clock.t += 0.1  # each retry period moves the injected clock on
+        await asyncio.sleep(0)
+
+    a.sleep = sleep
+    task = asyncio.create_task(a.run())
+    await asyncio.wait_for(_until(lambda: not a.is_leader), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["a started", "a stopped"]
+    assert holder(kube) == "a"  # nothing written: it expires, and others take over then
+
+
+async def _until(cond: object) -> None:
+    assert callable(cond)
+    while not cond():
+        await asyncio.sleep(0.01)
