@@ -45,6 +45,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     ],
     "knd": ["--repeat", "1", "--steps", "5:4,20:4,0:20"],
     "held": ["--held", "1000", "--repeat", "1"],
+    "telemetry": ["--repeat", "1", "--duration", "2"],
     "locust": ["--burst", "10"],
 }
 
@@ -88,17 +89,25 @@ def _run_one(argv: list[str], timeout: float) -> tuple[int | None, float]:
     proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         code: int | None = proc.wait(timeout=timeout)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt, SystemExit):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
         code = None
+    except BaseException:  # Ctrl-C or SIGTERM (SystemExit): stop the scenario, then go
+        _stop_group(proc)
+        raise
     return code, time.monotonic() - t0
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the scenario's process group (it stops its own children), SIGKILL after 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run(args: argparse.Namespace) -> int:

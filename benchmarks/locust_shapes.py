@@ -602,7 +602,7 @@ def run_stepped(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[
     scale_down: dict[str, Any] | None = None
     if down is not None:
         before = [s["ready"] for s in poller.samples if s["t"] < t0 + down["start_s"]]
-        peak_ready = max((r for r in before if r is not None), default=None)
+        peak_ready = next((r for r in reversed(before) if r is not None), None)
         down_samples = [s for s in poller.samples if s["t"] >= t0 + down["start_s"]]
         removed = (
             peak_ready - min(s["ready"] for s in down_samples)
@@ -612,7 +612,7 @@ def run_stepped(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[
         scale_down = {
             "step": down["step"],
             "rate": down["rate"],
-            "peak_ready_before": peak_ready,
+            "ready_at_start": peak_ready,
             "min_ready_during": down["min_ready"],
             "pods_removed": removed,
             "requests": down["requests"],
@@ -691,7 +691,7 @@ def render_stepped(s: dict[str, Any]) -> str:
         mark = {True: "ok", False: "MISS", None: "n/a"}[g["ok"]]
         lines.append(
             f"  {mark:<5}scale-down under load (step {d['step']}, {d['rate']:g} req/s): ready "
-            f"pods {_fmt(d['peak_ready_before'], '.0f')} -> {_fmt(d['min_ready_during'], '.0f')}"
+            f"pods {_fmt(d['ready_at_start'], '.0f')} -> {_fmt(d['min_ready_during'], '.0f')}"
             f" ({_fmt(d['pods_removed'], '.0f')} removed while traffic flowed), "
             f"{d['errors']} errors in {d['requests']} requests"
         )
@@ -839,8 +839,10 @@ def plot_timeline(
     title: str,
     path: Path,
     edges: list[tuple[float, float, str]] | None = None,
+    cumulative: bool = False,
 ) -> str | None:
-    """Offered load (requests started per second), pods, queued and latency over time."""
+    """Offered load (requests started per second), pods, queued and latency over time;
+    ``cumulative``: the last panel counts successes over time instead (a burst)."""
     plt = _pyplot()
     if plt is None or not recs:
         return None
@@ -870,9 +872,19 @@ def plot_timeline(
     ax2.legend(loc="upper left", fontsize=8)
     ok = [r for r in recs if not r.error]
     bad = [r for r in recs if r.error]
-    ax3.scatter(
-        [r.start - t0 for r in ok], [r.latency_ms for r in ok], s=2, alpha=0.3, label="latency"
-    )
+    if cumulative:
+        ends = sorted(r.end - t0 for r in ok)
+        ax3.step([0.0, *ends], list(range(len(ends) + 1)), where="post", label="successes")
+        if ends:
+            ax3.axvline(ends[0], color="tab:green", linestyle=":", label="first success")
+            ax3.axvline(ends[-1], color="tab:red", linestyle=":", label="last success")
+        ax3.set_ylabel("successes (cumulative)")
+    else:
+        ax3.scatter(
+            [r.start - t0 for r in ok], [r.latency_ms for r in ok], s=2, alpha=0.3, label="latency"
+        )
+        ax3.set_yscale("log")
+        ax3.set_ylabel("latency ms (by start)")
     if bad:
         ax3.scatter(
             [r.start - t0 for r in bad],
@@ -882,9 +894,8 @@ def plot_timeline(
             color="red",
             label=f"errors ({len(bad)})",
         )
-    ax3.set_yscale("log")
-    ax3.set_ylabel("latency ms (by start)")
-    ax3.set_xlabel("seconds")
+    ax3.set_xlabel("seconds from the first request" if not cumulative else "seconds from the burst")
+    ax3.set_xlim(-0.5 if cumulative else -1.0, end + 0.5)
     ax3.legend(loc="upper right", fontsize=8)
     for ax in (ax1, ax2, ax3):
         for lo, _hi, _label in edges or []:
@@ -987,6 +998,7 @@ def run(args: argparse.Namespace) -> int:
                     res["timeline"],
                     f"burst from zero: {args.burst} users at once, knd run, CC {args.concurrency}",
                     Path(f"{stem}.png"),
+                    cumulative=True,
                 )
             )
         if png:
