@@ -83,11 +83,14 @@ class GracefulConnection(H2Connection):
 
 
 def _config(client: bool) -> H2Configuration:
+    # Outbound headers are built from validated ones; the app's (inbound on the client side)
+    # are trusted as an HTTP/1 upstream's are: header validation is a large part of h2's cost.
     return H2Configuration(
         client_side=client,
         header_encoding=None,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
+        validate_inbound_headers=not client,
     )
 
 
@@ -137,6 +140,8 @@ class H2ServerConnection(asyncio.Protocol):
         self.closed = False
         self.going_away = False
         self.last_sid = 0
+        self.blocked: set[H2Stream] = set()  # streams with response data waiting for window
+        self._flush_pending = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def start(self, transport: asyncio.Transport, data: bytes) -> None:
@@ -189,7 +194,7 @@ class H2ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        for st in list(self.streams.values()):
+        for st in list(self.blocked):
             self._pump(st)
         self.flush()
 
@@ -198,6 +203,16 @@ class H2ServerConnection(asyncio.Protocol):
         data = self.h2.data_to_send()
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Flush once at the end of this loop iteration (coalesces frames into one write)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_pending = False
+        self.flush()
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
@@ -234,7 +249,7 @@ class H2ServerConnection(asyncio.Protocol):
                 st.req_buf.append(data)
                 if st.up is not None:
                     st.up.pump_request(st)
-                    st.up.flush()
+                    st.up.flush_soon()
         elif isinstance(ev, RequestReceived):
             self._request(ev.stream_id, ev.headers or [])
         elif isinstance(ev, StreamEnded):
@@ -244,7 +259,7 @@ class H2ServerConnection(asyncio.Protocol):
                 st.body_done = True
                 if st.up is not None:
                     st.up.pump_request(st)
-                    st.up.flush()
+                    st.up.flush_soon()
                 if st.done and not st.out_buf and not st.out_end:
                     self.streams.pop(st.sid, None)
         elif isinstance(ev, TrailersReceived):
@@ -257,7 +272,7 @@ class H2ServerConnection(asyncio.Protocol):
                 if st is not None:
                     self._pump(st)
             else:
-                for st in list(self.streams.values()):
+                for st in list(self.blocked):
                     self._pump(st)
         elif isinstance(ev, StreamReset):
             st = self.streams.pop(ev.stream_id, None)
@@ -279,6 +294,7 @@ class H2ServerConnection(asyncio.Protocol):
             self.h2.acknowledge_received_data(n, sid)
         except H2Error:
             pass
+        self.flush_soon()
 
     def _request(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.going_away:
@@ -445,6 +461,7 @@ class H2ServerConnection(asyncio.Protocol):
     def _pump(self, st: H2Stream) -> None:
         """Send what the client's windows allow; acknowledge it upstream."""
         if st.reset or self.closed:
+            self.blocked.discard(st)
             return
         h2 = self.h2
         sid = st.sid
@@ -473,10 +490,15 @@ class H2ServerConnection(asyncio.Protocol):
                     h2.end_stream(sid)
                 self._sent(st)
         except H2Error:
+            self.blocked.discard(st)
             self.reset_stream(st, ErrorCodes.INTERNAL_ERROR)
             if not st.done:
                 st.finish()
             return
+        if buf:
+            self.blocked.add(st)
+        else:
+            self.blocked.discard(st)
         if sent:
             st.out_size -= sent
             if st.deadlines is not None:
@@ -515,6 +537,8 @@ class H2Upstream(asyncio.Protocol):
         self.usable = True  # new streams may use it (False after GOAWAY or loss)
         self.write_paused = False
         self._dirty: set[H2ServerConnection] = set()  # downstream connections to flush
+        self.blocked: set[H2Stream] = set()  # streams with request data waiting for window
+        self._flush_pending = False
         self._dial: asyncio.Task[None] | None = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -563,7 +587,7 @@ class H2Upstream(asyncio.Protocol):
         self.flush()
         if dirty:
             for c in dirty:
-                c.flush()
+                c.flush_soon()
             dirty.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -580,11 +604,9 @@ class H2Upstream(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        for st in list(self.streams.values()):
+        for st in list(self.blocked):
             self.pump_request(st)
         self.flush()
-        for c in {st.link for st in self.streams.values()}:
-            c.flush()
 
     # -- streams ---------------------------------------------------------------------------
     def open(self, st: H2Stream) -> None:
@@ -595,11 +617,11 @@ class H2Upstream(asyncio.Protocol):
             self.waiting.append(st)
             return
         self._send_head(st)
-        self.flush()
+        self.flush_soon()
 
     def _has_room(self) -> bool:
-        h2 = self.h2
-        return bool(h2.open_outbound_streams < h2.remote_settings.max_concurrent_streams)
+        # Our own count: h2's open_outbound_streams scans every stream it knows.
+        return len(self.streams) < self.h2.remote_settings.max_concurrent_streams
 
     def _start_waiting(self) -> None:
         while self.waiting and self._has_room() and self.usable:
@@ -662,6 +684,7 @@ class H2Upstream(asyncio.Protocol):
         """Send buffered request body within the upstream's windows; acknowledge the client."""
         sid = st.up_sid
         if not sid or self.closed or sid not in self.streams:
+            self.blocked.discard(st)
             if st.req_buf and st.up_sid:  # the upstream stream is over: discard, acknowledge
                 n = sum(len(b) for b in st.req_buf)
                 st.req_buf.clear()
@@ -692,6 +715,10 @@ class H2Upstream(asyncio.Protocol):
                     h2.end_stream(sid)
         except H2Error as e:
             log.debug("h2c upstream send failed: %s", e)
+        if buf:
+            self.blocked.add(st)
+        else:
+            self.blocked.discard(st)
         if sent:
             st.link._ack(st.sid, sent)
 
@@ -703,7 +730,7 @@ class H2Upstream(asyncio.Protocol):
             self.h2.acknowledge_received_data(n, st.up_sid)
         except H2Error:
             pass
-        self.flush()
+        self.flush_soon()
 
     def cancel(self, st: H2Stream) -> None:
         """The client gave up on ``st``: RST_STREAM(CANCEL) upstream."""
@@ -716,7 +743,7 @@ class H2Upstream(asyncio.Protocol):
             except H2Error:
                 pass
             self._start_waiting()
-            self.flush()
+            self.flush_soon()
 
     def forget(self, st: H2Stream) -> None:
         try:
@@ -779,7 +806,7 @@ class H2Upstream(asyncio.Protocol):
                 if st is not None:
                     self.pump_request(st)
             else:
-                for st in list(self.streams.values()):
+                for st in list(self.blocked):
                     self.pump_request(st)
         elif isinstance(ev, RemoteSettingsChanged):
             self._start_waiting()
@@ -814,6 +841,15 @@ class H2Upstream(asyncio.Protocol):
         data = self.h2.data_to_send()
         if data:
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_pending = False
+        self.flush()
 
     def _lost(self, reason: str) -> None:
         self.closed = True
