@@ -122,9 +122,13 @@ def app_from_deployment(obj: Obj, cluster_domain: str = "cluster.local") -> App 
             h = h.strip().lower()
             if not h:
                 continue
-            if any(c in h for c in "/ @") or h.startswith(".") or h.endswith("."):
+            name, _, port = h.rpartition(":") if ":" in h else (h, "", "")
+            if port and not port.isdigit():
                 raise ConfigError(f"{ANNOTATION_HOSTS}: {h!r} is not a host name")
-            hosts.append(h)
+            # the activator matches the Host header without its port
+            if not name or any(c in name for c in "/ @:[]") or name[0] == "." or name[-1] == ".":
+                raise ConfigError(f"{ANNOTATION_HOSTS}: {h!r} is not a host name")
+            hosts.append(name)
     else:
         hosts = [f"{service}.{ns}.svc.{cluster_domain}", f"{service}.{ns}"]
     spec = obj.get("spec") or {}

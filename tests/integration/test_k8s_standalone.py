@@ -140,13 +140,14 @@ def test_opt_in_defaults_and_errors() -> None:
     del d["spec"]["replicas"]  # absent: the API server's default, 1
     app = app_from_deployment(d)
     assert app is not None and app.service == "web-pods" and app.replicas == 1
-    assert app.revision.hosts == ("web.example.com", "web.internal:80")
+    assert app.revision.hosts == ("web.example.com", "web.internal")  # ports never match
     for ann, value in (
         ("knd.dev/container-concurrency", "ten"),
         ("knd.dev/container-concurrency", "-1"),
         ("knd.dev/metrics-port", "70000"),
         ("knd.dev/service", "Not_A_Service"),
         ("knd.dev/hosts", "http://x.example.com/"),
+        ("knd.dev/hosts", "x.example.com:http"),
     ):
         bad = deployment()
         bad["metadata"]["annotations"][ann] = value
