@@ -69,6 +69,19 @@ log = logging.getLogger("platforms.local")
 
 NAMESPACE = "default"
 LOOPBACK = "127.0.0.1"
+
+
+def _fixed_port_range() -> tuple[int, int]:
+    """Ports to hand out: [10000, start of the ephemeral range), or empty when there is none."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            first = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return (0, 0)
+    return (10000, first) if first > 11000 else (0, 0)
+
+
+_FIXED_RANGE = _fixed_port_range()
 PodState = Literal["starting", "ready", "terminating", "failed"]
 
 #: What the kubelet sends when it probes the queue-proxy's readiness (Knative sets the header).
@@ -614,6 +627,7 @@ class LocalPlatform:
         self._events: PlatformEvents | None = None
         self._closing = False
         self._reserved: set[int] = set()
+        self._rng = random.Random()
 
     # -- Platform --------------------------------------------------------------------------
     async def start(self, events: PlatformEvents) -> None:
@@ -753,16 +767,30 @@ class LocalPlatform:
         self._emit(f"{pod.name}: stopping")
 
     def _pick_ports(self) -> PodPorts:
-        """Six distinct free loopback ports, none handed to a live pod (bind to 0, release)."""
+        """Six distinct free loopback ports, none handed to a live pod.
+
+        Ports come from below the kernel's ephemeral range when there is room: a port from
+        ``bind(0)`` is released before the pod binds it, and in that gap the kernel may hand it
+        to any outgoing connection or ``bind(0)`` on the machine (seen under load as the app's
+        "address already in use"); ports outside that range are only taken by explicit binds.
+        """
         socks: list[socket.socket] = []
         ports: list[int] = []
+        low, high = _FIXED_RANGE
+        rng = self._rng
         try:
+            attempts = 0
             while len(ports) < 6:
+                attempts += 1
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 socks.append(s)
-                s.bind((LOOPBACK, 0))
+                want = rng.randrange(low, high) if high - low >= 1000 and attempts < 200 else 0
+                try:
+                    s.bind((LOOPBACK, want))
+                except OSError:
+                    continue  # taken: try another
                 port = int(s.getsockname()[1])
-                if port not in self._reserved:
+                if port not in self._reserved and port not in ports:
                     ports.append(port)
         finally:
             for s in socks:

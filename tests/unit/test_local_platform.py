@@ -167,3 +167,34 @@ def test_unknown_revision() -> None:
     with pytest.raises(KeyError, match="default/b-00001"):
         p.desired(("default", "b-00001"))
     assert p.desired(("default", "a-00001")) == 0 and p.pods(("default", "a-00001")) == []
+
+
+def test_pod_ports_come_from_outside_the_ephemeral_range() -> None:
+    # bind(0) ports are released before the pod binds them; in that gap any outgoing connection
+    # on the machine may take one. Ports below the ephemeral range are only taken explicitly.
+    import platforms.local as local
+
+    low, high = local._FIXED_RANGE
+    if high - low < 1000:
+        pytest.skip("no room below this machine's ephemeral port range")
+    p = LocalPlatform([ServiceSpec("a", ("x",))])
+    seen: set[int] = set()
+    for _ in range(20):
+        ports = p._pick_ports().all()
+        assert len(set(ports)) == 6
+        assert all(low <= port < high for port in ports), ports
+        seen.update(ports)
+    assert len(seen) > 6  # random, not one fixed set
+
+
+def test_pod_ports_skip_ports_of_live_pods() -> None:
+    import platforms.local as local
+
+    p = LocalPlatform([ServiceSpec("a", ("x",))])
+    low, high = local._FIXED_RANGE
+    if high - low < 1000:
+        pytest.skip("no room below this machine's ephemeral port range")
+    live = set(range(low, high - 10))  # all but the last 10 ports of the range are live pods'
+    p._reserved.update(live)
+    ports = p._pick_ports().all()
+    assert len(set(ports)) == 6 and not live & set(ports), ports
