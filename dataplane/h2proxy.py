@@ -153,8 +153,11 @@ class H2ServerConnection(asyncio.Protocol):
             {
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                 SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.server.config.max_header_bytes,
             }
         )
+        # Enforced from now on (h2 would wait for the client's SETTINGS ACK).
+        h2.decoder.max_header_list_size = self.server.config.max_header_bytes
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         if self.hub.shutting_down or self.server.shutting_down:
             self.goaway()

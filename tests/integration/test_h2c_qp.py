@@ -251,3 +251,34 @@ async def test_drain_sends_goaway_and_finishes_streams(
     trailers = next(dict(e.headers) for e in events if isinstance(e, TrailersReceived))
     assert trailers[b"grpc-status"] == b"0"
     assert await qp.wait_exit(10) == 0
+
+
+async def test_header_list_limit_refuses_oversized_headers(gqp: QueueProxy) -> None:
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import ConnectionTerminated
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gqp.port)
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(
+        1,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"qp"),
+            (b":path", b"/"),
+            (b"x-big", b"v" * 70000),  # QUEUE_MAX_HEADER_BYTES: 65536
+        ],
+        end_stream=True,
+    )
+    writer.write(conn.data_to_send())
+    events: list[object] = []
+    try:
+        async with asyncio.timeout(5):
+            while data := await reader.read(65536):
+                events += conn.receive_data(data)
+    finally:
+        writer.close()
+    ends = [e for e in events if isinstance(e, ConnectionTerminated)]
+    assert ends and ends[0].error_code != 0, events
