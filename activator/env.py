@@ -33,6 +33,7 @@ class ActivatorEnv:
     # knd-autoscaler, platforms/kubernetes/standalone.py) or "static"
     platform: str = "knative"
     platform_file: str = ""
+    activator_service: str = "knd-activator"  # standalone: our Service, for subsetting
     kubeconfig: str = ""
     watch_namespace: str = ""
     api_wait: float = 60.0
@@ -91,6 +92,7 @@ def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
     e.platform = platform
     if platform == "standalone" and not env.get("AUTOSCALER_URL", ""):
         e.autoscaler_url = f"ws://knd-autoscaler.{ns}.svc.{domain}:8080"
+    e.activator_service = env.get("KND_ACTIVATOR_SERVICE", "").strip() or "knd-activator"
     if platform == "static" and not e.platform_file:
         raise ConfigError(
             "ACTIVATOR_PLATFORM_FILE: required with KND_PLATFORM=static; a JSON file listing "

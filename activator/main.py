@@ -176,6 +176,8 @@ class ActivatorProcess:
                 cluster_domain=env.cluster_domain,
                 owns_api=True,
                 api_wait=env.api_wait,
+                pod_ip=env.pod_ip,
+                activator_service=(env.system_namespace, env.activator_service),
             )
         if not env.pod_ip:
             log.warning("POD_IP is empty: subsetting across activators is off")

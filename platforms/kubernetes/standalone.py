@@ -19,7 +19,12 @@ routes ``<deployment>.<namespace>.svc.<cluster domain>`` by itself). Its endpoin
 addresses on the queue-proxy port in the EndpointSlices of its Service (label
 ``kubernetes.io/service-name``); ready ones are also the autoscaler's scrape targets (on the
 metrics port). A Deployment with a bad annotation is left out, with one error naming the
-annotation (``errors``); when it is fixed, it comes back.
+annotation (``invalid``); when it is fixed, it comes back.
+
+For the activator (given its ``pod_ip`` and its Service), the ready endpoints of that Service
+are the activators sharing the work: this one's index among their sorted IPs and their count
+go to ``activators_updated`` for every Deployment, so that several activators split each
+Deployment's pods and capacity as Knative's do (SPEC §2.10).
 """
 
 from __future__ import annotations
@@ -122,13 +127,13 @@ def app_from_deployment(obj: Obj, cluster_domain: str = "cluster.local") -> App 
             h = h.strip().lower()
             if not h:
                 continue
-            name, _, port = h.rpartition(":") if ":" in h else (h, "", "")
+            host, _, port = h.rpartition(":") if ":" in h else (h, "", "")
             if port and not port.isdigit():
                 raise ConfigError(f"{ANNOTATION_HOSTS}: {h!r} is not a host name")
             # the activator matches the Host header without its port
-            if not name or any(c in name for c in "/ @:[]") or name[0] == "." or name[-1] == ".":
+            if not host or any(c in host for c in "/ @:[]") or host[0] == "." or host[-1] == ".":
                 raise ConfigError(f"{ANNOTATION_HOSTS}: {h!r} is not a host name")
-            hosts.append(name)
+            hosts.append(host)
     else:
         hosts = [f"{service}.{ns}.svc.{cluster_domain}", f"{service}.{ns}"]
     spec = obj.get("spec") or {}
@@ -164,8 +169,12 @@ class StandalonePlatform:
         api_wait: float = 60.0,
         informer_options: Mapping[str, Any] | None = None,
         on_app: Callable[[RevisionKey, App | None], None] | None = None,
+        pod_ip: str = "",
+        activator_service: tuple[str, str] | None = None,
     ) -> None:
         self.api = api
+        self.pod_ip = pod_ip
+        self.activator_service = activator_service
         self.namespace = namespace or None
         self.cluster_domain = cluster_domain
         self.owns_api = owns_api
@@ -180,6 +189,8 @@ class StandalonePlatform:
         self._slices: dict[tuple[str, str], dict[str, Obj]] = {}
         self._by_service: dict[tuple[str, str], set[RevisionKey]] = {}
         self._sent: dict[RevisionKey, Endpoints] = {}
+        self._activator_slices: dict[str, Obj] = {}
+        self._acts: tuple[int, int] | None = None  # this activator's (index, count)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -222,6 +233,19 @@ class StandalonePlatform:
                 **opts,
             ),
         ]
+        if self.pod_ip and self.activator_service is not None:
+            # Subsetting (SPEC §2.10): the activators are the ready endpoints of their Service
+            ns, svc = self.activator_service
+            self.informers.append(
+                Informer(
+                    self.api,
+                    ENDPOINT_SLICES,
+                    self._on_activator_slice,
+                    namespace=ns,
+                    label_selector=f"{SERVICE_NAME_LABEL}={svc}",
+                    **opts,
+                )
+            )
         for inf in self.informers:
             inf.start()
 
@@ -284,6 +308,8 @@ class StandalonePlatform:
             self._by_service.setdefault((key[0], app.service), set()).add(key)
             if ev is not None and (prev is None or prev.revision != app.revision):
                 ev.revision_updated(app.revision)
+                if prev is None and self._acts is not None:
+                    ev.activators_updated(key, *self._acts)
         if self.on_app is not None:
             self.on_app(key, app)
         if app is not None:
@@ -327,3 +353,25 @@ class StandalonePlatform:
             self._sent[key] = eps
             if self._events is not None:
                 self._events.endpoints_updated(key, eps)
+
+    # ------------------------------------------------------------------ activators
+    def _on_activator_slice(self, type_: str, obj: Obj, old: Obj | None) -> None:
+        name = object_key(obj)[1]
+        if type_ == "DELETED":
+            self._activator_slices.pop(name, None)
+        else:
+            self._activator_slices[name] = obj
+        ips: set[str] = set()
+        for o in self._activator_slices.values():
+            ready, _ = endpoint_addresses(o, "http", slice_=True)
+            ips.update(a.rpartition(":")[0].strip("[]") for a in ready)
+        if self.pod_ip not in ips:
+            return  # as Knative: an update without this activator is ignored
+        order = sorted(ips)
+        acts = (order.index(self.pod_ip), len(order))
+        if acts == self._acts:
+            return
+        self._acts = acts
+        if self._events is not None:
+            for key in self.apps:
+                self._events.activators_updated(key, *acts)

@@ -66,6 +66,7 @@ class Recorder:
         self.revisions: dict[RevisionKey, Revision] = {}
         self.endpoints: dict[RevisionKey, Endpoints] = {}
         self.log: list[str] = []
+        self.acts: dict[RevisionKey, tuple[int, int]] = {}
 
     def revision_updated(self, rev: Revision) -> None:
         self.revisions[rev.key] = rev
@@ -80,7 +81,7 @@ class Recorder:
         self.endpoints[key] = eps
 
     def activators_updated(self, key: RevisionKey, index: int, count: int) -> None:
-        raise AssertionError("standalone mode has no activator subsetting")
+        self.acts[key] = (index, count)
 
     async def until(self, cond: Callable[[], bool], timeout: float = 5.0) -> None:
         """Poll ``cond`` (platform state changes without an event too) within ``timeout``."""
@@ -141,6 +142,7 @@ def test_opt_in_defaults_and_errors() -> None:
     app = app_from_deployment(d)
     assert app is not None and app.service == "web-pods" and app.replicas == 1
     assert app.revision.hosts == ("web.example.com", "web.internal")  # ports never match
+    assert app.revision.name == "web"
     for ann, value in (
         ("knd.dev/container-concurrency", "ten"),
         ("knd.dev/container-concurrency", "-1"),
@@ -212,6 +214,7 @@ async def test_revisions_and_endpoints_from_deployments_and_slices(
     kube.delete("deployments", "apps", "other")
     await rec.until(lambda: not rec.revisions)
     assert rec.log.count("del web") == 1 and rec.log.count("del other") == 1
+    assert rec.acts == {}  # no POD_IP / activator Service given: no subsetting
 
 
 async def test_service_annotation_and_bad_annotations(
@@ -260,3 +263,38 @@ async def test_forbidden_list_is_reported_and_not_synced(
     assert any("forbidden: cannot list deployments.apps in all namespaces" in e for e in errs)
     kube.allow("list", "deployments")
     assert await platform.wait_synced(5)
+
+
+async def test_activator_subsetting_from_the_activator_service(kube: FakeKube) -> None:
+    def activators(*ips: str) -> dict[str, Any]:
+        return endpoint_slice("knd-activator-x", "knd-activator", ns="knd-system", ready=ips)
+
+    kube.create("deployments", deployment())
+    kube.create("endpointslices", activators("10.1.0.3", "10.1.0.2", "10.1.0.1"))
+    api = KubeAPI(ApiClient(kube.configuration()))
+    p = StandalonePlatform(
+        api,
+        owns_api=True,
+        api_wait=5,
+        pod_ip="10.1.0.2",
+        activator_service=("knd-system", "knd-activator"),
+    )
+    rec = Recorder()
+    try:
+        await p.start(rec)
+        assert await p.wait_synced(5)
+        await rec.until(lambda: rec.acts.get(KEY) == (1, 3))
+        # a Deployment opting in later gets the current subset at once
+        kube.create("deployments", deployment("late"))
+        await rec.until(lambda: rec.acts.get(("apps", "late")) == (1, 3))
+        kube.update("endpointslices", activators("10.1.0.3", "10.1.0.2"))
+        await rec.until(lambda: rec.acts.get(KEY) == (0, 2))
+        # an update that does not list this activator (it is not ready) is ignored
+        kube.update("endpointslices", activators("10.1.0.3"))
+        kube.create("deployments", deployment("later"))
+        await rec.until(lambda: ("apps", "later") in rec.revisions)
+        assert rec.acts[KEY] == (0, 2) and rec.acts[("apps", "later")] == (0, 2)
+        # the activator Service's slices are not an app's endpoints
+        assert rec.endpoints[KEY] == Endpoints()
+    finally:
+        await p.close()

@@ -165,6 +165,14 @@ def test_env_values_parse_as_the_components_read_them(tmp_path: Path) -> None:
         env_values(_container("standalone/activator.yaml", "knd-activator", "activator"))
     )
     assert act.platform == "standalone"
+    # subsetting: the activators are the endpoints of this Service, on its "http" port
+    [svc] = [
+        d
+        for _, d in DOCS
+        if d["kind"] == "Service" and d["metadata"]["name"] == act.activator_service
+    ]
+    assert svc["metadata"]["namespace"] == act.system_namespace
+    assert "http" in {p["name"] for p in svc["spec"]["ports"]}
     assert act.autoscaler_url == "ws://knd-autoscaler.knd-system.svc.cluster.local:8080"
     kn = activator_env(
         env_values(_container("knative/activator-patch.yaml", "activator", "activator"))
