@@ -67,8 +67,8 @@ class EventRecorder:
     async def deployment_event(
         self, namespace: str, name: str, reason: str, message: str, *, warning: bool = False
     ) -> None:
+        # A classic core/v1 Event (what client-go's legacy recorder writes), no eventTime
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        micro = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -87,8 +87,6 @@ class EventRecorder:
             "reportingInstance": self.instance,
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "eventTime": micro,
-            "action": "Scale",
             "count": 1,
         }
         try:
