@@ -16,7 +16,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .proxy import HTTPServer, ServerConnection
+    from .proxy import Exchange, HTTPServer, ServerConnection
     from .upstream import UpstreamPool
 
 __all__ = ["H2Hub"]
@@ -32,8 +32,20 @@ class H2Hub:
         self.shutting_down = False
 
     def enable(self, server: HTTPServer) -> None:
-        """Accept HTTP/2 with prior knowledge on ``server``'s listener (beside HTTP/1.1)."""
+        """Accept HTTP/2 on ``server``'s listener beside HTTP/1.1: with prior knowledge, and by
+        ``Upgrade: h2c`` on a request without a body (RFC 7540 §3.2)."""
         server.h2c = self.handover
+        handler = server.handler
+
+        def handle(ex: Exchange) -> None:
+            if ex.upgrade and not self.shutting_down and _wants_h2c(ex):
+                from .h2proxy import upgrade
+
+                if upgrade(self, ex, handler):
+                    return
+            handler(ex)
+
+        server.handler = handle
 
     def handover(self, conn: ServerConnection, data: bytes) -> bool:
         if self.shutting_down:
@@ -79,3 +91,13 @@ class H2Hub:
         for up in list(self.upstreams.values()):
             up.close()
         self.upstreams.clear()
+
+
+def _wants_h2c(ex: Exchange) -> bool:
+    up = ex.hdr.get(b"upgrade")
+    return (
+        up is not None
+        and up.strip().lower() == b"h2c"
+        and not ex.has_body
+        and ex.find_header(b"http2-settings") is not None
+    )

@@ -49,11 +49,13 @@ from .h2stream import H2Stream
 from .http1 import H_CLEN, H_DROP, H_HOST, H_KEEP, H_TE, H_XFF, REQ_ACTIONS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .h2c import H2Hub
-    from .proxy import HTTPServer, ServerConnection
+    from .proxy import Exchange, HTTPServer, ServerConnection
     from .upstream import UpstreamPool
 
-__all__ = ["GracefulConnection", "H2ServerConnection", "H2Upstream", "take_over"]
+__all__ = ["GracefulConnection", "H2ServerConnection", "H2Upstream", "take_over", "upgrade"]
 
 log = logging.getLogger("dataplane.h2")
 
@@ -125,6 +127,53 @@ def take_over(hub: H2Hub, conn: ServerConnection, data: bytes) -> bool:
     return True
 
 
+def upgrade(hub: H2Hub, ex: Exchange, handler: Callable[[Exchange], None]) -> bool:
+    """``Upgrade: h2c`` on a bodiless HTTP/1.1 request: answer 101, continue the connection as
+    HTTP/2 with the request as stream 1 (RFC 7540 §3.2)."""
+    conn = ex.conn
+    settings = ex.find_header(b"http2-settings")
+    if settings is None or conn.closed or conn.pending or conn.parsing not in (None, ex):
+        return False
+    server = conn.server
+    h2conn = H2ServerConnection(hub, server, conn)
+    try:
+        h2conn.h2.initiate_upgrade_connection(settings.strip())
+    except (H2Error, ValueError):
+        return False  # a malformed HTTP2-Settings: carry on as HTTP/1.1
+    # Retire the HTTP/1 side: the exchange ends without a response of its own.
+    server.connections.discard(conn)
+    if conn.active is ex:
+        conn.active = None
+        server.inflight -= 1
+    ex.done = True
+    conn.parsing = None
+    conn.closed = True
+    transport = conn.transport
+    transport.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    )
+    transport.set_protocol(h2conn)
+    if conn.paused:
+        transport.resume_reading()
+    h2conn.start(transport, b"", upgraded=True)
+    st = h2conn.new_stream(1)
+    st.method = ex.method
+    st.target = ex.target
+    st.hdr = ex.hdr
+    st.hdr.pop(b"upgrade", None)
+    st.hdr.pop(b"connection", None)
+    st.hdr_out = [
+        part
+        for line in b"".join(ex.hdr_out).split(b"\r\n")
+        if line and line.partition(b":")[0].strip().lower() != b"http2-settings"
+        for part in (line, b"\r\n")
+    ]
+    st.req_ended = st.body_done = True
+    h2conn.dispatch(st, handler)
+    h2conn.flush()
+    return True
+
+
 class H2ServerConnection(asyncio.Protocol):
     """One downstream h2c connection."""
 
@@ -144,11 +193,12 @@ class H2ServerConnection(asyncio.Protocol):
         self._flush_pending = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
-    def start(self, transport: asyncio.Transport, data: bytes) -> None:
+    def start(self, transport: asyncio.Transport, data: bytes, upgraded: bool = False) -> None:
         self.transport = transport
         self.hub.connections.add(self)
         h2 = self.h2
-        h2.initiate_connection()
+        if not upgraded:  # (initiate_upgrade_connection did it)
+            h2.initiate_connection()
         h2.update_settings(
             {
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -303,9 +353,7 @@ class H2ServerConnection(asyncio.Protocol):
         if self.going_away:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        self.last_sid = sid
-        st = H2Stream(self.shadow, self, sid)
-        st.start = self.loop.time()
+        st = self.new_stream(sid)
         hdr = st.hdr
         out = st.hdr_out
         authority = b""
@@ -337,9 +385,18 @@ class H2ServerConnection(asyncio.Protocol):
             elif act == H_CLEN or (act != H_DROP and name not in hdr):
                 hdr[name] = value
         hdr[b"host"] = authority
+        self.dispatch(st, self.server.handler)
+
+    def new_stream(self, sid: int) -> H2Stream:
+        self.last_sid = sid
+        st = H2Stream(self.shadow, self, sid)
+        st.start = self.loop.time()
         self.streams[sid] = st
+        return st
+
+    def dispatch(self, st: H2Stream, handler: Callable[[Exchange], None]) -> None:
         try:
-            self.server.handler(st)
+            handler(st)
         except Exception:
             log.exception("handler failed")
             if not st.done:
@@ -350,7 +407,8 @@ class H2ServerConnection(asyncio.Protocol):
         if st.reset or self.closed:
             return
         hs = [(b":status", b"%d" % status), *_header_lines(headers)]
-        hs.append((b"content-length", b"%d" % len(body)))
+        if not any(n == b"content-length" for n, _ in hs):
+            hs.append((b"content-length", b"%d" % len(body)))
         try:
             self.h2.send_headers(st.sid, hs, end_stream=not body)
         except H2Error:

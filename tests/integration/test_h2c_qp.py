@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 from collections.abc import AsyncIterator
 
@@ -282,3 +283,28 @@ async def test_header_list_limit_refuses_oversized_headers(gqp: QueueProxy) -> N
         writer.close()
     ends = [e for e in events if isinstance(e, ConnectionTerminated)]
     assert ends and ends[0].error_code != 0, events
+
+
+async def _curl(*args: str) -> tuple[str, str]:
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    p = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-D", "-", "--max-time", "10", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await p.communicate()
+    return out.decode(), err.decode()
+
+
+@pytest.mark.parametrize("mode", ["--http2", "--http2-prior-knowledge"])
+async def test_curl_upgrade_and_prior_knowledge(gqp: QueueProxy, mode: str) -> None:
+    # --http2: HTTP/1.1 request with Upgrade: h2c -> 101 -> the answer on stream 1.
+    out, err = await _curl(
+        mode, "-H", "K-Network-Probe: probe", "-H", "K-Network-Hash: abc", gqp.url("/")
+    )
+    assert ("101 Switching Protocols" in out) == (mode == "--http2"), out
+    assert "HTTP/2 200" in out and "k-network-hash: abc" in out, (out, err)
+    # An HTTP/2 request the (gRPC) app refuses: a clean 502 with Go's error text.
+    out, err = await _curl(mode, gqp.url("/x"))
+    assert "HTTP/2 502" in out and "content-length: " in out, (out, err)
+    assert "stream error: stream ID 1; " in out and "received from peer" in out
