@@ -36,11 +36,11 @@ import argparse
 import contextlib
 import csv
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -110,6 +110,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sleep-ms", type=int, default=100, help="handler sleep in ms (100)")
     parser.add_argument(
+        "--probe-mode",
+        choices=("mixed", "sequential"),
+        default="mixed",
+        help="probe: 'mixed' (default): every locust user cycles through the three targets, so "
+        "they share the rate and any noise; 'sequential': one target at a time at the full rate, "
+        "as Knative's dataplane-probe",
+    )
+    parser.add_argument(
         "--probe-app",
         choices=sorted(PROBE_APPS),
         default="sleep",
@@ -165,13 +173,11 @@ def _resolve(args: argparse.Namespace) -> None:
         raise BenchError("--rate, --seconds and --rounds must be > 0, --warmup >= 0")
     if args.burst < 1 or args.user_rate <= 0 or args.concurrency < 0 or args.sleep_ms < 0:
         raise BenchError("--burst >= 1, --user-rate > 0, --concurrency and --sleep-ms >= 0")
-    if shutil.which("locust", path=str(Path(sys.executable).parent)) is None:
-        try:
-            import locust  # noqa: F401
-        except ImportError:
-            raise BenchError(
-                "locust is not installed: pip install -e '.[bench]' (or pip install locust)"
-            ) from None
+    # find_spec, not import: importing locust would monkey-patch this process with gevent.
+    if importlib.util.find_spec("locust") is None:
+        raise BenchError(
+            "locust is not installed: pip install -e '.[bench]' (or pip install locust)"
+        )
 
 
 # --- statistics -----------------------------------------------------------------------------
@@ -183,6 +189,7 @@ class Rec:
     latency_ms: float
     status: int
     error: str
+    name: str = ""
 
     @property
     def end(self) -> float:
@@ -234,9 +241,9 @@ def _read_records(prefix: Path) -> list[Rec]:
     for path in sorted(prefix.parent.glob(prefix.name + ".*.csv")):
         with path.open(newline="") as f:
             for row in csv.reader(f):
-                if len(row) >= 3:
+                if len(row) >= 5:  # start, latency, status, name, error
                     with contextlib.suppress(ValueError):
-                        recs.append(Rec(float(row[0]), float(row[1]), int(row[2]), row[3]))
+                        recs.append(Rec(float(row[0]), float(row[1]), int(row[2]), row[4], row[3]))
     recs.sort(key=lambda r: r.start)
     return recs
 
@@ -377,11 +384,25 @@ def run_probe(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
     )
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in PROBE_TARGETS}
     kept: dict[str, list[Rec]] = {t: [] for t in PROBE_TARGETS}
+    mixed = args.probe_mode == "mixed"
+    # mixed: one locust run per round, every user cycling through the three targets (each gets
+    # a third of the rate), for as long as the three sequential runs would take together.
+    plan = (
+        [("mixed", 0, None)]
+        if mixed
+        else [(name, port, host) for name, (port, host, _) in targets.items()]
+    )
+    span = args.seconds * (len(PROBE_TARGETS) if mixed else 1)
     for rnd in range(args.rounds):
-        for name, (port, host, proc) in targets.items():
+        for name, port, host in plan:
             env = {"KND_LOCUST_PATH": path, "KND_LOCUST_RATE": f"{per_user:.6f}"}
             if host:
                 env["KND_LOCUST_HOST_HEADER"] = host
+            if mixed:
+                env["KND_LOCUST_TARGETS"] = json.dumps(
+                    [[n, f"http://127.0.0.1:{p}", h or ""] for n, (p, h, _) in targets.items()]
+                )
+                port = app_port
             busy0 = _busy()
             cpu0 = {n: _procs.tree_cpu_seconds(p.pid) for n, (_, _, p) in targets.items()}
             lr = run_locust(
@@ -390,40 +411,44 @@ def run_probe(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
                 f"probe-{name.replace('+', '-')}-{rnd + 1}",
                 port,
                 users=users,
-                seconds=args.warmup + args.seconds,
+                seconds=args.warmup + span,
                 env=env,
                 processes=processes,
             )
             busy = _busy_total(busy0)
             cpu = {n: _procs.tree_cpu_seconds(p.pid) - cpu0[n] for n, (_, _, p) in targets.items()}
-            if proc.poll() is not None:
-                raise StartError(f"{name} exited during the probe")
+            for n, (_, _, p) in targets.items():
+                if p.poll() is not None:
+                    raise StartError(f"{n} exited during the probe")
             first = lr.recs[0].start if lr.recs else 0.0
-            cut, stop = first + args.warmup, first + args.warmup + args.seconds
-            measured = [r for r in lr.recs if cut <= r.start < stop]
-            kept[name] += measured
-            stats = latency_stats(measured)
-            stats |= {
-                "round": rnd + 1,
-                "achieved_rps": len(measured) / args.seconds,
-                "locust_exit": lr.exit_code,
-                "locust_cpu_pct": 100 * lr.cpu_s / lr.wall_s if lr.wall_s else None,
-                "machine_busy_pct": busy,
-                "cpu_us_per_req": {
-                    n: 1e6 * c / len(lr.recs) if lr.recs else None for n, c in cpu.items()
-                },
-            }
-            runs[name].append(stats)
-            print(
-                f"  [{rnd + 1}/{args.rounds}] {name:<13} {stats['achieved_rps']:7.1f} req/s  "
-                f"p50 {_fmt(stats['p50_ms'], '.2f')}  p95 {_fmt(stats['p95_ms'], '.2f')}  "
-                f"p99 {_fmt(stats['p99_ms'], '.2f')} ms  errors {stats['errors']}  "
-                f"machine {busy:.0f} % busy, locust {_fmt(stats['locust_cpu_pct'], '.0f')} %",
-                flush=True,
-            )
+            cut, stop = first + args.warmup, first + args.warmup + span
+            window = [r for r in lr.recs if cut <= r.start < stop]
+            for target in PROBE_TARGETS if mixed else [name]:
+                measured = [r for r in window if r.name == target] if mixed else window
+                kept[target] += measured
+                stats = latency_stats(measured)
+                stats |= {
+                    "round": rnd + 1,
+                    "achieved_rps": len(measured) / span,
+                    "locust_exit": lr.exit_code,
+                    "locust_cpu_pct": 100 * lr.cpu_s / lr.wall_s if lr.wall_s else None,
+                    "machine_busy_pct": busy,
+                    "cpu_us_per_req": {
+                        n: 1e6 * c / len(lr.recs) if lr.recs else None for n, c in cpu.items()
+                    },
+                }
+                runs[target].append(stats)
+                print(
+                    f"  [{rnd + 1}/{args.rounds}] {target:<13} {stats['achieved_rps']:7.1f} "
+                    f"req/s  p50 {_fmt(stats['p50_ms'], '.2f')}  p95 "
+                    f"{_fmt(stats['p95_ms'], '.2f')}  p99 {_fmt(stats['p99_ms'], '.2f')} ms  "
+                    f"errors {stats['errors']}  machine {busy:.0f} % busy, locust "
+                    f"{_fmt(stats['locust_cpu_pct'], '.0f')} %",
+                    flush=True,
+                )
     pooled = {name: latency_stats(recs) for name, recs in kept.items()}
     for name in PROBE_TARGETS:
-        pooled[name]["achieved_rps"] = len(kept[name]) / (args.seconds * args.rounds)
+        pooled[name]["achieved_rps"] = len(kept[name]) / (span * args.rounds)
     added: dict[str, dict[str, float | None]] = {}
     for hop, (a, b) in {
         "queue-proxy hop (qp - direct)": ("queue-proxy", "direct"),
@@ -446,6 +471,7 @@ def run_probe(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
         "warmup": args.warmup,
         "rounds": args.rounds,
         "path": path,
+        "mode": args.probe_mode,
         "app": " ".join(PROBE_APPS[args.probe_app]),
         "runs": runs,
         "pooled": pooled,
@@ -468,8 +494,10 @@ def run_probe(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
 def render_probe(p: dict[str, Any]) -> str:
     lines = [
         "",
-        f"probe (dataplane-probe): {p['rate']:g} req/s offered, GET {p['path']} ({p['app']}), "
-        f"{p['seconds']:g} s x {p['rounds']} round(s) per target, percentiles over all rounds",
+        f"probe (dataplane-probe), {p['mode']}: {p['rate']:g} req/s offered"
+        + (" (shared by the three targets)" if p["mode"] == "mixed" else " to each target in turn")
+        + f", GET {p['path']} ({p['app']}), {p['seconds']:g} s x {p['rounds']} round(s) per "
+        "target, percentiles over all rounds",
         f"  {'target':<44}{'req/s':>8}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'errors':>8}",
     ]
     for name in PROBE_TARGETS:
@@ -1026,6 +1054,7 @@ def run(args: argparse.Namespace) -> int:
                 "stable_window",
                 "sleep_ms",
                 "probe_app",
+                "probe_mode",
             )
         },
         "machine": {k: v for k, v in machine().items() if k not in ("nginx", "wrk")}

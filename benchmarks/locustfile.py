@@ -11,13 +11,17 @@ rate per user. Everything is set through the environment, so the same file serve
 - ``KND_LOCUST_PATH``: request path (``/?sleep=100``, Knative's autoscale image with a 100 ms
   handler).
 - ``KND_LOCUST_HOST_HEADER``: a ``Host`` header (the activator routes by it); default none.
+- ``KND_LOCUST_TARGETS``: JSON ``[[name, base_url, host_header], ...]``: each user sends its
+  requests to these targets in turn (starting at a random one), recording the name, so several
+  paths are measured interleaved under the same conditions; ``-H`` is then unused.
 - ``KND_LOCUST_RATE``: requests per second per user (``constant_throughput``, each user starting
   at a random phase); 0 sends the next request as soon as the previous one is answered.
   Default 0.
 - ``KND_LOCUST_TIMEOUT``: seconds before a request counts as failed (30, Knative's).
 - ``KND_LOCUST_RECORD``: a path prefix; each locust process then writes one CSV line per request
   to ``<prefix>.<pid>.csv``: wall-clock start (``time.time()``, s), latency (ms, from
-  ``perf_counter``), status (0 when no response), error text (empty when it was a 200). Locust's
+  ``perf_counter``), status (0 when no response), request name (the target's with
+  ``KND_LOCUST_TARGETS``), error text (empty when it was a 200). Locust's
   own statistics round latencies (to 10 ms above 100 ms) and its history CSV is averaged, so the
   driver computes every percentile from these lines.
 - ``KND_LOCUST_START_AT``: wall-clock time (``time.time()``) before which no user sends: spawned
@@ -31,6 +35,7 @@ rate per user. Everything is set through the environment, so the same file serve
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -51,6 +56,7 @@ START_AT = float(os.environ.get("KND_LOCUST_START_AT", "0") or 0)
 ONE_SHOT = os.environ.get("KND_LOCUST_ONE_SHOT", "") == "1"
 EXPECT = int(os.environ.get("KND_LOCUST_EXPECT", "0") or 0)
 STEPS = os.environ.get("KND_LOCUST_STEPS", "")
+TARGETS: list[list[str]] = json.loads(os.environ.get("KND_LOCUST_TARGETS", "") or "[]")
 
 _record: IO[str] | None = None
 _completed = 0
@@ -100,7 +106,8 @@ def _on_request(
         error = f"status {status}"
     if _record is not None:
         start = start_time if start_time is not None else time.time() - response_time / 1000
-        _record.write(f"{start:.6f},{response_time:.3f},{status},{error[:200]}\n")
+        label = name.replace(",", ";")
+        _record.write(f"{start:.6f},{response_time:.3f},{status},{label},{error[:200]}\n")
     _completed += 1
     if EXPECT and _completed >= EXPECT:
         runner = _ENV.runner if _ENV is not None else None
@@ -126,6 +133,7 @@ class DataplaneUser(FastHttpUser):
     host = "http://127.0.0.1:8080"
 
     def on_start(self) -> None:
+        self._next = random.randrange(len(TARGETS)) if TARGETS else 0
         delay = START_AT - time.time()
         if delay > 0:
             gevent.sleep(delay)
@@ -134,10 +142,18 @@ class DataplaneUser(FastHttpUser):
             # spreads them, so the offered load is steady like vegeta's.
             gevent.sleep(random.uniform(0, 1 / RATE))
 
+    _next = 0
+
     @task
     def get(self) -> None:
-        headers = {"Host": HOST_HEADER} if HOST_HEADER else None
-        self.client.get(PATH, name=PATH, headers=headers)
+        if TARGETS:
+            name, base, host = TARGETS[self._next % len(TARGETS)]
+            self._next += 1
+            headers = {"Host": host} if host else None
+            self.client.get(base + PATH, name=name, headers=headers)
+        else:
+            headers = {"Host": HOST_HEADER} if HOST_HEADER else None
+            self.client.get(PATH, name=PATH, headers=headers)
         if ONE_SHOT:
             raise StopUser()
 
