@@ -441,8 +441,10 @@ class H2ServerConnection(asyncio.Protocol):
         up = st.up
         if up is not None:
             up.cancel(st)
-        elif st.pool is not None:
-            self.hub.upstream(st.pool).forget(st)
+        elif st.pool is not None:  # still waiting for the connection or for stream room
+            waiting_on = self.hub.upstreams.get((st.pool.host, st.pool.port))
+            if waiting_on is not None:
+                waiting_on.forget(st)
 
     def reset_stream(self, st: H2Stream, code: int) -> None:
         self.streams.pop(st.sid, None)

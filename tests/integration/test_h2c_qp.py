@@ -19,7 +19,7 @@ import pytest
 from tests.apps import grpc_app
 
 from .conftest import StartQP, make_client
-from .helpers import QueueProxy, eventually
+from .helpers import QueueProxy, eventually, free_ports
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -308,3 +308,13 @@ async def test_curl_upgrade_and_prior_knowledge(gqp: QueueProxy, mode: str) -> N
     out, err = await _curl(mode, gqp.url("/x"))
     assert "HTTP/2 502" in out and "content-length: " in out, (out, err)
     assert "stream error: stream ID 1; " in out and "received from peer" in out
+
+
+async def test_upstream_failures_are_502(start_qp: StartQP) -> None:
+    (closed,) = free_ports(1)
+    qp = await start_qp(user_port=closed)
+    async with httpx.AsyncClient(http1=False, http2=True, trust_env=False, timeout=10) as c:
+        r = await c.get(qp.url("/"))
+    assert r.http_version == "HTTP/2"
+    assert r.status_code == 502
+    assert r.text == f"dial tcp 127.0.0.1:{closed}: connect: connection refused\n"
