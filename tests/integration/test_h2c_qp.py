@@ -110,10 +110,24 @@ async def test_bidi_interleaved(channel: grpc.aio.Channel) -> None:
     assert await call.code() == grpc.StatusCode.OK
 
 
-async def test_many_concurrent_streams_on_one_connection(channel: grpc.aio.Channel) -> None:
+async def test_many_concurrent_streams_on_one_connection(
+    channel: grpc.aio.Channel, gqp: QueueProxy
+) -> None:
     unary = channel.unary_unary(f"{SVC}/Unary")
     got = await asyncio.gather(*(unary(b"%d" % i, timeout=10) for i in range(200)))
     assert got == [b"echo:%d" % i for i in range(200)]
+    # Each stream is one request to the queue-proxy's metrics, like an HTTP/1 request.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with make_client(f"http://127.0.0.1:{gqp.user_metrics_port}") as m:
+        text = (await m.get("/metrics")).text
+    counts = {
+        s.labels.get("http_response_status_code"): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "kn_serving_invocation_duration_seconds_count"
+    }
+    assert counts == {"200": 200}
 
 
 async def test_deadline_exceeded_cancels_upstream(
