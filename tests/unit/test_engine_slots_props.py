@@ -36,10 +36,23 @@ def _kit_checks() -> Iterator[None]:
     check_all()
 
 
+class _OrderedSet(dict):  # type: ignore[type-arg]
+    """The server's set of timed exchanges, iterated in insertion order: timeouts due in the
+    same sweep then fire in a reproducible order (a set's order follows object addresses, and
+    hypothesis needs every run of an example to behave the same)."""
+
+    def add(self, item: object) -> None:
+        self[item] = None
+
+    def discard(self, item: object) -> None:
+        self.pop(item, None)
+
+
 class QueueProxySlots(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.k = k = Kit()
+        k.server.timed = _OrderedSet()  # type: ignore[assignment]
         self.breaker = Breaker(10 * CC, CC, CC)
         self.stats = RequestStats(k.loop.time())
         k.handler = QueueProxyHandler(
