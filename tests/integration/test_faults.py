@@ -15,7 +15,7 @@
 - a pod whose queue-proxy passes probes but whose app refuses connections: every request is
   answered at once, 502 or 200 from the other pod, and none is retried in a loop.
 
-Covered elsewhere (see the coverage map in the issue-7 report): autoscaler loss and return
+Covered elsewhere: autoscaler loss and return
 (``test_activator_lifecycle.py::test_health_follows_the_autoscaler_connection``), scale-down
 under load (``test_local_platform.py``, ``test_knd.py``).
 """
