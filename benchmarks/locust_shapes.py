@@ -385,6 +385,7 @@ def run_probe(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in PROBE_TARGETS}
     kept: dict[str, list[Rec]] = {t: [] for t in PROBE_TARGETS}
     mixed = args.probe_mode == "mixed"
+    cpu_rounds: dict[str, list[float]] = {"app": [], "queue-proxy": [], "activator": []}
     # mixed: one locust run per round, every user cycling through the three targets (each gets
     # a third of the rate), for as long as the three sequential runs would take together.
     plan = (
@@ -423,6 +424,21 @@ def run_probe(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
             first = lr.recs[0].start if lr.recs else 0.0
             cut, stop = first + args.warmup, first + args.warmup + span
             window = [r for r in lr.recs if cut <= r.start < stop]
+            # CPU per request of each process over the requests that went through it.
+            counts = {t: sum(1 for r in lr.recs if r.name == t) for t in PROBE_TARGETS}
+            if not mixed:
+                counts = {t: len(lr.recs) if t == name else 0 for t in PROBE_TARGETS}
+            cpu_per_req = {
+                proc_name: 1e6 * cpu[key] / n if (n := sum(counts[t] for t in via)) else None
+                for proc_name, key, via in (
+                    ("app", "direct", PROBE_TARGETS),
+                    ("queue-proxy", "queue-proxy", PROBE_TARGETS[1:]),
+                    ("activator", "activator+qp", PROBE_TARGETS[2:]),
+                )
+            }
+            for proc_name, value in cpu_per_req.items():
+                if value is not None:
+                    cpu_rounds[proc_name].append(value)
             for target in PROBE_TARGETS if mixed else [name]:
                 measured = [r for r in window if r.name == target] if mixed else window
                 kept[target] += measured
@@ -433,9 +449,7 @@ def run_probe(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
                     "locust_exit": lr.exit_code,
                     "locust_cpu_pct": 100 * lr.cpu_s / lr.wall_s if lr.wall_s else None,
                     "machine_busy_pct": busy,
-                    "cpu_us_per_req": {
-                        n: 1e6 * c / len(lr.recs) if lr.recs else None for n, c in cpu.items()
-                    },
+                    "cpu_us_per_proxied_req": cpu_per_req,
                 }
                 runs[target].append(stats)
                 print(
@@ -476,6 +490,9 @@ def run_probe(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
         "runs": runs,
         "pooled": pooled,
         "added": added,
+        "cpu_us_per_proxied_req": {
+            k: statistics.median(v) if v else None for k, v in cpu_rounds.items()
+        },
         "errors": errors,
         "goals": [
             {
@@ -513,6 +530,11 @@ def render_probe(p: dict[str, Any]) -> str:
             f"  {hop:<44}{'':>8}{_fmt(v['p50_ms'], '+.2f'):>9}{_fmt(v['p95_ms'], '+.2f'):>9}"
             f"{_fmt(v['p99_ms'], '+.2f'):>9}"
         )
+    cpu = p["cpu_us_per_proxied_req"]
+    lines.append(
+        "  CPU per request through each process (median of the runs): "
+        + ", ".join(f"{k} {_fmt(v, '.0f')} us" for k, v in cpu.items())
+    )
     for g in p["goals"]:
         mark = {True: "ok", False: "MISS", None: "n/a"}[g["ok"]]
         lines.append(f"  {mark:<5}{g['hop']}: added p95 {_fmt(g['value'], '+.2f')} ms (goal <= 1)")
