@@ -861,7 +861,8 @@ def plot_probe(p: dict[str, Any], path: Path) -> str | None:
     ax1.set_ylabel("latency ms (100 ms handler)")
     low = min((p["pooled"][n]["p50_ms"] or 0) for n in PROBE_TARGETS)
     ax1.set_ylim(max(0, low - 10), None)
-    ax1.set_title(f"latency per target at {p['rate']:g} req/s")
+    shared = " shared by the three" if p["mode"] == "mixed" else " each, in turn"
+    ax1.set_title(f"latency per target, {p['rate']:g} req/s{shared}")
     ax1.legend(fontsize=8)
     for i, (hop, v) in enumerate(p["added"].items()):
         vals = [v[k] or 0 for k in keys]
