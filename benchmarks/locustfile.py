@@ -1,9 +1,11 @@
 """Locust users for the knative-dataplane benchmarks (``python -m benchmarks locust`` drives it).
 
-Usable on its own too, e.g. against ``knd run`` (``make run``)::
+Usable on its own too, e.g. against ``make run`` (the ``slow`` service of examples/services.yaml,
+scaled from zero by 100 users at 4 req/s each for a minute)::
 
-    KND_LOCUST_PATH='/?sleep=100' KND_LOCUST_RATE=4 \
-        locust -f benchmarks/locustfile.py --headless -H http://127.0.0.1:8080 -u 100 -r 100 -t 60s
+    KND_LOCUST_PATH='/?sleep=100' KND_LOCUST_RATE=4 KND_LOCUST_HOST_HEADER=slow.localhost \
+        .venv/bin/locust -f benchmarks/locustfile.py --headless -H http://127.0.0.1:8080 \
+        -u 100 -r 100 -t 60s
 
 One user class, ``DataplaneUser`` (``FastHttpUser``): a GET of ``KND_LOCUST_PATH`` at a fixed
 rate per user. Everything is set through the environment, so the same file serves every shape:
