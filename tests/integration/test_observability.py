@@ -5,6 +5,7 @@ when tracing is off."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -34,17 +35,16 @@ def traceparent(sampled: bool) -> tuple[str, str, str]:
     return f"00-{tid}-{pid}-{'01' if sampled else '00'}", tid, pid
 
 
-def tracing_env(col: RunningCollector, rate: float = 1.0) -> dict[str, str]:
+def tracing_env(
+    col: RunningCollector, rate: float = 1.0, *, prometheus: bool = False
+) -> dict[str, str]:
+    obs: dict[str, object] = {
+        "tracing": {"protocol": "http/protobuf", "endpoint": col.endpoint, "samplingRate": rate}
+    }
+    if prometheus:
+        obs["requestMetrics"] = {"protocol": "prometheus"}
     return {
-        "OBSERVABILITY_CONFIG": json.dumps(
-            {
-                "tracing": {
-                    "protocol": "http/protobuf",
-                    "endpoint": col.endpoint,
-                    "samplingRate": rate,
-                }
-            }
-        ),
+        "OBSERVABILITY_CONFIG": json.dumps(obs),
         "OTEL_BSP_SCHEDULE_DELAY": "20",  # export within ~20 ms instead of 5 s
     }
 
@@ -297,3 +297,52 @@ async def test_activator_metrics_parse_and_move_probes_excluded(
     await eventually(reported, timeout=5, what="the per-second concurrency gauge")
     assert await act.metric("kn_revision_request_active", **rev) == 0
     assert await act.metric("kn_revision_request_queued", **rev) == 0
+
+
+async def test_qp_wait_span_covers_the_breaker_queue(
+    collector: RunningCollector, app: RunningApp, start_qp: StartQP
+) -> None:
+    """CC=1: a request that queues gets a wait span that ends when it gets the slot; with the
+    queue full (10 x CC) the wait span and the server span are errors (503)."""
+    qp = await start_qp(
+        {**tracing_env(collector, rate=0.0, prometheus=True), "CONTAINER_CONCURRENCY": "1"},
+        user_port=app.port,
+    )
+    holder, holder_tid, _ = traceparent(sampled=True)
+    waiting = [traceparent(sampled=True) for _ in range(10)]
+    full, full_tid, _ = traceparent(sampled=True)
+    async with make_client(qp.url()) as c:
+        first = asyncio.create_task(c.get("/gate", headers={"traceparent": holder}))
+        await app.state.wait_for(lambda s: s.in_flight == 1)
+        queued = [
+            asyncio.create_task(c.get("/gate", headers={"traceparent": tp})) for tp, _, _ in waiting
+        ]
+
+        # Wait until all ten are queued in the breaker: then the next one overflows.
+        async with make_client(f"http://127.0.0.1:{qp.user_metrics_port}") as m:
+
+            async def all_queued() -> bool:
+                text = (await m.get("/metrics")).text
+                return "kn_serving_queue_depth 11" in text
+
+            await eventually(all_queued, timeout=5, what="11 requests in the breaker")
+        r = await c.get("/hello", headers={"traceparent": full})
+        assert r.status_code == 503
+        app.state.gate.set()
+        assert (await first).status_code == 200
+        assert all(r.status_code == 200 for r in await asyncio.gather(*queued))
+
+    tids = [tid for _, tid, _ in waiting]
+    await collector.wait_for(
+        lambda s: {x.trace_id for x in s if x.name == "queue"} >= {holder_tid, full_tid, *tids}
+    )
+    rejected = by_name(collector.trace(full_tid))
+    assert set(rejected) == {"queue", "kn.queueproxy.proxy", "kn.queueproxy.wait"}
+    assert rejected["kn.queueproxy.wait"].status_code == 2  # error
+    assert rejected["queue"].status_code == 2
+    assert rejected["queue"].attributes["http.response.status_code"] == 503
+    for tid in tids:
+        named = by_name(collector.trace(tid))
+        wait, proxy = named["kn.queueproxy.wait"], named["kn.queueproxy.proxy"]
+        assert wait.status_code == 0 and wait.parent_id == proxy.span_id
+        assert named["queue"].attributes["http.response.status_code"] == 200
