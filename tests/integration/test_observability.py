@@ -346,3 +346,55 @@ async def test_qp_wait_span_covers_the_breaker_queue(
         wait, proxy = named["kn.queueproxy.wait"], named["kn.queueproxy.proxy"]
         assert wait.status_code == 0 and wait.parent_id == proxy.span_id
         assert named["queue"].attributes["http.response.status_code"] == 200
+
+
+async def test_activator_throttler_try_covers_the_wait_for_a_pod(
+    tmp_path: Path,
+    collector: RunningCollector,
+    stub: RunningStub,
+    start_activator: StartActivator,
+    pods: Pods,
+) -> None:
+    """A request held until its revision has a pod: throttler_try ends when the pod is there,
+    then activator_proxy; a request whose queue-wait limit passes: throttler_try is an error."""
+    pod = await pods.start()
+    platform = PlatformFile(tmp_path / "platform.json")
+    platform.revision(REV, cc=0)  # no pods yet
+    platform.revision("nopods-00001", queueWaitSeconds=0.05)
+    platform.write()
+    act = await start_activator(platform, stub.url, **tracing_env(collector, rate=0.0))
+    held, held_tid, _ = traceparent(sampled=True)
+    gone, gone_tid, _ = traceparent(sampled=True)
+    async with make_client(act.url()) as c:
+        r = await c.get("/", headers={**rev_headers("nopods-00001"), "traceparent": gone})
+        assert r.status_code == 503
+        task = asyncio.create_task(
+            c.get("/headers", headers={**rev_headers(REV), "traceparent": held})
+        )
+
+        async def queued() -> bool:
+            return await act.queued(REV) == 1
+
+        await eventually(queued, timeout=5, what="the request held")
+        platform.endpoints(REV, ready=[pod.dest])
+        platform.write()
+        r = await task
+    assert r.status_code == 200
+    assert int(r.headers["knd-activator-wait-ms"]) > 0
+    await collector.wait_for(
+        lambda s: (
+            {x.trace_id for x in s if x.name == "activator_proxy"} >= {held_tid}
+            and {x.trace_id for x in s if x.name == "handle"} >= {gone_tid}
+        )
+    )
+    named = by_name(collector.trace(held_tid))
+    handle, tried = named["handle"], named["throttler_try"]
+    assert tried.status_code == 0 and tried.parent_id == handle.span_id
+    assert named["activator_proxy"].parent_id == handle.span_id
+    failed = by_name(collector.trace(gone_tid))
+    assert set(failed) == {"handle", "throttler_try"}  # never proxied
+    assert failed["throttler_try"].status_code == 2
+    assert failed["handle"].attributes["http.response.status_code"] == 503
+    # The stats websocket to the autoscaler (aiohttp client, off the hot path) is traced too.
+    ws = [s for s in collector.spans if "aiohttp_client" in s.scope]
+    assert ws and ws[0].service == "activator"
