@@ -398,3 +398,39 @@ async def test_activator_throttler_try_covers_the_wait_for_a_pod(
     # The stats websocket to the autoscaler (aiohttp client, off the hot path) is traced too.
     ws = [s for s in collector.spans if "aiohttp_client" in s.scope]
     assert ws and ws[0].service == "activator"
+
+
+async def test_qp_traces_h2c_grpc_streams(collector: RunningCollector, start_qp: StartQP) -> None:
+    """An HTTP/2 stream (unary gRPC call) is traced like an HTTP/1 request; the app's metadata
+    carries the new parent; an unsampled call's traceparent arrives unchanged."""
+    import grpc
+
+    from tests.apps import grpc_app
+
+    gapp = await grpc_app.start()
+    try:
+        qp = await start_qp(tracing_env(collector, rate=0.0), user_port=gapp.port)
+        tp, tid, client_span = traceparent(sampled=True)
+        unsampled, un_tid, _ = traceparent(sampled=False)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{qp.port}") as ch:
+            call = ch.unary_unary(f"/{grpc_app.SERVICE}/Unary")
+            assert (
+                await call(b"hi", metadata=(("traceparent", unsampled),), timeout=5) == b"echo:hi"
+            )
+            assert gapp.metadata[-1]["traceparent"] == unsampled
+            md = (("traceparent", tp), ("tracestate", TRACESTATE), ("baggage", BAGGAGE))
+            assert await call(b"hi", metadata=md, timeout=5) == b"echo:hi"
+        seen = gapp.metadata[-1]
+    finally:
+        gapp.release.set()
+        await gapp.close()
+    _, got_tid, parent, flags = seen["traceparent"].split("-")
+    assert (got_tid, flags) == (tid, "01")
+    assert seen["tracestate"] == TRACESTATE
+    assert seen["baggage"] == BAGGAGE
+    await collector.wait_for(lambda s: len([x for x in s if x.trace_id == tid]) >= 2)
+    named = by_name(collector.trace(tid))
+    assert named["queue"].parent_id == client_span
+    assert named["queue"].attributes["http.request.method"] == "POST"
+    assert named["kn.queueproxy.proxy"].span_id == parent
+    assert un_tid not in {s.trace_id for s in collector.spans}
