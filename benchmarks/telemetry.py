@@ -4,8 +4,10 @@ Four queue-proxies (CONTAINER_CONCURRENCY=0, one at a time on the proxy CPU, wrk
 upstream on the load CPU, as in the ``proxy`` scenario) under the same load, interleaved over
 --repeat rounds:
 
-- ``no-telemetry``: the source tree of --baseline (default: the commit before tracing was
-  added), so no tracing code at all on its request path;
+- ``no-telemetry``: this tree with the tracing statements cut out of the queue-proxy handler's
+  request entry (``QueueProxyHandler.__call__``: every statement naming ``tr`` or ``spans``,
+  removed through ``ast``), so exactly the code before tracing on that path; or, with
+  --baseline REV, the source of that commit;
 - ``off``: this tree, tracing not configured (the hot path pays one ``is None`` test);
 - ``1%`` / ``100%``: this tree with ``OBSERVABILITY_CONFIG`` tracing over OTLP/HTTP to a sink on
   the load CPU, parent-based ratio sampling at 0.01 / 1.0 (wrk sends no ``traceparent``, so the
@@ -19,15 +21,17 @@ the same four variants, spans ending in a null exporter
 
 The request metrics (Prometheus on 9091) are on in all four, so only tracing differs. Printed:
 req/s, p99 and CPU per request (medians), and each variant's ratios against ``no-telemetry``.
-Targets (issue 8): off costs at most 2 %, 1 % sampling at most 10 %. The baseline also differs by
-whatever else changed since --baseline; on a shared machine a few % is noise: use --repeat.
+Targets (issue 8): off costs at most 2 %, 1 % sampling at most 10 %. On a shared machine a few
+% is noise: use --repeat.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -180,8 +184,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, help="interleaved rounds (default 3)")
     parser.add_argument(
         "--baseline",
-        help="git revision whose source is the no-telemetry queue-proxy (default: the parent "
-        "of the commit that added dataplane/tracing.py)",
+        help="git revision whose source is the no-telemetry queue-proxy (default: this tree "
+        "with the tracing statements stripped from the handler's request entry)",
     )
     parser.add_argument(
         "--workloads", default="1k", help=f"comma-separated subset of {', '.join(WORKLOADS)}"
@@ -203,22 +207,65 @@ def _git(*argv: str) -> str:
     return proc.stdout.strip()
 
 
+class _StripTracing(ast.NodeTransformer):
+    """Drops every statement of ``QueueProxyHandler.__call__`` that names ``tr`` or ``spans``."""
+
+    NAMES = frozenset({"tr", "spans"})
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.ClassDef:
+        if node.name == "QueueProxyHandler":
+            for fn in node.body:
+                if isinstance(fn, ast.FunctionDef) and fn.name == "__call__":
+                    fn.body = self._strip(fn.body)
+        return node
+
+    def _strip(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for st in body:
+            # compound statements are judged by their header only, simple ones as a whole
+            head: ast.AST | None = st
+            if isinstance(st, ast.If | ast.While):
+                head = st.test
+            elif isinstance(st, ast.Try | ast.With | ast.For):
+                head = None
+            if head is not None and any(
+                isinstance(n, ast.Name) and n.id in self.NAMES for n in ast.walk(head)
+            ):
+                continue
+            for field in ("body", "orelse", "handlers", "finalbody"):
+                sub = getattr(st, field, None)
+                if isinstance(sub, list) and sub and isinstance(sub[0], ast.stmt):
+                    setattr(st, field, self._strip(sub) or [ast.Pass()])
+            for h in getattr(st, "handlers", []):
+                h.body = self._strip(h.body) or [ast.Pass()]
+            out.append(st)
+        return out
+
+
 def _baseline_tree(rev: str | None, dest: Path) -> str:
-    """Export the baseline's packages into ``dest``; returns the commit used."""
-    if rev is None:
-        added = _git("log", "--diff-filter=A", "--format=%H", "--", "dataplane/tracing.py")
-        if not added:
-            raise BenchError("dataplane/tracing.py has no commit yet: pass --baseline REV")
-        rev = added.splitlines()[-1] + "^"
-    sha = _git("rev-parse", "--verify", rev + "^{commit}")
+    """The no-telemetry packages into ``dest``; returns what they are (for the table)."""
     dest.mkdir(parents=True)
+    if rev is None:
+        for pkg in ("dataplane", "queueproxy"):
+            shutil.copytree(REPO / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        handler = dest / "queueproxy" / "handler.py"
+        tree = ast.parse(handler.read_text())
+        tree = ast.fix_missing_locations(_StripTracing().visit(tree))
+        call = next(
+            n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "__call__"
+        )
+        if any(isinstance(n, ast.Name) and n.id in _StripTracing.NAMES for n in ast.walk(call)):
+            raise BenchError("could not strip tracing from queueproxy/handler.py: use --baseline")
+        handler.write_text(ast.unparse(tree) + "\n")
+        return "stripped"
+    sha = _git("rev-parse", "--verify", rev + "^{commit}")
     archive = subprocess.run(
         ["git", "archive", sha, "dataplane", "queueproxy"], cwd=REPO, capture_output=True
     )
     if archive.returncode != 0:
         raise BenchError(f"git archive {sha}: {archive.stderr.decode(errors='replace')}")
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    return sha
+    return sha[:8]
 
 
 def _tracing_env(endpoint: str, rate: float) -> list[str]:
@@ -285,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         targets = [
             Target(
                 "no-telemetry",
-                f"no-telemetry ({sha[:8]})",
+                f"no-telemetry ({sha})",
                 "queue-proxy",
                 ["env", f"PYTHONPATH={base}", prom, qp],
                 cc=0,
@@ -304,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         print(
             f"telemetry: {len(targets)} queue-proxies x {len(workloads)} workloads x "
-            f"{args.repeat} rounds of {args.warmup}+{args.duration} s; baseline {sha[:12]}",
+            f"{args.repeat} rounds of {args.warmup}+{args.duration} s; baseline {sha}",
             flush=True,
         )
         for t in targets:
