@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, web
 
 from dataplane.envconfig import ConfigError, env_duration, env_float, env_int
+from dataplane.metrics import add_autoscaler_metrics
 from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Registry
 from platforms.base import Endpoints, Revision, RevisionKey
 
@@ -321,6 +322,13 @@ class AutoscalerProcess:
             self.registry.add(
                 Gauge(name, help_text, ("namespace", "deployment"), fn=self._values(get))
             )
+        # The same state under Knative's autoscaler metric names (kn_revision_pods_desired, ...),
+        # as knd run's admin port exposes them.
+        add_autoscaler_metrics(
+            self.registry,
+            lambda: self.autoscaler.revisions,
+            lambda key: self.platform.ready_count(key),
+        )
         self.registry.add(self.scale_errors)
         self.registry.add(self.scale_changes)
 
