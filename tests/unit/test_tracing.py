@@ -357,3 +357,17 @@ def test_grpc_without_its_exporter_is_a_clear_error() -> None:
             _exporter(TracingConfig(protocol="grpc", endpoint="c:4317"))
     else:  # pragma: no cover - depends on what is installed
         assert _exporter(TracingConfig(protocol="grpc", endpoint="c:4317")) is not None
+
+
+def test_invalid_traceparent_starts_a_new_trace(memory: InMemorySpanExporter) -> None:
+    t = tracer(memory)
+    bad = f"00-{TID.upper()}-{PID}-01".encode()
+    ex = FakeExchange([(b"traceparent", bad), (b"tracestate", b"k=v")])
+    spans = t.start_request(ex, "queue", "inner", "wait", 1.0, 1.0)
+    ex.on_done = None
+    spans.attach(ex)
+    ex.finish(200)
+    got = {s.name: s for s in memory.get_finished_spans()}
+    assert got["queue"].parent is None
+    assert got["queue"].context.trace_id != int(TID, 16)
+    assert ex.find_header(b"traceparent") != bad  # replaced by the new trace's context
