@@ -371,3 +371,11 @@ def test_invalid_traceparent_starts_a_new_trace(memory: InMemorySpanExporter) ->
     assert got["queue"].parent is None
     assert got["queue"].context.trace_id != int(TID, 16)
     assert ex.find_header(b"traceparent") != bad  # replaced by the new trace's context
+
+
+@pytest.mark.parametrize("key", ["samplingRate", "sampling-rate", "sampling_rate", "SamplingRate"])
+def test_queue_proxy_reads_knatives_sampling_rate_key(key: str) -> None:
+    from queueproxy.env import parse_observability
+
+    cfg = parse_observability(json.dumps({"tracing": {"protocol": "grpc", key: 0.5}}))
+    assert (cfg.tracing_protocol, cfg.tracing_sampling_rate) == ("grpc", 0.5)
