@@ -32,7 +32,12 @@ from dataplane.upstream import UpstreamPool
 from .drain import Drainer
 from .env import Env, parse_env
 from .handler import QueueProxyHandler
-from .readiness import ProbeConfigError, ReadinessProber, parse_readiness_probe
+from .readiness import (
+    ProbeConfigError,
+    ReadinessProber,
+    auto_detect_attempt,
+    parse_readiness_probe,
+)
 
 if TYPE_CHECKING:
     from dataplane.tracing import Tracer, TracingConfig
@@ -78,7 +83,11 @@ class QueueProxy:
             multi_container=env.multi_container_probes,
             user_port=env.user_port,
         )
-        self.prober = ReadinessProber(probes, log=lambda m: log.warning(m))
+        self.prober = ReadinessProber(
+            probes,
+            log=lambda m: log.warning(m),
+            attempt=auto_detect_attempt if env.http2_auto_detection else None,
+        )
         self.pool = UpstreamPool(
             env.user_host, env.user_port, max_idle=cc if cc >= 1 else 1000, loop=loop
         )

@@ -32,6 +32,7 @@ __all__ = [
     "ProbeSpec",
     "ReadinessProber",
     "attempt_probe",
+    "auto_detect_attempt",
     "grpc_attempt",
     "http_attempt",
     "parse_readiness_probe",
@@ -527,9 +528,15 @@ def _health_status(message: bytes) -> int:
     return status
 
 
-async def grpc_attempt(spec: ProbeSpec, timeout: float) -> None:
-    """Call ``grpc.health.v1.Health/Check`` (service ``spec.grpc_service``) over h2c; succeed
-    when the answer is SERVING (SPEC §1.12)."""
+class _H2Failed(Exception):
+    """The h2c exchange itself failed (connection, protocol, deadline)."""
+
+
+async def _h2c_call(
+    host: str, port: int, headers: list[tuple[bytes, bytes]], body: bytes | None, timeout: float
+) -> tuple[dict[bytes, bytes], bytes]:
+    """One request over a fresh h2c (prior knowledge) connection: (response headers and
+    trailers, body). Raises ProbeError when connecting fails, _H2Failed on anything after."""
     from h2.config import H2Configuration
     from h2.connection import H2Connection
     from h2.events import (
@@ -540,72 +547,85 @@ async def grpc_attempt(spec: ProbeSpec, timeout: float) -> None:
         StreamReset,
         TrailersReceived,
     )
+    from h2.exceptions import H2Error
 
-    addr = _host_port(spec.host, spec.port)
-    svc = spec.grpc_service.encode()
-    msg = (b"\x0a" + _varint(len(svc)) + svc) if svc else b""
-    body = b"\x00" + len(msg).to_bytes(4, "big") + msg
+    addr = _host_port(host, port)
     conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
     writer: asyncio.StreamWriter | None = None
-    headers: dict[bytes, bytes] = {}
+    got: dict[bytes, bytes] = {}
     data = b""
     try:
         async with asyncio.timeout(timeout):
             try:
-                reader, writer = await asyncio.open_connection(spec.host, spec.port)
+                reader, writer = await asyncio.open_connection(host, port)
             except OSError as exc:
-                raise ProbeError(
-                    f"failed to connect service {addr!r} within {timeout:g}s: "
-                    f"dial tcp {addr}: {_os_reason(exc)}"
-                ) from None
+                raise ProbeError(f"dial tcp {addr}: {_os_reason(exc)}") from None
             conn.initiate_connection()
-            conn.send_headers(
-                1,
-                [
-                    (b":method", b"POST"),
-                    (b":scheme", b"http"),
-                    (b":authority", addr.encode()),
-                    (b":path", b"/grpc.health.v1.Health/Check"),
-                    (b"content-type", b"application/grpc"),
-                    (b"te", b"trailers"),
-                    (b"user-agent", KUBE_PROBE_USER_AGENT.encode()),
-                    (b"grpc-timeout", b"%dm" % max(1, int(timeout * 1000))),
-                ],
-            )
-            conn.send_data(1, body, end_stream=True)
+            conn.send_headers(1, headers, end_stream=body is None)
+            if body is not None:
+                conn.send_data(1, body, end_stream=True)
             writer.write(conn.data_to_send())
             done = False
             while not done:
                 chunk = await reader.read(65536)
                 if not chunk:
-                    raise ProbeError(f"health rpc probe failed: connection to {addr} closed")
+                    raise _H2Failed(f"connection to {addr} closed")
                 for ev in conn.receive_data(chunk):
                     if isinstance(ev, (ResponseReceived, TrailersReceived)):
-                        headers.update(ev.headers or [])
+                        got.update(ev.headers or [])
                     elif isinstance(ev, DataReceived):
                         data += ev.data
                         conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                         if len(data) > MAX_RESPONSE_BYTES:
-                            raise ProbeError("health rpc probe failed: response too large")
+                            raise _H2Failed("response too large")
                     elif isinstance(ev, StreamEnded):
                         done = True
                     elif isinstance(ev, (StreamReset, ConnectionTerminated)):
-                        raise ProbeError(f"health rpc probe failed: {type(ev).__name__}")
+                        raise _H2Failed(type(ev).__name__)
                 writer.write(conn.data_to_send())
     except TimeoutError:
-        raise ProbeError(
-            f"health rpc probe failed: rpc error: code = DeadlineExceeded desc = "
-            f"health rpc did not complete within {timeout:g}s"
-        ) from None
-    except OSError as exc:
-        raise ProbeError(f"health rpc probe failed: {_os_reason(exc)}") from None
+        raise _H2Failed("deadline exceeded") from None
+    except (OSError, H2Error) as exc:
+        raise _H2Failed(str(exc) or type(exc).__name__) from None
     finally:
         if writer is not None:
             writer.close()
-    code = int(headers.get(b"grpc-status", b"2") or b"2")
+    return got, data
+
+
+async def grpc_attempt(spec: ProbeSpec, timeout: float) -> None:
+    """Call ``grpc.health.v1.Health/Check`` (service ``spec.grpc_service``) over h2c; succeed
+    when the answer is SERVING (SPEC §1.12)."""
+    addr = _host_port(spec.host, spec.port)
+    svc = spec.grpc_service.encode()
+    msg = (b"\x0a" + _varint(len(svc)) + svc) if svc else b""
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", addr.encode()),
+        (b":path", b"/grpc.health.v1.Health/Check"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+        (b"user-agent", KUBE_PROBE_USER_AGENT.encode()),
+        (b"grpc-timeout", b"%dm" % max(1, int(timeout * 1000))),
+    ]
+    try:
+        got, data = await _h2c_call(
+            spec.host, spec.port, headers, b"\x00" + len(msg).to_bytes(4, "big") + msg, timeout
+        )
+    except ProbeError as e:
+        raise ProbeError(f"failed to connect service {addr!r} within {timeout:g}s: {e}") from None
+    except _H2Failed as e:
+        if str(e) == "deadline exceeded":
+            raise ProbeError(
+                f"health rpc probe failed: rpc error: code = DeadlineExceeded desc = "
+                f"health rpc did not complete within {timeout:g}s"
+            ) from None
+        raise ProbeError(f"health rpc probe failed: {e}") from None
+    code = int(got.get(b"grpc-status", b"2") or b"2")
     if code != 0:
         name = _GRPC_STATUS[code] if 0 <= code < len(_GRPC_STATUS) else str(code)
-        detail = headers.get(b"grpc-message", b"").decode("utf-8", "replace")
+        detail = got.get(b"grpc-message", b"").decode("utf-8", "replace")
         if name == "UNIMPLEMENTED":
             raise ProbeError(
                 "this server does not implement the grpc health protocol "
@@ -616,6 +636,32 @@ async def grpc_attempt(spec: ProbeSpec, timeout: float) -> None:
     if status != 1:
         name = _SERVING_STATUS[status] if status < len(_SERVING_STATUS) else str(status)
         raise ProbeError(f"service unhealthy (responded with {name!r})")
+
+
+async def auto_detect_attempt(spec: ProbeSpec, timeout: float) -> None:
+    """The attempt with ENABLE_HTTP2_AUTO_DETECTION: an HTTP probe tries h2c first (a 2xx or
+    3xx there is success) and falls back to HTTP/1.1 (SPEC §1.12); other probes as usual."""
+    if spec.kind != "http" or spec.scheme.upper() != "HTTP":
+        await attempt_probe(spec, timeout)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    addr = _host_port(spec.host, spec.port)
+    headers = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", addr.encode()),
+        (b":path", _request_target(spec.path).encode()),
+        (b"user-agent", KUBE_PROBE_USER_AGENT.encode()),
+        *((n.lower().encode(), v.encode()) for n, v in spec.headers),
+    ]
+    try:
+        got, _ = await _h2c_call(spec.host, spec.port, headers, None, timeout)
+        if 200 <= int(got.get(b":status", b"0")) < 400:
+            return
+    except (ProbeError, _H2Failed, ValueError):
+        pass
+    await http_attempt(spec, max(0.001, deadline - loop.time()))
 
 
 def _build_request(spec: ProbeSpec, target: str, addr: str) -> bytes:

@@ -8,6 +8,7 @@ anything else is a 200 with body ``ok``. The client is a raw h2 connection to se
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,7 +23,7 @@ from h2.events import (
     StreamReset,
 )
 
-from .conftest import StartQP
+from .conftest import StartQP, make_client
 from .helpers import QueueProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -132,3 +133,39 @@ async def test_upstream_goaway_refuses_unprocessed_stream_and_reconnects(
     ok = await _request(qp, b"/ok")
     assert b"".join(e.data for e in ok if isinstance(e, DataReceived)) == b"ok"
     assert upstream.connections == 2  # a fresh upstream connection after the GOAWAY
+
+
+def _http_probe(port: int) -> str:
+    return json.dumps(
+        {"httpGet": {"port": port, "path": "/hello"}, "periodSeconds": 1, "timeoutSeconds": 1}
+    )
+
+
+async def _kubelet_probe(qp: QueueProxy) -> int:
+    async with make_client(qp.url()) as c:
+        r = await c.get("/", headers={"User-Agent": "kube-probe/1.30", "K-Network-Probe": "queue"})
+        return r.status_code
+
+
+@pytest.mark.parametrize("auto", [True, False])
+async def test_http2_auto_detection_probes_an_h2c_only_app(
+    upstream: Upstream, start_qp: StartQP, auto: bool
+) -> None:
+    env = {"SERVING_READINESS_PROBE": _http_probe(upstream.port)}
+    if auto:
+        env["ENABLE_HTTP2_AUTO_DETECTION"] = "true"
+    qp = await start_qp(env, user_port=upstream.port)
+    # The scripted upstream speaks only HTTP/2: ready with auto-detection, not without.
+    assert await _kubelet_probe(qp) == (200 if auto else 503)
+
+
+async def test_http2_auto_detection_falls_back_to_http1(start_qp: StartQP) -> None:
+    from tests.apps import upstream as http1_app
+
+    app = await http1_app.start()
+    try:
+        env = {"SERVING_READINESS_PROBE": _http_probe(app.port), "ENABLE_HTTP2_AUTO_DETECTION": "1"}
+        qp = await start_qp(env, user_port=app.port)
+        assert await _kubelet_probe(qp) == 200
+    finally:
+        await app.close()
