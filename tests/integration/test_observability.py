@@ -19,7 +19,15 @@ from tests.apps.autoscaler_stub import RunningStub
 from tests.apps.otlp_collector import RunningCollector, Span
 from tests.apps.upstream import RunningApp
 
-from .activator_helpers import PlatformFile, Pods, StartActivator, activator_factory, rev_headers
+from .activator_helpers import (
+    PlatformFile,
+    Pods,
+    RawPod,
+    StartActivator,
+    activator_factory,
+    head_lines,
+    rev_headers,
+)
 from .conftest import StartQP, make_client
 from .helpers import eventually
 
@@ -434,3 +442,36 @@ async def test_qp_traces_h2c_grpc_streams(collector: RunningCollector, start_qp:
     assert named["queue"].attributes["http.request.method"] == "POST"
     assert named["kn.queueproxy.proxy"].span_id == parent
     assert un_tid not in {s.trace_id for s in collector.spans}
+
+
+async def test_activator_passes_w3c_headers_unchanged_with_tracing_off(
+    tmp_path: Path, stub: RunningStub, start_activator: StartActivator
+) -> None:
+    """Byte for byte on the wire to the pod, including repeated and odd-cased lines."""
+    pod = await RawPod().start()
+    try:
+        platform = PlatformFile(tmp_path / "platform.json")
+        platform.revision(REV, cc=0, ready=[pod.dest])
+        platform.write()
+        act = await start_activator(platform, stub.url)
+        tp, _, _ = traceparent(sampled=True)
+        raw = (
+            f"GET / HTTP/1.1\r\nHost: x\r\nKnative-Serving-Namespace: default\r\n"
+            f"Knative-Serving-Revision: {REV}\r\nTraceParent: {tp}\r\n"
+            f"tracestate: {TRACESTATE}\r\ntracestate: v3=z\r\nbaggage: {BAGGAGE}\r\n\r\n"
+        ).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", act.port)
+        try:
+            writer.write(raw)
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 10)
+            assert status.startswith(b"HTTP/1.1 200"), status
+        finally:
+            writer.close()
+        lines = head_lines(pod.heads[-1])
+        assert ("TraceParent", tp) in lines
+        assert [v for k, v in lines if k == "tracestate"] == [TRACESTATE, "v3=z"]
+        assert ("baggage", BAGGAGE) in lines
+        assert sum(k.lower() == "traceparent" for k, _ in lines) == 1
+    finally:
+        await pod.close()
