@@ -324,6 +324,12 @@ class Activator:
             ex.drop_header(b"k-network-hash")
         if b"k-proxy-request" in hdr:
             ex.drop_header(b"k-proxy-request")  # only ours may reach the queue-proxy
+        spans: RequestSpans | None = None
+        tr = self.tracer
+        if tr is not None and tr.sampler.sample(hdr.get(b"traceparent")):
+            # Knative's server span ("handle") also covers resolution: a 404 is traced.
+            spans = tr.start_request(ex, "handle", "", "throttler_try", ex.start, self.loop.time())
+            spans.attach(ex)
         rs = self._resolve(ex)
         if rs is None:
             return
@@ -332,13 +338,11 @@ class Activator:
             self.send_stats(msgs)
         req = _Request(rs, ex)
         ex.ctx = req
-        ex.on_done = self._done
-        tr = self.tracer
-        if tr is not None and tr.sampler.sample(hdr.get(b"traceparent")):
-            req.spans = spans = tr.start_request(
-                ex, "handle", "", "throttler_try", ex.start, self.loop.time()
-            )
-            spans.attach(ex)
+        if spans is None:
+            ex.on_done = self._done
+        else:
+            req.spans = spans
+            spans.inner_done = self._done  # runs before the spans end
             spans.start_wait()
         ex.set_timeouts(rs.timeouts)
         try:

@@ -373,7 +373,10 @@ async def test_activator_throttler_try_covers_the_wait_for_a_pod(
     act = await start_activator(platform, stub.url, **tracing_env(collector, rate=0.0))
     held, held_tid, _ = traceparent(sampled=True)
     gone, gone_tid, _ = traceparent(sampled=True)
+    unknown, unknown_tid, _ = traceparent(sampled=True)
     async with make_client(act.url()) as c:
+        r = await c.get("/", headers={**rev_headers("nope-00001"), "traceparent": unknown})
+        assert r.status_code == 404
         r = await c.get("/", headers={**rev_headers("nopods-00001"), "traceparent": gone})
         assert r.status_code == 503
         task = asyncio.create_task(
@@ -399,6 +402,10 @@ async def test_activator_throttler_try_covers_the_wait_for_a_pod(
     handle, tried = named["handle"], named["throttler_try"]
     assert tried.status_code == 0 and tried.parent_id == handle.span_id
     assert named["activator_proxy"].parent_id == handle.span_id
+    await collector.wait_for(lambda s: any(x.trace_id == unknown_tid for x in s))
+    notfound = by_name(collector.trace(unknown_tid))
+    assert set(notfound) == {"handle"}  # traced, as Knative's server span is
+    assert notfound["handle"].attributes["http.response.status_code"] == 404
     failed = by_name(collector.trace(gone_tid))
     assert set(failed) == {"handle", "throttler_try"}  # never proxied
     assert failed["throttler_try"].status_code == 2
