@@ -332,3 +332,64 @@ async def test_upstream_failures_are_502(start_qp: StartQP) -> None:
     assert r.http_version == "HTTP/2"
     assert r.status_code == 502
     assert r.text == f"dial tcp 127.0.0.1:{closed}: connect: connection refused\n"
+
+
+async def test_slow_reader_back_pressure_reaches_the_app(
+    gapp: grpc_app.GrpcApp, gqp: QueueProxy
+) -> None:
+    """A client that stops acknowledging data stalls the app, not the queue-proxy's memory."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived, StreamEnded
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", gqp.port)
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(
+        1,
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"qp"),
+            (b":path", f"{SVC}/Stream".encode()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ],
+    )
+    conn.send_data(1, b"\x00\x00\x00\x00\x0a300x100000", end_stream=True)  # 30 MB
+    writer.write(conn.data_to_send())
+    rss0 = gqp.rss_kb()
+    got = 0
+    ended = False
+
+    async def read(ack: bool) -> None:
+        nonlocal got, ended
+        data = await reader.read(1 << 20)
+        assert data
+        for ev in conn.receive_data(data):
+            if isinstance(ev, DataReceived):
+                got += len(ev.data)
+                if ack:
+                    conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+            elif isinstance(ev, StreamEnded):
+                ended = True
+        writer.write(conn.data_to_send())
+
+    try:
+        async with asyncio.timeout(30):
+            # Without WINDOW_UPDATEs we get the first 64 KiB window, then nothing.
+            while got < 65535:
+                await read(ack=False)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await read(ack=False)
+            assert got == 65535
+            assert gapp.active == 1  # the app is blocked in its stream, not finished
+            assert gqp.rss_kb() - rss0 < 16 * 1024  # at most the windows are buffered
+            conn.acknowledge_received_data(got, 1)  # now read on, acknowledging as we go
+            writer.write(conn.data_to_send())
+            while not ended:
+                await read(ack=True)
+    finally:
+        writer.close()
+    assert got == 300 * (5 + 100000) + sum(len(b"%d" % i) for i in range(300))
