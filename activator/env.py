@@ -39,7 +39,7 @@ class ActivatorEnv:
     api_wait: float = 60.0
     logging_level: str = ""
     max_header_bytes: int = 64 * 1024
-    h2c_port: int = 0  # 0: none (the data port accepts h2c too); Knative listens on 8013
+    h2c_port: int = 8013  # Knative's h2c port; 0: none (the data port accepts h2c too)
 
 
 def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
@@ -66,7 +66,7 @@ def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
         watch_namespace=env.get("KND_WATCH_NAMESPACE", "").strip(),
         api_wait=env_float(env, "KND_KUBE_API_WAIT_SECONDS", 60.0, minimum=0),
         logging_level=env.get("SERVING_LOGGING_LEVEL", ""),
-        h2c_port=env_int(env, "ACTIVATOR_H2C_PORT", 0, minimum=0, maximum=65535),
+        h2c_port=env_int(env, "ACTIVATOR_H2C_PORT", 8013, minimum=0, maximum=65535),
         max_header_bytes=env_int(
             env, "ACTIVATOR_MAX_HEADER_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024
         ),

@@ -48,6 +48,7 @@ def activator_env(
         ACTIVATOR_METRICS_PORT=str(metrics_port),
         AUTOSCALER_URL=f"ws://127.0.0.1:{autoscaler_port}/",
         ACTIVATOR_PLATFORM_FILE=str(platform_file),
+        ACTIVATOR_H2C_PORT="0",
         ACTIVATOR_BIND_ADDRESS="127.0.0.1",
         DRAIN_QUIET_PERIOD_SECONDS="0",
         **MALLOC_ENV,

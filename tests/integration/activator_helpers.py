@@ -262,6 +262,7 @@ async def activator_factory(tmp_path: Path) -> AsyncIterator[StartActivator]:
             "ACTIVATOR_METRICS_PORT": str(metrics_port),
             "ACTIVATOR_BIND_ADDRESS": "127.0.0.1",
             "ACTIVATOR_PLATFORM_FILE": str(platform.path),
+            "ACTIVATOR_H2C_PORT": "0",  # 8013 by default: tests run several activators
             "DRAIN_QUIET_PERIOD_SECONDS": "30",
             "SERVING_LOGGING_LEVEL": "info",
             **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
