@@ -745,7 +745,7 @@ def render_stepped(s: dict[str, Any]) -> str:
             f" ({_fmt(d['pods_removed'], '.0f')} removed while traffic flowed), "
             f"{d['errors']} errors in {d['requests']} requests"
         )
-    lines += [f"  knd said: {p}" for p in s["knd_problems"][:10]]
+    lines += [f"  knd said: {p}" for p in s["knd_problems"][-10:]]
     return "\n".join(lines)
 
 
@@ -827,7 +827,7 @@ def render_burst(b: dict[str, Any]) -> str:
     ]
     if b["error_kinds"]:
         lines.append(f"  PROBLEM: {b['error_kinds']}")
-    lines += [f"  knd said: {p}" for p in b["knd_problems"][:10]]
+    lines += [f"  knd said: {p}" for p in b["knd_problems"][-10:]]
     return "\n".join(lines)
 
 
