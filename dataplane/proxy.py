@@ -71,6 +71,9 @@ _SWEEP_INTERVAL = 0.05
 # Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
 _HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
 
+#: The client connection preface of HTTP/2 (RFC 9113 §3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
 
 class _ParseLimit(Exception):
     def __init__(self, status: int, reason: str) -> None:
@@ -758,6 +761,8 @@ class ServerConnection(asyncio.Protocol):
         "_max_hdrs",
         "_max_head_bytes",
         "_ready",
+        "_sniffed",
+        "_sniffing",
         "active",
         "closed",
         "discarded",
@@ -809,6 +814,10 @@ class ServerConnection(asyncio.Protocol):
         # of them are parsed, so that bad bytes read with it keep it from ever going upstream.
         self._ready: Exchange | None = None
         self.failed: tuple[int, str] | None = None
+        # With h2c on: the first bytes of a connection, held while they could still be the
+        # start of the 24-byte HTTP/2 preface (whose first 18 bytes parse as an HTTP/1 head).
+        self._sniffing = False
+        self._sniffed = b""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -821,6 +830,7 @@ class ServerConnection(asyncio.Protocol):
             self.peer = ip.encode()
             self.peer_port = peer[1]
         self.server.connections.add(self)
+        self._sniffing = self.server.h2c is not None
         # Like Go's ReadHeaderTimeout, a new connection must send its first request in time.
         self.header_tick = self.server.tick
 
@@ -836,6 +846,13 @@ class ServerConnection(asyncio.Protocol):
             return
         if self.failed is not None:
             return
+        if self._sniffing:
+            data = self._sniffed + data
+            if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+                self._sniffed = data  # maybe HTTP/2 cut short: wait for the rest
+                return
+            self._sniffing = False
+            self._sniffed = b""
         ex = self.parsing
         in_head = ex is None or not ex.headers_complete
         if in_head:
