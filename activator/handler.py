@@ -219,6 +219,8 @@ class Activator:
         self.default_key: RevisionKey | None = None
         # Called with (revision, milliseconds) whenever a request waited for capacity.
         self.on_wait: Callable[[RevisionKey, float], None] | None = None
+        # Why kubelet probes fail while ``connected()`` is False (default: Knative's text).
+        self.unready_reason: Callable[[], str] | None = None
 
     # -- platform events -------------------------------------------------------------------
     def revision_updated(self, rev: Revision) -> None:
@@ -312,7 +314,10 @@ class Activator:
             if self.sigterm:
                 ex.error(500, "received SIGTERM from kubelet")
             elif not self.connected():
-                ex.error(500, "connection has not yet been established")
+                why = self.unready_reason
+                ex.error(
+                    500, why() if why is not None else "connection has not yet been established"
+                )
             else:
                 ex.respond(200)
             return

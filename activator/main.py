@@ -102,6 +102,7 @@ class ActivatorProcess:
             wait_histogram=self.waits,
             tracer=self.tracer,
         )
+        self.activator.unready_reason = self._unready_reason
         act = self.activator
         self.registry.add(
             Gauge(
@@ -148,6 +149,13 @@ class ActivatorProcess:
         if env.h2c_port:
             self.h2c_server = HTTPServer(act, self.server.config, loop=loop)
             self.h2c.enable(self.h2c_server)
+
+    def _unready_reason(self) -> str:
+        if not self.sink.connected:
+            return "connection has not yet been established"  # Knative's text
+        if self.platform is None:
+            return "platform not started"
+        return "platform caches not synced"
 
     def _ready(self) -> bool:
         """Kubelet probes pass once the autoscaler websocket is up and the platform's caches
