@@ -38,8 +38,16 @@ unit: $(STAMP)
 compiled: $(STAMP)
 	$(BIN)/python tools/build_compiled.py
 
+# The compiled run repeats the integration tests of the compiled modules' behaviour (engine,
+# queue-proxy, activator, h2c); platform, Kubernetes, autoscaler-loop and knd end-to-end tests
+# exercise interpreted code and run once, in `unit`.
+NOT_COMPILED := test_fakekube test_k8s_informer test_k8s_lease test_k8s_scale test_k8s_standalone \
+	test_k8s_standalone_activator test_k8s_autoscaler test_kubernetes_knative test_knd \
+	test_local_platform test_observability_aiohttp test_observability_knd test_scraper \
+	test_statserver test_statsink
 test-compiled: compiled
-	PYTHONPATH=$(CURDIR)/build/compiled $(BIN)/python -m pytest tests/integration -q
+	PYTHONPATH=$(CURDIR)/build/compiled $(BIN)/python -m pytest tests/integration -q \
+		$(foreach t,$(NOT_COMPILED),--ignore=tests/integration/$(t).py)
 
 ## bench: proxy throughput side by side with direct, nginx and an aiohttp proxy
 bench: $(STAMP)
