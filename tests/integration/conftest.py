@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -19,6 +20,11 @@ import pytest
 from tests.apps import upstream
 
 from .helpers import QP_BIN, QueueProxy, free_ports, knative_env
+
+if TYPE_CHECKING:
+    from tests.apps.autoscaler_stub import RunningStub
+
+    from .activator_helpers import PlatformFile, Pods, StartActivator
 
 START_TIMEOUT = 10.0
 
@@ -136,3 +142,41 @@ def make_client(base_url: str, **kw: object) -> httpx.AsyncClient:
 async def client(qp: QueueProxy) -> AsyncIterator[httpx.AsyncClient]:
     async with make_client(qp.url()) as c:
         yield c
+
+
+# -- the activator's fixtures (imports inside: activator_helpers imports this module) ---------
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[RunningStub]:
+    """A stand-in autoscaler: accepts the stats websocket and decodes the frames."""
+    from tests.apps import autoscaler_stub
+
+    s = await autoscaler_stub.start()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
+    """Factory: ``await start_activator(platform, autoscaler_url, **env)``; killed at teardown."""
+    from .activator_helpers import activator_factory
+
+    async for start in activator_factory(tmp_path):
+        yield start
+
+
+@pytest.fixture
+async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
+    from .activator_helpers import Pods
+
+    p = Pods(start_qp)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> PlatformFile:
+    from .activator_helpers import PlatformFile
+
+    return PlatformFile(tmp_path / "platform.json")

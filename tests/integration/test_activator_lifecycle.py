@@ -22,7 +22,7 @@ from .activator_helpers import (
     rev_headers,
     stub_stats,
 )
-from .conftest import StartQP, make_client
+from .conftest import make_client
 from .helpers import eventually, free_ports
 
 REV = "hello-00001"
@@ -32,25 +32,6 @@ REV = "hello-00001"
 async def start_activator(tmp_path: Path) -> AsyncIterator[StartActivator]:
     async for start in activator_factory(tmp_path):
         yield start
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[RunningStub]:
-    s = await autoscaler_stub.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
-    p = Pods(start_qp)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> PlatformFile:
-    return PlatformFile(tmp_path / "platform.json")
 
 
 async def health_is(act: ActivatorProc, status: int, body: bytes, timeout: float) -> None:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import httpx
 import pytest
 
-from tests.apps import autoscaler_stub
 from tests.apps.autoscaler_stub import RunningStub
 
 from .activator_helpers import (
@@ -22,40 +20,14 @@ from .activator_helpers import (
     Pods,
     RawPod,
     StartActivator,
-    activator_factory,
     apply,
     head_lines,
     rev_headers,
 )
-from .conftest import StartQP, make_client
+from .conftest import make_client
 from .helpers import eventually, free_ports
 
 REV = "hello-00001"
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[RunningStub]:
-    s = await autoscaler_stub.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
-    async for start in activator_factory(tmp_path):
-        yield start
-
-
-@pytest.fixture
-async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
-    p = Pods(start_qp)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> PlatformFile:
-    return PlatformFile(tmp_path / "platform.json")
 
 
 @pytest.fixture

@@ -8,12 +8,7 @@ a test says otherwise), so an app's most requests in flight is what the activato
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-
-from tests.apps import autoscaler_stub
 from tests.apps.autoscaler_stub import RunningStub
 
 from .activator_helpers import (
@@ -21,41 +16,15 @@ from .activator_helpers import (
     PlatformFile,
     Pods,
     StartActivator,
-    activator_factory,
     apply,
     established_to,
     rev_headers,
     stub_stats,
 )
-from .conftest import StartQP, make_client
+from .conftest import make_client
 from .helpers import eventually
 
 REV = "hello-00001"
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[RunningStub]:
-    s = await autoscaler_stub.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
-    async for start in activator_factory(tmp_path):
-        yield start
-
-
-@pytest.fixture
-async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
-    p = Pods(start_qp)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> PlatformFile:
-    return PlatformFile(tmp_path / "platform.json")
 
 
 async def wait_queued(act: ActivatorProc, rev: str, n: int, timeout: float = 5.0) -> None:

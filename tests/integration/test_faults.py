@@ -32,7 +32,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.apps import autoscaler_stub
 from tests.apps.autoscaler_stub import RunningStub
 from tests.apps.upstream import RunningApp
 
@@ -43,41 +42,15 @@ from .activator_helpers import (
     Pod,
     Pods,
     StartActivator,
-    activator_factory,
     rev_headers,
 )
-from .conftest import StartQP, make_client
+from .conftest import make_client
 from .helpers import QueueProxy, RawConn, eventually
 from .knd_helpers import Knd, free_ports, knd_env
 
 REV = "hello-00001"
 PROM = '{"requestMetrics":{"protocol":"prometheus"}}'
 QP_PROBE = {"User-Agent": "kube-probe/1.30", "K-Network-Probe": "queue"}
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[RunningStub]:
-    s = await autoscaler_stub.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
-    async for start in activator_factory(tmp_path):
-        yield start
-
-
-@pytest.fixture
-async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
-    p = Pods(start_qp)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-def platform(tmp_path: Path) -> PlatformFile:
-    return PlatformFile(tmp_path / "platform.json")
 
 
 async def queue_depth(qp: QueueProxy) -> float:

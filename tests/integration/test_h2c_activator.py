@@ -13,14 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.apps import autoscaler_stub, grpc_app
+from tests.apps import grpc_app
 from tests.apps.autoscaler_stub import RunningStub
 
 from .activator_helpers import (
     ActivatorProc,
     PlatformFile,
     StartActivator,
-    activator_factory,
     apply,
     qp_env,
 )
@@ -32,19 +31,6 @@ pytestmark = pytest.mark.timeout(60)
 REV = "grpc-00001"
 SVC = f"/{grpc_app.SERVICE}"
 MD = (("knative-serving-namespace", "default"), ("knative-serving-revision", REV))
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[RunningStub]:
-    s = await autoscaler_stub.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
-    async for start in activator_factory(tmp_path):
-        yield start
 
 
 @pytest.fixture

@@ -11,33 +11,12 @@ from typing import Any
 import pytest
 
 from activator.env import parse_env
-from tests.apps import autoscaler_stub
 from tests.apps.autoscaler_stub import RunningStub
 from tests.fakekube import FakeKube
 
-from .activator_helpers import PlatformFile, Pods, StartActivator, activator_factory, stub_stats
-from .conftest import StartQP, make_client
+from .activator_helpers import PlatformFile, Pods, StartActivator, stub_stats
+from .conftest import make_client
 from .helpers import eventually
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[RunningStub]:
-    s = await autoscaler_stub.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
-    async for start in activator_factory(tmp_path):
-        yield start
-
-
-@pytest.fixture
-async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
-    p = Pods(start_qp)
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ import pytest
 from platforms.base import Endpoints
 from platforms.kubernetes.api import KubeAPI, KubeForbidden
 from platforms.kubernetes.knative import KnativePlatform
-from tests.apps import autoscaler_stub
 from tests.apps.autoscaler_stub import RunningStub
 from tests.fakekube import FakeKube
 
-from .activator_helpers import PlatformFile, Pods, StartActivator, activator_factory, rev_headers
-from .conftest import StartQP, make_client
+from .activator_helpers import PlatformFile, Pods, StartActivator, rev_headers
+from .conftest import make_client
 from .helpers import eventually, free_ports
 from .k8s_helpers import (
     ManualSleep,
@@ -204,26 +203,6 @@ async def test_forbidden_revisions_keep_the_platform_unsynced(
 
 
 # --------------------------------------------------------------------------- the activator
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[RunningStub]:
-    s = await autoscaler_stub.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
-    async for start in activator_factory(tmp_path):
-        yield start
-
-
-@pytest.fixture
-async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
-    p = Pods(start_qp)
-    yield p
-    await p.close()
 
 
 @pytest.fixture

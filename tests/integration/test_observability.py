@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.apps import autoscaler_stub, otlp_collector
+from tests.apps import otlp_collector
 from tests.apps.autoscaler_stub import RunningStub
 from tests.apps.otlp_collector import RunningCollector, Span
 from tests.apps.upstream import RunningApp
@@ -24,7 +24,6 @@ from .activator_helpers import (
     Pods,
     RawPod,
     StartActivator,
-    activator_factory,
     head_lines,
     rev_headers,
 )
@@ -193,26 +192,6 @@ async def test_bad_tracing_config_is_one_clear_error(
 
 
 # --------------------------------------------------------------------------- activator
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[RunningStub]:
-    s = await autoscaler_stub.start()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def start_activator(tmp_path: Path, stub: RunningStub) -> AsyncIterator[StartActivator]:
-    async for start in activator_factory(tmp_path):
-        yield start
-
-
-@pytest.fixture
-async def pods(start_qp: StartQP) -> AsyncIterator[Pods]:
-    p = Pods(start_qp)
-    yield p
-    await p.close()
 
 
 async def test_activator_and_qp_continue_the_client_trace(
