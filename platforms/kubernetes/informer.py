@@ -21,9 +21,11 @@ import logging
 import random as _random
 from collections.abc import Awaitable, Callable
 
+from platforms.base import PlatformEvents
+
 from .api import KubeAPI, KubeError, KubeForbidden, KubeGone, KubeUnauthorized, Obj, Resource
 
-__all__ = ["Backoff", "Handler", "Informer", "object_key"]
+__all__ = ["Backoff", "Handler", "Informer", "InformerPlatform", "object_key"]
 
 log = logging.getLogger("platforms.kubernetes")
 
@@ -284,3 +286,37 @@ class Informer:
             self.handler(type_, obj, old)
         except Exception:
             log.exception("%s: handler failed on %s %s", self.description, type_, object_key(obj))
+
+
+class InformerPlatform:
+    """What the Kubernetes platforms share: readiness from their informers, the informers'
+    last errors, and closing them (and the API client when the platform owns it)."""
+
+    api: KubeAPI
+    owns_api: bool
+    informers: list[Informer]
+    _events: PlatformEvents | None
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.informers) and all(i.synced for i in self.informers)
+
+    async def wait_synced(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(i.wait_synced() for i in self.informers)), timeout
+            )
+        except TimeoutError:
+            return False
+        return self.synced
+
+    @property
+    def errors(self) -> list[KubeError]:
+        return [i.last_error for i in self.informers if i.last_error is not None]
+
+    async def close(self) -> None:
+        for inf in self.informers:
+            await inf.close()
+        self._events = None
+        if self.owns_api:
+            await self.api.close()

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +23,7 @@ from platforms.base import Endpoints, PlatformEvents, Revision, RevisionKey
 
 from .api import ENDPOINT_SLICES, ENDPOINTS, REVISIONS, KubeAPI, KubeError, KubeNotFound, Obj
 from .config import wait_for_api
-from .informer import Informer, object_key
+from .informer import Informer, InformerPlatform, object_key
 
 __all__ = [
     "REVISION_LABEL",
@@ -129,7 +128,7 @@ def _ip(hostport: str) -> str:
     return host[1:-1] if host.startswith("[") else host
 
 
-class KnativePlatform:
+class KnativePlatform(InformerPlatform):
     """The Platform interface over Knative Serving's objects (see the module docstring)."""
 
     def __init__(
@@ -163,23 +162,6 @@ class KnativePlatform:
         self._slices = True
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def synced(self) -> bool:
-        return bool(self.informers) and all(i.synced for i in self.informers)
-
-    async def wait_synced(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(i.wait_synced() for i in self.informers)), timeout
-            )
-        except TimeoutError:
-            return False
-        return self.synced
-
-    @property
-    def errors(self) -> list[KubeError]:
-        return [i.last_error for i in self.informers if i.last_error is not None]
-
     async def start(self, events: PlatformEvents) -> None:
         """Wait for the API server (ConfigError after ``api_wait`` seconds), pick the endpoints
         source, start the informers; their initial lists replay the state into ``events``."""
@@ -220,13 +202,6 @@ class KnativePlatform:
             return True
         names = {r.get("name") for r in doc.get("resources") or [] if isinstance(r, dict)}
         return ENDPOINT_SLICES.plural in names
-
-    async def close(self) -> None:
-        for inf in self.informers:
-            await inf.close()
-        self._events = None
-        if self.owns_api:
-            await self.api.close()
 
     # ------------------------------------------------------------------ revisions
     def _on_revision(self, type_: str, obj: Obj, old: Obj | None) -> None:

@@ -29,7 +29,6 @@ Deployment's pods and capacity as Knative's do (SPEC §2.10).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,9 +37,9 @@ from typing import Any
 from dataplane.envconfig import ConfigError
 from platforms.base import Endpoints, PlatformEvents, Revision, RevisionKey
 
-from .api import DEPLOYMENTS, ENDPOINT_SLICES, KubeAPI, KubeError, Obj
+from .api import DEPLOYMENTS, ENDPOINT_SLICES, KubeAPI, Obj
 from .config import wait_for_api
-from .informer import Informer, object_key
+from .informer import Informer, InformerPlatform, object_key
 from .knative import endpoint_addresses
 
 __all__ = [
@@ -151,7 +150,7 @@ def app_from_deployment(obj: Obj, cluster_domain: str = "cluster.local") -> App 
     return App(rev, service, port_name, metrics_port, replicas)
 
 
-class StandalonePlatform:
+class StandalonePlatform(InformerPlatform):
     """The Platform interface over annotated Deployments and their Services' EndpointSlices.
 
     The activator uses it to route; the autoscaler also reads ``ready_count``,
@@ -193,23 +192,6 @@ class StandalonePlatform:
         self._acts: tuple[int, int] | None = None  # this activator's (index, count)
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def synced(self) -> bool:
-        return bool(self.informers) and all(i.synced for i in self.informers)
-
-    async def wait_synced(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(i.wait_synced() for i in self.informers)), timeout
-            )
-        except TimeoutError:
-            return False
-        return self.synced
-
-    @property
-    def errors(self) -> list[KubeError]:
-        return [i.last_error for i in self.informers if i.last_error is not None]
-
     async def start(self, events: PlatformEvents) -> None:
         """Wait for the API server (ConfigError after ``api_wait`` seconds), then start the
         informers; their initial lists replay the state into ``events``."""
@@ -248,13 +230,6 @@ class StandalonePlatform:
             )
         for inf in self.informers:
             inf.start()
-
-    async def close(self) -> None:
-        for inf in self.informers:
-            await inf.close()
-        self._events = None
-        if self.owns_api:
-            await self.api.close()
 
     # ------------------------------------------------------------------ queries
     def ready_count(self, key: RevisionKey) -> int:
