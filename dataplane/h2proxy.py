@@ -108,6 +108,26 @@ def _header_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _send_within_window(h2: H2Connection, sid: int, buf: list[bytes]) -> int:
+    """Queue DATA frames of stream ``sid`` from ``buf`` while its send window and the frame size
+    allow (sent bytes leave ``buf``); returns how many bytes were queued."""
+    sent = 0
+    while buf:
+        window = h2.local_flow_control_window(sid)
+        if window <= 0:
+            break
+        chunk = buf[0]
+        n = min(window, len(chunk), h2.max_outbound_frame_size)
+        if n < len(chunk):
+            h2.send_data(sid, chunk[:n])
+            buf[0] = chunk[n:]
+        else:
+            h2.send_data(sid, chunk)
+            buf.pop(0)
+        sent += n
+    return sent
+
+
 def take_over(hub: H2Hub, conn: ServerConnection, data: bytes) -> bool:
     """Replace ``conn`` (HTTP/1, just read the preface's request line) by an h2c connection."""
     seen_before = conn._head_seen - len(data)  # preface bytes fed by earlier reads
@@ -531,19 +551,8 @@ class H2ServerConnection(asyncio.Protocol):
         buf = st.out_buf
         sent = 0
         try:
-            while buf and not self.write_paused:
-                window = h2.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                chunk = buf[0]
-                n = min(window, len(chunk), h2.max_outbound_frame_size)
-                if n < len(chunk):
-                    h2.send_data(sid, chunk[:n])
-                    buf[0] = chunk[n:]
-                else:
-                    h2.send_data(sid, chunk)
-                    buf.pop(0)
-                sent += n
+            if not self.write_paused:
+                sent = _send_within_window(h2, sid, buf)
             if not buf and st.out_end:
                 st.out_end = False
                 st.resp_ended = True
@@ -757,19 +766,8 @@ class H2Upstream(asyncio.Protocol):
         buf = st.req_buf
         sent = 0
         try:
-            while buf and not self.write_paused:
-                window = h2.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                chunk = buf[0]
-                n = min(window, len(chunk), h2.max_outbound_frame_size)
-                if n < len(chunk):
-                    h2.send_data(sid, chunk[:n])
-                    buf[0] = chunk[n:]
-                else:
-                    h2.send_data(sid, chunk)
-                    buf.pop(0)
-                sent += n
+            if not self.write_paused:
+                sent = _send_within_window(h2, sid, buf)
             if not buf and st.req_ended and not st.req_end_sent:
                 st.req_end_sent = True
                 if st.req_h2_trailers:
