@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from activator.handler import Activator
 from autoscaler.config import AutoscalerConfig
@@ -30,6 +32,9 @@ from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from platforms.base import Endpoints, Revision, RevisionKey
 from platforms.local import LocalPlatform, PlatformError, ServiceSpec
+
+if TYPE_CHECKING:
+    from dataplane.tracing import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,21 @@ class _Fanout:
         self.act.activators_updated(key, index, count)
 
 
+def _tracer(environ: Mapping[str, str]) -> Tracer | None:
+    """The embedded activator's tracer, or None when no tracing is configured (the OpenTelemetry
+    SDK is imported only then); a bad setting is a ConfigError naming it."""
+    raw = environ.get("OBSERVABILITY_CONFIG", "")
+    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
+        return None
+    from dataplane.tracing import observability_tracing, start_tracing, tracing_config
+
+    protocol, endpoint, rate = observability_tracing(raw)
+    cfg = tracing_config(
+        environ, protocol=protocol, endpoint=endpoint, rate=rate, service_name="knd-activator"
+    )
+    return start_tracing(cfg, "knative.dev/serving/pkg/activator")
+
+
 class Runner:
     def __init__(self, opts: RunOptions, loop: asyncio.AbstractEventLoop) -> None:
         self.opts = opts
@@ -98,12 +118,16 @@ class Runner:
             on_error=self._scale_error,
         )
         waits = wait_histogram()
+        # Tracing as a Knative activator: OBSERVABILITY_CONFIG / OTEL_* from knd's environment
+        # (the pods' queue-proxies get the same variables).
+        self.tracer = _tracer(os.environ)
         self.activator = Activator(
             loop=loop,
             pod_name="knd-activator",
             send_stats=self.autoscaler.record_wire,
             connected=lambda: True,
             wait_histogram=waits,
+            tracer=self.tracer,
         )
         self.activator.on_wait = self._waited
         # /metrics on the admin port: the autoscaler's and the activator's view, per revision.
@@ -273,6 +297,8 @@ class Runner:
         )
         self.activator.stop()
         await self.platform.close()
+        if self.tracer is not None:  # flush the spans still batched
+            await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
 
 
 async def _main(opts: RunOptions) -> int:

@@ -91,7 +91,10 @@ PRESTOP_HEADERS = "User-Agent: kube-lifecycle/1.30\r\n"
 #: Set so the queue-proxy does not re-execute itself to get them (queueproxy/cli.py).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "2097152"}
 #: knd's variables the queue-proxy keeps (it gets a clean environment, as in a pod).
-QP_INHERITED = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ")
+# knd's variables a queue-proxy inherits: the process basics and the tracing settings
+# (Knative's OBSERVABILITY_CONFIG, OpenTelemetry's OTEL_*), so pods trace like knd's activator.
+QP_INHERITED = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ", "OBSERVABILITY_CONFIG")
+QP_INHERITED_PREFIX = "OTEL_"
 
 _PR_SET_PDEATHSIG = 1
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' utilrand alphabet
@@ -205,7 +208,9 @@ def queue_proxy_env(
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The queue-proxy's environment: Knative's contract, our port extras, a few of knd's."""
-    env = {k: environ[k] for k in QP_INHERITED if k in environ}
+    env = {
+        k: v for k, v in environ.items() if k in QP_INHERITED or k.startswith(QP_INHERITED_PREFIX)
+    }
     env.update(
         {
             "CONTAINER_CONCURRENCY": str(spec.container_concurrency),

@@ -603,3 +603,17 @@ def test_bad_autoscaling_flag_is_one_line_naming_the_flag(
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(needle), res.stderr
     assert res.stdout == ""
+
+
+def test_bad_tracing_config_is_one_line(tmp_path: Path) -> None:
+    port, admin = free_ports(2)
+    res = run_knd(
+        "run", "--name", "a", "--port", str(port), "--admin-port", str(admin),
+        "--", "no-such-command-knd",
+        env=knd_env(tmp_path, OBSERVABILITY_CONFIG='{"tracing": {"protocol": "carrier-pigeon"}}'),
+        timeout=20,
+    )  # fmt: skip
+    assert res.returncode == 2, res
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("knd: OBSERVABILITY_CONFIG: "), res.stderr
+    assert "carrier-pigeon" in lines[0]

@@ -3,9 +3,13 @@ view in Prometheus text, moving as a request scales a service from zero."""
 
 from __future__ import annotations
 
+import json
+import secrets
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.apps import otlp_collector
 
 from .knd_helpers import AppRecords, knd_env
 from .test_knd import (  # fixtures and helpers of the knd suite
@@ -77,3 +81,40 @@ async def test_metrics_follow_a_scale_from_zero(
         assert value(after, "kn_revision_request_queued", **rev) == 0
         assert value(after, "kn_revision_request_active", **rev) == 0
         assert (await c.get(f"http://127.0.0.1:{k.admin_port}/nope")).status_code == 404
+
+
+async def test_knd_traces_like_knative_with_the_pods_continuing_the_trace(
+    start_knd: StartKnd, app_file: Path, records: AppRecords
+) -> None:
+    # OBSERVABILITY_CONFIG in knd's environment: its activator traces, and the pods' queue-
+    # proxies inherit the setting, so one client trace spans activator and queue-proxy.
+    collector = await otlp_collector.start()
+    try:
+        # samplingRate 0: only what the client's traceparent marks as sampled is traced
+        tracing = {"protocol": "http/protobuf", "endpoint": collector.endpoint, "samplingRate": 0}
+        env = knd_env(
+            records.directory,
+            OBSERVABILITY_CONFIG=json.dumps({"tracing": tracing}),
+            OTEL_BSP_SCHEDULE_DELAY="20",  # export within ~20 ms
+        )
+        k = start_knd(
+            "--name", "traced", "--initial-scale", "0", *FAST, *hello_cmd(app_file), env=env
+        )  # fmt: skip
+        await k.wait_up()
+        tid, client_span = secrets.token_hex(16), secrets.token_hex(8)
+        async with client() as c:
+            r = await c.get(
+                f"http://127.0.0.1:{k.port}/sleep?ms=0",
+                headers={"traceparent": f"00-{tid}-{client_span}-01"},
+            )
+            assert r.status_code == 200
+        names = {"handle", "throttler_try", "activator_proxy", "queue", "kn.queueproxy.proxy"}
+        await collector.wait_for(lambda s: {x.name for x in s if x.trace_id == tid} >= names)
+        spans = {s.name: s for s in collector.trace(tid)}
+        assert spans["handle"].parent_id == client_span
+        assert spans["handle"].scope == "knative.dev/serving/pkg/activator"
+        assert spans["activator_proxy"].parent_id == spans["handle"].span_id
+        assert spans["queue"].parent_id == spans["activator_proxy"].span_id
+        assert spans["kn.queueproxy.proxy"].parent_id == spans["queue"].span_id
+    finally:
+        await collector.close()

@@ -54,7 +54,12 @@ def test_queue_proxy_env_satisfies_the_contract() -> None:
         pod="hello-00001-deployment-abcde",
         ports=PORTS,
         drain_quiet_period=0.5,
-        environ={"PATH": "/bin", "HOME": "/root", "OBSERVABILITY_CONFIG": "{bad"},
+        environ={
+            "PATH": "/bin",
+            "HOME": "/root",
+            "OBSERVABILITY_CONFIG": '{"tracing": {"protocol": "none"}}',
+            "OTEL_SERVICE_NAME": "svc",
+        },
         extra={"SERVING_LOGGING_LEVEL": "debug"},
     )
     e = parse_env(env)  # the queue-proxy's own parser accepts it
@@ -71,8 +76,10 @@ def test_queue_proxy_env_satisfies_the_contract() -> None:
     assert e.logging_level == "debug" and env["SERVING_LOGGING_CONFIG"] == ""
     assert env["MALLOC_MMAP_THRESHOLD_"] == "1048576"
     assert env["MALLOC_TRIM_THRESHOLD_"] == "2097152"
-    # A clean environment: knd's PATH, nothing else of knd's.
-    assert env["PATH"] == "/bin" and "HOME" not in env and "OBSERVABILITY_CONFIG" not in env
+    # A clean environment: knd's PATH and tracing settings (knd validated them), nothing else.
+    assert env["PATH"] == "/bin" and "HOME" not in env
+    assert env["OBSERVABILITY_CONFIG"] == '{"tracing": {"protocol": "none"}}'
+    assert env["OTEL_SERVICE_NAME"] == "svc"
     (probe,) = parse_readiness_probe(e.readiness_probe, multi_container=False, user_port=1)
     assert (probe.kind, probe.host, probe.port, probe.aggressive) == (
         "tcp",
