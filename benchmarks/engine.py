@@ -5,9 +5,10 @@ handler, breaker and stats) through in-memory transports: request bytes in, resp
 and counts the microseconds of Python per request. On loopback the kernel's share of a proxied
 request is large and noisy; this isolates the part our code controls, so an optimisation can be
 measured before and after in a few seconds. Compare against ``--handler plain`` (no
-queue-proxy logic) to see the engine's own share.
+queue-proxy logic) to see the engine's own share; ``--handler activator`` runs the activator's
+handler instead (one revision, one probed pod, Host routing, stats reporter, throttler).
 
-    python -m benchmarks engine [--requests N] [--handler qp|plain] [--cc N]
+    python -m benchmarks engine [--requests N] [--handler qp|plain|activator] [--cc N]
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class _Transport(asyncio.Transport):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=50_000, help="requests per round")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--handler", choices=("qp", "plain"), default="qp")
+    p.add_argument("--handler", choices=("qp", "plain", "activator"), default="qp")
     p.add_argument("--cc", type=int, default=10, help="container concurrency (qp handler)")
     p.add_argument("--quick", action="store_true", help="10,000 requests x 3 rounds")
 
@@ -88,6 +89,33 @@ def run(args: argparse.Namespace) -> int:
         loop.close()
 
 
+def _activator(loop: asyncio.AbstractEventLoop, cc: int) -> tuple[Any, UpstreamPool]:
+    """The activator's handler with one revision (Host ``hello.default.example.com``) whose one
+    pod is probed ready; returns it and the pool of that pod (stats are dropped)."""
+    from activator.handler import Activator
+    from platforms.base import Endpoints, Revision
+
+    async def probe(dest: str, timeout: float) -> bool:
+        return True
+
+    async def setup() -> tuple[Any, UpstreamPool]:
+        act = Activator(
+            loop=loop, pod_name="bench", send_stats=lambda msgs: None, connected=lambda: True,
+            probe=probe,
+        )  # fmt: skip
+        rev = Revision("default", "hello-00001", cc, hosts=("hello.default.example.com",))
+        act.revision_updated(rev)
+        act.endpoints_updated(rev.key, Endpoints(ready=("127.0.0.1:8012",)))
+        rs = act.revisions[rev.key]
+        for _ in range(1000):
+            if rs.throttler.capacity:
+                return act, rs.pool("127.0.0.1:8012")
+            await asyncio.sleep(0.001)
+        raise RuntimeError("the activator never saw its pod ready")
+
+    return loop.run_until_complete(setup())
+
+
 def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
     pool = UpstreamPool("127.0.0.1", 8080, loop=loop)
     handler: Any
@@ -96,6 +124,8 @@ def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
         def handler(ex: Any) -> None:
             ex.proxy(pool)
 
+    elif args.handler == "activator":
+        handler, pool = _activator(loop, args.cc)
     else:
         from queueproxy.drain import Drainer
         from queueproxy.handler import QueueProxyHandler
