@@ -46,6 +46,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "knd": ["--repeat", "1", "--steps", "5:4,20:4,0:20"],
     "held": ["--held", "1000", "--repeat", "1"],
     "telemetry": ["--repeat", "1", "--duration", "2"],
+    "soak": ["--duration", "6", "--warmup", "2"],
     "locust": ["--burst", "10", "--seconds", "1.5", "--steps", "50:2,100:2,150:2,50:10"],
 }
 
