@@ -194,7 +194,32 @@ def upgrade(hub: H2Hub, ex: Exchange, handler: Callable[[Exchange], None]) -> bo
     return True
 
 
-class H2ServerConnection(asyncio.Protocol):
+class _H2Output:
+    """Writing what the h2 state machine queued, now or once per loop iteration (both sides)."""
+
+    h2: H2Connection
+    transport: asyncio.Transport | None
+    closed: bool
+    loop: asyncio.AbstractEventLoop
+    _flush_pending: bool
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Flush once at the end of this loop iteration (coalesces frames into one write)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_pending = False
+        self.flush()
+
+
+class H2ServerConnection(_H2Output, asyncio.Protocol):
     """One downstream h2c connection."""
 
     def __init__(self, hub: H2Hub, server: HTTPServer, shadow: ServerConnection) -> None:
@@ -272,21 +297,6 @@ class H2ServerConnection(asyncio.Protocol):
         self.flush()
 
     # -- output ----------------------------------------------------------------------------
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data and not self.closed and self.transport is not None:
-            self.transport.write(data)
-
-    def flush_soon(self) -> None:
-        """Flush once at the end of this loop iteration (coalesces frames into one write)."""
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.loop.call_soon(self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._flush_pending = False
-        self.flush()
-
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.transport.close()
@@ -590,7 +600,7 @@ class H2ServerConnection(asyncio.Protocol):
             self.close()
 
 
-class H2Upstream(asyncio.Protocol):
+class H2Upstream(_H2Output, asyncio.Protocol):
     """One multiplexed h2c client connection to a destination."""
 
     def __init__(self, hub: H2Hub, pool: UpstreamPool) -> None:
@@ -895,22 +905,6 @@ class H2Upstream(asyncio.Protocol):
                 self.h2.acknowledge_received_data(n, sid)
             except H2Error:
                 pass
-
-    def flush(self) -> None:
-        if self.transport is None or self.closed:
-            return
-        data = self.h2.data_to_send()
-        if data:
-            self.transport.write(data)
-
-    def flush_soon(self) -> None:
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.loop.call_soon(self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._flush_pending = False
-        self.flush()
 
     def _lost(self, reason: str) -> None:
         self.closed = True

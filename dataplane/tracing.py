@@ -20,6 +20,7 @@ Configuration, Knative's first: ``OBSERVABILITY_CONFIG`` ``tracing.protocol`` (`
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import time
@@ -389,6 +390,12 @@ class Tracer:
         if inner_name:
             set_upstream_traceparent(ex, spans.start_inner(inner_name))
         return spans
+
+    def settle(self) -> None:
+        """Call once the process serves: the SDK adds tens of thousands of long-lived objects
+        that every full garbage collection would scan again (measured in memory, roughly: 4 us
+        per request at 0 % sampling without this, 1 us with it), so move them out of its way."""
+        gc.freeze()
 
     def shutdown(self) -> None:
         """Flush and stop the exporter (blocking; call from a thread at shutdown)."""
