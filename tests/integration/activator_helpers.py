@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +26,7 @@ from tests.apps import upstream
 from tests.apps.autoscaler_stub import RunningStub
 
 from .conftest import make_client
-from .helpers import QueueProxy, eventually, free_ports
+from .helpers import ChildProcess, QueueProxy, eventually, free_ports
 
 ACTIVATOR_BIN = str(Path(sys.executable).with_name("activator"))
 START_TIMEOUT = 10.0
@@ -133,54 +132,20 @@ async def apply(platform: PlatformFile, act: ActivatorProc, *, timeout: float = 
 # --------------------------------------------------------------------------- activator
 
 
-class ActivatorProc:
+class ActivatorProc(ChildProcess):
     """A running ``activator`` subprocess."""
+
+    what = "activator"
 
     def __init__(
         self, proc: subprocess.Popen[bytes], env: dict[str, str], out: Path, err: Path
     ) -> None:
-        self.proc = proc
-        self.env = env
-        self.stdout_path = out
-        self.stderr_path = err
+        super().__init__(proc, env, out, err)
         self.port = int(env["ACTIVATOR_PORT"])
         self.metrics_port = int(env["ACTIVATOR_METRICS_PORT"])
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    async def wait_exit(self, timeout: float = 10.0) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (rc := self.proc.poll()) is None:
-            if loop.time() >= deadline:
-                raise AssertionError(f"activator {self.pid} still running after {timeout}s")
-            await asyncio.sleep(0.02)
-        return rc
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait(timeout=10)
 
     async def health(self) -> httpx.Response:
         """A kubelet probe of the data port."""

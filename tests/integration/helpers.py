@@ -65,8 +65,10 @@ def knative_env(
     }
 
 
-class QueueProxy:
-    """A running queue-proxy subprocess."""
+class ChildProcess:
+    """A component under test running as a subprocess (``what`` names it in failures)."""
+
+    what = "process"
 
     def __init__(
         self, proc: subprocess.Popen[bytes], env: dict[str, str], out: Path, err: Path
@@ -75,31 +77,16 @@ class QueueProxy:
         self.env = env
         self.stdout_path = out
         self.stderr_path = err
-        self.port = int(env["QUEUE_SERVING_PORT"])
-        self.admin_port = int(env["QUEUE_ADMIN_PORT"])
-        self.metrics_port = int(env["QUEUE_METRICS_PORT"])
-        self.user_metrics_port = int(env["QUEUE_USER_METRICS_PORT"])
-        self.user_port = int(env["USER_PORT"])
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
-
-    def rss_kb(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmRSS")
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
@@ -112,7 +99,7 @@ class QueueProxy:
         deadline = loop.time() + timeout
         while (rc := self.proc.poll()) is None:
             if loop.time() >= deadline:
-                raise AssertionError(f"queue-proxy {self.pid} still running after {timeout}s")
+                raise AssertionError(f"{self.what} {self.pid} still running after {timeout}s")
             await asyncio.sleep(0.02)
         return rc
 
@@ -123,6 +110,32 @@ class QueueProxy:
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=10)
+
+
+class QueueProxy(ChildProcess):
+    """A running queue-proxy subprocess."""
+
+    what = "queue-proxy"
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], env: dict[str, str], out: Path, err: Path
+    ) -> None:
+        super().__init__(proc, env, out, err)
+        self.port = int(env["QUEUE_SERVING_PORT"])
+        self.admin_port = int(env["QUEUE_ADMIN_PORT"])
+        self.metrics_port = int(env["QUEUE_METRICS_PORT"])
+        self.user_metrics_port = int(env["QUEUE_USER_METRICS_PORT"])
+        self.user_port = int(env["USER_PORT"])
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
 
 
 async def eventually(
