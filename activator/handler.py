@@ -41,6 +41,7 @@ log = logging.getLogger("activator")
 WAIT_HEADER = b"Knd-Activator-Wait-Ms"
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
 _PROXY_HEADERS = b"K-Proxy-Request: activator\r\nK-Original-Host: "
+_FAILED_HEADERS = _TEXT + b"X-Content-Type-Options: nosniff\r\n"
 
 
 class RevisionState:
@@ -72,6 +73,27 @@ class RevisionState:
         qw = rev.queue_wait_seconds if rev.queue_wait_seconds is not None else self.act.queue_wait
         self.queue_wait = qw if qw is not None and qw > 0 else None
         self.labels = (rev.namespace, rev.name)
+        # Why the revision cannot start (None: it can): while no pod has capacity, requests
+        # are answered with 503 and this body at once instead of being held.
+        self.failure: bytes | None = rev.failure.encode() + b"\n" if rev.failure else None
+
+    def enqueue(self) -> None:
+        """A request starts waiting for capacity."""
+        self.queued += 1
+        if self.queued == 1:
+            self.backends.set_demand(True)
+        on_held = self.act.on_held
+        if on_held is not None:
+            on_held(self.key, self.queued)
+
+    def unqueue(self) -> None:
+        """A waiting request was granted, answered or went away."""
+        self.queued -= 1
+        if self.queued == 0:
+            self.backends.set_demand(False)
+        on_held = self.act.on_held
+        if on_held is not None:
+            on_held(self.key, self.queued)
 
     def pool(self, dest: str) -> UpstreamPool:
         p = self.pools.get(dest)
@@ -118,9 +140,7 @@ class _Request:
         """The throttler gave this waiting request a pod."""
         rs = self.rs
         self.ticket = None
-        rs.queued -= 1
-        if rs.queued == 0:
-            rs.backends.set_demand(False)
+        rs.unqueue()
         if self.wait_timer is not None:
             self.wait_timer.cancel()
             self.wait_timer = None
@@ -131,7 +151,7 @@ class _Request:
         if self.spans is not None:
             self.spans.end_wait()
         waited = rs.act.loop.time() - self.wait_start
-        rs.act.observe_wait(rs, waited)
+        rs.act.observe_wait(rs, waited, lease.dest)
         ex.resp_extra = WAIT_HEADER + b": %d\r\n" % round(waited * 1000)
         self.forward(lease)
 
@@ -165,15 +185,8 @@ class _Request:
             self.wait_timer.cancel()
             self.wait_timer = None
         rs = self.rs
-        rs.queued -= 1
-        if rs.queued == 0:
-            rs.backends.set_demand(False)
-        self.ex.respond(
-            503,
-            body,
-            b"Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"
-            + extra,
-        )
+        rs.unqueue()
+        self.ex.respond(503, body, _FAILED_HEADERS + extra)
 
 
 class Activator:
@@ -217,8 +230,12 @@ class Activator:
         self._tick: asyncio.TimerHandle | None = None
         # Requests whose Host names no revision go here when set (knd run with one service).
         self.default_key: RevisionKey | None = None
-        # Called with (revision, milliseconds) whenever a request waited for capacity.
-        self.on_wait: Callable[[RevisionKey, float], None] | None = None
+        # Called with (revision, milliseconds, pod address) whenever a request waited for
+        # capacity and got it.
+        self.on_wait: Callable[[RevisionKey, float, str], None] | None = None
+        # Called with (revision, requests waiting) whenever that count changes (knd run's
+        # in-process autoscaler scales from zero to the held demand in one step).
+        self.on_held: Callable[[RevisionKey, int], None] | None = None
         # Why kubelet probes fail while ``connected()`` is False (default: Knative's text).
         self.unready_reason: Callable[[], str] | None = None
 
@@ -241,6 +258,8 @@ class Activator:
                     rev.name,
                 )
             rs.configure(rev)
+        if rs.failure is not None and rs.throttler.capacity == 0:
+            self.fail_waiting(rev.key, rs.failure)
         self._reindex_hosts()
 
     def fail_waiting(self, key: RevisionKey, body: bytes) -> int:
@@ -299,15 +318,28 @@ class Activator:
         if msgs:
             self.send_stats(msgs)
 
-    def observe_wait(self, rs: RevisionState, waited: float) -> None:
+    def observe_wait(self, rs: RevisionState, waited: float, dest: str) -> None:
         h = self.wait_histogram
         if h is not None:
             h.observe(waited, rs.labels)
         if self.on_wait is not None:
-            self.on_wait(rs.key, waited * 1000)
+            self.on_wait(rs.key, waited * 1000, dest)
 
     # -- requests --------------------------------------------------------------------------
+    def handler_for(self, key: RevisionKey) -> Callable[[Exchange], None]:
+        """A request handler that sends every request to revision ``key``, whatever its Host
+        (``knd run``: a service's own port)."""
+
+        def handle(ex: Exchange) -> None:
+            self.handle(ex, key)
+
+        return handle
+
     def __call__(self, ex: Exchange) -> None:
+        self.handle(ex, None)
+
+    def handle(self, ex: Exchange, key: RevisionKey | None) -> None:
+        """Serve one request, for revision ``key`` or (None) the one it names."""
         hdr = ex.hdr
         ua = hdr.get(b"user-agent")
         if (ua is not None and ua.startswith(b"kube-probe/")) or b"k-kubelet-probe" in hdr:
@@ -335,7 +367,7 @@ class Activator:
             # Knative's server span ("handle") also covers resolution: a 404 is traced.
             spans = tr.start_request(ex, "handle", "", "throttler_try", ex.start, self.loop.time())
             spans.attach(ex)
-        rs = self._resolve(ex)
+        rs = self._resolve(ex) if key is None else self._bound(ex, key)
         if rs is None:
             return
         msgs = self.reporter.request_in(rs.key, ex.start)
@@ -350,6 +382,12 @@ class Activator:
             spans.inner_done = self._done  # runs before the spans end
             spans.start_wait()
         ex.set_timeouts(rs.timeouts)
+        if rs.failure is not None and rs.throttler.capacity == 0:
+            # The revision cannot start: say so now rather than hold the request.
+            if req.spans is not None:
+                req.spans.end_wait("revision cannot start")
+            ex.respond(503, rs.failure, _FAILED_HEADERS)
+            return
         try:
             got = rs.throttler.try_acquire(req.grant)
         except QueueFullError:
@@ -364,9 +402,7 @@ class Activator:
             return
         req.ticket = got
         req.wait_start = ex.start
-        rs.queued += 1
-        if rs.queued == 1:
-            rs.backends.set_demand(True)
+        rs.enqueue()
         qw = rs.queue_wait
         if qw is not None and (not rs.timeouts.total or qw < rs.timeouts.total):
             req.wait_timer = self.loop.call_at(ex.start + qw, req.wait_expired)
@@ -418,6 +454,15 @@ class Activator:
             )
         return rs
 
+    def _bound(self, ex: Exchange, key: RevisionKey) -> RevisionState | None:
+        rs = self.revisions.get(key)
+        if rs is None:
+            ex.error(
+                404,
+                f'Error getting active endpoint: revision.serving.knative.dev "{key[1]}" not found',
+            )
+        return rs
+
     def _done(self, ex: Exchange) -> None:
         req: _Request = ex.ctx
         rs = req.rs
@@ -431,9 +476,7 @@ class Activator:
             lease.release()
         elif req.ticket is not None:
             if req.ticket.cancel():
-                rs.queued -= 1
-                if rs.queued == 0:
-                    rs.backends.set_demand(False)
+                rs.unqueue()
             req.ticket = None
         self.reporter.request_out(rs.key, self.loop.time())
 

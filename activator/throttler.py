@@ -229,6 +229,15 @@ class RevisionThrottler:
         """Dests of the pods this activator sends to, sorted."""
         return [t.dest for t in self._assigned]
 
+    def in_flight_by_pod(self) -> dict[str, int]:
+        """Leases outstanding per pod (``ip:port``), pods that left included; none listed at 0."""
+        out: dict[str, int] = {}
+        for trackers in (self._trackers, self._retired):
+            for d, t in trackers.items():
+                if t.weight:
+                    out[d] = out.get(d, 0) + t.weight
+        return out
+
     # -- request path ----------------------------------------------------------------------
     def try_acquire(self, on_grant: Callable[[Lease], None]) -> Lease | Ticket:
         """A Lease at once if nobody waits and a slot and a pod are free (``on_grant`` is not

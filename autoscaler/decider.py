@@ -130,6 +130,7 @@ class Decider:
         self._panic_time: float | None = now if ready > 1 else None
         self._max_panic_pods = ready
         self._delay = _DelayWindow(scaling.scale_down_delay) if scaling.scale_down_delay else None
+        self._held = 0  # requests held at the activator, counted while no pod is ready
         self._decision = Decision(
             desired=-1,
             excess_burst_capacity=initial_excess_burst_capacity(scaling),
@@ -170,6 +171,22 @@ class Decider:
         self._stable_rps.record(t, rps)
         self._panic_rps.record(t, rps)
 
+    def record_held(self, held: int) -> None:
+        """The number of requests the activator holds for this revision right now.
+
+        Beyond Knative: while no pod is ready, a tick takes this count as the revision's
+        concurrency (stable and panic) when it exceeds the windows' averages, so a burst from
+        zero gets its pods in one step (Knative sees the first request at once and the rest
+        only through the averaged 1 s stats, and scales up over several ticks). A burst from
+        zero is panic by Knative's rule, so the pods are then kept for a stable window.
+        """
+        self._held = max(0, held)
+
+    @property
+    def held(self) -> int:
+        """The held count last recorded."""
+        return self._held
+
     def update(self, scaling: RevisionScaling) -> None:
         """Apply changed settings, keeping the recorded history where the windows allow."""
         old = self._scaling
@@ -204,7 +221,8 @@ class Decider:
             stable_b, panic_b = self._stable_rps, self._panic_rps
         else:
             stable_b, panic_b = self._stable_conc, self._panic_conc
-        if stable_b.is_empty(now) and s.target_burst_capacity != -1:
+        held = self._held if ready == 0 and s.metric != RPS else 0
+        if held == 0 and stable_b.is_empty(now) and s.target_burst_capacity != -1:
             # Knative: ErrNoData, the scaler skips the tick and the status stays.
             prev = self._decision
             self._decision = Decision(
@@ -218,6 +236,9 @@ class Decider:
             return self._decision
         stable = stable_b.window_average(now)
         panic = panic_b.window_average(now)
+        if held:
+            stable = max(stable, float(held))
+            panic = max(panic, float(held))
 
         pods = max(1, ready)
         max_up = math.ceil(s.max_scale_up_rate * pods)

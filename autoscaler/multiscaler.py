@@ -49,6 +49,7 @@ class RevisionScaler:
         self.controller = ScaleController(scaling, now)
         self.replicas = 0  # last count sent to the platform
         self.wake: asyncio.TimerHandle | None = None
+        self.held_tick = False  # a decision for a rise of held requests is scheduled
         self.last = self.decider.decision
 
     def update(self, rev: Revision, scaling: RevisionScaling) -> None:
@@ -115,6 +116,27 @@ class Autoscaler:
         rs.decider.record(now, concurrency, rps)
         if rs.replicas == 0 and stat.average_concurrent_requests > 0:
             self._tick_soon(key)  # poke: demand at zero is acted on without waiting a tick
+
+    def held(self, key: RevisionKey, n: int) -> None:
+        """``n`` requests are held at the (in-process) activator for ``key`` right now. While
+        the revision has no ready pod, a rise decides at once with that count (see
+        :meth:`Decider.record_held`), so a burst from zero gets its pods in one step."""
+        rs = self.revisions.get(key)
+        if rs is None:
+            return
+        prev = rs.decider.held
+        rs.decider.record_held(n)
+        if n > prev and not rs.held_tick:
+            rs.held_tick = True  # one decision per loop iteration, whatever arrived in it
+            self.loop.call_soon(self._held_tick, key)
+
+    def _held_tick(self, key: RevisionKey) -> None:
+        rs = self.revisions.get(key)
+        if rs is None:
+            return
+        rs.held_tick = False
+        if self.ready(key) == 0:
+            self._tick_guarded(key)
 
     def record_wire(self, messages: list[WireStatMessage]) -> None:
         """A batch from an activator (in process, or decoded from a websocket frame)."""

@@ -685,7 +685,11 @@ class Exchange:
 
     def timed_out(self) -> None:
         """A revision timeout fired: 504 if nothing was sent yet, else append the message."""
-        msg = self.conn.server.config.timeout_body
+        self.interrupt(504, self.conn.server.config.timeout_body)
+
+    def interrupt(self, status: int, msg: bytes) -> None:
+        """End the exchange now (upstream aborted): ``status`` and ``msg`` if nothing was sent
+        yet, else ``msg`` appended where the framing allows, and the connection closed."""
         up = self.upstream
         if up is not None:
             self.upstream = None
@@ -693,7 +697,7 @@ class Exchange:
         self.out.clear()
         if not self.resp_started:
             self.respond(
-                504, msg, b"Content-Type: text/plain; charset=utf-8\r\n", content_length=True
+                status, msg, b"Content-Type: text/plain; charset=utf-8\r\n", content_length=True
             )
             return
         conn = self.conn
@@ -1328,6 +1332,21 @@ class HTTPServer:
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+
+    def interrupt_all(self, status: int, msg: bytes) -> int:
+        """Stop now: every request in flight is ended (``status`` and ``msg`` when nothing was
+        sent yet, see :meth:`Exchange.interrupt`) and every connection closed; returns how
+        many requests were ended."""
+        self.shutting_down = True
+        self.stop_accepting()
+        n = 0
+        for c in list(self.connections):
+            ex = c.active
+            if ex is not None and not ex.done and c.tunnel is None:
+                ex.interrupt(status, msg)
+                n += 1
+            c.close()
+        return n
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop accepting, close idle connections, let active requests

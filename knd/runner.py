@@ -11,9 +11,11 @@ event, and a status line when something changed; ``knd status`` asks the admin p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -31,7 +33,7 @@ from dataplane.metrics import add_activator_metrics, add_autoscaler_metrics, wai
 from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from platforms.base import Endpoints, Revision, RevisionKey
-from platforms.local import LocalPlatform, PlatformError, ServiceSpec
+from platforms.local import LocalPlatform, PlatformError, ServiceSpec, app_env, expand_vars
 
 if TYPE_CHECKING:
     from dataplane.tracing import Tracer
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["RunOptions", "run"]
+
+#: How long a graceful stop lets requests in flight finish (a second Ctrl-C: at once).
+DRAIN_LIMIT = 30.0
 
 
 @dataclass(slots=True)
@@ -101,7 +106,8 @@ class Runner:
         self.opts = opts
         self.loop = loop
         self.fatal: asyncio.Future[str] = loop.create_future()
-        self.cold_start: dict[RevisionKey, float] = {}
+        self.cold_start: dict[RevisionKey, float] = {}  # start-to-ready of a pod, ms
+        self.last_wait: dict[RevisionKey, float] = {}  # time a request was held, ms
         self._last_status = ""
         config = AutoscalerConfig.from_map({"allow-zero-initial-scale": "true", **opts.config})
         self.platform = LocalPlatform(
@@ -130,6 +136,7 @@ class Runner:
             tracer=self.tracer,
         )
         self.activator.on_wait = self._waited
+        self.activator.on_held = self.autoscaler.held  # from zero to the demand in one step
         # /metrics on the admin port: the autoscaler's and the activator's view, per revision.
         self.registry = Registry()
         add_autoscaler_metrics(
@@ -150,8 +157,21 @@ class Runner:
         self.h2c = H2Hub(loop)  # gRPC clients: h2c with prior knowledge on the same port
         self.h2c.enable(self.server)
         self.admin = HTTPServer(self._admin, ServerConfig(), loop=loop)
+        # Services with a port of their own: any request there goes to that service.
+        self.service_servers: list[tuple[ServiceSpec, HTTPServer]] = []
+        for spec in opts.services:
+            if spec.port:
+                server = HTTPServer(
+                    self.activator.handler_for(spec.key),
+                    ServerConfig(timeout_body=b"activator request timeout"),
+                    loop=loop,
+                )
+                self.h2c.enable(server)
+                self.service_servers.append((spec, server))
         self._status_handle: asyncio.TimerHandle | None = None
         self._names = {(("default", f"{s.name}-00001")): s.name for s in opts.services}
+        self._ports = {s.key: s.port for s in opts.services if s.port}
+        self.stopping = False
 
     # -- output ----------------------------------------------------------------------------
     def _line(self, text: str) -> None:
@@ -176,10 +196,15 @@ class Runner:
         self._line(text)
         self._status_soon()
 
-    def _waited(self, key: RevisionKey, ms: float) -> None:
-        rs = self.autoscaler.revisions.get(key)
-        if rs is not None and self.platform.ready_count(key) <= 1:
-            self.cold_start[key] = ms
+    def _waited(self, key: RevisionKey, ms: float, dest: str) -> None:
+        """A request waited ``ms`` for capacity and goes to ``dest``: when that pod got ready
+        during the wait, the request met a cold start; its figure is the pod's start-to-ready
+        time (the wait itself may include queueing behind other requests)."""
+        self.last_wait[key] = ms
+        arrived = time.monotonic() - ms / 1000
+        for pod in self.platform.pods(key):
+            if pod.address == dest and pod.ready_at is not None and pod.ready_at >= arrived:
+                self.cold_start[key] = (pod.ready_at - pod.started) * 1000
         self._status_soon()
 
     def _scale_error(self, key: RevisionKey, e: BaseException) -> None:
@@ -195,6 +220,8 @@ class Runner:
         for key, rs in self.autoscaler.revisions.items():
             q, a = gauges.get(key, (0, 0))
             cs = self.cold_start.get(key)
+            wait = self.last_wait.get(key)
+            port = self._ports.get(key)
             out.append(
                 {
                     "service": self._name(key),
@@ -204,7 +231,12 @@ class Runner:
                     "in_flight": a,
                     "queued": q,
                     "last_cold_start_ms": None if cs is None else round(cs),
+                    "last_wait_ms": None if wait is None else round(wait),
+                    "failure": self.platform.failure(key) or None,
                     "host": f"{self._name(key)}.localhost:{self.opts.port}",
+                    "url": f"http://localhost:{port}/"
+                    if port
+                    else f"http://{self._name(key)}.localhost:{self.opts.port}/",
                 }
             )
         return out
@@ -217,6 +249,7 @@ class Runner:
                 f"{s['service']}: {s['ready']}/{s['desired']} pods ready, "
                 f"{s['in_flight']} in flight, {s['queued']} queued"
                 + (f", last cold start {cs} ms" if cs is not None else "")
+                + (", cannot start" if s["failure"] else "")
             )
         return "; ".join(parts)
 
@@ -245,14 +278,20 @@ class Runner:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         o = self.opts
-        listeners = ((self.server, o.port, "--port"), (self.admin, o.admin_port, "--admin-port"))
+        for spec in o.services:
+            check_command(spec)  # "command not found" before anything listens or starts
+        listeners = [(self.server, o.port, "--port"), (self.admin, o.admin_port, "--admin-port")]
+        listeners += [
+            (srv, spec.port, f"service {spec.name} port") for spec, srv in self.service_servers
+        ]
         for server, port, flag in listeners:
             try:
                 await server.start(o.address, port)
             except OSError as e:
+                hint = f"pick another with {flag}" if flag.startswith("--") else "pick another"
                 raise ConfigError(
                     f"{flag} {port}: cannot listen on {o.address}:{port}: {e.strerror} "
-                    "(another knd run? pick another with " + flag + ")"
+                    f"(another knd run? {hint})"
                 ) from None
         if len(o.services) == 1:
             self.activator.default_key = ("default", f"{o.services[0].name}-00001")
@@ -260,10 +299,14 @@ class Runner:
         self.activator.start()
         self.autoscaler.start()
         self.scraper.start()
-        self.loop.create_task(self._watch_progress())
+        self._progress = self.loop.create_task(self._watch_progress())
         for s in o.services:
-            host = f"{s.name}.localhost:{o.port}" if len(o.services) > 1 else f"localhost:{o.port}"
-            self._line(f"{s.name}: serving http://{host}/  (command: {' '.join(s.command)})")
+            urls = [f"http://{s.name}.localhost:{o.port}/"]
+            if len(o.services) == 1:
+                urls = [f"http://localhost:{o.port}/"]
+            if s.port:
+                urls.insert(0, f"http://localhost:{s.port}/")
+            self._line(f"{s.name}: serving {', '.join(urls)}  (command: {' '.join(s.command)})")
         self._line(f"status: knd status --admin-port {o.admin_port}   (Ctrl-C stops everything)")
 
     def _config_error(self, text: str) -> None:
@@ -271,44 +314,115 @@ class Runner:
             self.fatal.set_result(text)
 
     async def _watch_progress(self) -> None:
-        """A pod that never gets ready is a failed deployment: say so and stop."""
+        """The progress deadline: a service that has wanted pods for that long without one
+        ready cannot start. Its requests are answered with 503 and why (the platform's
+        failure); with a single service, knd run ends with that line."""
+        deadline = self.opts.progress_deadline
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(1.0, max(deadline / 4, 0.05)))
             now = time.monotonic()
             for key in list(self.autoscaler.revisions):
-                for pod in self.platform.pods(key):
-                    if pod.state == "starting" and now - pod.started > self.opts.progress_deadline:
-                        if not self.fatal.done():
-                            self.fatal.set_result(
-                                f"service {self._name(key)}: pod {pod.name} not ready after "
-                                f"{self.opts.progress_deadline:.0f}s: is the app listening on "
-                                f"the port in $PORT ({pod.app_port})?"
-                            )
-                        return
+                since = self.platform.unready_since(key)
+                if since is None or now - since < deadline:
+                    continue
+                text = self.platform.failure(key) or self._not_ready_text(key)
+                if len(self.opts.services) == 1:
+                    if not self.fatal.done():
+                        self.fatal.set_result(f"{text} (no ready pod after {deadline:g}s)")
+                    return
+                if not self.platform.failure(key):
+                    self._line(f"{self._name(key)}: {text}")
+                    self.platform.set_failure(key, text)
+
+    def _not_ready_text(self, key: RevisionKey) -> str:
+        pods = [p for p in self.platform.pods(key) if p.state != "terminating"]
+        port = f" ({pods[0].app_port})" if pods else ""
+        name = f"pod {pods[0].name}" if pods else "no pod"
+        return (
+            f"service {self._name(key)}: {name} not ready after "
+            f"{self.opts.progress_deadline:.0f}s: is the app listening on the port in "
+            f"$PORT{port}?"
+        )
+
+    # -- stopping ----------------------------------------------------------------------------
+    def draining(self) -> str:
+        """What a graceful stop still waits for, in words ("" when nothing)."""
+        parts: list[str] = []
+        for key, rs in self.activator.revisions.items():
+            by_dest = rs.throttler.in_flight_by_pod()
+            names = {p.address: p.name for p in self.platform.pods(key)}
+            for dest, n in sorted(by_dest.items()):
+                parts.append(f"{n} request{'s' if n != 1 else ''} on {names.get(dest, dest)}")
+            if rs.queued:
+                parts.append(f"{rs.queued} held for {self._name(key)}")
+        return ", ".join(parts)
 
     async def stop(self) -> None:
-        self.server.stop_accepting()
+        """Graceful: stop accepting, let requests in flight finish, drain and stop the pods."""
+        self.stopping = True
+        servers = [self.server] + [srv for _, srv in self.service_servers]
+        for srv in servers:
+            srv.stop_accepting()
         self.autoscaler.stop()
         await self.scraper.stop()
         await asyncio.gather(
-            self.h2c.shutdown(timeout=30),
-            self.server.shutdown(timeout=30),
+            self.h2c.shutdown(timeout=DRAIN_LIMIT),
+            *(srv.shutdown(timeout=DRAIN_LIMIT) for srv in servers),
             self.admin.shutdown(timeout=5),
         )
         self.activator.stop()
         await self.platform.close()
+        await self._flush_traces()
+
+    def stop_now(self) -> int:
+        """Ctrl-C again: answer what is left with 503 and kill every pod at once; returns how
+        many requests were cut short."""
+        self.stopping = True
+        body = b"knd run stopped before this request was served\n"
+        n = 0
+        for key in list(self.activator.revisions):
+            n += self.activator.fail_waiting(key, body)
+        for srv in [self.server] + [srv for _, srv in self.service_servers]:
+            n += srv.interrupt_all(503, body)
+        self.autoscaler.stop()
+        self.activator.stop()
+        self.platform.kill()
+        return n
+
+    async def _flush_traces(self) -> None:
         if self.tracer is not None:  # flush the spans still batched
             await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
+
+
+def check_command(spec: ServiceSpec) -> None:
+    """ConfigError when a service's program cannot be found or run (checked before anything
+    starts; the same words as when a pod fails to start)."""
+    env = app_env(spec, port=0, environ=os.environ)
+    argv0 = expand_vars(spec.command[0], env)
+    where = f"service {spec.name}"
+    if spec.cwd is not None and not os.path.isdir(spec.cwd):
+        raise ConfigError(f"{where}: working directory not found: {spec.cwd}")
+    if "/" in argv0:
+        path = os.path.join(spec.cwd or "", argv0)
+        if not os.path.exists(path):
+            raise ConfigError(f"{where}: command not found: {argv0}")
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise ConfigError(f"{where}: permission denied: {argv0}")
+    elif shutil.which(argv0, path=env.get("PATH", os.defpath)) is None:
+        raise ConfigError(f"{where}: command not found: {argv0}")
 
 
 async def _main(opts: RunOptions) -> int:
     loop = asyncio.get_running_loop()
     runner = Runner(opts, loop)
     stop: asyncio.Future[None] = loop.create_future()
+    now: asyncio.Future[None] = loop.create_future()
 
     def on_signal() -> None:
-        if not stop.done():
-            stop.set_result(None)
+        # The first Ctrl-C (or SIGTERM) drains; the next one stops at once.
+        target = stop if not stop.done() else now
+        if not target.done():
+            target.set_result(None)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
@@ -328,10 +442,37 @@ async def _main(opts: RunOptions) -> int:
         # Requests held for a pod that will never come: answer them now, not at shutdown.
         for key in list(runner.activator.revisions):
             runner.activator.fail_waiting(key, f"knd: {text}\n".encode())
-    else:
-        runner._line("stopping: draining pods ...")
-    await runner.stop()
+        if not stop.done():
+            stop.set_result(None)  # a Ctrl-C from here on stops at once
+    await _stop(runner, now, announce=code == 0)
     return code
+
+
+async def _stop(runner: Runner, now: asyncio.Future[None], *, announce: bool) -> None:
+    """Drain (saying what is waited for, and again when that changes) until done or until
+    ``now`` (the second Ctrl-C): then answer what is left with 503 and kill the pods."""
+    graceful = asyncio.ensure_future(runner.stop())
+    said = runner.draining()
+    if announce:
+        what = f"draining {said}" if said else "draining pods"
+        runner._line(f"stopping: {what} (Ctrl-C again to stop now)")
+    while not graceful.done():
+        await asyncio.wait({graceful, now}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        if now.done() and not graceful.done():
+            n = runner.stop_now()
+            graceful.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await graceful
+            runner._line(
+                f"stopped now: {n} request{'s' if n != 1 else ''} answered 503, pods killed"
+            )
+            await runner._flush_traces()
+            return
+        text = runner.draining()
+        if announce and text and text != said:
+            runner._line(f"still draining {text} (Ctrl-C again to stop now)")
+        said = text
+    graceful.result()
 
 
 def run(opts: RunOptions) -> int:

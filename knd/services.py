@@ -19,6 +19,7 @@ Schema (every key but ``services[].name`` and ``services[].command`` is optional
           target: 10
         readinessProbe:          # corev1 Probe (default: a TCP probe of the app's port)
           httpGet: {path: /healthz}
+        port: 8081               # also served at localhost:8081, whatever the Host
 
 Problems end in one :class:`~dataplane.envconfig.ConfigError` naming the file and the key.
 """
@@ -103,6 +104,7 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
         "cwd",
         "autoscaling",
         "readinessProbe",
+        "port",
     }
     if unknown:
         raise ConfigError(f"{w}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -129,6 +131,9 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
         or not 0 < timeout < math.inf  # also refuses .nan
     ):
         raise ConfigError(f"{w}.timeout: expected a number of seconds > 0")
+    port = s.get("port", 0)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"{w}.port: expected a port number (1 to 65535)")
     cwd = s.get("cwd")
     if cwd is not None and not isinstance(cwd, str):
         raise ConfigError(f"{w}.cwd: expected a path")
@@ -165,6 +170,7 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
         annotations=annotations,
         readiness_probe=probe_json,
         cwd=cwd,
+        port=port,
     )
 
 
@@ -183,6 +189,10 @@ def parse_services(doc: Any, where: str) -> tuple[list[ServiceSpec], dict[str, s
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"{where}: duplicate service name(s) {', '.join(sorted(dup))}")
+    ports = [s.port for s in services if s.port]
+    dup_ports = {p for p in ports if ports.count(p) > 1}
+    if dup_ports:
+        raise ConfigError(f"{where}: port {min(dup_ports)} is given to more than one service")
     config = _str_map(doc.get("autoscaler"), f"{where}: autoscaler")
     _known_keys(config, CONFIG_KEYS, f"{where}: autoscaler", "a config-autoscaler key")
     check_scaling(services, config, where=where)

@@ -35,6 +35,12 @@ class Revision:
     # (None: until the request timeout, as Knative).
     queue_wait_seconds: float | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # Why the revision cannot start (its app exits before it is ready, or no pod got ready
+    # within the progress deadline), in words for the 503 body; empty while it can. While no
+    # pod is ready the activator answers held and new requests with 503 and this text at
+    # once (Knative holds them until their timeout). The platform clears it when a pod is
+    # ready.
+    failure: str = ""
 
     @property
     def key(self) -> RevisionKey:

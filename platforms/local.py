@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -61,6 +62,8 @@ __all__ = [
     "choose_victims",
     "default_readiness_probe",
     "describe_exit",
+    "expand_vars",
+    "port_hint",
     "queue_proxy_env",
     "revision_for",
 ]
@@ -99,6 +102,7 @@ QP_INHERITED_PREFIX = "OTEL_"
 _PR_SET_PDEATHSIG = 1
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' utilrand alphabet
 _LINE_LIMIT = 64 * 1024
+_TAIL_LINES = 5  # of an app's stderr, quoted when it exits before it is ready
 
 
 class PlatformError(Exception):
@@ -117,6 +121,7 @@ class ServiceSpec:
     annotations: Mapping[str, str] = field(default_factory=dict)
     readiness_probe: str = ""
     cwd: str | None = None
+    port: int = 0  # knd run: a port of its own for this service (0: none)
 
     @property
     def revision(self) -> str:
@@ -140,6 +145,7 @@ class PodInfo:
     started: float  # time.monotonic() of the latest (re)start
     ready_at: float | None
     restarts: int
+    created: float = 0.0  # time.monotonic() of the first start
     app_pid: int = 0
     queue_proxy_pid: int = 0
     queue_proxy_log: str = ""
@@ -266,6 +272,54 @@ def describe_exit(returncode: int) -> str:
             name = f"signal {-returncode}"
         return f"was killed by {name}"
     return f"exited with status {returncode}"
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of a command argument: ``$(NAME)`` becomes the value
+    of ``NAME`` in ``env``, an undefined or unterminated reference stays as written, and
+    ``$$`` is a literal ``$`` (so ``$$(PORT)`` gives ``$(PORT)``)."""
+    if "$" not in text:
+        return text
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c != "$" or i + 1 == n:
+            out.append(c)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt == "$":
+            out.append("$")
+            i += 2
+        elif nxt == "(":
+            end = text.find(")", i + 2)
+            if end < 0:  # unterminated: the rest as written
+                out.append(text[i:])
+                break
+            name = text[i + 2 : end]
+            value = env.get(name)
+            out.append(value if value is not None and name else text[i : end + 1])
+            i = end + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+_PORT_FLAGS = ("--port", "-p", "--bind", "-b", "--listen")
+
+
+def port_hint(argv: Sequence[str]) -> str:
+    """A hint for a command whose port flag has no value, as when a shell expanded ``$PORT``
+    (unset in the user's shell) to nothing; empty when nothing looks wrong."""
+    for i, a in enumerate(argv):
+        if a in _PORT_FLAGS and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            return (
+                f"; {a} has no value: if you wrote $PORT, your shell expanded it to nothing, "
+                "write '$(PORT)' (in single quotes) and knd puts the pod's port there"
+            )
+    return ""
 
 
 def _pod_name(revision: str, taken: Iterable[str]) -> str:
@@ -434,12 +488,14 @@ class _OutputPump:
         prefix: str,
         stream: Literal["stdout", "stderr"],
         on_close: Callable[[_OutputPump], None],
+        tail: deque[str] | None = None,
     ) -> None:
         self.pipe = pipe
         self.fd: int = pipe.fileno()
         self.prefix = prefix
         self.stream = stream
         self.on_close = on_close
+        self.tail = tail  # the last non-blank lines, when given
         self.buf = b""
         self.loop = asyncio.get_running_loop()
         os.set_blocking(self.fd, False)
@@ -490,9 +546,10 @@ class _OutputPump:
 
     def _write(self, lines: list[bytes]) -> None:
         out = sys.stdout if self.stream == "stdout" else sys.stderr
-        text = "".join(
-            self.prefix + line.rstrip(b"\r").decode("utf-8", "replace") + "\n" for line in lines
-        )
+        decoded = [line.rstrip(b"\r").decode("utf-8", "replace") for line in lines]
+        if self.tail is not None:
+            self.tail.extend(d[:500] for d in decoded if d.strip())
+        text = "".join(self.prefix + d + "\n" for d in decoded)
         try:
             out.write(text)
             out.flush()
@@ -549,6 +606,7 @@ class _Pod:
             started=time.monotonic(),
             ready_at=None,
             restarts=0,
+            created=time.monotonic(),
         )
         self.ports: PodPorts | None = None
         self.app: _Child | None = None
@@ -556,6 +614,7 @@ class _Pod:
         self.log_offset = 0
         self.ever_ready = False  # in this incarnation
         self.pipes: list[_OutputPump] = []
+        self.output_tail: deque[str] = deque(maxlen=_TAIL_LINES)  # app's last stderr lines
         self.stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
         self.probe_task: asyncio.Task[None] | None = None
@@ -580,6 +639,8 @@ class _Service:
         self.pods: list[_Pod] = []
         self.error: PlatformError | None = None
         self.published: Endpoints | None = None
+        self.failure = ""  # why it cannot start (Revision.failure), "" while it can
+        self.unready_since: float | None = None  # wants pods, none ready, since (monotonic)
 
 
 class LocalPlatform:
@@ -759,6 +820,15 @@ class LocalPlatform:
         )
 
     def _publish(self, svc: _Service) -> None:
+        ready = any(p.info.state == "ready" for p in svc.pods)
+        if ready or svc.desired == 0:
+            svc.unready_since = None
+        elif svc.unready_since is None:
+            svc.unready_since = time.monotonic()
+        if ready and svc.failure:
+            svc.failure = ""
+            if self._events is not None:
+                self._events.revision_updated(svc.revision)
         eps = self._endpoints(svc)
         if eps != svc.published:
             svc.published = eps
@@ -811,16 +881,19 @@ class LocalPlatform:
         stderr: Any = None
         if self.app_output == "prefix":
             stdout = stderr = subprocess.PIPE
+        env = app_env(spec, port=ports.app, environ=environ)
+        argv = [expand_vars(a, env) for a in spec.command]  # $(PORT), as Kubernetes does
+        pod.output_tail.clear()
         try:
             app = _popen(
-                spec.command,
-                env=app_env(spec, port=ports.app, environ=environ),
+                argv,
+                env=env,
                 cwd=spec.cwd,
                 stdout=stdout,
                 stderr=stderr,
             )
         except OSError as e:
-            raise _spawn_error(f"service {spec.name}", spec.command[0], spec.cwd, e) from None
+            raise _spawn_error(f"service {spec.name}", argv[0], spec.cwd, e) from None
         app_child = _Child(app, group=True)
         if self.app_output == "prefix":
             self._attach_output(pod, app)
@@ -879,7 +952,7 @@ class LocalPlatform:
         if popen.stdout is not None:
             pod.pipes.append(_OutputPump(popen.stdout, prefix, "stdout", closed))
         if popen.stderr is not None:
-            pod.pipes.append(_OutputPump(popen.stderr, prefix, "stderr", closed))
+            pod.pipes.append(_OutputPump(popen.stderr, prefix, "stderr", closed, pod.output_tail))
 
     def _close_pipes(self, pod: _Pod) -> None:
         for pump in list(pod.pipes):
@@ -950,6 +1023,9 @@ class LocalPlatform:
                     why += f"; log: {pod.info.queue_proxy_log}"
                 else:
                     why = f"app {describe_exit(app.returncode or 0)}"
+                    if not pod.ever_ready:
+                        self._close_pipes(pod)  # what it wrote before it died, all of it
+                        self._app_failed(pod, app.returncode or 0)
                 delay = backoff.next_delay(healthy_for)
                 self._emit(f"{pod.name}: crashed: {why}; replacing it in {delay:g}s")
                 await asyncio.wait({pod.stop}, timeout=delay)
@@ -972,6 +1048,37 @@ class LocalPlatform:
             self._publish(svc)
             if emit_stopped:
                 self._emit(f"{pod.name}: stopped")
+
+    def _app_failed(self, pod: _Pod, returncode: int) -> None:
+        """The app exited before it was ready: the service cannot start (unless another of its
+        pods is ready), in words that name the exit and the app's last lines."""
+        svc = pod.svc
+        text = f"service {svc.spec.name} cannot start: its app {describe_exit(returncode)}"
+        text += " before it was ready"
+        tail = list(pod.output_tail)
+        if tail:
+            text += "; its last output: " + " | ".join(tail)
+        text += port_hint(svc.spec.command)
+        self.set_failure(svc.key, text)
+
+    def set_failure(self, key: RevisionKey, text: str) -> None:
+        """Mark a revision as unable to start (``text`` says why) while none of its pods is
+        ready; reported as :attr:`Revision.failure`. Cleared when a pod becomes ready."""
+        svc = self._service(key)
+        if any(p.info.state == "ready" for p in svc.pods) or text == svc.failure:
+            return
+        svc.failure = text
+        if self._events is not None:
+            self._events.revision_updated(replace(svc.revision, failure=text))
+
+    def failure(self, key: RevisionKey) -> str:
+        """Why the revision cannot start, or "" (see :meth:`set_failure`)."""
+        return self._service(key).failure
+
+    def unready_since(self, key: RevisionKey) -> float | None:
+        """Since when (``time.monotonic()``) the revision wants pods and has none ready; None
+        while a pod is ready or none is wanted (the progress deadline counts from here)."""
+        return self._service(key).unready_since
 
     def _respawn(self, pod: _Pod) -> bool:
         """Start a pod's processes again; on PlatformError the service stops trying."""

@@ -386,3 +386,32 @@ def test_out_of_panic_desired_stays_within_rate_limits(
         else:
             assert dec.desired >= math.floor(pods / down)
         assert dec.desired >= 0
+
+
+# --- requests held at the activator while no pod is ready --------------------------------------
+
+
+def test_held_requests_count_as_concurrency_only_while_no_pod_is_ready() -> None:
+    d = Decider(spec(target=1.0), T0)
+    d.record_held(5)
+    r = d.tick(T0, 0)  # no stat yet: the held count is the data
+    assert r.desired == 5 and r.panicking
+    assert r.stable_value == 5.0 and r.panic_value == 5.0
+    d2 = Decider(spec(target=1.0), T0)
+    d2.record_held(5)
+    assert d2.tick(T0, 1).desired == -1  # a pod is ready: no data, as before
+
+
+def test_held_count_is_a_floor_never_lowers_the_windows() -> None:
+    d = Decider(spec(target=1.0), T0)
+    feed(d, 0, 6, 8.0)
+    d.record_held(2)
+    assert d.tick(T0 + 5, 0).desired == 8
+
+
+def test_held_count_ignored_for_the_rps_metric() -> None:
+    d = Decider(spec(target=1.0, metric="rps"), T0)
+    d.record_held(5)
+    assert d.tick(T0, 0).desired == -1
+    d.record_held(-3)
+    assert d.held == 0

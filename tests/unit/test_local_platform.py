@@ -17,6 +17,8 @@ from platforms.local import (
     choose_victims,
     default_readiness_probe,
     describe_exit,
+    expand_vars,
+    port_hint,
     queue_proxy_env,
     revision_for,
 )
@@ -205,3 +207,45 @@ def test_pod_ports_skip_ports_of_live_pods() -> None:
     p._reserved.update(live)
     ports = p._pick_ports().all()
     assert len(set(ports)) == 6 and not live & set(ports), ports
+
+
+# -- $(VAR) expansion (Kubernetes' rules) and the port hint ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "out"),
+    [
+        ("--port=$(PORT)", "--port=8123"),
+        ("$(PORT)", "8123"),
+        ("$(K_SERVICE)-$(PORT)", "hello-8123"),
+        ("$$(PORT)", "$(PORT)"),
+        ("$$$(PORT)", "$8123"),
+        ("$(NOPE)", "$(NOPE)"),
+        ("$(PORT", "$(PORT"),
+        ("$()", "$()"),
+        ("$PORT", "$PORT"),
+        ("a$", "a$"),
+        ("$$", "$"),
+        ("100$ $(EMPTY)!", "100$ !"),
+        ("plain", "plain"),
+    ],
+)
+def test_expand_vars_follows_kubernetes(text: str, out: str) -> None:
+    env = {"PORT": "8123", "K_SERVICE": "hello", "EMPTY": ""}
+    assert expand_vars(text, env) == out
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["uvicorn", "main:app", "--port"], "--port has no value"),
+        (["gunicorn", "-b", "--workers", "2"], "-b has no value"),
+        (["uvicorn", "main:app", "--port", "$(PORT)"], ""),
+        (["python", "app.py"], ""),
+    ],
+)
+def test_port_hint_names_an_empty_port_flag(argv: list[str], hint: str) -> None:
+    got = port_hint(argv)
+    assert (hint in got) if hint else got == ""
+    if hint:
+        assert "'$(PORT)'" in got

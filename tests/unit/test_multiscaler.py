@@ -562,3 +562,56 @@ async def test_failing_on_scale_callback_does_not_stop_the_actuation() -> None:
     await h.advance(0.0)  # the poke
     assert h.scaled() == [(A, 1)]
     assert h.errors == [(A, err)]
+
+
+# -- held requests at zero: the burst gets its pods in one step ---------------------------------
+
+
+async def test_held_burst_from_zero_scales_to_the_demand_in_one_step() -> None:
+    h = Harness()
+    await at_zero(h, A, target="1")  # CC-like target 1 at 70 %: 0.7 per pod
+    h.autoscaler.record(A, conc(1.0))  # the activator's first-request stat
+    for n in range(1, 6):  # five requests held in the same loop iteration
+        h.autoscaler.held(A, n)
+    await h.settle()
+    # ceil(5 / 0.7) = 8 at once (the poke alone would have said ceil(1 / 0.7) = 2)
+    assert h.scaled() == [(A, 8)]
+    assert h.autoscaler.revisions[A].last.panicking  # kept for a stable window
+
+
+async def test_held_rising_later_raises_the_scale_again_and_respects_max_scale() -> None:
+    h = Harness()
+    await at_zero(h, A, target="1", max_scale="5")
+    h.autoscaler.record(A, conc(1.0))
+    h.autoscaler.held(A, 1)
+    await h.settle()
+    assert h.scaled() == [(A, 2)]
+    h.autoscaler.held(A, 3)  # more arrive while the pods start
+    await h.settle()
+    assert h.scaled() == [(A, 5)]  # ceil(3 / 0.7) = 5
+    h.autoscaler.held(A, 9)
+    await h.settle()
+    assert h.scaled() == []  # already at max-scale
+
+
+async def test_held_count_falling_schedules_nothing_and_is_ignored_once_pods_are_ready() -> None:
+    h = Harness()
+    await at_zero(h, A, target="1")
+    h.autoscaler.record(A, conc(1.0))
+    h.autoscaler.held(A, 4)
+    await h.settle()
+    assert h.scaled() == [(A, 6)]
+    h.autoscaler.held(A, 2)  # dispatched as pods came up: no extra decision
+    assert h.loop.due() == []
+    h.platform.ready_counts[A] = 6
+    h.autoscaler.held(A, 10)  # pods are ready: the normal windows decide, not the held count
+    await h.settle()
+    assert h.scaled() == []
+    assert h.autoscaler.revisions[A].decider.held == 10
+
+
+async def test_held_for_unknown_revision_is_ignored() -> None:
+    h = Harness()
+    h.autoscaler.held(("default", "nope"), 3)
+    await h.settle()
+    assert h.scaled() == []

@@ -192,7 +192,10 @@ def test_document_errors(tmp_path: Path, text: str, expect: str) -> None:
         ("services:\n  - {name: Hello, command: x}\n", "services[0].name: 'Hello' is not"),
         ("services:\n  - {name: a_b, command: x}\n", "services[0].name: 'a_b' is not"),
         ("services:\n  - {name: 7, command: x}\n", "services[0].name: 7 is not"),
-        ("services:\n  - {name: a, command: x, port: 8080}\n", "services[0]: unknown key(s) port"),
+        (
+            "services:\n  - {name: a, command: x, ports: 8080}\n",
+            "services[0]: unknown key(s) ports",
+        ),
         ("services:\n  - {name: a}\n", "service a.command: expected a string or a list"),
         ("services:\n  - {name: a, command: {x: 1}}\n", "service a.command: expected a string"),
         ("services:\n  - {name: a, command: [x, [y]]}\n", "service a.command: expected a string"),
@@ -203,6 +206,29 @@ def test_document_errors(tmp_path: Path, text: str, expect: str) -> None:
 )
 def test_name_command_and_unknown_keys(tmp_path: Path, text: str, expect: str) -> None:
     assert load_error(tmp_path, text).startswith(expect)
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("services:\n  - {name: a, command: x, port: http}\n", "service a.port: expected a port"),
+        ("services:\n  - {name: a, command: x, port: 70000}\n", "service a.port: expected a port"),
+        (
+            "services:\n  - {name: a, command: x, port: 8081}\n"
+            "  - {name: b, command: x, port: 8081}\n",
+            "port 8081 is given to more than one service",
+        ),
+    ],
+)
+def test_bad_service_port_is_named(tmp_path: Path, text: str, expect: str) -> None:
+    assert expect in load_error(tmp_path, text)
+
+
+def test_service_port_is_read(tmp_path: Path) -> None:
+    services, _ = load_services_file(
+        str(write(tmp_path, "services:\n  - {name: a, command: x, port: 8081}\n"))
+    )
+    assert services[0].port == 8081
 
 
 @pytest.mark.parametrize(
