@@ -13,6 +13,7 @@ import pytest
 
 from queueproxy.readiness import (
     ProbeError,
+    ProbeRefused,
     ProbeSpec,
     ReadinessProber,
     attempt_probe,
@@ -123,6 +124,7 @@ async def test_tcp_attempt_fails_fast_on_closed_port() -> None:
         await tcp_attempt("127.0.0.1", port, 5.0)
     assert time.monotonic() - start < 1.0
     assert str(info.value) == f"dial tcp 127.0.0.1:{port}: connection refused"
+    assert isinstance(info.value, ProbeRefused)  # retried on the short interval
 
 
 async def test_default_attempt_dials_for_tcp_and_calls_grpc_health() -> None:
@@ -207,6 +209,7 @@ async def test_http_connection_refused() -> None:
     assert str(info.value) == (
         f'Get "http://127.0.0.1:{port}/": dial tcp 127.0.0.1:{port}: connection refused'
     )
+    assert isinstance(info.value, ProbeRefused)
 
 
 async def test_http_server_closes_without_response() -> None:

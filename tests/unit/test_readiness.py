@@ -15,8 +15,11 @@ import pytest
 from queueproxy.readiness import (
     AGGRESSIVE_PROBE_TIMEOUT,
     POLL_TIMEOUT,
+    REFUSED_RETRY_INTERVAL,
     RETRY_INTERVAL,
     ProbeConfigError,
+    ProbeError,
+    ProbeRefused,
     ProbeSpec,
     ReadinessProber,
     parse_readiness_probe,
@@ -273,6 +276,23 @@ AGGR = ProbeSpec("tcp", "127.0.0.1", 8080)
 class TestAggressive:
     def test_constants(self) -> None:
         assert (AGGRESSIVE_PROBE_TIMEOUT, RETRY_INTERVAL, POLL_TIMEOUT) == (0.1, 0.01, 10.0)
+        assert REFUSED_RETRY_INTERVAL == 0.003
+
+    async def test_refused_port_is_retried_sooner_than_other_failures(self) -> None:
+        fake = FakeTime()
+        script = [ProbeRefused("refused"), ProbeRefused("refused"), ProbeError("503"), None]
+
+        async def attempt(spec: ProbeSpec, timeout: float) -> None:
+            await asyncio.sleep(0)
+            exc = script.pop(0)
+            if exc is not None:
+                raise exc
+
+        prober = ReadinessProber([AGGR], clock=fake.clock, sleep=fake.sleep, attempt=attempt)
+        assert await prober.probe() is True
+        assert fake.sleeps == pytest.approx(
+            [REFUSED_RETRY_INTERVAL, REFUSED_RETRY_INTERVAL, RETRY_INTERVAL]
+        )
 
     async def test_immediate_success(self) -> None:
         fake, attempt = FakeTime(), FakeAttempt()
