@@ -54,7 +54,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
         "3",
         "--burst-ms",
         "500",
-    ],  # fmt: skip
+    ],
     "held": ["--held", "1000", "--repeat", "1"],
     "telemetry": ["--repeat", "1", "--duration", "2"],
     "soak": ["--duration", "6", "--warmup", "2"],
