@@ -14,6 +14,7 @@ import urllib.request
 from typing import NoReturn
 
 from dataplane.envconfig import ConfigError
+from platforms.base import DEFAULT_TIMEOUT_SECONDS
 
 __all__ = ["main"]
 
@@ -109,7 +110,12 @@ def _parser() -> _Parser:
     r.add_argument(
         "--concurrency", type=_int, default=0, help="containerConcurrency (0: unlimited)"
     )
-    r.add_argument("--timeout", type=_seconds, default=300.0, help="request timeout (300 s)")
+    r.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        help=f"request timeout ({DEFAULT_TIMEOUT_SECONDS:g} s)",
+    )
     r.add_argument("--env", action="append", default=[], metavar="K=V", help="app environment")
     r.add_argument("--port", type=_port, default=8080, help="where requests come in (8080)")
     r.add_argument("--address", default="127.0.0.1", help="listen address (127.0.0.1)")

@@ -35,6 +35,7 @@ from typing import Any
 
 from autoscaler.config import ANNOTATION_NAMES, CONFIG_KEYS, AutoscalerConfig, resolve_scaling
 from dataplane.envconfig import ConfigError
+from platforms.base import DEFAULT_TIMEOUT_SECONDS
 from platforms.local import ServiceSpec
 from queueproxy.readiness import ProbeConfigError, parse_readiness_probe
 
@@ -124,7 +125,7 @@ def _service(i: int, s: Any, where: str) -> ServiceSpec:
     cc = s.get("concurrency", 0)
     if isinstance(cc, bool) or not isinstance(cc, int) or cc < 0:
         raise ConfigError(f"{w}.concurrency: expected an integer >= 0")
-    timeout = s.get("timeout", 300)
+    timeout = s.get("timeout", DEFAULT_TIMEOUT_SECONDS)
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)

@@ -12,9 +12,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Endpoints", "Platform", "PlatformEvents", "Revision", "RevisionKey"]
+__all__ = [
+    "DEFAULT_TIMEOUT_SECONDS",
+    "Endpoints",
+    "Platform",
+    "PlatformEvents",
+    "Revision",
+    "RevisionKey",
+]
 
 RevisionKey = tuple[str, str]  # (namespace, name)
+
+#: A revision's request timeout when none is given (Knative's ``revision-timeout-seconds``).
+DEFAULT_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +34,7 @@ class Revision:
     namespace: str
     name: str
     container_concurrency: int = 0
-    timeout_seconds: float = 300.0
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     response_start_timeout_seconds: float = 0.0
     idle_timeout_seconds: float = 0.0
     protocol: str = "http1"  # "http1" or "h2c"

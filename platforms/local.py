@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from queueproxy.readiness import ProbeConfigError, parse_readiness_probe
 
-from .base import Endpoints, PlatformEvents, Revision, RevisionKey
+from .base import DEFAULT_TIMEOUT_SECONDS, Endpoints, PlatformEvents, Revision, RevisionKey
 
 __all__ = [
     "CrashBackoff",
@@ -116,7 +116,7 @@ class ServiceSpec:
     name: str
     command: tuple[str, ...]
     container_concurrency: int = 0
-    timeout_seconds: float = 300.0
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     env: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     readiness_probe: str = ""

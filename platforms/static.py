@@ -26,7 +26,7 @@ from typing import Any
 
 from dataplane.envconfig import ConfigError
 
-from .base import Endpoints, PlatformEvents, Revision, RevisionKey
+from .base import DEFAULT_TIMEOUT_SECONDS, Endpoints, PlatformEvents, Revision, RevisionKey
 
 __all__ = ["StaticPlatform", "parse_platform_file"]
 
@@ -91,7 +91,7 @@ def parse_platform_file(text: str, path: str) -> State:
             namespace=ns,
             name=name,
             container_concurrency=cc,
-            timeout_seconds=_num(r, "timeoutSeconds", where, 300.0),
+            timeout_seconds=_num(r, "timeoutSeconds", where, DEFAULT_TIMEOUT_SECONDS),
             response_start_timeout_seconds=_num(r, "responseStartTimeoutSeconds", where, 0.0),
             idle_timeout_seconds=_num(r, "idleTimeoutSeconds", where, 0.0),
             protocol=protocol,

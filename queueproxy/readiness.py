@@ -2,8 +2,8 @@
 
 Decodes ``SERVING_READINESS_PROBE`` and runs Knative-style probe cycles: single flight, all
 probes concurrently, aggressive (poll every 10 ms, every 3 ms while the port refuses, 100 ms
-attempts, give up after 10 s) or standard (one attempt) mode. Stdlib asyncio only: this runs inside the memory-constrained
-queue-proxy sidecar, so no HTTP client library is imported here.
+attempts, give up after 10 s) or standard (one attempt) mode. Stdlib asyncio only: this runs
+inside the memory-constrained queue-proxy sidecar, so no HTTP client library is imported here.
 
 A ``grpc`` probe calls ``grpc.health.v1.Health/Check`` over h2c with the ``h2`` state machine
 (imported only when such a probe runs) and succeeds on ``SERVING``, as Knative's prober does.
