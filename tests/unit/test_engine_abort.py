@@ -3,24 +3,13 @@ side is dropped and ``on_done`` runs exactly once with ``aborted`` set."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from .enginekit import (
     Kit,
-    check_all,
     client_ok,
     ok,
     request,
     response,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
 
 
 def test_while_waiting_for_the_response() -> None:

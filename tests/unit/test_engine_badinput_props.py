@@ -11,15 +11,13 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httptools
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .enginekit import Kit, check_all, client_ok, ok
+from .enginekit import Kit, client_ok, ok
 
 TOKEN = st.text(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=1, max_size=12
@@ -29,12 +27,6 @@ VALUE = st.text(
     max_size=30,
 ).map(str.strip)
 PATH = st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~%/=&?", max_size=30).map(lambda p: "/" + p)
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
 
 
 @dataclass

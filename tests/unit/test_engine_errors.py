@@ -3,26 +3,17 @@ unsupported requests, a failing handler) and the lingering close that follows.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from dataplane.proxy import Exchange, ServerConfig
 
 from .enginekit import (
     Kit,
-    check_all,
     client_ok,
     error_response,
     ok,
     request,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
 
 
 def parse_error(status: bytes, message: bytes) -> bytes:

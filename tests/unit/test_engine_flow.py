@@ -3,16 +3,11 @@ back-pressure both ways (a peer that cannot take more pauses reading on the othe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from dataplane.proxy import ServerConfig
 
 from .enginekit import (
     DATE,
     Kit,
-    check_all,
     client_ok,
     error_response,
     ok,
@@ -20,13 +15,6 @@ from .enginekit import (
     response,
     upstream_head,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
-
 
 POST_HEAD = upstream_head(b"/p", method=b"POST", tail=(b"Content-Length: 30",))
 CHUNKED_HEAD = upstream_head(b"/p", method=b"POST", tail=(b"Transfer-Encoding: chunked",))

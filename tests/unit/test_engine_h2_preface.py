@@ -6,22 +6,14 @@ whose first read stops there must wait for the rest rather than answer it as a r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from dataplane.proxy import ServerConnection
 
-from .enginekit import Kit, check_all, request
+from .enginekit import Kit, request
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
 
 
 def _kit_with_h2c() -> tuple[Kit, list[bytes]]:

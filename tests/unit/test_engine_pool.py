@@ -3,17 +3,7 @@ fake-transport connections and a fake clock."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from .enginekit import Kit, check_all, client_ok, ok, request, upstream_head
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
+from .enginekit import Kit, client_ok, ok, request, upstream_head
 
 
 def test_most_recently_released_is_reused_first() -> None:

@@ -6,8 +6,6 @@ as the callback parser reads it (two pipelined copies in one packet), which must
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from dataplane.proxy import Exchange, ServerConfig
@@ -17,20 +15,12 @@ from .enginekit import (
     PEER,
     FakeTransport,
     Kit,
-    check_all,
     client_ok,
     dechunk,
     ok,
     request,
     upstream_head,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
-
 
 MODES = ["packet", "bytewise", "pipelined"]
 

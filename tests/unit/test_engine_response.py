@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from .enginekit import (
     DATE,
     FakeTransport,
     Kit,
-    check_all,
     client_ok,
     dechunk,
     ok,
@@ -18,12 +15,6 @@ from .enginekit import (
     response,
     upstream_head,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
 
 
 def proxied(req: bytes) -> tuple[Kit, FakeTransport, FakeTransport]:

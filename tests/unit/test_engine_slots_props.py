@@ -10,9 +10,6 @@ CC requests upstream, every admitted request holds exactly one breaker admission
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -24,16 +21,10 @@ from queueproxy.drain import Drainer
 from queueproxy.handler import QueueProxyHandler
 from queueproxy.readiness import ReadinessProber
 
-from .enginekit import FakeTransport, Kit, check_all, ok, request
+from .enginekit import FakeTransport, Kit, ok, request
 
 CC = 2
 TIMEOUT = 5.0
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
 
 
 class _OrderedSet(dict):  # type: ignore[type-arg]

@@ -3,30 +3,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from dataplane.proxy import Exchange, ServerConfig
 from dataplane.timeouts import TimeoutPolicy
 
 from .enginekit import (
     DATE,
     Kit,
-    check_all,
     client_ok,
     ok,
     request,
     response,
     upstream_head,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
-
 
 GATEWAY_TIMEOUT = (
     b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"

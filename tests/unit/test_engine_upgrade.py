@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from dataplane.proxy import Exchange, ServerConfig
 from dataplane.timeouts import TimeoutPolicy
 
@@ -13,19 +9,11 @@ from .enginekit import (
     DATE,
     FakeTransport,
     Kit,
-    check_all,
     ok,
     request,
     response,
     upstream_head,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
-
 
 UPGRADE = request(b"/ws", b"Connection: Upgrade", b"Upgrade: websocket", b"Sec-WebSocket-Key: k")
 UPGRADE_SENT = upstream_head(

@@ -3,14 +3,11 @@ transparent retry of a bodyless request on a reused connection the server had cl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from .enginekit import (
     DATE,
     Kit,
-    check_all,
     client_ok,
     error_response,
     ok,
@@ -18,13 +15,6 @@ from .enginekit import (
     response,
     upstream_head,
 )
-
-
-@pytest.fixture(autouse=True)
-def _kit_checks() -> Iterator[None]:
-    yield
-    check_all()
-
 
 POST = request(b"/p", b"Content-Length: 2", method=b"POST", body=b"hi")
 POST_SENT = upstream_head(b"/p", method=b"POST", tail=(b"Content-Length: 2",)) + b"hi"
