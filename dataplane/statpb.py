@@ -26,6 +26,7 @@ __all__ = [
     "decode_stat",
     "decode_wire_stat_messages",
     "encode_stat",
+    "encode_varint",
     "encode_wire_stat_messages",
 ]
 
@@ -55,7 +56,7 @@ class WireStatMessage:
     stat: Stat | None = field(default=None)
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -70,7 +71,7 @@ def _varint(n: int) -> bytes:
 
 
 def _len_field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    return bytes((tag,)) + encode_varint(len(payload)) + payload
 
 
 _DOUBLE_TAGS = (0x11, 0x19, 0x21, 0x29, 0x31)  # fields 2..6, wire type 1
@@ -91,7 +92,7 @@ def encode_stat(s: Stat) -> bytes:
         if v:  # omitted when zero, like Knative's gogo-generated marshaller
             parts.append(bytes((tag,)) + _pack_double(v))
     if s.timestamp:
-        parts.append(b"\x38" + _varint(s.timestamp))
+        parts.append(b"\x38" + encode_varint(s.timestamp))
     return b"".join(parts)
 
 

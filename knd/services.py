@@ -35,9 +35,9 @@ from typing import Any
 
 from autoscaler.config import ANNOTATION_NAMES, CONFIG_KEYS, AutoscalerConfig, resolve_scaling
 from dataplane.envconfig import ConfigError
+from dataplane.probespec import ProbeConfigError, parse_readiness_probe
 from platforms.base import DEFAULT_TIMEOUT_SECONDS
 from platforms.local import ServiceSpec
-from queueproxy.readiness import ProbeConfigError, parse_readiness_probe
 
 __all__ = [
     "AUTOSCALING_FLAGS",

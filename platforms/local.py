@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from queueproxy.readiness import ProbeConfigError, parse_readiness_probe
+from dataplane.probespec import ProbeConfigError, parse_readiness_probe
 
 from .base import DEFAULT_TIMEOUT_SECONDS, Endpoints, PlatformEvents, Revision, RevisionKey
 

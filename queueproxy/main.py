@@ -22,6 +22,7 @@ from dataplane.breaker import Breaker
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
 from dataplane.logs import setup_logging
+from dataplane.probespec import ProbeConfigError, parse_readiness_probe
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from dataplane.statpb import Stat, encode_stat
 from dataplane.stats import RequestStats
@@ -31,12 +32,8 @@ from dataplane.upstream import UpstreamPool
 from .drain import Drainer
 from .env import Env, parse_env
 from .handler import QueueProxyHandler
-from .readiness import (
-    ProbeConfigError,
-    ReadinessProber,
-    auto_detect_attempt,
-    parse_readiness_probe,
-)
+from .probes import auto_detect_attempt
+from .readiness import ReadinessProber
 
 if TYPE_CHECKING:
     from dataplane.tracing import Tracer, TracingConfig

@@ -11,15 +11,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from queueproxy.readiness import (
-    ProbeError,
-    ProbeRefused,
-    ProbeSpec,
-    ReadinessProber,
-    attempt_probe,
-    http_attempt,
-    tcp_attempt,
-)
+from dataplane.probespec import ProbeSpec
+from queueproxy.probes import ProbeError, ProbeRefused, attempt_probe, http_attempt, tcp_attempt
+from queueproxy.readiness import ReadinessProber
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Event], Awaitable[None]]
 

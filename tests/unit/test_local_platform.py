@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from dataplane.probespec import parse_readiness_probe
 from platforms.local import (
     CrashBackoff,
     LocalPlatform,
@@ -23,7 +24,6 @@ from platforms.local import (
     revision_for,
 )
 from queueproxy.env import parse_env
-from queueproxy.readiness import parse_readiness_probe
 
 PORTS = PodPorts(app=8080, serving=8012, tls=8112, admin=8022, metrics=9090, user_metrics=9091)
 SPEC = ServiceSpec(

@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from dataplane.probespec import ProbeConfigError, ProbeSpec, parse_readiness_probe
+from queueproxy.probes import ProbeError, ProbeRefused
 from queueproxy.readiness import (
     AGGRESSIVE_PROBE_TIMEOUT,
     POLL_TIMEOUT,
     REFUSED_RETRY_INTERVAL,
     RETRY_INTERVAL,
-    ProbeConfigError,
-    ProbeError,
-    ProbeRefused,
-    ProbeSpec,
     ReadinessProber,
-    parse_readiness_probe,
 )
 
 USER_PORT = 8080
@@ -550,7 +547,7 @@ def test_no_third_party_imports() -> None:
     code = (
         "import sys, asyncio, json, dataclasses, time, socket, logging, os\n"
         "before = set(sys.modules)\n"
-        "import queueproxy.readiness\n"
+        "import queueproxy.readiness, queueproxy.probes, dataplane.probespec\n"
         "print(json.dumps(sorted(set(sys.modules) - before)))\n"
     )
     root = Path(__file__).resolve().parents[2]
@@ -558,4 +555,5 @@ def test_no_third_party_imports() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     ).stdout
     added = set(json.loads(out))
-    assert added <= {"__future__", "queueproxy", "queueproxy.readiness"}, added
+    ours = {"queueproxy", "queueproxy.readiness", "queueproxy.probes"}
+    assert added <= {"__future__", "dataplane", "dataplane.probespec", *ours}, added
