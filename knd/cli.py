@@ -223,9 +223,14 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=1))
         return 0
-    rows = [("SERVICE", "READY", "DESIRED", "IN FLIGHT", "QUEUED", "LAST COLD START", "URL")]
+    head = ("SERVICE", "READY", "DESIRED", "IN FLIGHT", "QUEUED", "COLD START", "WAIT", "URL")
+    rows = [head]
+    failures: list[str] = []
+
+    def ms(v: object) -> str:
+        return "-" if v is None else f"{v} ms"
+
     for s in data["services"]:
-        cs = s["last_cold_start_ms"]
         rows.append(
             (
                 s["service"],
@@ -233,13 +238,18 @@ def _status(args: argparse.Namespace) -> int:
                 str(s["desired"]),
                 str(s["in_flight"]),
                 str(s["queued"]),
-                "-" if cs is None else f"{cs} ms",
-                f"http://{s['host']}/",
+                ms(s["last_cold_start_ms"]),
+                ms(s.get("last_wait_ms")),
+                s.get("url") or f"http://{s['host']}/",
             )
         )
+        if s.get("failure"):
+            failures.append(s["failure"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for text in failures:
+        print(text)
     return 0
 
 

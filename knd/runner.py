@@ -201,10 +201,16 @@ class Runner:
         during the wait, the request met a cold start; its figure is the pod's start-to-ready
         time (the wait itself may include queueing behind other requests)."""
         self.last_wait[key] = ms
-        arrived = time.monotonic() - ms / 1000
+        now = time.monotonic()
+        arrived = now - ms / 1000
         for pod in self.platform.pods(key):
-            if pod.address == dest and pod.ready_at is not None and pod.ready_at >= arrived:
-                self.cold_start[key] = (pod.ready_at - pod.started) * 1000
+            if pod.address != dest:
+                continue
+            # The activator probes pods itself and may use one before the platform's own
+            # probe has marked it ready: then it got ready just now.
+            ready_at = pod.ready_at if pod.ready_at is not None else now
+            if ready_at >= arrived:
+                self.cold_start[key] = (ready_at - pod.started) * 1000
         self._status_soon()
 
     def _scale_error(self, key: RevisionKey, e: BaseException) -> None:

@@ -383,8 +383,8 @@ async def test_routing_and_status_with_two_services(
     res = run_knd("status", "--admin-port", str(k.admin_port), env=env)
     assert res.returncode == 0, res.stderr
     rows = [ln.split() for ln in res.stdout.splitlines()]
-    assert rows[0] == ["SERVICE", "READY", "DESIRED", "IN", "FLIGHT", "QUEUED", "LAST", "COLD",
-                       "START", "URL"]  # fmt: skip
+    assert rows[0] == ["SERVICE", "READY", "DESIRED", "IN", "FLIGHT", "QUEUED", "COLD", "START",
+                       "WAIT", "URL"]  # fmt: skip
     by_name = {r[0]: r for r in rows[1:]}
     assert set(by_name) == {"alpha", "beta"}
     assert by_name["alpha"][1:5] == ["1", "1", "0", "0"]
@@ -395,6 +395,7 @@ async def test_routing_and_status_with_two_services(
     beta = next(s for s in data["services"] if s["service"] == "beta")
     assert beta["revision"] == "beta-00001" and beta["host"] == f"beta.localhost:{p}"
     assert set(beta) >= {"ready", "desired", "in_flight", "queued", "last_cold_start_ms"}
+    assert set(beta) >= {"last_wait_ms", "failure", "url"}
 
 
 def test_status_without_knd_run_says_so(tmp_path: Path) -> None:
