@@ -1,7 +1,7 @@
 """A fake Kubernetes API server on a real loopback socket, for driving real clients over HTTP.
 
 It speaks the Kubernetes JSON and watch protocol, generically over registered resources
-(core/v1 pods, services, endpoints, configmaps; discovery.k8s.io/v1 endpointslices; apps/v1
+(core/v1 pods, services, endpoints, configmaps, events; discovery.k8s.io/v1 endpointslices; apps/v1
 deployments with the ``scale`` subresource; coordination.k8s.io/v1 leases;
 serving.knative.dev/v1 revisions), so the real ``kubernetes_asyncio`` client can be pointed at it.
 
@@ -123,6 +123,7 @@ DEFAULT_RESOURCES = (
     ResourceType("", "v1", "endpoints", "Endpoints", subresources=()),
     ResourceType("", "v1", "configmaps", "ConfigMap", subresources=()),
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False),
+    ResourceType("", "v1", "events", "Event", subresources=()),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", subresources=()),
     ResourceType("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", subresources=()),

@@ -245,6 +245,7 @@ async def test_scale_from_zero_on_a_held_request_and_back_to_zero(
                 "kind": "Deployment",
                 "name": "hello",
                 "namespace": NS,
+                "uid": kube.get("deployments", NS, "hello")["metadata"]["uid"],
             }
             assert events[1]["message"].startswith("Scaled from 0 to 1 replicas (stable")
             assert events[1]["source"]["component"] == "knd-autoscaler"
