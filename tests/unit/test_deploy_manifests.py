@@ -336,3 +336,51 @@ def test_knative_patch_swaps_in_our_images() -> None:
     assert cm["data"]["queue-sidecar-image"].startswith(IMAGE + ":")
     c = _container("knative/activator-patch.yaml", "activator", "activator")
     assert c["image"].startswith(IMAGE + ":") and c["command"] == ["/opt/knd/bin/activator"]
+
+
+def _autoscaled() -> list[tuple[Path, Obj]]:
+    """Deployments whose replicas something else owns: an HPA's target, or an annotated
+    Deployment that knd-autoscaler scales."""
+    targets = {
+        (d["metadata"].get("namespace"), d["spec"]["scaleTargetRef"]["name"])
+        for _, d in DOCS
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
+    out = []
+    for p, d in workloads():
+        md = d["metadata"]
+        ann = md.get("annotations") or {}
+        if (md.get("namespace"), md["name"]) in targets or ann.get("knd.dev/enabled") == "true":
+            out.append((p, d))
+    return out
+
+
+def test_autoscaled_workloads_leave_replicas_out() -> None:
+    """A replicas value in the manifest is put back by every `kubectl apply` (resetting the
+    autoscaler's choice) and conflicts with `kubectl apply --server-side`: Knative and KEDA
+    document leaving it out."""
+    found = _autoscaled()
+    assert {d["metadata"]["name"] for _, d in found} >= {"knd-activator", "hello"}
+    for path, doc in found:
+        assert "replicas" not in doc["spec"], (path.name, doc["metadata"]["name"])
+
+
+def _field_refs(o: Any) -> Iterator[Obj]:
+    if isinstance(o, dict):
+        for k, v in o.items():
+            if k == "fieldRef":
+                yield v
+            else:
+                yield from _field_refs(v)
+    elif isinstance(o, list):
+        for v in o:
+            yield from _field_refs(v)
+
+
+def test_field_refs_name_their_api_version() -> None:
+    """The API server fills in fieldRef.apiVersion, and fieldRef is atomic: without it in the
+    manifest, a server-side apply after a client-side one conflicts on every fieldRef."""
+    refs = [(p, r) for p, d in DOCS for r in _field_refs(d)]
+    assert len(refs) >= 8
+    for path, ref in refs:
+        assert ref.get("apiVersion") == "v1", (path.name, ref)
