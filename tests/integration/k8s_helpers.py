@@ -102,7 +102,11 @@ def revision(
         "metadata": {
             "name": name,
             "namespace": ns,
-            "labels": {"serving.knative.dev/service": name.rsplit("-", 1)[0]},
+            "labels": {
+                "serving.knative.dev/service": name.rsplit("-", 1)[0],
+                "serving.knative.dev/configuration": name.rsplit("-", 1)[0],
+                "serving.knative.dev/revision": name,
+            },
             "annotations": dict(annotations or {}),
         },
         "spec": {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dataplane.metrics import revision_labels
 from platforms.base import Endpoints
 from platforms.kubernetes.api import KubeAPI, KubeForbidden
 from platforms.kubernetes.knative import KnativePlatform
@@ -80,6 +81,8 @@ async def test_revision_and_endpoint_slices_become_platform_events(
         assert (rev.response_start_timeout_seconds, rev.idle_timeout_seconds) == (10.0, 30.0)
         assert rev.protocol == "http1"
         assert rev.annotations["autoscaling.knative.dev/target"] == "7"
+        # the service and configuration labels reach the metrics (kn_service_name, ...)
+        assert revision_labels(KEY, rev.annotations) == ("default", "hello", "hello", REV)
         assert rec.endpoints[KEY] == Endpoints(
             ready=("10.0.0.1:8012", "10.0.0.2:8012"), not_ready=("10.0.0.3:8012",)
         )
