@@ -10,6 +10,7 @@ Usage::
     from tests.fakekube import FakeKube
 
     async with FakeKube() as kube:            # or: await FakeKube().start() ... await close()
+                                              # FakeKube(ssl_context=...): HTTPS
         cfg = kube.configuration()            # a kubernetes_asyncio Configuration (host + token)
         path = kube.write_kubeconfig(tmp_path / "kubeconfig")   # or a kubeconfig file
         kube.create("pods", {"metadata": {"name": "p", "namespace": "default"}, ...})
@@ -80,6 +81,7 @@ import copy
 import ipaddress
 import json
 import re
+import ssl
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -558,7 +560,9 @@ class FakeKube:
         gone_as_http: bool = False,
         token: str | None = TOKEN,
         resources: Iterable[ResourceType] = DEFAULT_RESOURCES,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context  # HTTPS (as a real API server) when given
         self.history_size = history
         self.bookmark_interval = bookmark_interval
         self.gone_as_http = gone_as_http
@@ -586,7 +590,8 @@ class FakeKube:
     # ------------------------------------------------------------------ lifecycle
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def start(self, port: int = 0) -> FakeKube:
         app = web.Application()
@@ -595,7 +600,7 @@ class FakeKube:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         assert server is not None
