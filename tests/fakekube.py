@@ -44,8 +44,9 @@ Protocol notes (what real clients rely on):
   :meth:`compact`) gets an ``ERROR`` event holding a ``Status`` with code 410, reason Expired
   (as kube-apiserver's watch cache does); with ``gone_as_http=True`` a plain HTTP 410 instead;
 - label selectors (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``) and field
-  selectors on ``metadata.name``/``metadata.namespace``; an object that stops (starts) matching
-  a watch's selector is sent as DELETED (ADDED);
+  selectors on dotted paths (``metadata.name``, ``involvedObject.uid`` as ``kubectl describe``
+  lists Events; the real server allows a fixed set per resource); an object that stops
+  (starts) matching a watch's selector is sent as DELETED (ADDED);
 - PATCH: ``application/merge-patch+json``, ``application/strategic-merge-patch+json`` (treated as
   a merge patch), ``application/json-patch+json``, ``application/apply-patch+yaml`` (server-side
   apply as a merge; creates when absent; needs ``fieldManager``; ``force=true``);
