@@ -3,8 +3,10 @@
 # One slim image with every entry point: queue-proxy (the default entry point, because Knative
 # starts the `queue-sidecar-image` without a command), activator, knd-autoscaler and knd.
 #
-#   docker build -t knd .                      # mypyc-compiled hot path (what we ship)
-#   docker build --build-arg BUILD=pure -t knd .   # interpreted only (no compiler needed)
+#   docker build -t ghcr.io/knative-dataplane/knd:0.1.0 .     # mypyc-compiled hot path (shipped)
+#   docker build --build-arg BUILD=pure -t ghcr.io/knative-dataplane/knd:0.1.0 .  # interpreted
+#
+# That is the name every manifest in deploy/ uses (README, "Kubernetes": pushing it elsewhere).
 #
 # The image writes nothing outside /tmp: bytecode is compiled at build time and Python is told
 # not to write any, HOME is /tmp, so it runs with readOnlyRootFilesystem (mount an emptyDir on

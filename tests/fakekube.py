@@ -1,7 +1,7 @@
 """A fake Kubernetes API server on a real loopback socket, for driving real clients over HTTP.
 
 It speaks the Kubernetes JSON and watch protocol, generically over registered resources
-(core/v1 pods, services, endpoints, configmaps; discovery.k8s.io/v1 endpointslices; apps/v1
+(core/v1 pods, services, endpoints, configmaps, events; discovery.k8s.io/v1 endpointslices; apps/v1
 deployments with the ``scale`` subresource; coordination.k8s.io/v1 leases;
 serving.knative.dev/v1 revisions), so the real ``kubernetes_asyncio`` client can be pointed at it.
 
@@ -10,6 +10,7 @@ Usage::
     from tests.fakekube import FakeKube
 
     async with FakeKube() as kube:            # or: await FakeKube().start() ... await close()
+                                              # FakeKube(ssl_context=...): HTTPS
         cfg = kube.configuration()            # a kubernetes_asyncio Configuration (host + token)
         path = kube.write_kubeconfig(tmp_path / "kubeconfig")   # or a kubeconfig file
         kube.create("pods", {"metadata": {"name": "p", "namespace": "default"}, ...})
@@ -43,15 +44,31 @@ Protocol notes (what real clients rely on):
   :meth:`compact`) gets an ``ERROR`` event holding a ``Status`` with code 410, reason Expired
   (as kube-apiserver's watch cache does); with ``gone_as_http=True`` a plain HTTP 410 instead;
 - label selectors (``=``, ``==``, ``!=``, ``in``, ``notin``, exists, ``!``) and field
-  selectors on ``metadata.name``/``metadata.namespace``; an object that stops (starts) matching
-  a watch's selector is sent as DELETED (ADDED);
+  selectors on dotted paths (``metadata.name``, ``involvedObject.uid`` as ``kubectl describe``
+  lists Events; the real server allows a fixed set per resource); an object that stops
+  (starts) matching a watch's selector is sent as DELETED (ADDED);
 - PATCH: ``application/merge-patch+json``, ``application/strategic-merge-patch+json`` (treated as
   a merge patch), ``application/json-patch+json``, ``application/apply-patch+yaml`` (server-side
-  apply as a merge; creates when absent; needs ``fieldManager``); ``fieldManager`` of every
-  write is recorded in ``metadata.managedFields``;
+  apply as a merge; creates when absent; needs ``fieldManager``; ``force=true``);
+- field ownership, as ``metadata.managedFields`` shows it (one entry per manager, operation and
+  subresource, with ``fieldsV1``): an Update (PUT, merge/json patch, the scale subresource) owns
+  the fields it changed and takes them from the others; an Apply owns what it applied, and gets
+  409 Conflict (``Apply failed with 1 conflict: conflict with "knd-autoscaler" with subresource
+  "scale" using apps/v1: .spec.replicas``) when it would change a value another manager owns,
+  unless ``force=true``. Lists of named items (containers, env, ports) are keyed by name; the
+  maps the real schema marks atomic (``fieldRef``, ``selector``, ...) are one field. Writes
+  without a ``fieldManager`` are not tracked; fields dropped from an apply configuration stay;
+- what the real server refuses, where our code depends on it: EndpointSlice and Endpoints
+  addresses that are not IPs of the slice's family, unspecified, loopback (127.0.0.0/8, ::1),
+  link-local or link-local multicast (422 Invalid, the real message and ``causes``); ``""`` or a
+  malformed RFC 3339 value in a Time / MicroTime field (Lease ``acquireTime``/``renewTime``,
+  Event timestamps, ``metadata.creationTimestamp``; 400 BadRequest ``parsing time ""``);
+- the real server's defaulting that tests see: ``fieldRef.apiVersion: v1``, a Deployment's
+  ``spec.replicas: 1``;
 - errors are ``Status`` bodies: 404 NotFound, 409 AlreadyExists / Conflict (stale
-  resourceVersion on update), 403 Forbidden, 401 Unauthorized (wrong bearer token), 422 Invalid,
-  410 Expired, 500 InternalError;
+  resourceVersion on update, server-side apply conflicts), 403 Forbidden, 401 Unauthorized
+  (wrong bearer token), 422 Invalid, 410 Expired, 500 InternalError;
+- :meth:`hang`: requests of a verb on a resource get no answer until :meth:`unhang`;
 - discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>/<version>``, ``/version``;
   :meth:`remove_resource` makes a resource unknown (404s, absent from discovery), e.g. a cluster
   without EndpointSlices.
@@ -62,7 +79,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import ipaddress
 import json
+import re
+import ssl
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -106,6 +126,7 @@ DEFAULT_RESOURCES = (
     ResourceType("", "v1", "endpoints", "Endpoints", subresources=()),
     ResourceType("", "v1", "configmaps", "ConfigMap", subresources=()),
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False),
+    ResourceType("", "v1", "events", "Event", subresources=()),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", subresources=()),
     ResourceType("apps", "v1", "deployments", "Deployment", subresources=("status", "scale")),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", subresources=()),
@@ -280,6 +301,236 @@ def _parse_field_selector(sel: str) -> Callable[[Obj], bool]:
     return lambda o: all(r(o) for r in reqs)
 
 
+# ------------------------------------------------------------------ what the real server checks
+# metav1.Time is RFC 3339 (a fraction is accepted when parsing); metav1.MicroTime is RFC 3339
+# with exactly six fraction digits. Both decode JSON null as "unset" and refuse "" (400: the
+# body cannot be decoded), as kube-apiserver does.
+_TIME_LAYOUT = "2006-01-02T15:04:05Z07:00"
+_MICRO_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+_MICRO_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})")
+# kind -> (path, micro) of its time fields ("*": every kind)
+_TIME_FIELDS: dict[str, tuple[tuple[tuple[str, ...], bool], ...]] = {
+    "*": ((("metadata", "creationTimestamp"), False), (("metadata", "deletionTimestamp"), False)),
+    "Lease": ((("spec", "acquireTime"), True), (("spec", "renewTime"), True)),
+    "Event": (
+        (("firstTimestamp",), False),
+        (("lastTimestamp",), False),
+        (("eventTime",), True),
+        (("series", "lastObservedTime"), True),
+    ),
+}
+
+
+def _dig(o: Any, path: Iterable[str]) -> Any:
+    for k in path:
+        if not isinstance(o, dict):
+            return None
+        o = o.get(k)
+    return o
+
+
+def _check_times(rt: ResourceType, obj: Obj) -> None:
+    for path, micro in _TIME_FIELDS["*"] + _TIME_FIELDS.get(rt.kind, ()):
+        v = _dig(obj, path)
+        if v is None:
+            continue  # absent or null: the zero time
+        layout = _MICRO_LAYOUT if micro else _TIME_LAYOUT
+        ok = isinstance(v, str) and (_MICRO_RE if micro else _TIME_RE).fullmatch(v) is not None
+        if ok:
+            try:
+                datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                ok = False
+        if not ok:
+            what = f'parsing time "{v}" as "{layout}"' if isinstance(v, str) else "not a string"
+            raise KubeError(
+                400,
+                "BadRequest",
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: {what}: '
+                f'cannot parse "{v}" as a time ({".".join(path)})',
+            )
+
+
+def _endpoint_ip_error(ip: Any, family: int | None) -> str | None:
+    """Why kube-apiserver refuses ``ip`` as an endpoint address (None: it accepts it)."""
+    try:
+        a = ipaddress.ip_address(ip) if isinstance(ip, str) else None
+    except ValueError:
+        a = None
+    if a is None:
+        return "must be a valid IP address"
+    if family is not None and a.version != family:
+        return f"must be a valid IPv{family} address"
+    if a.is_unspecified:
+        return "may not be unspecified (0.0.0.0, ::)"
+    if a.is_loopback:
+        return "may not be in the loopback range (127.0.0.0/8, ::1/128)"
+    if a.is_link_local:
+        return "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+    if a in ipaddress.ip_network("224.0.0.0/24") or (
+        a.version == 6 and a in ipaddress.ip_network("ff02::/16")
+    ):
+        return "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"
+    return None
+
+
+def _endpoint_errors(rt: ResourceType, obj: Obj) -> list[tuple[str, Any, str]]:
+    """(field, value, why) for each address of an EndpointSlice or Endpoints the real server
+    refuses (its endpoint IP validation)."""
+    errs: list[tuple[str, Any, str]] = []
+    if rt.kind == "EndpointSlice":
+        kind = obj.get("addressType")
+        if kind == "FQDN":
+            return errs
+        family = {"IPv4": 4, "IPv6": 6}.get(str(kind))
+        for i, ep in enumerate(obj.get("endpoints") or []):
+            for j, ip in enumerate((ep or {}).get("addresses") or []):
+                why = _endpoint_ip_error(ip, family)
+                if why:
+                    errs.append((f"endpoints[{i}].addresses[{j}]", ip, why))
+    elif rt.kind == "Endpoints":
+        for i, sub in enumerate(obj.get("subsets") or []):
+            for key in ("addresses", "notReadyAddresses"):
+                for j, a in enumerate((sub or {}).get(key) or []):
+                    why = _endpoint_ip_error((a or {}).get("ip"), None)
+                    if why:
+                        errs.append((f"subsets[{i}].{key}[{j}].ip", (a or {}).get("ip"), why))
+    return errs
+
+
+def _invalid(rt: ResourceType, name: str, errs: list[tuple[str, Any, str]]) -> KubeError:
+    """422 Invalid, with the message and causes kube-apiserver writes."""
+    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
+    parts = [f"{f}: Invalid value: {json.dumps(v)}: {why}" for f, v, why in errs]
+    joined = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+    return KubeError(
+        422,
+        "Invalid",
+        f'{kind} "{name}" is invalid: {joined}',
+        {
+            "name": name,
+            "group": rt.group,
+            "kind": rt.kind,
+            "causes": [
+                {
+                    "reason": "FieldValueInvalid",
+                    "message": f"Invalid value: {json.dumps(v)}: {why}",
+                    "field": f,
+                }
+                for f, v, why in errs
+            ],
+        },
+    )
+
+
+def _default(rt: ResourceType, obj: Obj) -> None:
+    """The server's defaulting that our tests can see: ``fieldRef.apiVersion`` (v1) anywhere in
+    a pod spec, a Deployment's ``spec.replicas`` (1)."""
+
+    def walk(o: Any) -> None:
+        if isinstance(o, dict):
+            ref = o.get("fieldRef")
+            if isinstance(ref, dict) and "apiVersion" not in ref:
+                ref["apiVersion"] = "v1"
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    walk(obj.get("spec"))
+    if rt.kind == "Deployment":
+        spec = obj.setdefault("spec", {})
+        if isinstance(spec, dict) and spec.get("replicas") is None:
+            spec["replicas"] = 1
+
+
+# ------------------------------------------------------------------ field ownership
+# Server-side apply's field sets, simplified: a field is a path of "f:<key>" steps, and
+# 'k:{"name":...}' for an item of a list whose items all have distinct names (containers, env,
+# ports, volumes: what our manifests use); other lists, and the maps the real schema marks
+# atomic, are one field as a whole. Writes without a fieldManager are not tracked.
+_ATOMIC = frozenset({"fieldRef", "resourceFieldRef", "configMapKeyRef", "secretKeyRef", "selector"})
+_SERVER_META = frozenset(
+    {
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "generation",
+        "managedFields",
+        "name",
+        "namespace",
+        "selfLink",
+    }
+)
+Path_ = tuple[str, ...]
+
+
+def _fields(o: Any, prefix: Path_ = ()) -> dict[Path_, Any]:
+    """Leaf field paths of an object (or apply configuration) and their values."""
+    out: dict[Path_, Any] = {}
+    if not isinstance(o, dict):
+        return out
+    for k, v in o.items():
+        if not prefix and k in ("apiVersion", "kind"):
+            continue
+        if prefix == ("f:metadata",) and k in _SERVER_META:
+            continue
+        p = (*prefix, f"f:{k}")
+        names = [i.get("name") for i in v if isinstance(i, dict)] if isinstance(v, list) else []
+        if isinstance(v, dict) and v and k not in _ATOMIC:
+            out.update(_fields(v, p))
+        elif (
+            isinstance(v, list)
+            and v
+            and len(names) == len(v)
+            and all(isinstance(n, str) for n in names)
+            and len(set(names)) == len(names)
+        ):
+            for item in v:
+                key = "k:" + json.dumps({"name": item["name"]}, separators=(",", ":"))
+                out.update(_fields(item, (*p, key)))
+        else:
+            out[p] = v
+    return out
+
+
+def _dotted(path: Path_) -> str:
+    """``.spec.template.spec.containers[name="app"].env[name="X"]``, as conflicts name them."""
+    out = ""
+    for step in path:
+        if step.startswith("f:"):
+            out += "." + step[2:]
+        else:
+            key = json.loads(step[2:])
+            out += "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in key.items()) + "]"
+    return out
+
+
+def _fields_v1(paths: Iterable[Path_]) -> Obj:
+    tree: Obj = {}
+    for p in sorted(paths):
+        node = tree
+        for step in p:
+            node = node.setdefault(step, {})
+    return tree
+
+
+_MISSING = object()
+
+
+@dataclass
+class _Owner:
+    manager: str
+    operation: str  # Apply | Update
+    subresource: str
+    api_version: str
+    paths: set[Path_] = field(default_factory=set)
+    time: str = ""
+
+
 def _same(a: Obj, b: Obj) -> bool:
     """Equal apart from resourceVersion and managedFields."""
 
@@ -310,7 +561,9 @@ class FakeKube:
         gone_as_http: bool = False,
         token: str | None = TOKEN,
         resources: Iterable[ResourceType] = DEFAULT_RESOURCES,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context  # HTTPS (as a real API server) when given
         self.history_size = history
         self.bookmark_interval = bookmark_interval
         self.gone_as_http = gone_as_http
@@ -326,6 +579,9 @@ class FakeKube:
         self.requests: list[KubeRequest] = []
         self.forbidden: set[tuple[str, str, str | None]] = set()
         self.failures: dict[tuple[str, str], list[int]] = {}
+        self.hung: dict[tuple[str, str], asyncio.Event] = {}
+        # (resource, namespace, name) -> field owners, as metadata.managedFields shows them
+        self.owners: dict[tuple[str, str, str], list[_Owner]] = {}
         self.user = "system:serviceaccount:knative-serving:activator"
         self._snapshots: dict[str, tuple[int, list[Obj]]] = {}
         self._runner: web.AppRunner | None = None
@@ -335,7 +591,8 @@ class FakeKube:
     # ------------------------------------------------------------------ lifecycle
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     async def start(self, port: int = 0) -> FakeKube:
         app = web.Application()
@@ -344,7 +601,7 @@ class FakeKube:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         assert server is not None
@@ -352,6 +609,7 @@ class FakeKube:
         return self
 
     async def close(self) -> None:
+        self.unhang()
         await self.close_watches()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -430,6 +688,16 @@ class FakeKube:
     def fail(self, verb: str, resource: str, status: int = 500, times: int = 1) -> None:
         """The next ``times`` requests of ``verb`` on ``resource`` get ``status``."""
         self.failures.setdefault((verb, resource), []).extend([status] * times)
+
+    def hang(self, verb: str, resource: str) -> None:
+        """Requests of ``verb`` on ``resource`` get no answer until :meth:`unhang` (an API
+        server that accepts connections but is stuck, e.g. on etcd)."""
+        self.hung.setdefault((verb, resource), asyncio.Event())
+
+    def unhang(self) -> None:
+        for ev in self.hung.values():
+            ev.set()
+        self.hung.clear()
 
     def compact(self) -> None:
         """Forget the event history: watches from any older resourceVersion get 410."""
@@ -514,8 +782,15 @@ class FakeKube:
         return copy.deepcopy(self._create(self._rt(resource), obj, namespace, None))
 
     def _create(
-        self, rt: ResourceType, obj: Obj, namespace: str | None, manager: str | None
+        self,
+        rt: ResourceType,
+        obj: Obj,
+        namespace: str | None,
+        manager: str | None,
+        operation: str = "Update",
     ) -> Obj:
+        _check_times(rt, obj)
+        requested = set(_fields(obj))
         obj = copy.deepcopy(obj)
         md = obj.setdefault("metadata", {})
         ns = namespace if namespace is not None else md.get("namespace")
@@ -553,29 +828,88 @@ class FakeKube:
                 {"name": md["name"], "group": rt.group, "kind": rt.plural},
             )
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+        _default(rt, obj)
+        errs = _endpoint_errors(rt, obj)
+        if errs:
+            raise _invalid(rt, md["name"], errs)
         md["uid"] = str(uuid.uuid4())
         md["creationTimestamp"] = _now()
         md["generation"] = 1
         md["resourceVersion"] = self._bump()
+        okey = (rt.name, key[0], key[1])
+        self.owners.pop(okey, None)
         if manager:
-            self._manage(md, manager, "Update", rt)
+            owner = _Owner(manager, operation, "", rt.api_version, requested, _now())
+            self.owners[okey] = [owner]
+            self._render_owners(okey, md)
         bucket[key] = obj
         self._record(rt, "ADDED", obj, None)
         return obj
 
-    def _manage(self, md: Obj, manager: str, operation: str, rt: ResourceType) -> None:
-        mf = [m for m in md.get("managedFields") or [] if m.get("manager") != manager]
-        mf.append(
-            {
-                "manager": manager,
-                "operation": operation,
-                "apiVersion": rt.api_version,
-                "time": _now(),
+    def _render_owners(self, okey: tuple[str, str, str], md: Obj) -> None:
+        mf: list[Obj] = []
+        for o in self.owners.get(okey, []):
+            entry: Obj = {
+                "manager": o.manager,
+                "operation": o.operation,
+                "apiVersion": o.api_version,
+                "time": o.time,
                 "fieldsType": "FieldsV1",
-                "fieldsV1": {},
+                "fieldsV1": _fields_v1(o.paths),
             }
-        )
-        md["managedFields"] = mf
+            if o.subresource:
+                entry["subresource"] = o.subresource
+            mf.append(entry)
+        if mf:
+            md["managedFields"] = mf
+        else:
+            md.pop("managedFields", None)
+
+    def _own(
+        self,
+        rt: ResourceType,
+        okey: tuple[str, str, str],
+        old: Obj,
+        new: Obj,
+        manager: str | None,
+        operation: str,
+        subresource: str,
+        applied: set[Path_] | None,
+    ) -> None:
+        """Field ownership after a write: an Update takes the fields it changed from everyone
+        else; an Apply owns exactly what it applied (shared with managers of equal values);
+        fields that no longer exist are nobody's."""
+        old_f, new_f = _fields(old), _fields(new)
+        owners = self.owners.setdefault(okey, [])
+        if manager:
+            if applied is None:
+                changed = {
+                    p
+                    for p in old_f.keys() | new_f.keys()
+                    if old_f.get(p, _MISSING) != new_f.get(p, _MISSING)
+                }
+                for o in owners:
+                    o.paths -= changed
+                mine = changed
+            else:
+                mine = applied
+            entry = next(
+                (
+                    o
+                    for o in owners
+                    if (o.manager, o.operation, o.subresource) == (manager, operation, subresource)
+                ),
+                None,
+            )
+            if entry is None:
+                entry = _Owner(manager, operation, subresource, rt.api_version)
+                owners.append(entry)
+            entry.paths = set(mine) if applied is not None else entry.paths | mine
+            entry.time = _now()
+        for o in owners:
+            o.paths &= new_f.keys()
+        owners[:] = [o for o in owners if o.paths]
+        self._render_owners(okey, new["metadata"])
 
     def get(self, resource: str, namespace: str | None, name: str) -> Obj:
         return copy.deepcopy(self._get(self._rt(resource), namespace, name))
@@ -616,7 +950,9 @@ class FakeKube:
         operation: str,
         *,
         subresource: str = "",
+        applied: set[Path_] | None = None,
     ) -> Obj:
+        _check_times(rt, obj)
         old = self._get(rt, namespace, name)
         new = copy.deepcopy(obj)
         md = new.setdefault("metadata", {})
@@ -642,12 +978,18 @@ class FakeKube:
             else:
                 md.pop(k, None)
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
+        _default(rt, new)
+        errs = _endpoint_errors(rt, new)
+        if errs:
+            raise _invalid(rt, name, errs)
         if new.get("spec") != old.get("spec"):
             md["generation"] = int(old["metadata"].get("generation", 1)) + 1
-        if manager:
-            self._manage(md, manager, operation, rt)
+        okey = (rt.name, old["metadata"].get("namespace", ""), name)
+        self._own(rt, okey, old, new, manager, operation, subresource, applied)
         if _same(new, old):
-            return old  # no-op: no new resourceVersion, no event (as the real server)
+            # no-op: no new resourceVersion, no event (as the real server); ownership may move
+            self._render_owners(okey, old["metadata"])
+            return old
         md["resourceVersion"] = self._bump()
         key = (old["metadata"].get("namespace", ""), name)
         self._bucket(rt)[key] = new
@@ -663,10 +1005,11 @@ class FakeKube:
         *,
         content_type: str = "application/merge-patch+json",
         field_manager: str | None = None,
+        force: bool = False,
     ) -> Obj:
         rt = self._rt(resource)
         return copy.deepcopy(
-            self._patch(rt, namespace, name, patch, content_type, field_manager, "")
+            self._patch(rt, namespace, name, patch, content_type, field_manager, "", force)
         )
 
     def _patch(
@@ -678,8 +1021,10 @@ class FakeKube:
         content_type: str,
         manager: str | None,
         subresource: str,
+        force: bool = False,
     ) -> Obj:
         ct = content_type.split(";")[0].strip()
+        applied: set[Path_] | None = None
         if ct == "application/apply-patch+yaml":
             if not manager:
                 raise KubeError(
@@ -688,14 +1033,15 @@ class FakeKube:
                     'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
                     "is required for apply patch",
                 )
+            if not isinstance(patch, dict):
+                raise KubeError(400, "BadRequest", "an apply configuration must be an object")
             try:
                 old = self._get(rt, namespace, name)
             except KubeError:
                 body = copy.deepcopy(patch)
                 body.setdefault("metadata", {})["name"] = name
-                obj = self._create(rt, body, namespace, None)
-                self._manage(obj["metadata"], manager, "Apply", rt)
-                return obj
+                return self._create(rt, body, namespace, manager, "Apply")
+            applied = set(self._apply_conflicts(rt, old, patch, manager, force))
             new = merge_patch(old, patch)
             op = "Apply"
         elif ct in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
@@ -723,7 +1069,57 @@ class FakeKube:
         new.setdefault("metadata", {})["resourceVersion"] = (
             patch_rv or old["metadata"]["resourceVersion"]
         )
-        return self._update(rt, namespace, name, new, manager, op, subresource=subresource)
+        return self._update(
+            rt, namespace, name, new, manager, op, subresource=subresource, applied=applied
+        )
+
+    def _apply_conflicts(
+        self, rt: ResourceType, old: Obj, patch: Obj, manager: str, force: bool
+    ) -> dict[Path_, Any]:
+        """The applied fields; 409 when one would change a value another manager owns (with
+        ``force``, the applier takes it over instead)."""
+        applied = _fields(patch)
+        live = _fields(old)
+        md = old["metadata"]
+        owners = self.owners.get((rt.name, md.get("namespace", ""), md["name"]), [])
+        conflicts: list[tuple[_Owner, Path_]] = []
+        for p, v in applied.items():
+            if live.get(p, _MISSING) == v:
+                continue
+            conflicts += [(o, p) for o in owners if o.manager != manager and p in o.paths]
+        if conflicts and force:
+            for o, p in conflicts:
+                o.paths.discard(p)
+        elif conflicts:
+            by: dict[str, list[str]] = {}
+            for o, p in conflicts:
+                who = f'"{o.manager}"' + (
+                    f' with subresource "{o.subresource}"' if o.subresource else ""
+                )
+                by.setdefault(f"{who} using {o.api_version}", []).append(_dotted(p))
+            parts = [
+                f"conflict with {w}: {ps[0]}"
+                if len(ps) == 1
+                else f"conflicts with {w}:\n" + "\n".join(f"- {x}" for x in ps)
+                for w, ps in by.items()
+            ]
+            n = len(conflicts)
+            raise KubeError(
+                409,
+                "Conflict",
+                f"Apply failed with {n} conflict{'s' if n > 1 else ''}: " + "\n".join(parts),
+                {
+                    "causes": [
+                        {
+                            "reason": "FieldManagerConflict",
+                            "message": f'conflict with "{o.manager}" using {o.api_version}',
+                            "field": _dotted(p),
+                        }
+                        for o, p in conflicts
+                    ]
+                },
+            )
+        return applied
 
     def delete(self, resource: str, namespace: str | None, name: str) -> Obj:
         return copy.deepcopy(self._delete(self._rt(resource), namespace, name))
@@ -732,6 +1128,7 @@ class FakeKube:
         old = self._get(rt, namespace, name)
         key = (old["metadata"].get("namespace", ""), name)
         del self._bucket(rt)[key]
+        self.owners.pop((rt.name, key[0], name), None)
         gone = copy.deepcopy(old)
         gone["metadata"]["resourceVersion"] = self._bump()
         self._record(rt, "DELETED", gone, old)
@@ -795,7 +1192,9 @@ class FakeKube:
         new["metadata"]["resourceVersion"] = (scale.get("metadata") or {}).get(
             "resourceVersion"
         ) or obj["metadata"]["resourceVersion"]
-        return self._scale(rt, self._update(rt, ns, name, new, manager, operation))
+        return self._scale(
+            rt, self._update(rt, ns, name, new, manager, operation, subresource="scale")
+        )
 
     # ------------------------------------------------------------------ HTTP
     def _forbidden(self, verb: str, resource: str, ns: str | None) -> bool:
@@ -869,6 +1268,9 @@ class FakeKube:
         self.requests.append(KubeRequest(method, verb, resource, ns, name, q, ctype, body))
         if self._forbidden(verb, resource, ns):
             raise self._forbid_error(rt, verb, resource, ns, name)
+        stuck = self.hung.get((verb, resource))
+        if stuck is not None:
+            await stuck.wait()
         fails = self.failures.get((verb, resource))
         if fails:
             code = fails.pop(0)
@@ -912,7 +1314,8 @@ class FakeKube:
                 self._update(rt, ns, name, body, manager, "Update", subresource=sub)
             )
         if method == "PATCH":
-            return web.json_response(self._patch(rt, ns, name, body, ctype, manager, sub))
+            force = q.get("force") in ("true", "1", "True")
+            return web.json_response(self._patch(rt, ns, name, body, ctype, manager, sub, force))
         if method == "DELETE":
             return web.json_response(self._delete(rt, ns, name))
         raise KubeError(405, "MethodNotAllowed", f"method {method} not allowed")

@@ -36,6 +36,9 @@ __all__ = [
 log = logging.getLogger("platforms.kubernetes")
 
 REVISION_LABEL = "serving.knative.dev/revision"
+# Labels Knative's controller puts on every Revision, passed through with its annotations: the
+# metrics' service and configuration names (dataplane.metrics.revision_labels) read them there.
+PASSED_LABELS = ("serving.knative.dev/service", "serving.knative.dev/configuration")
 SERVICE_TYPE_LABEL = "networking.internal.knative.dev/serviceType"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ENDPOINTS_SELECTOR = f"{REVISION_LABEL},{SERVICE_TYPE_LABEL} in (Private,Public)"
@@ -61,7 +64,11 @@ def revision_from_object(obj: Obj) -> Revision:
             if str((ports[0] or {}).get("name") or "").lower() == "h2c":
                 protocol = "h2c"
             break
-    ann = md.get("annotations") or {}
+    ann = {str(k): str(v) for k, v in (md.get("annotations") or {}).items()}
+    labels = md.get("labels") or {}
+    for name in PASSED_LABELS:
+        if labels.get(name) and name not in ann:
+            ann[name] = str(labels[name])
     return Revision(
         namespace=str(md.get("namespace") or ""),
         name=str(md.get("name") or ""),
@@ -70,7 +77,7 @@ def revision_from_object(obj: Obj) -> Revision:
         response_start_timeout_seconds=_num(spec.get("responseStartTimeoutSeconds"), 0.0),
         idle_timeout_seconds=_num(spec.get("idleTimeoutSeconds"), 0.0),
         protocol=protocol,
-        annotations={str(k): str(v) for k, v in ann.items()},
+        annotations=ann,
     )
 
 

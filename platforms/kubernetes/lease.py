@@ -11,7 +11,9 @@ read just before: of two candidates racing for an expired Lease one gets 409 Con
 stays a follower. A leader that cannot renew within ``renew_deadline`` steps down (it may be
 partitioned from the API server, and another candidate will take over after the lease
 duration). On shutdown the leader releases the Lease (empty holder, duration 1 s) so that a
-successor need not wait for expiry.
+successor need not wait for expiry; the release has a short deadline of its own
+(``release_timeout``, 5 s), because the process must exit well inside the pod's
+``terminationGracePeriodSeconds`` even when the API server hangs (the Lease then expires).
 
 Time comes from an injected ``clock`` (seconds, ``time.time`` by default) and waiting from an
 injected ``sleep``, so tests drive elections step by step with :meth:`try_acquire_or_renew`.
@@ -36,6 +38,7 @@ log = logging.getLogger("platforms.kubernetes.lease")
 LEASE_DURATION = 15.0
 RENEW_DEADLINE = 10.0
 RETRY_PERIOD = 2.0
+RELEASE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class LeaderElector:
         lease_duration: float = LEASE_DURATION,
         renew_deadline: float = RENEW_DEADLINE,
         retry_period: float = RETRY_PERIOD,
+        release_timeout: float = RELEASE_TIMEOUT,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_started: Callable[[], None] | None = None,
@@ -89,6 +93,9 @@ class LeaderElector:
         self.lease_duration = lease_duration
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
+        if not release_timeout > 0:
+            raise ValueError("need release_timeout > 0")
+        self.release_timeout = release_timeout
         self.clock = clock
         self.sleep = sleep
         self.on_started = on_started
@@ -132,20 +139,35 @@ class LeaderElector:
         return await self._write(now, current)
 
     async def release(self) -> bool:
-        """Give the Lease up if we hold it (empty holder, 1 s duration); whether it was."""
+        """Give the Lease up if we hold it (empty holder, 1 s duration); whether it was.
+
+        Bounded by ``release_timeout``: a hung API server must not hold up the exit (the
+        Lease expires on its own after its duration)."""
         if not self.is_leader or self.observed is None:
             self._set_leader(False)
             return False
         now = self.clock()
         body = self._body(now, holder="", duration=1, acquire=self.observed.acquire_time, rv=None)
         body["spec"]["leaseTransitions"] = self.observed.transitions
-        try:
+
+        async def write() -> None:
             current = await self._read()
             if current is not None and current.holder == self.identity:
                 body["metadata"]["resourceVersion"] = current.resource_version
                 await self.api.replace(LEASES, self.namespace, self.name, body)
+
+        try:
+            await asyncio.wait_for(write(), self.release_timeout)
         except KubeError as e:  # best effort: the lease expires anyway
             log.warning("releasing lease %s/%s: %s", self.namespace, self.name, e)
+        except TimeoutError:
+            log.warning(
+                "releasing lease %s/%s: no answer from the API server in %.1fs; it expires "
+                "on its own",
+                self.namespace,
+                self.name,
+                self.release_timeout,
+            )
         self._set_leader(False)
         return True
 
@@ -222,7 +244,9 @@ class LeaderElector:
         spec: dict[str, Any] = {
             "holderIdentity": holder or None,
             "leaseDurationSeconds": duration,
-            "acquireTime": acquire,
+            # A MicroTime: null when unknown (a Lease written by another tool may have none);
+            # the API server refuses "" (400, parsing time "").
+            "acquireTime": acquire or None,
             "renewTime": _micro_time(now),
         }
         return {

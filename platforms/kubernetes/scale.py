@@ -65,20 +65,39 @@ class EventRecorder:
         self._warned: set[str] = set()
 
     async def deployment_event(
-        self, namespace: str, name: str, reason: str, message: str, *, warning: bool = False
+        self,
+        namespace: str,
+        name: str,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        uid: str = "",
     ) -> None:
+        """Record an Event on the Deployment ``namespace/name``; ``uid`` is looked up when not
+        given: ``kubectl describe`` selects a Deployment's Events by ``involvedObject.uid``, so
+        an Event without it is listed by ``kubectl get events`` but never described."""
+        if not uid:
+            try:
+                dep = await self.api.get(DEPLOYMENTS, namespace, name)
+                uid = str((dep.get("metadata") or {}).get("uid") or "")
+            except KubeError as e:  # gone, or forbidden: record it without the uid
+                self._warn(e)
         # A classic core/v1 Event (what client-go's legacy recorder writes), no eventTime
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        involved = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+            "namespace": namespace,
+        }
+        if uid:
+            involved["uid"] = uid
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": name,
-                "namespace": namespace,
-            },
+            "involvedObject": involved,
             "reason": reason,
             "message": message,
             "type": "Warning" if warning else "Normal",
@@ -92,7 +111,10 @@ class EventRecorder:
         try:
             await self.api.create(EVENTS, namespace, event)
         except KubeError as e:
-            key = f"{type(e).__name__}:{e.verb}"
-            if key not in self._warned:
-                self._warned.add(key)
-                log.warning("cannot record Kubernetes events (continuing without): %s", e)
+            self._warn(e)
+
+    def _warn(self, e: KubeError) -> None:
+        key = f"{type(e).__name__}:{e.verb}"
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("cannot record Kubernetes events (continuing without): %s", e)

@@ -1,17 +1,27 @@
 """Helpers for the Kubernetes platform tests: the fake API server, a KubeAPI on the real
-kubernetes-asyncio client, a manual sleep for back-off, an event recorder, object builders."""
+kubernetes-asyncio client, a manual sleep for back-off, an event recorder, object builders,
+and pods in network namespaces of their own (addresses a real API server accepts)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
 from platforms.base import Endpoints, Revision, RevisionKey
 from platforms.kubernetes.api import KubeAPI
+from tests.apps import upstream
 from tests.fakekube import FakeKube
+
+from .activator_helpers import TimedApp, qp_env
+from .helpers import QP_BIN, QueueProxy, knative_env
+from .netns import NetNS, NetnsFactory
 
 Obj = dict[str, Any]
 
@@ -102,7 +112,11 @@ def revision(
         "metadata": {
             "name": name,
             "namespace": ns,
-            "labels": {"serving.knative.dev/service": name.rsplit("-", 1)[0]},
+            "labels": {
+                "serving.knative.dev/service": name.rsplit("-", 1)[0],
+                "serving.knative.dev/configuration": name.rsplit("-", 1)[0],
+                "serving.knative.dev/revision": name,
+            },
             "annotations": dict(annotations or {}),
         },
         "spec": {
@@ -194,3 +208,95 @@ def endpoints_object(
         "metadata": {"name": svc, "namespace": ns, "labels": _svc_labels(rev, kind, svc)},
         "subsets": [subset],
     }
+
+
+# --------------------------------------------------------------------------- pods in namespaces
+QP_PORT, QP_ADMIN_PORT, USER_PORT = 8012, 8022, 8080
+
+
+@dataclass
+class NetnsPod:
+    """A pod with a network namespace of its own, as the kubelet runs one: the app on the
+    pod's loopback (127.0.0.1:8080, in the test's event loop), a real queue-proxy process on
+    the pod address (``ip``:8012, Knative's port); the activator reaches it through the veth
+    pair."""
+
+    ns: NetNS
+    qp: QueueProxy
+    app: TimedApp
+
+    @property
+    def ip(self) -> str:
+        return self.ns.ip
+
+    @property
+    def dest(self) -> str:
+        return f"{self.ns.ip}:{QP_PORT}"
+
+
+async def start_app_in(ns: NetNS, port: int = USER_PORT) -> TimedApp:
+    """The test upstream app (``tests.apps.upstream``) listening on the namespace's loopback,
+    recording each request's arrival time."""
+    state = upstream.AppState()
+    app = upstream.make_app(state)
+    arrivals: list[float] = []
+
+    @web.middleware
+    async def arrival(request: web.Request, handler: Any) -> Any:
+        if request.path != "/ready":
+            arrivals.append(asyncio.get_running_loop().time())
+        return await handler(request)
+
+    app.middlewares.append(arrival)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, ns.listen(port, "127.0.0.1")).start()
+    at = asyncio.get_running_loop().time()
+    return TimedApp(upstream.RunningApp(runner, port, state), at, arrivals)
+
+
+class NetnsPods:
+    """Starts :class:`NetnsPod` s and removes them (processes, apps, namespaces) at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.namespaces = NetnsFactory()
+        self.pods: list[NetnsPod] = []
+
+    async def start(self, **qp_extra: str | None) -> NetnsPod:
+        ns = self.namespaces.new()
+        app = await start_app_in(ns)
+        env = knative_env(
+            serving=QP_PORT,
+            tls=8112,
+            admin=QP_ADMIN_PORT,
+            metrics=9090,
+            user_metrics=9091,
+            user_port=USER_PORT,
+        )
+        env["SERVING_POD_IP"] = ns.ip
+        for k, v in qp_env(**qp_extra).items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        n = len(self.pods)
+        out, err = self.tmp_path / f"nsqp{n}.stdout", self.tmp_path / f"nsqp{n}.stderr"
+        with open(out, "wb") as fo, open(err, "wb") as fe:
+            proc = subprocess.Popen(
+                ns.command([QP_BIN]), env=env, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL
+            )
+        pod = NetnsPod(ns, QueueProxy(proc, env, out, err), app)
+        self.pods.append(pod)
+        for port in (QP_PORT, QP_ADMIN_PORT):
+            await ns.wait_listening(port)
+        return pod
+
+    async def close(self) -> None:
+        for pod in self.pods:
+            pod.qp.kill()
+            await pod.app.close()
+            if pod.qp.proc.returncode not in (0, -9):
+                print(f"--- queue-proxy in {pod.ns.name} rc={pod.qp.proc.returncode} ---")
+                print("\n".join(pod.qp.stderr().splitlines()[-40:]))
+        self.namespaces.close()

@@ -10,7 +10,8 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client import ApiClient, ApiException
 
-from tests.fakekube import FakeKube
+from tests.fakekube import FakeKube, meta
+from tests.fakekube import KubeError as FakeKubeError
 
 
 @pytest.fixture
@@ -194,3 +195,177 @@ async def test_wrong_token_is_401(kube: FakeKube) -> None:
         with pytest.raises(ApiException) as e:
             await client.CoreV1Api(a).list_namespaced_pod("default")
     assert e.value.status == 401
+
+
+def _slice(addresses: list[str], address_type: str = "IPv4") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "s", "labels": {"kubernetes.io/service-name": "svc"}},
+        "addressType": address_type,
+        "ports": [{"name": "http", "port": 8012, "protocol": "TCP"}],
+        "endpoints": [{"addresses": addresses, "conditions": {"ready": True}}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("address", "address_type", "why"),
+    [
+        ("127.0.0.1", "IPv4", "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+        ("127.200.0.9", "IPv4", "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+        ("::1", "IPv6", "may not be in the loopback range (127.0.0.0/8, ::1/128)"),
+        ("0.0.0.0", "IPv4", "may not be unspecified (0.0.0.0, ::)"),
+        ("169.254.3.4", "IPv4", "may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+        ("fe80::1", "IPv6", "may not be in the link-local range (169.254.0.0/16, fe80::/10)"),
+        ("224.0.0.251", "IPv4", "may not be in the link-local multicast range"),
+        ("fd00::1", "IPv4", "must be a valid IPv4 address"),
+        ("pod-a", "IPv4", "must be a valid IP address"),
+    ],
+)
+async def test_endpoint_addresses_the_real_server_refuses(
+    kube: FakeKube, api: ApiClient, address: str, address_type: str, why: str
+) -> None:
+    disc = client.DiscoveryV1Api(api)
+    with pytest.raises(ApiException) as e:
+        await disc.create_namespaced_endpoint_slice("default", _slice([address], address_type))
+    st = json.loads(e.value.body)
+    assert e.value.status == 422 and st["reason"] == "Invalid"
+    assert st["message"].startswith(
+        f'EndpointSlice.discovery.k8s.io "s" is invalid: endpoints[0].addresses[0]: '
+        f'Invalid value: "{address}": {why}'
+    )
+    assert st["details"]["causes"][0]["field"] == "endpoints[0].addresses[0]"
+    with pytest.raises(FakeKubeError) as fe:  # the test-side store methods check it too
+        kube.create("endpointslices", {**_slice([address], address_type), "metadata": meta("s")})
+    assert fe.value.code == 422
+
+
+async def test_endpoint_addresses_the_real_server_accepts(kube: FakeKube, api: ApiClient) -> None:
+    disc = client.DiscoveryV1Api(api)
+    await disc.create_namespaced_endpoint_slice("default", _slice(["10.0.0.1", "198.18.0.2"]))
+    s6 = _slice(["fd00::1"], "IPv6")
+    s6["metadata"]["name"] = "s6"
+    await disc.create_namespaced_endpoint_slice("default", s6)
+    # an update to a loopback address is refused too, and so is one in core/v1 Endpoints
+    with pytest.raises(ApiException) as e:
+        await disc.patch_namespaced_endpoint_slice(
+            "s", "default", {"endpoints": [{"addresses": ["127.0.0.1"]}]}
+        )
+    assert e.value.status == 422
+    with pytest.raises(ApiException) as e:
+        await client.CoreV1Api(api).create_namespaced_endpoints(
+            "default",
+            {"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "127.0.0.1"}]}]},
+        )
+    assert e.value.status == 422
+    assert "subsets[0].addresses[0].ip" in json.loads(e.value.body)["message"]
+
+
+def _deployment(replicas: int | None = None, api_version: bool = False) -> dict[str, Any]:
+    ref: dict[str, str] = {"fieldPath": "metadata.name"}
+    if api_version:
+        ref = {"apiVersion": "v1", **ref}
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": "example.com/app:1",
+                        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": ref}}],
+                    }
+                ]
+            },
+        },
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": spec,
+    }
+
+
+APPLY = "application/apply-patch+yaml"
+
+
+async def test_server_side_apply_conflicts_with_the_owner_of_a_field(
+    kube: FakeKube, api: ApiClient
+) -> None:
+    """kubectl apply --server-side of a manifest with spec.replicas, after the autoscaler
+    scaled through deployments/scale: 409 naming knd-autoscaler, as kube-apiserver does."""
+    apps = client.AppsV1Api(api)
+    await apps.patch_namespaced_deployment(
+        "web", "default", _deployment(replicas=0), field_manager="kubectl", _content_type=APPLY
+    )
+    await apps.patch_namespaced_deployment_scale(
+        "web", "default", {"spec": {"replicas": 3}}, field_manager="knd-autoscaler"
+    )
+    mf = {
+        (m["manager"], m["operation"], m.get("subresource", "")): m["fieldsV1"]
+        for m in kube.get("deployments", "default", "web")["metadata"]["managedFields"]
+    }
+    assert mf[("knd-autoscaler", "Update", "scale")] == {"f:spec": {"f:replicas": {}}}
+    assert "f:replicas" not in mf[("kubectl", "Apply", "")]["f:spec"]
+    with pytest.raises(ApiException) as e:
+        await apps.patch_namespaced_deployment(
+            "web", "default", _deployment(replicas=0), field_manager="kubectl", _content_type=APPLY
+        )
+    st = json.loads(e.value.body)
+    assert e.value.status == 409 and st["reason"] == "Conflict"
+    assert st["message"] == (
+        'Apply failed with 1 conflict: conflict with "knd-autoscaler" with subresource "scale" '
+        "using apps/v1: .spec.replicas"
+    )
+    assert st["details"]["causes"][0]["field"] == ".spec.replicas"
+    assert kube.get("deployments", "default", "web")["spec"]["replicas"] == 3
+    # the same value is no conflict; leaving the field out is none either
+    await apps.patch_namespaced_deployment(
+        "web", "default", _deployment(replicas=3), field_manager="kubectl", _content_type=APPLY
+    )
+    await apps.patch_namespaced_deployment(
+        "web", "default", _deployment(), field_manager="kubectl", _content_type=APPLY
+    )
+    assert kube.get("deployments", "default", "web")["spec"]["replicas"] == 3
+    # --force-conflicts takes the field over
+    await apps.patch_namespaced_deployment(
+        "web",
+        "default",
+        _deployment(replicas=1),
+        field_manager="kubectl",
+        force=True,
+        _content_type=APPLY,
+    )
+    dep = kube.get("deployments", "default", "web")
+    assert dep["spec"]["replicas"] == 1
+    assert {m["manager"] for m in dep["metadata"]["managedFields"]} == {"kubectl"}
+
+
+async def test_field_ref_is_defaulted_and_atomic(kube: FakeKube, api: ApiClient) -> None:
+    """The server fills in fieldRef.apiVersion; since fieldRef is atomic, a server-side apply
+    of a fieldRef without it conflicts with the manager that wrote it first."""
+    apps = client.AppsV1Api(api)
+    await apps.create_namespaced_deployment(
+        "default", _deployment(), field_manager="kubectl-client-side-apply"
+    )
+    dep = kube.get("deployments", "default", "web")
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"][0]
+    assert env["valueFrom"]["fieldRef"] == {"apiVersion": "v1", "fieldPath": "metadata.name"}
+    assert dep["spec"]["replicas"] == 1  # defaulted too
+    with pytest.raises(ApiException) as e:
+        await apps.patch_namespaced_deployment(
+            "web", "default", _deployment(), field_manager="kubectl", _content_type=APPLY
+        )
+    assert e.value.status == 409
+    assert json.loads(e.value.body)["message"].endswith(
+        '.spec.template.spec.containers[name="app"].env[name="POD_NAME"].valueFrom.fieldRef'
+    )
+    await apps.patch_namespaced_deployment(
+        "web",
+        "default",
+        _deployment(api_version=True),
+        field_manager="kubectl",
+        _content_type=APPLY,
+    )

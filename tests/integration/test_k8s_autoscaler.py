@@ -24,7 +24,9 @@ from dataplane.proxy import HTTPServer, ServerConfig
 from dataplane.statpb import Stat, WireStatMessage, encode_stat, encode_wire_stat_messages
 from platforms.kubernetes.api import KubeAPI
 from platforms.kubernetes.standalone import StandalonePlatform
-from tests.fakekube import FakeKube, ResourceType
+from tests.fakekube import FakeKube
+
+from .netns import NetNS, netns_or_skip
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,7 +76,7 @@ def hello_deployment(metrics_port: int, replicas: int = 0, **ann: str) -> dict[s
     }
 
 
-def hello_slice(port: int, ready: bool) -> dict[str, Any]:
+def hello_slice(ip: str, port: int, ready: bool) -> dict[str, Any]:
     return {
         "metadata": {
             "name": "hello-pods-x1",
@@ -83,15 +85,18 @@ def hello_slice(port: int, ready: bool) -> dict[str, Any]:
         },
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}] if ready else [],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}] if ready else [],
     }
 
 
 class FakePod:
-    """A queue-proxy stand-in: answers the activator's probe and requests, and serves a
-    protobuf Stat on its metrics port."""
+    """A queue-proxy stand-in in a network namespace of its own (its address goes in the
+    EndpointSlice, which refuses loopback ones): answers the activator's probe and requests,
+    and serves a protobuf Stat on its metrics port, which the autoscaler scrapes."""
 
-    def __init__(self) -> None:
+    def __init__(self, ns: NetNS) -> None:
+        self.ns = ns
+        self.ip = ns.ip
         self.concurrency = 0.0
         self.requests = 0
         self.runners: list[web.AppRunner] = []
@@ -116,9 +121,9 @@ class FakePod:
             app.router.add_route("*", "/{tail:.*}", handler)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            sock = self.ns.listen()
+            port = sock.getsockname()[1]
+            await web.SockSite(runner, sock).start()
             if handler == self._serve:
                 self.port = port
             else:
@@ -138,10 +143,14 @@ async def kube() -> AsyncIterator[FakeKube]:
 
 @pytest.fixture
 async def pod() -> AsyncIterator[FakePod]:
-    p = FakePod()
-    await p.start()
-    yield p
-    await p.close()
+    ns = netns_or_skip()
+    try:
+        p = FakePod(ns)
+        await p.start()
+        yield p
+        await p.close()
+    finally:
+        ns.close()
 
 
 class Procs:
@@ -176,9 +185,8 @@ def scale_patches(kube: FakeKube) -> list[int]:
 async def test_scale_from_zero_on_a_held_request_and_back_to_zero(
     kube: FakeKube, pod: FakePod, procs: Procs
 ) -> None:
-    kube.add_resource(ResourceType("", "v1", "events", "Event", subresources=()))
     kube.create("deployments", hello_deployment(pod.metrics_port))
-    kube.create("endpointslices", hello_slice(pod.port, ready=False))
+    kube.create("endpointslices", hello_slice(pod.ip, pod.port, ready=False))
     proc = await procs.start(
         "autoscaler-0",
         KND_AUTOSCALER_STABLE_WINDOW="6s",
@@ -223,7 +231,7 @@ async def test_scale_from_zero_on_a_held_request_and_back_to_zero(
                 "spec": {"replicas": 1}
             }
             # the Deployment controller's part: the pod turns ready in the EndpointSlice
-            kube.update("endpointslices", hello_slice(pod.port, ready=True))
+            kube.update("endpointslices", hello_slice(pod.ip, pod.port, ready=True))
             resp = await asyncio.wait_for(request, 10)
             assert resp.status == 200
             assert await resp.text() == "hello from the pod (hello.example.com)"
@@ -245,6 +253,7 @@ async def test_scale_from_zero_on_a_held_request_and_back_to_zero(
                 "kind": "Deployment",
                 "name": "hello",
                 "namespace": NS,
+                "uid": kube.get("deployments", NS, "hello")["metadata"]["uid"],
             }
             assert events[1]["message"].startswith("Scaled from 0 to 1 replicas (stable")
             assert events[1]["source"]["component"] == "knd-autoscaler"

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from kubernetes_asyncio.client import ApiClient
 
-from platforms.kubernetes.api import KubeAPI, KubeError, KubeForbidden
+from platforms.kubernetes.api import LEASES, KubeAPI, KubeError, KubeForbidden
 from platforms.kubernetes.lease import LeaderElector
 from tests.fakekube import FakeKube
 
@@ -229,3 +229,100 @@ async def _until(cond: object) -> None:
     assert callable(cond)
     while not cond():
         await asyncio.sleep(0.01)
+
+
+async def test_a_lease_without_acquire_time_is_renewed_and_released(
+    kube: FakeKube, api: KubeAPI
+) -> None:
+    """A Lease written by another tool may carry no acquireTime; renewing or releasing it
+    must not send ``acquireTime: ""`` (the API server answers 400, parsing time "")."""
+    kube.create(
+        "leases",
+        {
+            "metadata": {"name": NAME, "namespace": NS},
+            "spec": {
+                "holderIdentity": "a",
+                "leaseDurationSeconds": 15,
+                "renewTime": "2027-01-15T08:00:00.000000Z",
+            },
+        },
+    )
+    clock, events = Clock(), []
+    a = elector(api, "a", clock, events)
+    assert await a.try_acquire_or_renew() is True  # ours already: a renewal
+    [renew] = kube.requests_for("update", "leases")
+    assert renew.body["spec"]["acquireTime"] is None
+    assert kube.get("leases", NS, NAME)["spec"].get("acquireTime") is None
+    assert await a.release() is True
+    assert holder(kube) is None  # the release was written, not refused
+    assert kube.requests_for("update", "leases")[-1].body["spec"]["acquireTime"] is None
+
+
+async def test_fakekube_refuses_an_empty_micro_time(kube: FakeKube, api: KubeAPI) -> None:
+    """What the real API server does with ``acquireTime: ""`` (so the test above can fail)."""
+    with pytest.raises(KubeError) as e:
+        await api.create(
+            LEASES,
+            NS,
+            {
+                "metadata": {"name": NAME},
+                "spec": {"holderIdentity": "x", "acquireTime": ""},
+            },
+        )
+    assert e.value.status == 400 and 'parsing time ""' in str(e.value)
+    with pytest.raises(KubeError) as e:  # a MicroTime has six fraction digits
+        await api.create(
+            LEASES, NS, {"metadata": {"name": NAME}, "spec": {"renewTime": "2027-01-15T08:00Z"}}
+        )
+    assert e.value.status == 400
+    await api.create(
+        LEASES,
+        NS,
+        {"metadata": {"name": NAME}, "spec": {"acquireTime": None, "renewTime": None}},
+    )
+
+
+async def test_release_has_its_own_short_deadline(kube: FakeKube) -> None:
+    """With the API server hung, a leader's shutdown (run cancelled, then release) ends after
+    ``release_timeout``, not after the 30 s request timeout: the kubelet's grace period for the
+    autoscaler is 30 s (deploy/standalone/autoscaler.yaml)."""
+    api = KubeAPI(ApiClient(kube.configuration()), request_timeout=30.0)
+    try:
+        started = asyncio.Event()
+        a = LeaderElector(
+            api,
+            NS,
+            NAME,
+            "a",
+            lease_duration=30,
+            renew_deadline=20,
+            retry_period=0.05,
+            release_timeout=0.2,
+            on_started=started.set,
+        )
+        assert a.release_timeout == 0.2
+        task = asyncio.create_task(a.run())
+        await asyncio.wait_for(started.wait(), 5)
+        kube.hang("get", "leases")
+        kube.hang("update", "leases")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), 5)  # 30 s without the deadline
+        assert task.done() and not a.is_leader
+        assert holder(kube) == "a"  # not released: it expires after its duration
+    finally:
+        kube.unhang()
+        await api.close()
+
+
+def test_the_default_release_deadline_fits_the_grace_period() -> None:
+    import yaml
+
+    from platforms.kubernetes.lease import RELEASE_TIMEOUT
+    from tests.unit.test_deploy_manifests import DEPLOY
+
+    docs = yaml.safe_load_all((DEPLOY / "standalone" / "autoscaler.yaml").read_text())
+    [dep] = [d for d in docs if d and d["kind"] == "Deployment"]
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    # the release is the only API call on the way out; leave most of the grace period
+    assert grace / 4 >= RELEASE_TIMEOUT

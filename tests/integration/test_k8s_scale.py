@@ -8,7 +8,7 @@ import pytest
 from kubernetes_asyncio.client import ApiClient
 
 from platforms.kubernetes.api import KubeAPI, KubeForbidden, KubeNotFound
-from platforms.kubernetes.scale import DeploymentScaler
+from platforms.kubernetes.scale import EVENTS, DeploymentScaler, EventRecorder
 from tests.fakekube import FakeKube
 
 
@@ -68,3 +68,32 @@ async def test_missing_deployment_and_bad_input(kube: FakeKube, scaler: Deployme
     with pytest.raises(ValueError):
         await scaler.scale("apps", "web", -1)
     assert not kube.requests_for("patch", "deployments/scale")[1:]
+
+
+async def test_events_are_found_the_way_kubectl_describe_looks_for_them(
+    kube: FakeKube,
+) -> None:
+    """``kubectl describe deployment`` lists Events by involvedObject kind, name, namespace and
+    uid: an Event without the uid never shows (a real API server accepts it all the same)."""
+    api = KubeAPI(ApiClient(kube.configuration()))
+    try:
+        rec = EventRecorder(api, instance="autoscaler-0")
+        await rec.deployment_event("apps", "web", "ScaledUp", "Scaled from 0 to 1 replicas")
+        uid = kube.get("deployments", "apps", "web")["metadata"]["uid"]
+        described = await api.list(
+            EVENTS,
+            namespace="apps",
+            field_selector=(
+                "involvedObject.kind=Deployment,involvedObject.name=web,"
+                f"involvedObject.namespace=apps,involvedObject.uid={uid}"
+            ),
+        )
+        [ev] = described["items"]
+        assert ev["reason"] == "ScaledUp" and ev["involvedObject"]["uid"] == uid
+        assert ev["firstTimestamp"] == ev["lastTimestamp"] and ev["count"] == 1
+        # a Deployment that is gone: the Event is still recorded (without a uid), no error
+        await rec.deployment_event("apps", "gone", "ScaleFailed", "x", warning=True)
+        [gone] = [e for e in kube.list("events", "apps") if e["involvedObject"]["name"] == "gone"]
+        assert "uid" not in gone["involvedObject"] and gone["type"] == "Warning"
+    finally:
+        await api.close()

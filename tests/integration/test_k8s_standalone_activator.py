@@ -1,6 +1,7 @@
 """The activator process in standalone mode (KND_PLATFORM=standalone) against the fake API
 server: it routes by Host to a real queue-proxy found through an annotated Deployment and its
-Service's EndpointSlice, reports the revision's stats, and drops a pod removed from the slice."""
+Service's EndpointSlice, reports the revision's stats, and drops a pod removed from the slice.
+The pods have network namespaces of their own (EndpointSlices refuse loopback addresses)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from activator.env import parse_env
 from tests.apps.autoscaler_stub import RunningStub
 from tests.fakekube import FakeKube
 
-from .activator_helpers import PlatformFile, Pods, StartActivator, stub_stats
+from .activator_helpers import PlatformFile, StartActivator, stub_stats
 from .conftest import make_client
 from .helpers import eventually
+from .k8s_helpers import QP_PORT, NetnsPods
 
 
 @pytest.fixture
@@ -25,7 +27,14 @@ async def kube() -> AsyncIterator[FakeKube]:
         yield k
 
 
-def slice_for(name: str, service: str, port: int) -> dict[str, Any]:
+@pytest.fixture
+async def npods(tmp_path: Path) -> AsyncIterator[NetnsPods]:
+    p = NetnsPods(tmp_path)
+    yield p
+    await p.close()
+
+
+def slice_for(name: str, service: str, ip: str, port: int = QP_PORT) -> dict[str, Any]:
     return {
         "metadata": {
             "name": name,
@@ -34,7 +43,7 @@ def slice_for(name: str, service: str, port: int) -> dict[str, Any]:
         },
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}],
     }
 
 
@@ -61,10 +70,10 @@ async def test_activator_routes_annotated_deployments_by_host(
     kube: FakeKube,
     stub: RunningStub,
     start_activator: StartActivator,
-    pods: Pods,
+    npods: NetnsPods,
     tmp_path: Path,
 ) -> None:
-    a, b = await pods.start(), await pods.start()
+    a, b = await npods.start(), await npods.start()
     kube.create(
         "deployments",
         {
@@ -93,9 +102,9 @@ async def test_activator_routes_annotated_deployments_by_host(
             "spec": {"replicas": 1},
         },
     )
-    kube.create("endpointslices", slice_for("web-pods-a", "web-pods", a.qp.port))
-    kube.create("endpointslices", slice_for("hello-pods-a", "hello-pods", a.qp.port))
-    kube.create("endpointslices", slice_for("hello-pods-b", "hello-pods", b.qp.port))
+    kube.create("endpointslices", slice_for("web-pods-a", "web-pods", a.ip))
+    kube.create("endpointslices", slice_for("hello-pods-a", "hello-pods", a.ip))
+    kube.create("endpointslices", slice_for("hello-pods-b", "hello-pods", b.ip))
     act = await start_activator(
         PlatformFile(tmp_path / "unused.json"),
         stub.url,

@@ -2,7 +2,8 @@
 kubernetes-asyncio client: Revisions and private-service endpoints become platform events
 (EndpointSlices, or Endpoints where the API has no EndpointSlices), public endpoints give the
 activator's subset; then the activator process in Knative mode routes requests to real
-queue-proxies found through the API."""
+queue-proxies found through the API (pods in network namespaces of their own: EndpointSlices
+refuse loopback addresses)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from dataplane.metrics import revision_labels
 from platforms.base import Endpoints
 from platforms.kubernetes.api import KubeAPI, KubeForbidden
 from platforms.kubernetes.knative import KnativePlatform
 from tests.apps.autoscaler_stub import RunningStub
 from tests.fakekube import FakeKube
 
-from .activator_helpers import PlatformFile, Pods, StartActivator, rev_headers
+from .activator_helpers import PlatformFile, StartActivator, rev_headers
 from .conftest import make_client
 from .helpers import eventually, free_ports
 from .k8s_helpers import (
+    QP_PORT,
     ManualSleep,
+    NetnsPods,
     Recorder,
     endpoint_slice,
     endpoints_object,
@@ -80,6 +84,8 @@ async def test_revision_and_endpoint_slices_become_platform_events(
         assert (rev.response_start_timeout_seconds, rev.idle_timeout_seconds) == (10.0, 30.0)
         assert rev.protocol == "http1"
         assert rev.annotations["autoscaling.knative.dev/target"] == "7"
+        # the service and configuration labels reach the metrics (kn_service_name, ...)
+        assert revision_labels(KEY, rev.annotations) == ("default", "hello", "hello", REV)
         assert rec.endpoints[KEY] == Endpoints(
             ready=("10.0.0.1:8012", "10.0.0.2:8012"), not_ready=("10.0.0.3:8012",)
         )
@@ -211,11 +217,23 @@ async def kube() -> AsyncIterator[FakeKube]:
         yield k
 
 
+@pytest.fixture
+async def npods(tmp_path: Path) -> AsyncIterator[NetnsPods]:
+    p = NetnsPods(tmp_path)
+    yield p
+    await p.close()
+
+
+# This activator's POD_IP, and another activator's: subsetting only compares them with the
+# public endpoints, nothing connects to them.
+MY_IP, OTHER_IP = "10.0.0.2", "10.0.0.1"
+
+
 def knative_env(kube: FakeKube, tmp_path: Path) -> dict[str, str]:
     return {
         "ACTIVATOR_PLATFORM_FILE": "",  # KND_PLATFORM defaults to knative
         "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
-        "POD_IP": "127.0.0.1",
+        "POD_IP": MY_IP,
     }
 
 
@@ -223,15 +241,13 @@ async def test_activator_routes_through_the_kubernetes_api(
     kube: FakeKube,
     stub: RunningStub,
     start_activator: StartActivator,
-    pods: Pods,
+    npods: NetnsPods,
     tmp_path: Path,
 ) -> None:
-    a, b = await pods.start(), await pods.start()
+    a, b = await npods.start(), await npods.start()
     kube.create("revisions", revision(REV, cc=0))
     for pod, suffix in ((a, "aaaaa"), (b, "bbbbb")):
-        kube.create(
-            "endpointslices", endpoint_slice(REV, ["127.0.0.1"], port=pod.qp.port, suffix=suffix)
-        )
+        kube.create("endpointslices", endpoint_slice(REV, [pod.ip], port=QP_PORT, suffix=suffix))
     act = await start_activator(
         PlatformFile(tmp_path / "unused.json"), stub.url, **knative_env(kube, tmp_path)
     )
@@ -249,6 +265,16 @@ async def test_activator_routes_through_the_kubernetes_api(
             return bool(a.app and b.app and a.app.arrivals and b.app.arrivals)
 
         await eventually(both_used, timeout=10, what="both pods get traffic")
+
+        # the Revision's service and configuration labels reach the metrics
+        async def labelled() -> bool:
+            samples = (await act.metrics()).get("kn_revision_request_concurrency", [])
+            return any(
+                (lb.get("kn_service_name"), lb.get("kn_configuration_name")) == ("hello", "hello")
+                for lb, _ in samples
+            )
+
+        await eventually(labelled, timeout=10, what="kn_service_name in the activator's metrics")
         # an EndpointSlice update removes pod b
         kube.delete("endpointslices", "default", f"{REV}-private-bbbbb")
 
@@ -315,20 +341,18 @@ async def test_activator_takes_its_subset_of_pods(
     kube: FakeKube,
     stub: RunningStub,
     start_activator: StartActivator,
-    pods: Pods,
+    npods: NetnsPods,
     tmp_path: Path,
 ) -> None:
     """SPEC §2.10: with two activators in the revision's public endpoints, this one (POD_IP
-    127.0.0.1, index 1 of ["127.0.0.0", "127.0.0.1"]) uses the second of the pods sorted by
+    10.0.0.2, index 1 of ["10.0.0.1", "10.0.0.2"]) uses the second of the pods sorted by
     address; alone, it uses both."""
-    p1, p2 = await pods.start(), await pods.start()
+    p1, p2 = await npods.start(), await npods.start()
     mine, other = sorted((p1, p2), key=lambda p: p.dest)[::-1]
     kube.create("revisions", revision(REV, cc=10))
     for pod, suffix in ((p1, "aaaaa"), (p2, "bbbbb")):
-        kube.create(
-            "endpointslices", endpoint_slice(REV, ["127.0.0.1"], port=pod.qp.port, suffix=suffix)
-        )
-    kube.create("endpointslices", endpoint_slice(REV, ["127.0.0.1", "127.0.0.0"], kind="Public"))
+        kube.create("endpointslices", endpoint_slice(REV, [pod.ip], port=QP_PORT, suffix=suffix))
+    kube.create("endpointslices", endpoint_slice(REV, [MY_IP, OTHER_IP], kind="Public"))
     act = await start_activator(
         PlatformFile(tmp_path / "unused.json"), stub.url, **knative_env(kube, tmp_path)
     )
@@ -338,7 +362,7 @@ async def test_activator_takes_its_subset_of_pods(
             r = await c.get("/hello", headers=rev_headers(REV))
             assert r.status_code == 200, r.text
         assert len(mine.app.arrivals) == 20 and not other.app.arrivals
-        kube.apply("endpointslices", endpoint_slice(REV, ["127.0.0.1"], kind="Public"))
+        kube.apply("endpointslices", endpoint_slice(REV, [MY_IP], kind="Public"))
 
         async def both_used() -> bool:
             await c.get("/hello", headers=rev_headers(REV))

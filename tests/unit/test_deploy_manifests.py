@@ -87,6 +87,7 @@ def test_there_are_manifests() -> None:
         "standalone/activator.yaml",
         "standalone/autoscaler.yaml",
         "standalone/example-app.yaml",
+        "standalone/httproute.yaml",
         "knative/activator-patch.yaml",
         "knative/config-deployment-patch.yaml",
         "knative/rbac.yaml",
@@ -336,3 +337,111 @@ def test_knative_patch_swaps_in_our_images() -> None:
     assert cm["data"]["queue-sidecar-image"].startswith(IMAGE + ":")
     c = _container("knative/activator-patch.yaml", "activator", "activator")
     assert c["image"].startswith(IMAGE + ":") and c["command"] == ["/opt/knd/bin/activator"]
+
+
+def _autoscaled() -> list[tuple[Path, Obj]]:
+    """Deployments whose replicas something else owns: an HPA's target, or an annotated
+    Deployment that knd-autoscaler scales."""
+    targets = {
+        (d["metadata"].get("namespace"), d["spec"]["scaleTargetRef"]["name"])
+        for _, d in DOCS
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
+    out = []
+    for p, d in workloads():
+        md = d["metadata"]
+        ann = md.get("annotations") or {}
+        if (md.get("namespace"), md["name"]) in targets or ann.get("knd.dev/enabled") == "true":
+            out.append((p, d))
+    return out
+
+
+def test_autoscaled_workloads_leave_replicas_out() -> None:
+    """A replicas value in the manifest is put back by every `kubectl apply` (resetting the
+    autoscaler's choice) and conflicts with `kubectl apply --server-side`: Knative and KEDA
+    document leaving it out."""
+    found = _autoscaled()
+    assert {d["metadata"]["name"] for _, d in found} >= {"knd-activator", "hello"}
+    for path, doc in found:
+        assert "replicas" not in doc["spec"], (path.name, doc["metadata"]["name"])
+
+
+def _field_refs(o: Any) -> Iterator[Obj]:
+    if isinstance(o, dict):
+        for k, v in o.items():
+            if k == "fieldRef":
+                yield v
+            else:
+                yield from _field_refs(v)
+    elif isinstance(o, list):
+        for v in o:
+            yield from _field_refs(v)
+
+
+def test_field_refs_name_their_api_version() -> None:
+    """The API server fills in fieldRef.apiVersion, and fieldRef is atomic: without it in the
+    manifest, a server-side apply after a client-side one conflicts on every fieldRef."""
+    refs = [(p, r) for p, d in DOCS for r in _field_refs(d)]
+    assert len(refs) >= 8
+    for path, ref in refs:
+        assert ref.get("apiVersion") == "v1", (path.name, ref)
+
+
+def test_httproute_sends_a_host_to_the_activator() -> None:
+    """deploy/standalone/httproute.yaml: a Gateway API v1 HTTPRoute whose hosts are routes of
+    the example Deployment and whose backend is the knd-activator Service's HTTP port, in the
+    route's own namespace (no ReferenceGrant needed)."""
+    from platforms.kubernetes.standalone import app_from_deployment
+
+    [(path, route)] = [(p, d) for p, d in DOCS if d["kind"] == "HTTPRoute"]
+    assert path.relative_to(DEPLOY).as_posix() == "standalone/httproute.yaml"
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    ns = route["metadata"]["namespace"]
+    spec = route["spec"]
+    assert spec["parentRefs"] and all(r.get("name") for r in spec["parentRefs"])
+    [hello] = [d for _, d in workloads() if d["metadata"]["name"] == "hello"]
+    app = app_from_deployment(hello)
+    assert app is not None
+    for host in spec["hostnames"]:
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", host), host  # no port, no scheme
+        assert host in app.revision.hosts, host
+    [rule] = spec["rules"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    [backend] = rule["backendRefs"]
+    assert backend.get("kind", "Service") == "Service" and backend.get("group", "") == ""
+    assert backend.get("namespace", ns) == ns
+    [svc] = [
+        d
+        for _, d in DOCS
+        if d["kind"] == "Service"
+        and d["metadata"]["name"] == backend["name"]
+        and d["metadata"]["namespace"] == ns
+    ]
+    [port] = [p for p in svc["spec"]["ports"] if p["port"] == backend["port"]]
+    assert port["name"] == "http"
+    # ... which is the activator's HTTP port
+    act = _container("standalone/activator.yaml", "knd-activator", "activator")
+    assert port["targetPort"] == int(env_values(act)["ACTIVATOR_PORT"])
+
+
+def test_one_image_name_everywhere() -> None:
+    """Every container of ours, the queue-sidecar-image and the kustomizations' `images:` name
+    the same image and tag; README and the Dockerfile say how to build and push that name."""
+    refs = {c["image"] for _, d in workloads() for c in ours(d)}
+    refs |= {
+        d["data"]["queue-sidecar-image"]
+        for _, d in DOCS
+        if d["kind"] == "ConfigMap" and "queue-sidecar-image" in d.get("data", {})
+    }
+    assert len(refs) == 1, refs
+    [ref] = refs
+    name, _, tag = ref.rpartition(":")
+    assert name == IMAGE and tag
+    kustomized = [d for _, d in DOCS if d["kind"] == "Kustomization"]
+    assert len(kustomized) == 2
+    for k in kustomized:
+        assert k["images"] == [{"name": IMAGE, "newTag": tag}]
+    readme = (ROOT / "README.md").read_text()
+    assert f"docker build -t {ref} ." in readme and f"docker push {ref}" in readme
+    assert "kustomize edit set image" in readme
+    assert f"-t {ref} ." in (ROOT / "Dockerfile").read_text()
