@@ -1,4 +1,4 @@
-"""Locust shapes modelled on Knative's SLA benchmarks (SPEC.md section 4), scaled to one machine.
+"""Locust shapes modelled on Knative's SLA benchmarks (its performance tests), on one machine.
 
 Load comes from locust (``benchmarks/locustfile.py``, ``FastHttpUser``) run headless as a child
 process; one locust process tops out near 6k req/s here, so ``--processes`` forks more when the
