@@ -21,8 +21,26 @@ run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/knd run --file examples/services.yaml
 
 ## test: lint, type-check, the whole test suite, then the integration suite again against
-## the mypyc-compiled build (what the Docker image ships); this is what CI runs
-test: lint typecheck unit test-compiled bench-smoke
+## the mypyc-compiled build (what the Docker image ships), then the benchmark smoke; this is
+## what CI runs. Every step runs even when an earlier one fails; the last two lines sum them
+## all up (tools/test_summary.py, from each step's exit status and pytest's JUnit XML in
+## build/test-report), the very last in pytest's form (`N passed, N skipped`), and make test
+## exits non-zero when any step failed.
+REPORT  := build/test-report
+STEP    := $(BIN)/python tools/test_summary.py run $(REPORT)
+SUBMAKE := $(MAKE) --no-print-directory
+JUNIT   := 'PYTEST_ARGS=--junitxml={JUNIT}'
+test: $(STAMP)
+	@rm -rf $(REPORT)
+	@$(STEP) ruff -- $(SUBMAKE) lint
+	@$(STEP) mypy -- $(SUBMAKE) typecheck
+	@$(STEP) suite --junit -- $(SUBMAKE) unit $(JUNIT)
+	@$(STEP) 'compiled build' --junit -- $(SUBMAKE) test-compiled $(JUNIT)
+	@$(STEP) 'benchmark smoke' --junit -- $(SUBMAKE) bench-smoke $(JUNIT)
+	@$(BIN)/python tools/test_summary.py summary $(REPORT)
+
+# Extra pytest options for the pytest steps (make test sets a JUnit XML report per step).
+PYTEST_ARGS ?=
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,7 +50,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## compiled: the mypyc build of the hot path, in build/compiled (the source tree stays pure)
 compiled: $(STAMP)
@@ -47,7 +65,7 @@ NOT_COMPILED := test_fakekube test_k8s_informer test_k8s_lease test_k8s_scale te
 	test_statserver test_statsink
 test-compiled: compiled
 	PYTHONPATH=$(CURDIR)/build/compiled $(BIN)/python -m pytest tests/integration -q \
-		$(foreach t,$(NOT_COMPILED),--ignore=tests/integration/$(t).py)
+		$(foreach t,$(NOT_COMPILED),--ignore=tests/integration/$(t).py) $(PYTEST_ARGS)
 
 ## bench: proxy throughput side by side with direct, nginx and an aiohttp proxy
 bench: $(STAMP)
@@ -61,7 +79,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench-smoke: $(BENCH_STAMP)
-	KND_BENCH_SMOKE=1 $(BIN)/python -m pytest tests/bench_smoke -q
+	KND_BENCH_SMOKE=1 $(BIN)/python -m pytest tests/bench_smoke -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -63,7 +63,7 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
         "engine": ("Python cost per proxied request, in memory (no sockets)", engine),
         "held": ("activator: memory per held request, draining them, release latency", held),
         "knd": ("knd run: cold start from zero, scale-out timeline under a stepped load", knd),
-        "telemetry": ("queue-proxy throughput: tracing off, 1 % and 100 % vs none", telemetry),
+        "telemetry": ("queue-proxy throughput: tracing off, 1 %% and 100 %% vs none", telemetry),
         "locust": ("locust shapes: dataplane probe per hop, stepped load, burst from zero", locust),
         "grpc": ("gRPC unary calls/s, p50/p99: direct, queue-proxy, activator (h2c)", grpc),
         "soak": ("RSS of activator and queue-proxy over a steady load: slope per minute", soak),

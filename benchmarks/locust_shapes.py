@@ -1,4 +1,4 @@
-"""Locust shapes modelled on Knative's SLA benchmarks (SPEC.md section 4), scaled to one machine.
+"""Locust shapes modelled on Knative's SLA benchmarks (its performance tests), on one machine.
 
 Load comes from locust (``benchmarks/locustfile.py``, ``FastHttpUser``) run headless as a child
 process; one locust process tops out near 6k req/s here, so ``--processes`` forks more when the
@@ -619,62 +619,11 @@ def run_stepped(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[
         stopped = knd_scaling.stop_knd(procs, knd)
     recs = lr.recs
     t0 = recs[0].start if recs else time.time()
-    rows = []
-    edge = t0
-    peak = max(s.rate for s in steps)
-    for idx, (step, u) in enumerate(zip(steps, users, strict=True)):
-        lo, hi = edge, edge + step.seconds
-        edge = hi
-        last = idx == len(steps) - 1
-        inside = [r for r in recs if lo <= r.start < hi or (last and r.start >= hi)]
-        samples = [s for s in poller.samples if lo <= s["t"] < hi]
-        row = latency_stats(inside)
-        ready = [s["ready"] for s in samples if s["ready"] is not None]
-        row |= {
-            "step": idx + 1,
-            "rate": step.rate,
-            "users": u,
-            "start_s": lo - t0,
-            "seconds": step.seconds,
-            "achieved_rps": len(inside) / step.seconds,
-            "expected_requests": step.rate * step.seconds,
-            "max_desired": max((s["desired"] for s in samples), default=None),
-            "max_ready": max(ready, default=None),
-            "min_ready": min(ready, default=None),
-            "max_queued": max((s["queued"] or 0 for s in samples), default=None),
-            "scale_down": last and idx > 0 and step.rate < peak,
-        }
-        rows.append(row)
+    rows = stepped_rows(steps, users, recs, poller.samples, t0)
     up = [r for r in rows if not r["scale_down"]]
     up_recs = [r for r in recs if r.start < t0 + sum(x["seconds"] for x in up)]
     up_stats = latency_stats(up_recs)
-    down = rows[-1] if rows and rows[-1]["scale_down"] else None
-    scale_down: dict[str, Any] | None = None
-    if down is not None:
-        before = [s["ready"] for s in poller.samples if s["t"] < t0 + down["start_s"]]
-        peak_ready = next((r for r in reversed(before) if r is not None), None)
-        down_samples = [s for s in poller.samples if s["t"] >= t0 + down["start_s"]]
-        removed = (
-            peak_ready - min(s["ready"] for s in down_samples)
-            if peak_ready is not None and down_samples
-            else None
-        )
-        scale_down = {
-            "step": down["step"],
-            "rate": down["rate"],
-            "ready_at_start": peak_ready,
-            "min_ready_during": down["min_ready"],
-            "pods_removed": removed,
-            "requests": down["requests"],
-            "errors": down["errors"],
-            "error_kinds": down["error_kinds"],
-            "max_ms": down["max_ms"],
-            "goal": {
-                "goal": "zero errors while pods are removed under load",
-                "value": down["errors"],
-                "ok": down["errors"] == 0 and bool(removed),
-            },
-        }
+    scale_down = scale_down_summary(rows)
     max_ms = up_stats["max_ms"]
     return {
         "steps_spec": args.steps,
@@ -708,6 +657,88 @@ def run_stepped(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[
     }
 
 
+def stepped_rows(
+    steps: list[Step],
+    users: list[int],
+    recs: list[Rec],
+    samples: list[dict[str, Any]],
+    t0: float,
+) -> list[dict[str, Any]]:
+    """One row per step of the stepped shape: the requests started in it (the last step also
+    takes the stragglers started after its end) and knd's /status samples taken in it.
+
+    ``max_ready`` is the step's highest ready count and ``ready_after_peak`` the lowest one
+    sampled after that highest sample: in the scale-down step pods asked for by the previous
+    step may still turn ready after the step has begun, so the count at the step's start
+    is not the peak the removals start from."""
+    rows = []
+    edge = t0
+    peak = max(s.rate for s in steps)
+    for idx, (step, u) in enumerate(zip(steps, users, strict=True)):
+        lo, hi = edge, edge + step.seconds
+        edge = hi
+        last = idx == len(steps) - 1
+        inside = [r for r in recs if lo <= r.start < hi or (last and r.start >= hi)]
+        in_step = [s for s in samples if lo <= s["t"] < hi]
+        ready = [s["ready"] for s in in_step if s["ready"] is not None]
+        top = max(ready, default=None)
+        after = ready[ready.index(top) :] if top is not None else []
+        row = latency_stats(inside)
+        row |= {
+            "step": idx + 1,
+            "rate": step.rate,
+            "users": u,
+            "start_s": lo - t0,
+            "seconds": step.seconds,
+            "achieved_rps": len(inside) / step.seconds,
+            "expected_requests": step.rate * step.seconds,
+            "max_desired": max(
+                (s["desired"] for s in in_step if s["desired"] is not None), default=None
+            ),
+            "max_ready": top,
+            "min_ready": min(ready, default=None),
+            "ready_after_peak": min(after, default=None),
+            "max_queued": max((s["queued"] or 0 for s in in_step), default=None),
+            "scale_down": last and idx > 0 and step.rate < peak,
+        }
+        rows.append(row)
+    return rows
+
+
+def scale_down_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The scale-down-under-load figures, taken from the last row itself (the figures the
+    table prints): ready pods at the step's peak, the lowest count after it, and the
+    difference as the pods removed while that step's traffic flowed."""
+    down = rows[-1] if rows and rows[-1]["scale_down"] else None
+    if down is None:
+        return None
+    top, low = down["max_ready"], down["ready_after_peak"]
+    removed = top - low if top is not None and low is not None else None
+    return {
+        "step": down["step"],
+        "rate": down["rate"],
+        "ready_peak": top,
+        "ready_after_peak": low,
+        "pods_removed": removed,
+        "requests": down["requests"],
+        "errors": down["errors"],
+        "error_kinds": down["error_kinds"],
+        "max_ms": down["max_ms"],
+        "goal": {
+            "goal": "zero errors while pods are removed under load",
+            "value": down["errors"],
+            "ok": down["errors"] == 0 and bool(removed),
+        },
+    }
+
+
+def _ready_cell(row: dict[str, Any]) -> str:
+    """The table's ready column: the step's peak; for the scale-down step, peak > lowest after."""
+    if row["scale_down"] and row["max_ready"] is not None:
+        return f"{row['max_ready']:.0f}>{row['ready_after_peak']:.0f}"
+    return _fmt(row["max_ready"], ".0f")
+
+
 def render_stepped(s: dict[str, Any]) -> str:
     lines = [
         "",
@@ -723,11 +754,12 @@ def render_stepped(s: dict[str, Any]) -> str:
             f"{r['users']:>6}{r['seconds']:>6g}{r['achieved_rps']:>9.1f}{r['requests']:>9}"
             f"{_fmt(r['p50_ms']):>8}{_fmt(r['p95_ms']):>8}{_fmt(r['p99_ms']):>8}"
             f"{_fmt(r['max_ms'], '.0f'):>8}{r['errors']:>7}{_fmt(r['max_desired'], '.0f'):>8}"
-            f"{_fmt(r['max_ready'], '.0f'):>6}{_fmt(r['max_queued'], '.0f'):>7}"
+            f"{_ready_cell(r):>6}{_fmt(r['max_queued'], '.0f'):>7}"
         )
     lines.append(
         "  (achieved: requests started in the step / its seconds; desired, ready, queued: max "
-        "over knd's /status samples in the step; v: the scale-down step)"
+        "over knd's /status samples in the step; v: the scale-down step, whose ready column is "
+        "its peak > the lowest count after it)"
     )
     for r in s["rows"]:
         if r["error_kinds"]:
@@ -741,7 +773,7 @@ def render_stepped(s: dict[str, Any]) -> str:
         mark = {True: "ok", False: "MISS", None: "n/a"}[g["ok"]]
         lines.append(
             f"  {mark:<5}scale-down under load (step {d['step']}, {d['rate']:g} req/s): ready "
-            f"pods {_fmt(d['ready_at_start'], '.0f')} -> {_fmt(d['min_ready_during'], '.0f')}"
+            f"pods {_fmt(d['ready_peak'], '.0f')} -> {_fmt(d['ready_after_peak'], '.0f')}"
             f" ({_fmt(d['pods_removed'], '.0f')} removed while traffic flowed), "
             f"{d['errors']} errors in {d['requests']} requests"
         )
@@ -782,6 +814,7 @@ def run_burst(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
     last = max((r.end for r in good), default=None)
     stats = latency_stats(recs)
     late = sum(1 for s in starts if s > start_at + 0.05)
+    t0 = burst_origin(start_at, recs)
     return {
         "users": n,
         "concurrency": args.concurrency,
@@ -793,9 +826,9 @@ def run_burst(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
         "successes": len(good),
         "errors": stats["errors"],
         "error_kinds": stats["error_kinds"],
-        "first_success_s": None if first is None else first - start_at,
-        "all_successes_s": None if last is None or len(good) < n else last - start_at,
-        "last_success_s": None if last is None else last - start_at,
+        "first_success_s": None if first is None else first - t0,
+        "all_successes_s": None if last is None or len(good) < n else last - t0,
+        "last_success_s": None if last is None else last - t0,
         "latency": stats,
         "max_desired": max((s["desired"] or 0 for s in poller.samples), default=None),
         "max_ready": max((s["ready"] or 0 for s in poller.samples), default=None),
@@ -803,10 +836,33 @@ def run_burst(procs: ProcessSet, args: argparse.Namespace, tmp: Path) -> dict[st
         "locust_exit": lr.exit_code,
         "knd_stop": stopped,
         "knd_problems": knd.problems(),
-        "timeline": [s | {"t": s["t"] - start_at} for s in poller.samples],
+        "timeline": [s | {"t": s["t"] - t0} for s in poller.samples],
         "_recs": recs,
-        "_t0": start_at,
+        "_t0": t0,
     }
+
+
+def burst_origin(start_at: float, recs: list[Rec]) -> float:
+    """t = 0 of the burst's timeline and plot: the agreed instant, or the first request when
+    one left earlier (a sleeping locust user may wake a little before the instant), so that no
+    request and no queued sample of the burst lies before t = 0."""
+    return min([start_at, *(r.start for r in recs)])
+
+
+def queued_series(timeline: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """The plot's queued line: the samples from t = 0 on (before the first request nothing
+    can be queued for this run), opened by a 0 at t = 0; drawn as steps, so a sample's
+    value is not slanted back towards the previous sample's time."""
+    ts: list[float] = [0.0]
+    vals: list[float] = [0.0]
+    for smp in timeline:
+        if smp["t"] < 0:
+            continue
+        if smp["t"] == 0:
+            ts, vals = [], []
+        ts.append(smp["t"])
+        vals.append(float(smp["queued"] or 0))
+    return ts, vals
 
 
 def render_burst(b: dict[str, Any]) -> str:
@@ -913,7 +969,8 @@ def plot_timeline(
     ax1.set_ylabel("req/s")
     ax1b = ax1.twinx()
     t = [s["t"] for s in timeline]
-    ax1b.plot(t, [s["queued"] or 0 for s in timeline], color="tab:red", label="queued (activator)")
+    qt, qv = queued_series(timeline)
+    ax1b.step(qt, qv, where="post", color="tab:red", label="queued (activator)")
     ax1b.set_ylabel("queued", color="tab:red")
     ax1.legend(loc="upper left", fontsize=8)
     ax1b.legend(loc="upper right", fontsize=8)

@@ -8,7 +8,7 @@ headers to a queue-proxy, next to what Knative's queue-proxy gives it (SPEC §1.
   stats (Knative's ``IsProbe`` only keeps it out of request metrics, traces and the request log).
 - ``K-Kubelet-Probe`` alone bypasses the breaker and the stats, exactly as in Knative (covered in
   ``test_qp_probes.py`` and ``test_qp_metrics.py``); behind the activator such requests never
-  reach a queue-proxy (``test_activator_requests.py``). See README, "Probe headers".
+  reach a queue-proxy (``test_activator_requests.py``). See docs/queue-proxy.md, "Probe headers".
 """
 
 from __future__ import annotations

@@ -426,7 +426,8 @@ def test_httproute_sends_a_host_to_the_activator() -> None:
 
 def test_one_image_name_everywhere() -> None:
     """Every container of ours, the queue-sidecar-image and the kustomizations' `images:` name
-    the same image and tag; README and the Dockerfile say how to build and push that name."""
+    the same image and tag; docs/kubernetes.md and the Dockerfile say how to build and push that
+    name."""
     refs = {c["image"] for _, d in workloads() for c in ours(d)}
     refs |= {
         d["data"]["queue-sidecar-image"]
@@ -441,7 +442,7 @@ def test_one_image_name_everywhere() -> None:
     assert len(kustomized) == 2
     for k in kustomized:
         assert k["images"] == [{"name": IMAGE, "newTag": tag}]
-    readme = (ROOT / "README.md").read_text()
-    assert f"docker build -t {ref} ." in readme and f"docker push {ref}" in readme
-    assert "kustomize edit set image" in readme
+    doc = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert f"docker build -t {ref} ." in doc and f"docker push {ref}" in doc
+    assert "kustomize edit set image" in doc
     assert f"-t {ref} ." in (ROOT / "Dockerfile").read_text()
