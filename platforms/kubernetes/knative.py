@@ -30,6 +30,7 @@ __all__ = [
     "SERVICE_TYPE_LABEL",
     "KnativePlatform",
     "endpoint_addresses",
+    "revision_failure",
     "revision_from_object",
 ]
 
@@ -48,6 +49,19 @@ def _num(v: Any, default: float) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
         return default
     return float(v)
+
+
+def revision_failure(obj: Obj) -> str:
+    """Why a Revision cannot start, from its ``Ready`` condition: Knative sets it ``False`` when
+    the revision failed (a container that exits, ``ProgressDeadlineExceeded``, an image that
+    cannot be pulled), with a reason and a message; "" otherwise (also while ``Unknown``)."""
+    md = obj.get("metadata") or {}
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "False":
+            why = ": ".join(str(c[k]) for k in ("reason", "message") if c.get(k))
+            name = f"{md.get('namespace') or ''}/{md.get('name') or ''}"
+            return f"revision {name} cannot start" + (f": {why}" if why else "")
+    return ""
 
 
 def revision_from_object(obj: Obj) -> Revision:
@@ -78,6 +92,7 @@ def revision_from_object(obj: Obj) -> Revision:
         idle_timeout_seconds=_num(spec.get("idleTimeoutSeconds"), 0.0),
         protocol=protocol,
         annotations=ann,
+        failure=revision_failure(obj),
     )
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "App",
     "StandalonePlatform",
     "app_from_deployment",
+    "deployment_failure",
 ]
 
 log = logging.getLogger("platforms.kubernetes")
@@ -102,6 +103,25 @@ def _dns_label(name: str, what: str) -> str:
     return name
 
 
+def deployment_failure(obj: Obj) -> str:
+    """Why a Deployment's pods cannot start, from its conditions: ``Progressing`` ``False``
+    (``ProgressDeadlineExceeded``: no new pod became available within
+    ``progressDeadlineSeconds``) or ``ReplicaFailure`` ``True`` (pods cannot be created); ""
+    otherwise."""
+    md = obj.get("metadata") or {}
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if not isinstance(c, dict):
+            continue
+        failed = (c.get("type") == "Progressing" and c.get("status") == "False") or (
+            c.get("type") == "ReplicaFailure" and c.get("status") == "True"
+        )
+        if failed:
+            why = ": ".join(str(c[k]) for k in ("reason", "message") if c.get(k))
+            name = f"{md.get('namespace') or 'default'}/{md.get('name') or ''}"
+            return f"deployment {name} cannot start" + (f": {why}" if why else "")
+    return ""
+
+
 def app_from_deployment(obj: Obj, cluster_domain: str = "cluster.local") -> App | None:
     """The :class:`App` of a Deployment object, or None when it has not opted in.
 
@@ -146,6 +166,7 @@ def app_from_deployment(obj: Obj, cluster_domain: str = "cluster.local") -> App 
         timeout_seconds=float(timeout),
         hosts=tuple(dict.fromkeys(hosts)),
         annotations=ann,
+        failure=deployment_failure(obj),
     )
     return App(rev, service, port_name, metrics_port, replicas)
 

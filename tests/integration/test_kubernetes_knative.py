@@ -369,3 +369,53 @@ async def test_activator_takes_its_subset_of_pods(
             return bool(other.app and other.app.arrivals)
 
         await eventually(both_used, timeout=10, what="alone, the activator uses every pod")
+
+
+async def test_failed_revision_is_answered_503_at_once_and_recovers(
+    kube: FakeKube,
+    stub: RunningStub,
+    start_activator: StartActivator,
+    npods: NetnsPods,
+    tmp_path: Path,
+) -> None:
+    """A Revision whose Ready condition is False (Knative: the container exits at start, or the
+    progress deadline passed) has its requests answered 503 with Knative's reason and message at
+    once, not held until their timeout (300 s); when a pod is ready they are served again."""
+    failed = revision(REV, cc=0)
+    failed["status"] = {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "ExitCode3",
+                "message": "Container failed with: boom: DATABASE_URL is not set",
+            }
+        ]
+    }
+    kube.create("revisions", failed)
+    act = await start_activator(
+        PlatformFile(tmp_path / "unused.json"), stub.url, **knative_env(kube, tmp_path)
+    )
+    async with make_client(act.url(), timeout=10.0) as c:
+
+        async def failed_at_once() -> bool:
+            r = await c.get("/hello", headers=rev_headers(REV))
+            return r.status_code == 503 and "ExitCode3" in r.text
+
+        await eventually(failed_at_once, timeout=10, what="503 for the failed revision")
+        r = await c.get("/hello", headers=rev_headers(REV))
+        assert r.text == (
+            "revision default/hello-00001 cannot start: ExitCode3: "
+            "Container failed with: boom: DATABASE_URL is not set\n"
+        )
+        # The revision recovers: Ready again and a pod behind it.
+        pod = await npods.start()
+        fixed = kube.get("revisions", "default", REV)
+        fixed["status"] = {"conditions": [{"type": "Ready", "status": "True"}]}
+        kube.update("revisions", fixed)
+        kube.create("endpointslices", endpoint_slice(REV, [pod.ip], port=QP_PORT, suffix="aaaaa"))
+
+        async def served() -> bool:
+            return (await c.get("/hello", headers=rev_headers(REV))).status_code == 200
+
+        await eventually(served, timeout=10, what="served once the revision is ready")

@@ -166,3 +166,57 @@ def test_kubernetes_client_is_imported_only_by_the_kubernetes_platform() -> None
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def test_revision_failure_from_the_ready_condition() -> None:
+    from platforms.kubernetes.knative import revision_failure
+
+    def rev(*conditions: dict[str, str]) -> dict[str, object]:
+        return {
+            "metadata": {"name": "r-00001", "namespace": "ns"},
+            "status": {"conditions": list(conditions)},
+        }
+
+    assert revision_failure(rev()) == ""
+    assert revision_failure({"metadata": {}}) == ""
+    assert revision_failure(rev({"type": "Ready", "status": "Unknown"})) == ""
+    assert revision_failure(rev({"type": "Ready", "status": "True"})) == ""
+    bad = {"type": "Ready", "status": "False", "reason": "ProgressDeadlineExceeded"}
+    assert (
+        revision_failure(rev(bad)) == "revision ns/r-00001 cannot start: ProgressDeadlineExceeded"
+    )
+    bad["message"] = "Initial scale was never achieved"
+    assert revision_failure(rev({"type": "Active", "status": "False"}, bad)).endswith(
+        ": ProgressDeadlineExceeded: Initial scale was never achieved"
+    )
+    assert revision_failure(rev({"type": "Ready", "status": "False"})) == (
+        "revision ns/r-00001 cannot start"
+    )
+
+
+def test_deployment_failure_from_its_conditions() -> None:
+    from platforms.kubernetes.standalone import deployment_failure
+
+    def dep(*conditions: dict[str, str]) -> dict[str, object]:
+        return {
+            "metadata": {"name": "hello", "namespace": "default"},
+            "status": {"conditions": list(conditions)},
+        }
+
+    progressing = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
+    assert deployment_failure(dep(progressing)) == ""
+    assert deployment_failure(dep({"type": "Available", "status": "False"})) == ""
+    stuck = {
+        "type": "Progressing",
+        "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": 'ReplicaSet "hello-5d9" has timed out progressing.',
+    }
+    assert deployment_failure(dep(stuck)) == (
+        "deployment default/hello cannot start: ProgressDeadlineExceeded: "
+        'ReplicaSet "hello-5d9" has timed out progressing.'
+    )
+    quota = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}
+    assert deployment_failure(dep(progressing, quota)) == (
+        "deployment default/hello cannot start: FailedCreate"
+    )
