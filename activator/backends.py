@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from dataplane import httpget
 from platforms.base import Endpoints, RevisionKey
 
 __all__ = ["RevisionBackends", "probe_queue_proxy"]
@@ -27,41 +28,20 @@ log = logging.getLogger("activator.backends")
 ProbeFn = Callable[[str, float], Awaitable[bool]]
 
 
+_PROBE_HEADERS = b"K-Network-Probe: queue\r\nUser-Agent: Knative-Activator-Probe\r\n"
+
+
 async def probe_queue_proxy(dest: str, timeout: float) -> bool:
     """One activator probe of a queue-proxy at ``ip:port``; True on ``200`` + body ``queue``."""
     host, _, port = dest.rpartition(":")
-    host = host.strip("[]")
-
-    async def attempt() -> bool:
-        r, w = await asyncio.open_connection(host, int(port))
-        try:
-            w.write(
-                b"GET /healthz HTTP/1.1\r\nHost: %b\r\nK-Network-Probe: queue\r\n"
-                b"User-Agent: Knative-Activator-Probe\r\nConnection: close\r\n\r\n" % dest.encode()
-            )
-            data = b""
-            while len(data) < 8192:
-                chunk = await r.read(8192)
-                if not chunk:
-                    break
-                data += chunk
-                if b"\r\n\r\n" in data:
-                    head, _, body = data.partition(b"\r\n\r\n")
-                    if not head.startswith(b"HTTP/1.1 200 ") and not head.startswith(
-                        b"HTTP/1.0 200 "
-                    ):
-                        return False
-                    if len(body) >= 5:
-                        return body[:5] == b"queue" and len(body) == 5
-            head, _, body = data.partition(b"\r\n\r\n")
-            return head[9:12] == b"200" and body == b"queue"
-        finally:
-            w.close()
-
     try:
-        return await asyncio.wait_for(attempt(), timeout)
-    except (OSError, TimeoutError, ValueError):
+        r = await httpget.get(
+            host.strip("[]"), int(port), "/healthz", timeout, headers=_PROBE_HEADERS,
+            authority=dest, max_body=64,
+        )  # fmt: skip
+    except (httpget.GetError, ValueError):
         return False
+    return r.status == 200 and r.complete and r.body == b"queue"
 
 
 class RevisionBackends:

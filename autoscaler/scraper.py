@@ -3,9 +3,9 @@
 For each revision with scrape targets (the metrics addresses of its ready pods) a sample of
 ``population_mean_sample_size(N)`` pods is scraped, older pods (uptime above the stable window)
 first; the sampled values are summed, scaled by ``N / sampled`` and recorded as one stat.
-The client is a few lines of asyncio (no HTTP library): ``Accept: application/protobuf``, 3 s
-timeout, 2xx and ``Content-Type: application/protobuf`` required, at most 336 body bytes read,
-as Knative's scraper does.
+The client is dataplane/httpget.py: ``Accept: application/protobuf``, 3 s timeout, 2xx and
+``Content-Type: application/protobuf`` required, at most 336 body bytes read, as Knative's
+scraper does.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Callable
 
+from dataplane import httpget
 from dataplane.statpb import DecodeError, Stat, decode_stat
 from platforms.base import RevisionKey
 
@@ -29,7 +29,7 @@ log = logging.getLogger("autoscaler.scraper")
 SCRAPE_INTERVAL = 1.0
 SCRAPE_TIMEOUT = 3.0
 MAX_BODY = 336  # Knative reads at most 6*10 + 256 + 20 bytes
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+_ACCEPT = b"Accept: application/protobuf\r\n"
 
 
 class ScrapeError(Exception):
@@ -39,58 +39,31 @@ class ScrapeError(Exception):
 async def scrape_stat(address: str, timeout: float = SCRAPE_TIMEOUT) -> Stat:
     """GET ``http://<address>/metrics`` and decode the Stat."""
     host, _, port = address.rpartition(":")
-
-    async def fetch() -> bytes:
-        r, w = await asyncio.open_connection(host.strip("[]"), int(port))
-        try:
-            w.write(
-                b"GET /metrics HTTP/1.1\r\nHost: %b\r\nAccept: application/protobuf\r\n"
-                b"Connection: close\r\n\r\n" % address.encode()
-            )
-            data = b""
-            while len(data) < 4096:
-                chunk = await r.read(4096)
-                if not chunk:
-                    break
-                data += chunk
-                # Done once the Content-Length body is in, even if the server keeps the
-                # connection open despite our Connection: close.
-                head, sep, body = data.partition(b"\r\n\r\n")
-                m = _CONTENT_LENGTH.search(head) if sep else None
-                if m is not None and len(body) >= int(m.group(1)):
-                    break
-            return data
-        finally:
-            w.close()
-
     try:
-        data = await asyncio.wait_for(fetch(), timeout)
-    except TimeoutError:
+        r = await httpget.get(
+            host.strip("[]"), int(port), "/metrics", timeout, headers=_ACCEPT,
+            authority=address, max_body=MAX_BODY,
+        )  # fmt: skip
+    except httpget.HeadTimeout:
         raise ScrapeError(f"scraping {address}: no response within {timeout:g}s") from None
-    except OSError as e:
-        raise ScrapeError(f"scraping {address}: {str(e) or type(e).__name__}") from None
-    head, sep, body = data.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    if not sep or len(lines[0]) < 12 or lines[0][9:10] != b"2":
-        raise ScrapeError(f"scraping {address}: unexpected response {lines[0][:40]!r}")
-    ctype = b""
-    clen = None
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        n = name.strip().lower()
-        if n == b"content-type":
-            ctype = value.strip()
-        elif n == b"content-length" and value.strip().isdigit():
-            clen = int(value.strip())
+    except httpget.DialError as e:
+        raise ScrapeError(f"scraping {address}: {e}") from None
+    except (httpget.ReadError, httpget.BadResponse) as e:
+        raise ScrapeError(f"scraping {address}: unexpected response ({e})") from None
+    except ValueError:
+        raise ScrapeError(f"scraping {address}: not an ip:port address") from None
+    if not 200 <= r.status < 300:
+        raise ScrapeError(f"scraping {address}: unexpected response status {r.status}")
+    ctype = (r.header(b"content-type") or b"").strip()
     if ctype != b"application/protobuf":
         raise ScrapeError(f"scraping {address}: unsupported metric type {ctype!r}")
-    if clen is not None:
-        if len(body) < min(clen, MAX_BODY):
-            # Cut at a field boundary it would decode: a stat missing fields, silently.
-            raise ScrapeError(f"scraping {address}: body truncated ({len(body)} of {clen} bytes)")
-        body = body[:clen]
+    body = r.body
+    clen = r.header(b"content-length")
+    if clen is not None and clen.strip().isdigit() and len(body) < min(int(clen), MAX_BODY):
+        # Cut at a field boundary it would decode: a stat missing fields, silently.
+        raise ScrapeError(f"scraping {address}: body truncated ({len(body)} of {int(clen)} bytes)")
     try:
-        return decode_stat(body[:MAX_BODY])
+        return decode_stat(body)
     except DecodeError as e:
         raise ScrapeError(f"scraping {address}: {e}") from None
 

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from dataplane import httpget
 from dataplane.probespec import ProbeConfigError, parse_readiness_probe
 
 from .base import DEFAULT_TIMEOUT_SECONDS, Endpoints, PlatformEvents, Revision, RevisionKey
@@ -559,24 +560,13 @@ class _OutputPump:
 
 async def _http_get(port: int, path: str, headers: str, timeout: float) -> int:
     """The status of ``GET http://127.0.0.1:<port><path>``; 0 on any failure or timeout."""
-    writer: asyncio.StreamWriter | None = None
     try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(LOOPBACK, port)
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n{headers}"
-                "Connection: close\r\n\r\n".encode("latin-1")
-            )
-            line = await reader.readline()
-    except (OSError, TimeoutError, ValueError, EOFError):
+        r = await httpget.get(
+            LOOPBACK, port, path, timeout, headers=headers.encode("latin-1"), max_body=0
+        )
+    except httpget.GetError:
         return 0
-    finally:
-        if writer is not None:
-            writer.close()
-    parts = line.split(None, 2)
-    if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
-        return int(parts[1])
-    return 0
+    return r.status
 
 
 async def _wait_all(futs: Iterable[asyncio.Future[Any]], deadline: float) -> bool:

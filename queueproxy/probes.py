@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 
+from dataplane import httpget
 from dataplane.probespec import ProbeSpec
 
 __all__ = [
@@ -84,35 +85,37 @@ async def http_attempt(spec: ProbeSpec, timeout: float) -> None:
     if spec.scheme.upper() != "HTTP":
         raise ProbeError(f'Get "{url}": scheme {spec.scheme!r} is not supported, only HTTP')
     request = _build_request(spec, target, addr)
-    deadline = asyncio.get_running_loop().time() + timeout
-    writer: asyncio.StreamWriter | None = None
     try:
-        try:
-            async with asyncio.timeout_at(deadline):
-                try:
-                    reader, writer = await asyncio.open_connection(
-                        spec.host, spec.port, limit=MAX_RESPONSE_BYTES
-                    )
-                except OSError as exc:
-                    cls = ProbeRefused if isinstance(exc, ConnectionRefusedError) else ProbeError
-                    raise cls(f'Get "{url}": dial tcp {addr}: {os_reason(exc)}') from None
-                writer.write(request)
-                status, body_length = await _read_head(reader, url)
-        except TimeoutError:
-            raise ProbeError(
-                f'Get "{url}": context deadline exceeded'
-                " (Client.Timeout exceeded while awaiting headers)"
-            ) from None
-        except OSError as exc:
-            raise ProbeError(f'Get "{url}": read tcp {addr}: {os_reason(exc)}') from None
-        try:
-            async with asyncio.timeout_at(deadline):
-                await _drain(reader, status, body_length)
-        except (TimeoutError, OSError):
-            pass  # like Go: drain errors are ignored, the status decides
-    finally:
-        if writer is not None:
-            writer.close()
+        r = await httpget.exchange(
+            spec.host,
+            spec.port,
+            request,
+            timeout,
+            max_head=MAX_RESPONSE_BYTES,
+            max_body=MAX_RESPONSE_BYTES,
+        )
+    except httpget.DialError as e:
+        cls = ProbeRefused if isinstance(e.error, ConnectionRefusedError) else ProbeError
+        raise cls(f'Get "{url}": dial tcp {addr}: {os_reason(e.error)}') from None
+    except httpget.HeadTimeout:
+        raise ProbeError(
+            f'Get "{url}": context deadline exceeded'
+            " (Client.Timeout exceeded while awaiting headers)"
+        ) from None
+    except httpget.ReadError as e:
+        if e.error is not None:
+            raise ProbeError(f'Get "{url}": read tcp {addr}: {os_reason(e.error)}') from None
+        what = "unexpected EOF in response headers" if e.partial else "EOF"
+        raise ProbeError(f'Get "{url}": {what}') from None
+    except httpget.HeadTooLarge:
+        raise ProbeError(
+            f'Get "{url}": response headers exceed {MAX_RESPONSE_BYTES} bytes'
+        ) from None
+    except httpget.BadResponse as e:
+        raise ProbeError(f'Get "{url}": malformed HTTP response {e.first_line!r}') from None
+    # The body was drained (bounded) so the server sees a clean close; like Go, how that
+    # ended does not matter: the status decides.
+    status = r.status
     if not 200 <= status < 400:
         raise ProbeError(f"HTTP probe did not respond Ready, got status code: {status}")
 
@@ -167,53 +170,6 @@ def _build_request(spec: ProbeSpec, target: str, addr: str) -> bytes:
     lines.insert(1, f"Host: {host}\r\nUser-Agent: {user_agent}\r\n")
     lines.append("Connection: close\r\n\r\n")
     return "".join(lines).encode("utf-8")
-
-
-async def _read_head(reader: asyncio.StreamReader, url: str) -> tuple[int, int | None]:
-    """Read the response head; return (status, Content-Length or None). Skips 1xx except 101."""
-    while True:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise ProbeError(f'Get "{url}": EOF') from None
-            raise ProbeError(f'Get "{url}": unexpected EOF in response headers') from None
-        except asyncio.LimitOverrunError:
-            raise ProbeError(
-                f'Get "{url}": response headers exceed {MAX_RESPONSE_BYTES} bytes'
-            ) from None
-        lines = head[:-4].split(b"\r\n")
-        parts = lines[0].split(None, 2)
-        if (
-            len(parts) < 2
-            or not parts[0].startswith(b"HTTP/")
-            or len(parts[1]) != 3
-            or not parts[1].isdigit()
-        ):
-            raise ProbeError(f'Get "{url}": malformed HTTP response {lines[0][:80]!r}')
-        status = int(parts[1])
-        if 100 <= status < 200 and status != 101:
-            continue
-        length: int | None = None
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"transfer-encoding":
-                return status, None
-            if name == b"content-length" and value.strip().isdigit():
-                length = int(value.strip())
-        return status, length
-
-
-async def _drain(reader: asyncio.StreamReader, status: int, length: int | None) -> None:
-    if status < 200 or status in (204, 304):
-        return
-    remaining = MAX_RESPONSE_BYTES if length is None else min(length, MAX_RESPONSE_BYTES)
-    while remaining > 0:
-        chunk = await reader.read(min(remaining, 16 * 1024))
-        if not chunk:
-            return
-        remaining -= len(chunk)
 
 
 def request_target(path: str) -> str:
