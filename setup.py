@@ -22,6 +22,7 @@ COMPILED = [
     "dataplane/timeouts.py",
     "dataplane/forwarded.py",
     "dataplane/h2stream.py",
+    "dataplane/hpack.py",
     "queueproxy/handler.py",
     "activator/throttler.py",
     "activator/lb_policy.py",
