@@ -23,6 +23,7 @@ COMPILED = [
     "dataplane/forwarded.py",
     "dataplane/h2stream.py",
     "dataplane/hpack.py",
+    "dataplane/h2frames.py",
     "queueproxy/handler.py",
     "activator/throttler.py",
     "activator/lb_policy.py",
