@@ -439,3 +439,37 @@ def test_settings_window_change_applies_to_open_streams() -> None:
 def test_code_names() -> None:
     assert F.code_name(8) == "CANCEL"
     assert F.code_name(0x99) == "unknown error code 0x99"
+
+
+_frame_bytes = st.builds(
+    _raw,
+    st.integers(0, 10),
+    st.sampled_from([0, 1, 4, 5, 8, 0x20, 0x25, 0x2D]),
+    st.sampled_from([0, 1, 2, 3, 5]),
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_frame_bytes, max_size=8), st.sampled_from([False, True]))
+def test_any_frames_give_events_or_a_protocol_error(frames: list[bytes], client: bool) -> None:
+    """Arbitrary frames never raise anything but ProtocolError, and the stream bookkeeping
+    stays consistent (no open stream above the highest id seen)."""
+    if client:
+        s = H2Conn(client_side=True)
+        s.initiate_connection()
+        s.send_headers(1, REQ)
+        s.send_headers(3, REQ, end_stream=True)
+        s.data_to_send()
+        data = hf.SettingsFrame(0).serialize()
+    else:
+        s, data = started_server()
+        data = b""
+    try:
+        for f in [data, *frames]:
+            for ev in s.receive_data(f):
+                assert isinstance(ev, F.Event)
+    except ProtocolError as e:
+        assert e.error_code in range(14)
+        assert isinstance(parse(s.data_to_send())[-1], hf.GoAwayFrame)
+    assert all(sid <= max(s.highest_in, s.highest_out) for sid in s.streams)
