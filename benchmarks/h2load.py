@@ -8,6 +8,13 @@ stime of its process tree over the measured requests, from /proc): it is what a 
 varies less than requests/s when other work shares the machine. Targets run in turn for
 ``--rounds`` rounds (medians reported), so a slow minute hits them all.
 
+``--codec`` measures the HTTP/2 codec alone instead, in memory (no sockets, no proxy): a client
+connection and a server connection of the same codec exchange ``--requests`` request/response
+pairs in batches of ``--streams`` (request HEADERS as h2load sends them; response HEADERS and a
+1 KiB DATA; WINDOW_UPDATEs), once with the ``h2`` library configured as the proxy used it and
+once with :mod:`dataplane.h2frames`. It prints CPU microseconds per exchange (both sides) and
+the ratio; run it under ``valgrind --tool=callgrind`` for instruction counts.
+
 Targets: ``nginx`` (h2load straight at the upstream: the floor), ``queue-proxy`` (this
 checkout's; ``--compiled`` runs the mypyc build, as the image ships), and any ``--extra
 NAME=COMMAND``: a queue-proxy started by COMMAND with Knative's environment contract (e.g. an
@@ -53,6 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=COMMAND",
         help="another queue-proxy to compare (repeatable)",
     )
+    parser.add_argument(
+        "--codec",
+        action="store_true",
+        help="the HTTP/2 codec alone in memory: h2 library vs dataplane.h2frames",
+    )
+    parser.add_argument(
+        "--codec-only",
+        choices=("h2", "ours"),
+        default=None,
+        help="with --codec: run one codec only (for callgrind)",
+    )
     parser.add_argument("--quick", action="store_true", help="one round of 4000 requests")
     parser.add_argument(
         "--results-dir", type=Path, default=None, help="write h2load-<time>.json there too"
@@ -86,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     """Start nginx (h2c), then each proxy in turn; measure; print the table."""
     if args.quick:
         args.rounds, args.requests = 1, 4000
+    if args.codec:
+        return _codec(args)
     _tools.PACKAGES.setdefault("h2load", "nghttp2-client")
     tools = _tools.ensure_tools(["nginx", "h2load", "taskset"])
     qp_bin = args.queue_proxy or str(Path(sys.executable).with_name("queue-proxy"))
@@ -158,6 +178,92 @@ def run(args: argparse.Namespace) -> int:
         print(f"results: {out}")
     failed = sum(r["errors"] for r in results.values())
     return 1 if failed else 0
+
+
+_REQUEST = [
+    (b":method", b"GET"),
+    (b":scheme", b"http"),
+    (b":authority", b"127.0.0.1:8012"),
+    (b":path", b"/1k"),
+    (b"user-agent", b"h2load nghttp2/1.52.0"),
+    (b"accept-encoding", b"gzip, deflate"),
+]
+_RESPONSE = [
+    (b":status", b"200"),
+    (b"server", b"nginx"),
+    (b"date", b"Mon, 07 Dec 2026 10:00:00 GMT"),
+    (b"content-type", b"application/octet-stream"),
+    (b"content-length", b"1024"),
+]
+_BODY = b"x" * 1024
+
+
+def _codec_pair(kind: str) -> tuple[Any, Any, Any]:
+    """(client, server, event classes) of one codec, configured as the proxy uses it."""
+    if kind == "h2":
+        from h2 import events
+        from h2.config import H2Configuration
+        from h2.connection import H2Connection
+
+        def conn(client: bool) -> Any:
+            return H2Connection(
+                H2Configuration(
+                    client_side=client,
+                    header_encoding=None,
+                    validate_outbound_headers=False,
+                    normalize_outbound_headers=False,
+                    validate_inbound_headers=not client,
+                )
+            )
+
+        return conn(True), conn(False), events
+    from dataplane import h2frames
+
+    return h2frames.H2Conn(True, False), h2frames.H2Conn(False, True), h2frames
+
+
+def _codec_exchanges(kind: str, n: int, batch: int) -> float:
+    """CPU seconds for ``n`` request/response exchanges through one client/server pair."""
+    import time
+
+    client, server, ev = _codec_pair(kind)
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    request_received, data_received = ev.RequestReceived, ev.DataReceived
+    start = time.process_time()
+    done = 0
+    while done < n:
+        for _ in range(batch):
+            sid = client.get_next_available_stream_id()
+            client.send_headers(sid, _REQUEST, end_stream=True)
+        for e in server.receive_data(client.data_to_send()):
+            if isinstance(e, request_received):
+                server.send_headers(e.stream_id, _RESPONSE)
+                server.send_data(e.stream_id, _BODY, end_stream=True)
+        for e in client.receive_data(server.data_to_send()):
+            if isinstance(e, data_received):
+                client.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        server.receive_data(client.data_to_send())
+        done += batch
+    return time.process_time() - start
+
+
+def _codec(args: argparse.Namespace) -> int:
+    kinds = [args.codec_only] if args.codec_only else ["h2", "ours"]
+    n, batch = args.requests, args.streams
+    print(f"HTTP/2 codec in memory: {n} exchanges in batches of {batch}, {args.rounds} round(s)")
+    per: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for k in kinds:
+            per[k].append(_codec_exchanges(k, n, batch) / n * 1e6)
+    med = {k: statistics.median(v) for k, v in per.items()}
+    for k in kinds:
+        ratio = f"  ({med[k] / med['h2']:.3f} x h2)" if "h2" in med else ""
+        print(f"  {k:<5} {med[k]:8.2f} us CPU per exchange (client + server){ratio}")
+    return 0
 
 
 def _line(got: dict[str, float]) -> str:

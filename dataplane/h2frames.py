@@ -223,7 +223,7 @@ _CONNECTION_FIELDS: Final = frozenset(
 )
 _REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":authority", b":path"))
 # Bytes a field name may hold (RFC 9110 token, lower case only); values: no NUL, CR, LF.
-_NAME_OK: Final = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+_NAME_CHARS: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def _valid_request(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -246,9 +246,8 @@ def _valid_request(headers: list[tuple[bytes, bytes]]) -> bool:
                 return False
             if name == b"te" and value != b"trailers":
                 return False
-            for c in name:
-                if c not in _NAME_OK:
-                    return False
+            if name.translate(None, _NAME_CHARS):  # something left: not a token
+                return False
         if value and (
             value[0] in (0x20, 0x09)
             or value[-1] in (0x20, 0x09)
@@ -334,6 +333,7 @@ class H2Conn:
         self.hb_flags = 0
         self.hb_parts: list[bytes] = []
         self.hb_size = 0
+        self.hb_self_dependent = False
 
     # -- set-up -----------------------------------------------------------------------------
     def initiate_connection(self) -> None:
@@ -579,7 +579,7 @@ class H2Conn:
                 hsid = self.hb_sid
                 self.hb_sid = 0
                 self.hb_parts = []
-                self._header_block(events, self.hb_flags, hsid, block)
+                self._header_block(events, self.hb_flags, hsid, block, self.hb_self_dependent)
         elif ftype == WINDOW_UPDATE:
             self._window_update(events, sid, payload)
         elif ftype == RST_STREAM:
@@ -761,17 +761,16 @@ class H2Conn:
         if end < start:
             raise ProtocolError("padding too long", ErrorCodes.PROTOCOL_ERROR)
         block = payload[start:end]
+        self_dependent = False
         if flags & F_PRIORITY:
             dep = int.from_bytes(payload[start - 5 : start - 1], "big") & MAX_WINDOW
-            if dep == sid:
-                self.hb_flags = flags
-                self._header_block(events, flags, sid, block, self_dependent=True)
-                return
+            self_dependent = dep == sid  # a stream error (RFC 9113 §5.3.1), after decoding
         if flags & F_END_HEADERS:
-            self._header_block(events, flags, sid, block)
+            self._header_block(events, flags, sid, block, self_dependent)
         else:
             self.hb_sid = sid
             self.hb_flags = flags
+            self.hb_self_dependent = self_dependent
             self.hb_parts = [block]
             self.hb_size = len(block)
 

@@ -473,3 +473,27 @@ def test_any_frames_give_events_or_a_protocol_error(frames: list[bytes], client:
         assert e.error_code in range(14)
         assert isinstance(parse(s.data_to_send())[-1], hf.GoAwayFrame)
     assert all(sid <= max(s.highest_in, s.highest_out) for sid in s.streams)
+
+
+def test_padding_and_priority_fields_are_skipped() -> None:
+    s, _ = started_server()
+    f = hf.HeadersFrame(1)
+    f.data = RefEncoder().encode([*REQ, (b"content-length", b"2")])
+    f.flags = {"END_HEADERS", "PADDED", "PRIORITY"}
+    f.pad_length = 7
+    f.depends_on = 0
+    d = hf.DataFrame(1, data=b"ok", flags=["END_STREAM", "PADDED"])
+    d.pad_length = 10
+    evs = s.receive_data(f.serialize() + d.serialize())
+    assert [type(e) for e in evs] == [F.RequestReceived, F.DataReceived, F.StreamEnded]
+    assert (evs[1].data, evs[1].flow_controlled_length) == (b"ok", 13)
+
+
+def test_self_dependent_stream_is_reset_after_its_continuation() -> None:
+    s, _ = started_server()
+    block = RefEncoder().encode(REQ)
+    f = hf.HeadersFrame(1, data=block[:3], flags=["PRIORITY", "END_STREAM"])
+    f.depends_on = 1
+    c = hf.ContinuationFrame(1, data=block[3:], flags=["END_HEADERS"])
+    assert s.receive_data(f.serialize() + c.serialize()) == []
+    assert rst_codes(s) == [(1, ErrorCodes.PROTOCOL_ERROR)]
