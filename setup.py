@@ -24,6 +24,7 @@ COMPILED = [
     "dataplane/h2stream.py",
     "dataplane/hpack.py",
     "dataplane/h2frames.py",
+    "dataplane/h2engine.py",
     "queueproxy/handler.py",
     "activator/throttler.py",
     "activator/lb_policy.py",
