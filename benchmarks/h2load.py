@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             raise _procs.BenchError(f"--extra {spec!r}: expected NAME=COMMAND")
         targets.append(Target(name, shlex.split(command)))
     n, c, m = args.requests, args.connections, args.streams
+    started = dt.datetime.now().astimezone()
     print(
         f"h2load: GET /1k, {c} h2c connections x {m} streams, {n} requests per run, "
         f"{args.rounds} round(s); proxy on CPU {args.proxy_cpu}, nginx and h2load on CPU "
@@ -164,12 +165,11 @@ def run(args: argparse.Namespace) -> int:
         cpu_s = f"{cpu:>12.1f}{cpu / ours:>12.2f}" if cpu is not None else f"{'-':>12}{'-':>12}"
         print(f"{name:<16}{r['rps']:>10.0f}{cpu_s}{r['errors']:>8.0f}")
     if args.results_dir is not None:
-        now = dt.datetime.now().astimezone()
         args.results_dir.mkdir(parents=True, exist_ok=True)
-        out = args.results_dir / f"h2load-{now:%Y%m%d-%H%M%S}.json"
+        out = args.results_dir / f"h2load-{started:%Y%m%d-%H%M%S}.json"
         doc: dict[str, Any] = {
             "scenario": "h2load",
-            "started": now.isoformat(),
+            "started": started.isoformat(),
             "options": {"connections": c, "streams": m, "requests": n, "rounds": args.rounds},
             "results": results,
             "runs": {t.name: t.runs for t in targets},
