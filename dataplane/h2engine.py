@@ -255,8 +255,8 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         for ev in events:
             try:
                 self._event(ev)
-            except H2Error as e:  # a stream that closed under us: drop that event only
-                log.debug("h2c event %r skipped: %s", ev, e)
+            except H2Error as skipped:  # a stream that closed under us: drop that event only
+                log.debug("h2c event %r skipped: %s", ev, skipped)
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -645,8 +645,8 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         for ev in events:
             try:
                 self._event(ev)
-            except H2Error as e:
-                log.debug("h2c upstream event %r skipped: %s", ev, e)
+            except H2Error as skipped:  # (not "e": mypyc typed that as ProtocolError above)
+                log.debug("h2c upstream event %r skipped: %s", ev, skipped)
         self.flush()
         if dirty:
             for c in dirty:

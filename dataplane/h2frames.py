@@ -380,8 +380,8 @@ class H2Conn:
             raise H2Error("malformed HTTP2-Settings: not a SETTINGS payload")
         try:
             self._apply_settings(payload)  # no ACK: the 101 acknowledges them
-        except ProtocolError as e:
-            raise H2Error(str(e)) from None
+        except ProtocolError as bad:
+            raise H2Error(str(bad)) from None
         self.initiate_connection()
         self.preface_pending = True  # the client still sends the preface after the 101
         st = _Stream(1, self.remote_initial_window, self.local_initial_window)
@@ -781,10 +781,11 @@ class H2Conn:
         # Decode first, whatever becomes of the stream: the HPACK state is the connection's.
         try:
             headers = self.decoder.decode(block)
-        except OversizedHeaderList as e:
-            raise ProtocolError(str(e), ErrorCodes.ENHANCE_YOUR_CALM) from None
-        except HPACKError as e:
-            raise ProtocolError(str(e), ErrorCodes.COMPRESSION_ERROR) from None
+        # (Distinct names per handler: mypyc types an exception variable by its first use.)
+        except OversizedHeaderList as big:
+            raise ProtocolError(str(big), ErrorCodes.ENHANCE_YOUR_CALM) from None
+        except HPACKError as bad:
+            raise ProtocolError(str(bad), ErrorCodes.COMPRESSION_ERROR) from None
         end = bool(flags & F_END_STREAM)
         st = self.streams.get(sid)
         if st is None:
