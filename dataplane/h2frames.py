@@ -296,6 +296,7 @@ class _Stream:
         self.got = 0  # request body bytes received
 
 
+_MAX_CONTINUATIONS: Final = 256  # frames in one header block
 _RESET_MEMORY: Final = 1024  # ids of streams we reset lately: their late frames are ignored
 
 
@@ -573,7 +574,11 @@ class H2Conn:
                 raise ProtocolError("CONTINUATION without HEADERS", ErrorCodes.PROTOCOL_ERROR)
             self.hb_parts.append(payload)
             self.hb_size += len(payload)
-            if self.hb_size > self.decoder.max_header_list_size + 65536:
+            # Bounded in bytes and in frames (a flood of empty CONTINUATIONs costs memory too).
+            if (
+                self.hb_size > self.decoder.max_header_list_size + 65536
+                or len(self.hb_parts) > _MAX_CONTINUATIONS
+            ):
                 raise ProtocolError("header block too large", ErrorCodes.ENHANCE_YOUR_CALM)
             if flags & F_END_HEADERS:
                 block = b"".join(self.hb_parts)

@@ -316,6 +316,12 @@ def test_connection_window_exceeded() -> None:
     assert goaway_code(s, data) == ErrorCodes.FLOW_CONTROL_ERROR
 
 
+def test_continuation_flood_is_enhance_your_calm() -> None:
+    s, _ = started_server()
+    data = headers_frame(1, REQ, ()) + _raw(9, 0, 1, b"") * 300
+    assert goaway_code(s, data) == ErrorCodes.ENHANCE_YOUR_CALM
+
+
 def test_oversized_header_list_is_enhance_your_calm() -> None:
     s, _ = started_server()
     s.decoder.max_header_list_size = 200
