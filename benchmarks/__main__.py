@@ -48,6 +48,11 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
 
         return mod
 
+    def h2load() -> ModuleType:
+        from benchmarks import h2load as mod
+
+        return mod
+
     def soak() -> ModuleType:
         from benchmarks import soak as mod
 
@@ -66,6 +71,7 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
         "telemetry": ("queue-proxy throughput: tracing off, 1 %% and 100 %% vs none", telemetry),
         "locust": ("locust shapes: dataplane probe per hop, stepped load, burst from zero", locust),
         "grpc": ("gRPC unary calls/s, p50/p99: direct, queue-proxy, activator (h2c)", grpc),
+        "h2load": ("h2c CPU per request through the queue-proxy under h2load (nginx h2c)", h2load),
         "soak": ("RSS of activator and queue-proxy over a steady load: slope per minute", soak),
         "all": ("every other scenario once, in turn (--quick: the CI smoke)", all_),
     }

@@ -3,8 +3,9 @@
 :class:`H2Hub` is cheap to create and imports no HTTP/2 code: ``enable(server)`` makes an
 :class:`~dataplane.proxy.HTTPServer` hand over any connection that opens with the HTTP/2
 preface (prior knowledge, as Knative's ``h2c.NewHandler`` accepts on the same listener as
-HTTP/1.1). The first such connection imports :mod:`dataplane.h2proxy` and the ``h2`` library,
-so a queue-proxy that never sees HTTP/2 keeps its small idle footprint.
+HTTP/1.1). The first such connection imports :mod:`dataplane.h2proxy` and its HTTP/2 codec
+(:mod:`dataplane.h2frames`, :mod:`dataplane.hpack`), so a queue-proxy that never sees HTTP/2
+keeps its small idle footprint.
 
 The hub owns one multiplexed upstream h2c connection per destination and the downstream h2c
 connections (for the drain: ``shutdown`` sends GOAWAY, lets open streams finish, then closes).

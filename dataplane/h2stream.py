@@ -5,7 +5,7 @@ it (``respond``/``error``), start its timeouts and ``proxy`` it, and learn its e
 ``on_done``. An :class:`H2Stream` is that same object for one stream of an h2c connection: its
 ``hdr``/``hdr_out`` are filled from the HEADERS frame exactly as the HTTP/1 parser fills them,
 and the few methods that touch the wire are overridden to go through the stream's HTTP/2
-connection (``link``, :mod:`dataplane.h2proxy`), which proxies it upstream over h2c. The breaker,
+connection (``link``, :mod:`dataplane.h2engine`), which proxies it upstream over h2c. The breaker,
 throttler, stats, drain, probe answers and request log therefore apply per stream, from one
 place. This module is compiled with the engine (mypyc cannot subclass across the boundary) and
 imports no HTTP/2 library: the ``link`` does the protocol work.
