@@ -122,11 +122,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as e:
+        except httptools.HttpParserUpgrade as up:
             ex.flush_out()
-            ex.start_tunnel(self, data[e.args[0] :])
+            ex.start_tunnel(self, data[up.args[0] :])
             return
         except httptools.HttpParserError as e:
+            # (distinct names per clause: mypyc types an ``except ... as`` name by its first
+            # clause, and this clause catches errors that are not upgrades)
             if self.resp_complete:
                 # Bytes after the complete response (a second response, junk): the response
                 # stands, the connection is not reused.
@@ -426,8 +428,8 @@ class UpstreamPool:
         for attempt in range(self.dial_attempts):
             try:
                 _, proto = await asyncio.wait_for(self._connect(), timeout)
-            except TimeoutError as e:
-                last = e
+            except TimeoutError as timed_out:
+                last = timed_out
             except OSError as e:
                 raise DialError(_dial_error_text(self.host, self.port, e)) from e
             else:
