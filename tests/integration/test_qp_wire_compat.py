@@ -30,7 +30,9 @@ async def test_8bit_target_reaches_the_app_as_go_sends_it(
 ) -> None:
     conn = await RawConn.open(rqp.port)
     try:
-        await conn.send(b"PUT /\xc3\xbc?q=\xc3\xa9 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+        await conn.send(
+            b"PUT /\xc3\xbc?q=\xc3\xa9 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+        )
         resp = await conn.read_response("PUT")
         assert resp.status == 200
         await conn.send(b"GET /a|b%2F\xff HTTP/1.1\r\nHost: h\r\n\r\n")
