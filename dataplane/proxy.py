@@ -642,6 +642,8 @@ class Exchange:
         self.resp_status = 101
         self.resp_started = True
         head = [status_line(101), *up.resp_out]
+        if self.resp_extra:  # the handler's lines (the activator's wait header) are on a 101 too
+            head.append(self.resp_extra)
         head += (b"Connection: Upgrade\r\nUpgrade: ", up.resp_upgrade or b"", _CRLF, _CRLF)
         if rest:
             head.append(rest)
@@ -1154,12 +1156,12 @@ class ServerConnection(asyncio.Protocol):
             ex.keep_alive = False
             ex.error(400, "malformed request target")
             return
-        t = go_request_target(ex.target)
-        if t is None:
+        fwd = go_request_target(ex.target)
+        if fwd is None:
             ex.keep_alive = False
             ex.error(400, "malformed request target: invalid URL escape")
             return
-        ex.target = t
+        ex.target = fwd
         host = ex.hdr.get(b"host")
         if not host:
             if ex.version == "1.1":
@@ -1366,8 +1368,15 @@ class HTTPServer:
         self.h2c: Callable[[ServerConnection, bytes], bool] | None = None
 
     async def start(
-        self, host: str | None, port: int, *, sock: Any = None, backlog: int = 2048
+        self,
+        host: str | None,
+        port: int,
+        *,
+        sock: Any = None,
+        backlog: int = 2048,
+        ssl: Any = None,
     ) -> None:
+        """Listen on ``host:port`` (or ``sock``); with ``ssl`` (an ``ssl.SSLContext``), TLS."""
         if sock is None:
             try:
                 sock = listen_socket(host, port, backlog)
@@ -1375,11 +1384,16 @@ class HTTPServer:
                 sock = None
         if sock is not None:
             self._server = await self.loop.create_server(
-                lambda: ServerConnection(self), sock=sock, backlog=backlog
+                lambda: ServerConnection(self), sock=sock, backlog=backlog, ssl=ssl
             )
         else:
             self._server = await self.loop.create_server(
-                lambda: ServerConnection(self), host, port, backlog=backlog, reuse_address=True
+                lambda: ServerConnection(self),
+                host,
+                port,
+                backlog=backlog,
+                reuse_address=True,
+                ssl=ssl,
             )
         self._ticker = self.loop.call_later(1.0, self._tick)
 
