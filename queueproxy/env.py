@@ -71,6 +71,12 @@ class Env:
     max_header_bytes: int = 64 * 1024
     header_timeout: float = 60.0
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    # Internal TLS: Knative's certificate directory (ours to move, for tests and local runs),
+    # how often its files are re-read (Knative: every minute), and the QUEUE_PROXY_TLS_*
+    # variables, read only when the certificates exist (as Knative does).
+    cert_dir: str = "/var/lib/knative/certs"
+    cert_reload: float = 60.0
+    tls_env: dict[str, str] = field(default_factory=dict)
 
 
 def _ci_get(obj: Mapping[str, Any], key: str) -> Any:
@@ -196,6 +202,9 @@ def parse_env(env: Mapping[str, str]) -> Env:
         ),
         header_timeout=env_float(env, "QUEUE_READ_HEADER_TIMEOUT_SECONDS", 60.0, minimum=0),
     )
+    e.cert_dir = env.get("QUEUE_CERT_DIR", "") or e.cert_dir
+    e.cert_reload = env_float(env, "QUEUE_CERT_RELOAD_SECONDS", 60.0, minimum=0.01)
+    e.tls_env = {k: v for k, v in env.items() if k.startswith("QUEUE_PROXY_TLS_")}
     level = e.logging_level.strip().lower()
     if level not in ("", "debug", "info", "warn", "warning", "error", "dpanic", "panic", "fatal"):
         raise ConfigError(

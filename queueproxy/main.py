@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from dataplane.breaker import Breaker
@@ -39,6 +39,7 @@ from .readiness import (
 )
 
 if TYPE_CHECKING:
+    from dataplane.tls import CertWatcher
     from dataplane.tracing import Tracer, TracingConfig
 
 __all__ = ["QueueProxy", "main"]
@@ -46,7 +47,6 @@ __all__ = ["QueueProxy", "main"]
 log = logging.getLogger("queueproxy")
 
 _PROTOBUF = b"Content-Type: application/protobuf\r\n"
-_CERT_DIR = "/var/lib/knative/certs"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
@@ -175,6 +175,11 @@ class QueueProxy:
                 loop=loop,
             )
         self._report_handle: asyncio.TimerHandle | None = None
+        # Internal TLS (Knative's system-internal-tls): the main handler on
+        # QUEUE_SERVING_TLS_PORT when the certificate pair exists at start-up.
+        self.tls_server: HTTPServer | None = None
+        self.cert_watcher: CertWatcher | None = None
+        self._stop_cert_checks: Callable[[], None] | None = None
 
     # -- servers ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -206,13 +211,37 @@ class QueueProxy:
                 raise ConfigError(
                     f"{name}: cannot listen on {host or ''}:{port}: {e.strerror or e}"
                 ) from None
-        if os.path.exists(f"{_CERT_DIR}/tls.crt") and os.path.exists(f"{_CERT_DIR}/tls.key"):
-            log.warning(
-                "certificates found in %s but TLS serving is not implemented yet; "
-                "serving plain HTTP only",
-                _CERT_DIR,
-            )
+        await self._start_tls(host)
         self._report_handle = self.loop.call_later(1.0, self._report)
+
+    async def _start_tls(self, host: str | None) -> None:
+        """Serve TLS on QUEUE_SERVING_TLS_PORT if tls.crt and tls.key exist (Knative checks
+        once, at start-up); plain HTTP stays on the main and admin ports."""
+        env = self.env
+        cert, key = f"{env.cert_dir}/tls.crt", f"{env.cert_dir}/tls.key"
+        if not (os.path.exists(cert) and os.path.exists(key)):
+            return
+        from dataplane.tls import CertWatcher, periodic, settings_from_env
+
+        settings = settings_from_env(env.tls_env, "QUEUE_PROXY_")
+        try:
+            self.cert_watcher = watcher = CertWatcher(settings, cert, key)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"QUEUE_CERT_DIR: cannot load the certificate pair in {env.cert_dir}: {e}"
+            ) from None
+        server = HTTPServer(self.handler, self.main_server.config, loop=self.loop)
+        self.h2c.enable(server)  # h2 by ALPN, as Go's TLS server offers it
+        try:
+            await server.start(host, env.tls_port, ssl=watcher.context)
+        except OSError as e:
+            raise ConfigError(
+                f"QUEUE_SERVING_TLS_PORT: cannot listen on {host or ''}:{env.tls_port}: "
+                f"{e.strerror or e}"
+            ) from None
+        self.tls_server = server
+        self._stop_cert_checks = periodic(self.loop, env.cert_reload, watcher.check)
+        log.info("serving TLS", extra={"port": env.tls_port, "cert_dir": env.cert_dir})
 
     def _report(self) -> None:
         now = self.loop.time()
@@ -288,6 +317,10 @@ class QueueProxy:
         servers = [self.main_server, self.admin_server, self.metrics_server]
         if self.user_metrics_server is not None:
             servers.append(self.user_metrics_server)
+        if self.tls_server is not None:
+            servers.append(self.tls_server)
+        if self._stop_cert_checks is not None:
+            self._stop_cert_checks()
         await asyncio.gather(self.h2c.shutdown(), *(s.shutdown() for s in servers))
         if self._report_handle is not None:
             self._report_handle.cancel()
