@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from dataplane.envconfig import ConfigError
@@ -33,6 +33,7 @@ from .handler import Activator
 from .statsink import StatSink
 
 if TYPE_CHECKING:
+    from dataplane.tls import CertWatcher, ClientTLS
     from dataplane.tracing import Tracer, TracingConfig
 
 __all__ = ["main", "run"]
@@ -148,6 +149,8 @@ class ActivatorProcess:
         if env.h2c_port:
             self.h2c_server = HTTPServer(act, self.server.config, loop=loop)
             self.h2c.enable(self.h2c_server)
+        self.tls_server: HTTPServer | None = None
+        self._stop_checks: list[Callable[[], None]] = []
 
     def _unready_reason(self) -> str:
         if not self.sink.connected:
@@ -222,6 +225,7 @@ class ActivatorProcess:
 
     async def start(self) -> None:
         env = self.env
+        tls = self._load_tls() if env.internal_tls else None  # bad certificates: exit first
         if self.platform is None:  # (an embedding may have set one)
             self.platform = await self._make_platform()
         await self.platform.start(self.activator)
@@ -239,6 +243,48 @@ class ActivatorProcess:
                 raise ConfigError(
                     f"{name}: cannot listen on {host or ''}:{port}: {e.strerror}"
                 ) from None
+        if tls is not None:
+            await self._start_tls(host, *tls)
+
+    def _load_tls(self) -> tuple[ClientTLS, CertWatcher]:
+        from dataplane.tls import CertWatcher, ClientTLS, settings_from_env
+
+        env = self.env
+        d = env.cert_dir
+        settings = settings_from_env(env.tls_env, "ACTIVATOR_")
+        try:
+            return (
+                ClientTLS(f"{d}/ca.crt", env.queue_tls_port),
+                CertWatcher(settings, f"{d}/tls.crt", f"{d}/tls.key"),
+            )
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"ACTIVATOR_CERT_DIR: KND_SYSTEM_INTERNAL_TLS is enabled but the "
+                f"certificates in {d} (tls.crt, tls.key, ca.crt) cannot be loaded: {e}"
+            ) from None
+
+    async def _start_tls(self, host: str | None, client: ClientTLS, watcher: CertWatcher) -> None:
+        """system-internal-tls: dial queue-proxies over TLS (verified against ca.crt, SAN
+        kn-user-<namespace>) and serve TLS on ACTIVATOR_TLS_PORT beside plain HTTP, as
+        Knative's activator does. Probes stay plain HTTP (Knative probes pods on 8012)."""
+        from dataplane.tls import periodic
+
+        env = self.env
+        self.activator.upstream_tls = client
+        server = HTTPServer(self.activator, self.server.config, loop=self.loop)
+        self.h2c.enable(server)
+        try:
+            await server.start(host, env.tls_port, ssl=watcher.context)
+        except OSError as e:
+            raise ConfigError(
+                f"ACTIVATOR_TLS_PORT: cannot listen on {host or ''}:{env.tls_port}: {e.strerror}"
+            ) from None
+        self.tls_server = server
+        self._stop_checks = [
+            periodic(self.loop, env.cert_reload, watcher.check),
+            periodic(self.loop, env.cert_reload, client.check),
+        ]
+        log.info("system-internal-tls enabled", extra={"tls_port": env.tls_port})
 
     def on_signal(self, sig: int) -> None:
         if self._shutdown_task is None:
@@ -256,6 +302,10 @@ class ActivatorProcess:
             )
             await asyncio.sleep(self.env.drain_quiet_period)
         extra = [self.h2c_server.shutdown()] if self.h2c_server is not None else []
+        if self.tls_server is not None:
+            extra.append(self.tls_server.shutdown())
+        for stop in self._stop_checks:
+            stop()
         await asyncio.gather(
             self.h2c.shutdown(), self.server.shutdown(), self.metrics_server.shutdown(), *extra
         )
