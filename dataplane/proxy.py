@@ -1028,6 +1028,7 @@ class ServerConnection(asyncio.Protocol):
         self.parsing = Exchange(self)
         self._hdr_bytes = self._max_hdr_bytes
         self._hdr_count = self._max_hdrs
+        self._line_open = False  # unknown until the read that began it is parsed
         if self.active is None and self._ready is None:
             # the clock of a pipelined head starts when its turn comes
             self.header_tick = self.server.tick or 1

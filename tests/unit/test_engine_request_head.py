@@ -462,3 +462,24 @@ def test_8bit_targets_pipelined_in_one_read() -> None:
     assert up.take() == upstream_head(b"/b?\xc3\xa1", b"X-V: \xc3\xa2")
     up.feed(ok())
     assert c.take() == client_ok() + client_ok()
+
+
+def test_8bit_header_value_of_a_head_begun_after_a_body() -> None:
+    """A pipelined head that begins in the read ending the previous body and is cut in its
+    headers: its header value's bytes >= 0x80 stay raw (never taken for a request line)."""
+    first = request(b"/1", b"Content-Length: 3", method=b"POST", body=b"abc")
+    second = request(b"/2", b"X-V: caf\xc3\xa9")
+    k = Kit()
+    up = k.idle_upstream()
+    c = k.client()
+    # an earlier head cut in its request line leaves the connection's line state behind
+    c.feed(first[:3])
+    c.feed(first[3 : first.index(b"abc")])
+    cut = second.index(b"caf")
+    c.feed(b"abc" + second[:cut])
+    c.feed(second[cut:])
+    assert up.take() == upstream_head(b"/1", method=b"POST", tail=(b"Content-Length: 3",)) + b"abc"
+    up.feed(ok())
+    assert up.take() == upstream_head(b"/2", b"X-V: caf\xc3\xa9")
+    up.feed(ok())
+    assert c.take() == client_ok() + client_ok()
