@@ -33,6 +33,7 @@ from .http1 import (
     H_TRAILER,
     H_XFF,
     REQ_ACTIONS,
+    TARGET_MARKS,
     DateCache,
     connection_tokens,
     error_body_headers,
@@ -1157,12 +1158,13 @@ class ServerConnection(asyncio.Protocol):
             ex.keep_alive = False
             ex.error(400, "malformed request target")
             return
-        fwd = go_request_target(ex.target)
-        if fwd is None:
-            ex.keep_alive = False
-            ex.error(400, "malformed request target: invalid URL escape")
-            return
-        ex.target = fwd
+        if 1 in ex.target.translate(TARGET_MARKS):  # the common target skips the call
+            fwd = go_request_target(ex.target)
+            if fwd is None:
+                ex.keep_alive = False
+                ex.error(400, "malformed request target: invalid URL escape")
+                return
+            ex.target = fwd
         host = ex.hdr.get(b"host")
         if not host:
             if ex.version == "1.1":
@@ -1183,8 +1185,8 @@ class ServerConnection(asyncio.Protocol):
             ex.keep_alive = False
             ex.error(501, "unsupported transfer encoding")
             return
-        trailer = ex.hdr.get(b"trailer")
-        if trailer is not None and ex.req_chunked:
+        trailer = ex.hdr.get(b"trailer") if ex.req_chunked else None
+        if trailer is not None:
             names = request_trailer_names(trailer)
             if names is None:
                 ex.keep_alive = False
