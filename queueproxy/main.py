@@ -39,6 +39,8 @@ from .readiness import (
 )
 
 if TYPE_CHECKING:
+    from dataplane.otlpmetrics import MetricsExporter
+    from dataplane.promtext import Registry
     from dataplane.tls import CertWatcher
     from dataplane.tracing import Tracer, TracingConfig
 
@@ -93,7 +95,8 @@ class QueueProxy:
         obs = env.observability
         self.registry = None
         duration = None
-        if obs.request_metrics_protocol == "prometheus":
+        self.metrics_exporter: MetricsExporter | None = None
+        if obs.request_metrics_protocol in ("prometheus", "grpc", "http/protobuf"):
             from dataplane.promtext import Gauge, Histogram, Registry
 
             self.registry = Registry()
@@ -113,6 +116,8 @@ class QueueProxy:
                         fn=lambda: [((), float(b.in_flight))],
                     )
                 )
+            if obs.request_metrics_protocol != "prometheus":
+                self.metrics_exporter = _metrics_exporter(env, self.registry, loop)
         self.tracer: Tracer | None = None
         if tracing is not None and tracing.enabled:
             from dataplane.tracing import start_tracing
@@ -168,7 +173,7 @@ class QueueProxy:
         self.admin_server = HTTPServer(self._admin, ServerConfig(**base), loop=loop)  # type: ignore[arg-type]
         self.metrics_server = HTTPServer(self._metrics, ServerConfig(**base), loop=loop)  # type: ignore[arg-type]
         self.user_metrics_server: HTTPServer | None = None
-        if self.registry is not None:
+        if self.registry is not None and self.metrics_exporter is None:
             self.user_metrics_server = HTTPServer(
                 self._user_metrics,
                 ServerConfig(**base),  # type: ignore[arg-type]
@@ -212,6 +217,8 @@ class QueueProxy:
                     f"{name}: cannot listen on {host or ''}:{port}: {e.strerror or e}"
                 ) from None
         await self._start_tls(host)
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.start()
         self._report_handle = self.loop.call_later(1.0, self._report)
 
     async def _start_tls(self, host: str | None) -> None:
@@ -325,6 +332,8 @@ class QueueProxy:
         if self._report_handle is not None:
             self._report_handle.cancel()
         self.pool.close()
+        if self.metrics_exporter is not None:
+            await self.metrics_exporter.stop()  # the last values, as the OTel SDK flushes
         if self.tracer is not None:
             # Knative flushes telemetry for up to 10 s before exiting.
             try:
@@ -334,6 +343,73 @@ class QueueProxy:
         log.info("shutdown complete")
         if not self.stopped.done():
             self.stopped.set_result(None)
+
+
+# Knative's OpenTelemetry instruments (pkg/queue/request_metric.go) for our Prometheus metrics.
+_OTEL_NAMES = {
+    "kn_serving_invocation_duration_seconds": (
+        "kn.serving.invocation.duration",
+        "s",
+        ("http.response.status_code",),
+    ),
+    "kn_serving_queue_depth": ("kn.serving.queue.depth", "{request}", ()),
+}
+
+
+def _resource(env: Env, environ: Mapping[str, str]) -> dict[str, str]:
+    pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or env.pod
+    return {
+        "service.name": environ.get("OTEL_SERVICE_NAME", "")
+        or env.service
+        or env.configuration
+        or env.revision
+        or pod,
+        "k8s.container.name": "queue-proxy",
+        "k8s.namespace.name": env.namespace,
+        "k8s.pod.name": pod,
+        "service.instance.id": pod,
+        "kn.service.name": env.service,
+        "kn.configuration.name": env.configuration,
+        "kn.revision.name": env.revision,
+    }
+
+
+def _metrics_exporter(
+    env: Env, registry: Registry, loop: asyncio.AbstractEventLoop
+) -> MetricsExporter:
+    """OTLP push of the request metrics (requestMetrics.protocol grpc or http/protobuf)."""
+    try:
+        from dataplane.otlpmetrics import MetricsExporter, OTelName, exporter_settings
+    except ImportError as e:  # pragma: no cover - the tracing extra brings opentelemetry-proto
+        raise ConfigError(
+            "OBSERVABILITY_CONFIG: requestMetrics.protocol "
+            f"{env.observability.request_metrics_protocol} needs opentelemetry-proto "
+            f"(pip install 'knative-dataplane[tracing]'): {e}"
+        ) from None
+    obs = env.observability
+    endpoint, interval = exporter_settings(
+        obs.request_metrics_protocol, obs.request_metrics_endpoint, os.environ
+    )
+    names = {
+        k: OTelName(n, unit, attrs, frozenset(("http.response.status_code",)))
+        for k, (n, unit, attrs) in _OTEL_NAMES.items()
+    }
+    try:
+        return MetricsExporter(
+            registry,
+            names,
+            protocol=obs.request_metrics_protocol,
+            endpoint=endpoint,
+            interval=interval,
+            scope="knative.dev/serving/pkg/queue",
+            resource=_resource(env, os.environ),
+            loop=loop,
+        )
+    except ImportError as e:
+        raise ConfigError(
+            f"OBSERVABILITY_CONFIG: requestMetrics.protocol {obs.request_metrics_protocol} "
+            f"needs opentelemetry-proto (pip install 'knative-dataplane[tracing]'): {e}"
+        ) from None
 
 
 def _tracing_config(env: Env, environ: Mapping[str, str]) -> TracingConfig | None:
