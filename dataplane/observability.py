@@ -8,10 +8,11 @@ Two forms, each read with Knative's types and errors:
   JSON type is an error (``"samplingRate": "0.5"`` is refused: the field is a float64).
 - The ``config-observability`` ConfigMap keys (``tracing-protocol``, ``tracing-endpoint``,
   ``tracing-sampling-rate``, ``request-metrics-protocol``, ``request-metrics-endpoint``,
-  ``logging.enable-request-log``, ``logging.request-log-template``,
-  ``logging.enable-probe-request-log``), as Knative's activator reads them: string values
-  parsed as ``strconv`` does (numbers and booleans in the JSON are taken as their text), then
-  Knative's ``Validate`` (an endpoint is required for grpc and http/protobuf, and so on).
+  ``request-metrics-export-interval``, ``logging.enable-request-log``,
+  ``logging.request-log-template``, ``logging.enable-probe-request-log``), as Knative's
+  activator reads them: string values parsed as ``strconv`` does (numbers and booleans in the
+  JSON are taken as their text), then Knative's ``Validate`` (an endpoint is required for grpc
+  and http/protobuf, and so on).
 
 Both forms may be mixed; a flat key wins over the nested field it names. Every error starts
 with ``OBSERVABILITY_CONFIG:`` and uses Knative's wording.
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .envconfig import ConfigError
+from .envconfig import ConfigError, parse_duration
 
 __all__ = ["ObservabilityConfig", "parse_observability"]
 
@@ -40,6 +41,7 @@ class ObservabilityConfig:
 
     request_metrics_protocol: str = "none"
     request_metrics_endpoint: str = ""
+    request_metrics_export_interval: float = 0.0  # seconds; 0: the exporter's default
     tracing_protocol: str = "none"
     tracing_endpoint: str = ""
     tracing_sampling_rate: float = 0.0
@@ -102,6 +104,14 @@ def _nested(obj: Mapping[str, Any], cfg: ObservabilityConfig) -> None:
     rm = section("requestMetrics")
     put(rm, "requestMetrics", "protocol", str, "request_metrics_protocol")
     put(rm, "requestMetrics", "endpoint", str, "request_metrics_endpoint")
+    ns = _field(rm, "exportInterval")  # a Go time.Duration: integer nanoseconds in JSON
+    if ns is not None:
+        if not isinstance(ns, int) or isinstance(ns, bool):
+            raise ConfigError(
+                f"{_NAME}: json: cannot unmarshal {_json_kind(ns)} into Go struct field "
+                "Config.requestMetrics.exportInterval of type time.Duration"
+            )
+        cfg.request_metrics_export_interval = ns / 1e9
     tr = section("tracing")
     put(tr, "tracing", "protocol", str, "tracing_protocol")
     put(tr, "tracing", "endpoint", str, "tracing_endpoint")
@@ -153,6 +163,16 @@ def _flat(obj: Mapping[str, Any], cfg: ObservabilityConfig) -> bool:
                 )
             setattr(cfg, attr, s in _GO_TRUE)
             seen = True
+    key = "request-metrics-export-interval"
+    if key in obj and obj[key] is not None:
+        s = _text(obj[key]).strip()
+        try:
+            cfg.request_metrics_export_interval = parse_duration(s)
+        except ValueError:
+            raise ConfigError(
+                f'{_NAME}: failed to parse "{key}": time: invalid duration "{s}"'
+            ) from None
+        seen = True
     key = "tracing-sampling-rate"
     if key in obj and obj[key] is not None:
         s = _text(obj[key]).strip()
@@ -193,6 +213,11 @@ def _validate(cfg: ObservabilityConfig, *, flat: bool) -> None:
         raise ConfigError(f'{_NAME}: requestMetrics: unsupported protocol "{m}"')
     if flat and m in ("grpc", "http/protobuf") and not cfg.request_metrics_endpoint:
         raise ConfigError(f'{_NAME}: requestMetrics: endpoint should be set when protocol is "{m}"')
+    if cfg.request_metrics_export_interval < 0:
+        raise ConfigError(
+            f"{_NAME}: requestMetrics: export interval "
+            f'"{cfg.request_metrics_export_interval:g}s" should be greater than zero'
+        )
     if flat and m == "none" and cfg.request_metrics_endpoint:
         raise ConfigError(
             f'{_NAME}: requestMetrics: endpoint should not be set when protocol is "none"'

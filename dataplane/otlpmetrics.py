@@ -11,7 +11,8 @@ extra) are imported only when export is configured.
 
 Settings: the endpoint from the config, else ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` /
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (+ ``/v1/metrics`` for HTTP), else the OTLP default; the period
-from ``OTEL_METRIC_EXPORT_INTERVAL`` (milliseconds, default 60000, the SDK's).
+from ``requestMetrics.exportInterval``, else ``OTEL_METRIC_EXPORT_INTERVAL`` (milliseconds,
+default 60000, the SDK's).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class OTelName:
 
 
 def exporter_settings(
-    protocol: str, endpoint: str, environ: Mapping[str, str]
+    protocol: str, endpoint: str, environ: Mapping[str, str], interval: float = 0.0
 ) -> tuple[str, float]:
     """(endpoint URL, interval in seconds); ConfigError naming the bad setting."""
     ep = endpoint or environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "")
@@ -62,6 +63,8 @@ def exporter_settings(
     u = urlsplit(ep)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ConfigError(f"OBSERVABILITY_CONFIG: requestMetrics.endpoint {ep!r} is not a URL")
+    if interval > 0:  # requestMetrics.exportInterval, as Knative's intervalFor
+        return ep, interval
     raw = environ.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
     try:
         interval = float(raw) / 1000 if raw else 60.0

@@ -388,7 +388,10 @@ def _metrics_exporter(
         ) from None
     obs = env.observability
     endpoint, interval = exporter_settings(
-        obs.request_metrics_protocol, obs.request_metrics_endpoint, os.environ
+        obs.request_metrics_protocol,
+        obs.request_metrics_endpoint,
+        os.environ,
+        obs.request_metrics_export_interval,
     )
     names = {
         k: OTelName(n, unit, attrs, frozenset(("http.response.status_code",)))

@@ -92,3 +92,17 @@ def test_section_of_the_wrong_type() -> None:
     assert error({"tracing": "on"}) == (
         "json: cannot unmarshal string into Go struct field Config.tracing of type struct"
     )
+
+
+def test_export_interval_both_forms() -> None:
+    nested = obs({"requestMetrics": {"protocol": "prometheus", "exportInterval": 30_000_000_000}})
+    assert nested.request_metrics_export_interval == 30.0
+    flat = obs({"request-metrics-protocol": "prometheus", "request-metrics-export-interval": "1m"})
+    assert flat.request_metrics_export_interval == 60.0
+    assert error({"requestMetrics": {"exportInterval": "30s"}}) == (
+        "json: cannot unmarshal string into Go struct field "
+        "Config.requestMetrics.exportInterval of type time.Duration"
+    )
+    assert error({"request-metrics-export-interval": "soon"}) == (
+        'failed to parse "request-metrics-export-interval": time: invalid duration "soon"'
+    )
