@@ -33,6 +33,8 @@ from .handler import Activator
 from .statsink import StatSink
 
 if TYPE_CHECKING:
+    from dataplane.observability import ObservabilityConfig
+    from dataplane.otlpmetrics import MetricsExporter
     from dataplane.tls import CertWatcher, ClientTLS
     from dataplane.tracing import Tracer, TracingConfig
 
@@ -52,6 +54,7 @@ class ActivatorProcess:
         env: ActivatorEnv,
         loop: asyncio.AbstractEventLoop,
         tracing: TracingConfig | None = None,
+        metrics: ObservabilityConfig | None = None,
     ) -> None:
         self.env = env
         self.loop = loop
@@ -151,6 +154,9 @@ class ActivatorProcess:
             self.h2c.enable(self.h2c_server)
         self.tls_server: HTTPServer | None = None
         self._stop_checks: list[Callable[[], None]] = []
+        self.metrics_exporter: MetricsExporter | None = None
+        if metrics is not None and metrics.metrics_protocol in ("grpc", "http/protobuf"):
+            self.metrics_exporter = _metrics_exporter(env, metrics, self.registry, loop)
 
     def _unready_reason(self) -> str:
         if not self.sink.connected:
@@ -245,6 +251,8 @@ class ActivatorProcess:
                 ) from None
         if tls is not None:
             await self._start_tls(host, *tls)
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.start()
 
     def _load_tls(self) -> tuple[ClientTLS, CertWatcher]:
         from dataplane.tls import CertWatcher, ClientTLS, settings_from_env
@@ -310,6 +318,8 @@ class ActivatorProcess:
             self.h2c.shutdown(), self.server.shutdown(), self.metrics_server.shutdown(), *extra
         )
         act.stop()
+        if self.metrics_exporter is not None:
+            await self.metrics_exporter.stop()  # the last values, as the OTel SDK flushes
         if self.platform is not None:
             await self.platform.close()
         await self.sink.close()
@@ -323,19 +333,78 @@ class ActivatorProcess:
             self.stopped.set_result(None)
 
 
-def _tracing_config(env: ActivatorEnv, environ: Mapping[str, str]) -> TracingConfig | None:
-    """Tracing settings from ``OBSERVABILITY_CONFIG`` / ``OTEL_*``; None when none is set."""
-    raw = environ.get("OBSERVABILITY_CONFIG", "")
-    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
-        return None
-    from dataplane.tracing import observability_tracing, tracing_config
+# Knative's OpenTelemetry instruments (pkg/activator) for our Prometheus metrics; the wait
+# histogram is ours (Knative has no such metric) and keeps a knd name.
+_REV_ATTRS = ("k8s.namespace.name", "kn.revision.name")
+_OTEL_NAMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "kn_revision_request_queued": ("kn.revision.request.queued", "{request}", _REV_ATTRS),
+    "kn_revision_request_active": ("kn.revision.request.active", "{request}", _REV_ATTRS),
+    "kn_revision_request_concurrency": (
+        "kn.revision.request.concurrency",
+        "{request}",
+        ("k8s.namespace.name", "kn.service.name", "kn.configuration.name", "kn.revision.name"),
+    ),
+    "kn_activator_stats_conn_reachable": (
+        "kn.activator.stats.conn.reachable",
+        "{reachable}",
+        ("peer",),
+    ),
+    "kn_activator_stats_conn_errors": ("kn.activator.stats.conn.errors", "{error}", ("peer",)),
+    "knd_activator_request_wait_seconds": ("knd.activator.request.wait", "s", _REV_ATTRS),
+}
 
-    protocol, endpoint, rate = observability_tracing(raw)
+
+def _metrics_exporter(
+    env: ActivatorEnv,
+    obs: ObservabilityConfig,
+    registry: Registry,
+    loop: asyncio.AbstractEventLoop,
+) -> MetricsExporter:
+    """OTLP push of the activator's metrics (``metrics.protocol`` grpc or http/protobuf);
+    the Prometheus port stays."""
+    try:
+        from dataplane.otlpmetrics import MetricsExporter, OTelName, exporter_settings
+
+        endpoint, interval = exporter_settings(
+            obs.metrics_protocol, obs.metrics_endpoint, os.environ, obs.metrics_export_interval
+        )
+        return MetricsExporter(
+            registry,
+            {k: OTelName(n, unit, attrs) for k, (n, unit, attrs) in _OTEL_NAMES.items()},
+            protocol=obs.metrics_protocol,
+            endpoint=endpoint,
+            interval=interval,
+            scope="knative.dev/serving/pkg/activator",
+            resource={
+                "service.name": os.environ.get("OTEL_SERVICE_NAME", "") or "activator",
+                "k8s.container.name": "activator",
+                "k8s.namespace.name": env.system_namespace,
+                "k8s.pod.name": env.pod_name,
+                "service.instance.id": env.pod_name,
+            },
+            loop=loop,
+        )
+    except ImportError as e:
+        raise ConfigError(
+            f"OBSERVABILITY_CONFIG: metrics.protocol {obs.metrics_protocol} needs "
+            f"opentelemetry-proto (pip install 'knative-dataplane[tracing]'): {e}"
+        ) from None
+
+
+def _tracing_config(
+    env: ActivatorEnv, environ: Mapping[str, str], obs: ObservabilityConfig | None
+) -> TracingConfig | None:
+    """Tracing settings from ``OBSERVABILITY_CONFIG`` (parsed once, ``obs``) / ``OTEL_*``;
+    None when none is set."""
+    if obs is None and not environ.get("OTEL_TRACES_EXPORTER"):
+        return None
+    from dataplane.tracing import tracing_config
+
     return tracing_config(
         environ,
-        protocol=protocol,
-        endpoint=endpoint,
-        rate=rate,
+        protocol=obs.tracing_protocol if obs is not None else "",
+        endpoint=obs.tracing_endpoint if obs is not None else "",
+        rate=obs.tracing_sampling_rate if obs is not None else None,
         service_name="activator",
         resource={
             "k8s.container.name": "activator",
@@ -346,9 +415,17 @@ def _tracing_config(env: ActivatorEnv, environ: Mapping[str, str]) -> TracingCon
     )
 
 
-async def _serve(env: ActivatorEnv, tracing: TracingConfig | None = None) -> int:
+async def _serve(
+    env: ActivatorEnv,
+    tracing: TracingConfig | None = None,
+    obs: ObservabilityConfig | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
-    proc = ActivatorProcess(env, loop, tracing)
+    try:
+        proc = ActivatorProcess(env, loop, tracing, obs)
+    except ConfigError as e:
+        print(f"activator: {e}", file=sys.stderr)
+        return 1
     try:
         await proc.start()
     except ConfigError as e:
@@ -377,7 +454,13 @@ async def _serve(env: ActivatorEnv, tracing: TracingConfig | None = None) -> int
 def run(environ: Mapping[str, str]) -> int:
     try:
         env = parse_env(environ)
-        tracing = _tracing_config(env, environ)
+        raw = environ.get("OBSERVABILITY_CONFIG", "")
+        obs = None
+        if raw.strip():  # parsed once, here: tracing and metrics read the same config
+            from dataplane.observability import parse_observability
+
+            obs = parse_observability(raw)
+        tracing = _tracing_config(env, environ, obs)
     except ConfigError as e:
         print(f"activator: {e}", file=sys.stderr)
         return 1
@@ -388,7 +471,7 @@ def run(environ: Mapping[str, str]) -> int:
     )
     import uvloop
 
-    return int(uvloop.run(_serve(env, tracing)))
+    return int(uvloop.run(_serve(env, tracing, obs)))
 
 
 def main() -> None:

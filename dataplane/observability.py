@@ -42,6 +42,10 @@ class ObservabilityConfig:
     request_metrics_protocol: str = "none"
     request_metrics_endpoint: str = ""
     request_metrics_export_interval: float = 0.0  # seconds; 0: the exporter's default
+    # the component's own metrics (Knative's base MetricsConfig: the activator's)
+    metrics_protocol: str = "none"
+    metrics_endpoint: str = ""
+    metrics_export_interval: float = 0.0
     tracing_protocol: str = "none"
     tracing_endpoint: str = ""
     tracing_sampling_rate: float = 0.0
@@ -101,17 +105,18 @@ def _nested(obj: Mapping[str, Any], cfg: ObservabilityConfig) -> None:
         if v is not None:
             setattr(cfg, attr, _typed(v, want, f"{where}.{key}" if where else key, "Config"))
 
-    rm = section("requestMetrics")
-    put(rm, "requestMetrics", "protocol", str, "request_metrics_protocol")
-    put(rm, "requestMetrics", "endpoint", str, "request_metrics_endpoint")
-    ns = _field(rm, "exportInterval")  # a Go time.Duration: integer nanoseconds in JSON
-    if ns is not None:
-        if not isinstance(ns, int) or isinstance(ns, bool):
-            raise ConfigError(
-                f"{_NAME}: json: cannot unmarshal {_json_kind(ns)} into Go struct field "
-                "Config.requestMetrics.exportInterval of type time.Duration"
-            )
-        cfg.request_metrics_export_interval = ns / 1e9
+    for key, prefix in (("requestMetrics", "request_metrics"), ("metrics", "metrics")):
+        sec = section(key)
+        put(sec, key, "protocol", str, prefix + "_protocol")
+        put(sec, key, "endpoint", str, prefix + "_endpoint")
+        ns = _field(sec, "exportInterval")  # a Go time.Duration: integer nanoseconds in JSON
+        if ns is not None:
+            if not isinstance(ns, int) or isinstance(ns, bool):
+                raise ConfigError(
+                    f"{_NAME}: json: cannot unmarshal {_json_kind(ns)} into Go struct field "
+                    f"Config.{key}.exportInterval of type time.Duration"
+                )
+            setattr(cfg, prefix + "_export_interval", ns / 1e9)
     tr = section("tracing")
     put(tr, "tracing", "protocol", str, "tracing_protocol")
     put(tr, "tracing", "endpoint", str, "tracing_endpoint")
@@ -119,8 +124,7 @@ def _nested(obj: Mapping[str, Any], cfg: ObservabilityConfig) -> None:
     put(obj, "", "enableRequestLog", bool, "enable_request_log")
     put(obj, "", "requestLogTemplate", str, "request_log_template")
     put(obj, "", "enableProbeRequestLog", bool, "enable_probe_request_log")
-    for key in ("metrics", "runtime"):  # typed in Go even though we do not act on them
-        section(key)
+    section("runtime")  # typed in Go even though we do not act on it
 
 
 _FLAT_STR = {
@@ -128,6 +132,8 @@ _FLAT_STR = {
     "tracing-endpoint": "tracing_endpoint",
     "request-metrics-protocol": "request_metrics_protocol",
     "request-metrics-endpoint": "request_metrics_endpoint",
+    "metrics-protocol": "metrics_protocol",
+    "metrics-endpoint": "metrics_endpoint",
     "logging.request-log-template": "request_log_template",
 }
 _FLAT_BOOL = {
@@ -163,16 +169,19 @@ def _flat(obj: Mapping[str, Any], cfg: ObservabilityConfig) -> bool:
                 )
             setattr(cfg, attr, s in _GO_TRUE)
             seen = True
-    key = "request-metrics-export-interval"
-    if key in obj and obj[key] is not None:
-        s = _text(obj[key]).strip()
-        try:
-            cfg.request_metrics_export_interval = parse_duration(s)
-        except ValueError:
-            raise ConfigError(
-                f'{_NAME}: failed to parse "{key}": time: invalid duration "{s}"'
-            ) from None
-        seen = True
+    for key, attr in (
+        ("request-metrics-export-interval", "request_metrics_export_interval"),
+        ("metrics-export-interval", "metrics_export_interval"),
+    ):
+        if key in obj and obj[key] is not None:
+            s = _text(obj[key]).strip()
+            try:
+                setattr(cfg, attr, parse_duration(s))
+            except ValueError:
+                raise ConfigError(
+                    f'{_NAME}: failed to parse "{key}": time: invalid duration "{s}"'
+                ) from None
+            seen = True
     key = "tracing-sampling-rate"
     if key in obj and obj[key] is not None:
         s = _text(obj[key]).strip()
@@ -207,21 +216,23 @@ def _validate(cfg: ObservabilityConfig, *, flat: bool) -> None:
         raise ConfigError(f"{_NAME}: sampling rate {rate:f} should be greater or equal to zero")
     if rate > 1.0:
         raise ConfigError(f"{_NAME}: sampling rate {rate:f} should be less than or equal to one")
-    m = cfg.request_metrics_protocol or "none"
-    cfg.request_metrics_protocol = m
-    if m not in _METRICS_PROTOCOLS:
-        raise ConfigError(f'{_NAME}: requestMetrics: unsupported protocol "{m}"')
-    if flat and m in ("grpc", "http/protobuf") and not cfg.request_metrics_endpoint:
-        raise ConfigError(f'{_NAME}: requestMetrics: endpoint should be set when protocol is "{m}"')
-    if cfg.request_metrics_export_interval < 0:
-        raise ConfigError(
-            f"{_NAME}: requestMetrics: export interval "
-            f'"{cfg.request_metrics_export_interval:g}s" should be greater than zero'
-        )
-    if flat and m == "none" and cfg.request_metrics_endpoint:
-        raise ConfigError(
-            f'{_NAME}: requestMetrics: endpoint should not be set when protocol is "none"'
-        )
+    for where, prefix in (("requestMetrics", "request_metrics"), ("metrics", "metrics")):
+        m = getattr(cfg, prefix + "_protocol") or "none"
+        setattr(cfg, prefix + "_protocol", m)
+        endpoint = getattr(cfg, prefix + "_endpoint")
+        if m not in _METRICS_PROTOCOLS:
+            raise ConfigError(f'{_NAME}: {where}: unsupported protocol "{m}"')
+        if flat and m in ("grpc", "http/protobuf") and not endpoint:
+            raise ConfigError(f'{_NAME}: {where}: endpoint should be set when protocol is "{m}"')
+        interval = getattr(cfg, prefix + "_export_interval")
+        if interval < 0:
+            raise ConfigError(
+                f'{_NAME}: {where}: export interval "{interval:g}s" should be greater than zero'
+            )
+        if flat and m == "none" and endpoint:
+            raise ConfigError(
+                f'{_NAME}: {where}: endpoint should not be set when protocol is "none"'
+            )
     if cfg.enable_request_log and not cfg.request_log_template:
         raise ConfigError(
             f'{_NAME}: "logging.enable-request-log" was set to true, but no '

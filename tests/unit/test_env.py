@@ -439,8 +439,13 @@ class TestObservability:
         assert c == ObservabilityConfig()
 
     def test_unknown_keys_ignored(self) -> None:
-        c = obs({"metrics": {"protocol": "grpc"}, "runtime": {"profiling": "enabled"}, "x": 1})
+        c = obs({"runtime": {"profiling": "enabled"}, "x": 1})
         assert c == ObservabilityConfig()
+
+    def test_metrics_section(self) -> None:
+        """Knative's base metrics config (the activator's own metrics)."""
+        c = obs({"metrics": {"protocol": "grpc", "endpoint": "http://c:4317"}})
+        assert (c.metrics_protocol, c.metrics_endpoint) == ("grpc", "http://c:4317")
 
     @pytest.mark.parametrize("raw", ["{", "not json", '{"a": }', "{'single': 1}"])
     def test_invalid_json(self, raw: str) -> None:

@@ -1,7 +1,9 @@
-"""The queue-proxy's request metrics pushed over OTLP (requestMetrics.protocol http/protobuf and
-grpc), as Knative's OpenTelemetry instruments: ``kn.serving.invocation.duration`` (s, by
-``http.response.status_code``) and ``kn.serving.queue.depth``. Real processes; the collectors
-are in the test (aiohttp for OTLP/HTTP, grpc.aio for OTLP/gRPC) and decode what they receive."""
+"""Metrics pushed over OTLP, as Knative's OpenTelemetry instruments: the queue-proxy's request
+metrics (requestMetrics.protocol http/protobuf and grpc: ``kn.serving.invocation.duration`` in s
+by ``http.response.status_code``, ``kn.serving.queue.depth``) and the activator's own
+(metrics.protocol: ``kn.revision.request.*``, ``kn.activator.stats.conn.*``). Real processes;
+the collectors are in the test (aiohttp for OTLP/HTTP, grpc.aio for OTLP/gRPC) and decode what
+they receive."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +21,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
+from tests.apps.autoscaler_stub import RunningStub
 from tests.apps.upstream import RunningApp
 
+from .activator_helpers import PlatformFile, StartActivator, rev_headers
 from .conftest import StartQP, make_client
 from .helpers import eventually, free_ports
 
@@ -192,3 +197,44 @@ async def test_last_values_pushed_at_shutdown(
     assert await qp.wait_exit() == 0
     m, _, _ = got.metrics()["kn.serving.invocation.duration"]
     assert [dp.count for dp in m.histogram.data_points] == [2]
+
+
+async def test_activator_metrics_export(
+    tmp_path: Path,
+    stub: RunningStub,
+    start_activator: StartActivator,
+    http_collector: tuple[str, Received],
+) -> None:
+    endpoint, got = http_collector
+    platform = PlatformFile(tmp_path / "platform.json")
+    platform.revision("hello-00001")  # no pod: a request waits in the throttler
+    platform.write()
+    act = await start_activator(
+        platform,
+        stub.url,
+        OBSERVABILITY_CONFIG=json.dumps(
+            {"metrics": {"protocol": "http/protobuf", "endpoint": endpoint}}
+        ),
+        OTEL_METRIC_EXPORT_INTERVAL="100",
+    )
+    async with make_client(act.url(), timeout=30) as c:
+        waiting = asyncio.create_task(c.get("/", headers=rev_headers("hello-00001")))
+        try:
+
+            async def queued_exported() -> bool:
+                m = got.metrics().get("kn.revision.request.queued")
+                return m is not None and any(dp.as_int == 1 for dp in m[0].gauge.data_points)
+
+            await eventually(queued_exported, timeout=10, what="the queued request exported")
+        finally:
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+    metrics = got.metrics()
+    queued, scope, resource = metrics["kn.revision.request.queued"]
+    assert scope == "knative.dev/serving/pkg/activator"
+    assert resource["service.name"] == "activator"
+    attrs = {a.key: a.value.string_value for a in queued.gauge.data_points[0].attributes}
+    assert attrs == {"k8s.namespace.name": "default", "kn.revision.name": "hello-00001"}
+    reachable, _, _ = metrics["kn.activator.stats.conn.reachable"]
+    assert reachable.unit == "{reachable}"
+    assert [dp.as_int for dp in reachable.gauge.data_points] == [1]
