@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import pytest
@@ -20,6 +21,10 @@ from .conftest import StartQP, make_client
 from .helpers import QueueProxy
 
 NAME = "data-plane.knative.dev"
+
+
+class HasPort(Protocol):
+    port: int
 
 
 def client_ctx(ca: CA, *, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
@@ -52,7 +57,7 @@ def ca(tmp_path: Path) -> CA:
 
 
 async def start_tls_qp(
-    start_qp: StartQP, app: RunningApp, ca: CA, tmp_path: Path, **env: str
+    start_qp: StartQP, app: HasPort, ca: CA, tmp_path: Path, **env: str
 ) -> tuple[QueueProxy, Path]:
     certdir = tmp_path / "certs"
     ca.install(certdir)
@@ -263,3 +268,25 @@ async def test_rotation_under_load_fails_no_request(
     assert old in seen or old != new
     assert new in seen, (old, new, seen)
     assert "Certificate and/or key have changed on disk and were reloaded." in qp.stderr()
+
+
+async def test_grpc_over_tls(start_qp: StartQP, ca: CA, tmp_path: Path) -> None:
+    """HTTP/2 by ALPN on the TLS port: a grpcio client over TLS, the app behind over h2c."""
+    import grpc
+
+    from tests.apps import grpc_app
+
+    gapp = await grpc_app.start()
+    try:
+        qp, _ = await start_tls_qp(start_qp, gapp, ca, tmp_path)
+        creds = grpc.ssl_channel_credentials(root_certificates=ca.pem())
+        target = f"127.0.0.1:{qp.env['QUEUE_SERVING_TLS_PORT']}"
+        opts = (("grpc.ssl_target_name_override", NAME),)
+        async with grpc.aio.secure_channel(target, creds, options=opts) as ch:
+            call = ch.unary_unary(f"/{grpc_app.SERVICE}/Unary")
+            assert await call(b"hi", timeout=10) == b"echo:hi"
+            got = await asyncio.gather(*(call(b"%d" % i, timeout=10) for i in range(20)))
+            assert got == [b"echo:%d" % i for i in range(20)]
+    finally:
+        gapp.release.set()
+        await gapp.close()
