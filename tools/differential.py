@@ -2,6 +2,7 @@
 through both; what the client gets and what the app sees are compared, differences grouped.
 
     python tools/differential.py --a queue-proxy --b /path/to/other/queue-proxy [--count 300]
+    python tools/differential.py --b queue-proxy --b-env PYTHONPATH=build/compiled
 
 Each side is a queue-proxy executable started with Knative's environment in front of its own
 recording app (a raw TCP server that records each request's target, header lines, body and
@@ -391,16 +392,17 @@ def knative_env(user_port: int) -> dict[str, str]:
 
 
 class Side:
-    def __init__(self, name: str, exe: str) -> None:
+    def __init__(self, name: str, exe: str, extra_env: dict[str, str] | None = None) -> None:
         self.name = name
         self.exe = exe
+        self.extra_env = extra_env or {}
         self.rec = Recorder()
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     async def start(self) -> None:
         await self.rec.start()
-        env = knative_env(self.rec.port)
+        env = {**knative_env(self.rec.port), **self.extra_env}
         self.port = int(env["QUEUE_SERVING_PORT"])
         self.proc = subprocess.Popen(
             [self.exe], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -431,8 +433,16 @@ class Side:
         return Observation(status, headers, body, self.rec.seen.pop(str(i), None))
 
 
-async def run(a_exe: str, b_exe: str, count: int, seed: int, strict_case: bool) -> dict[str, Any]:
-    a, b = Side("a", a_exe), Side("b", b_exe)
+async def run(
+    a_exe: str,
+    b_exe: str,
+    count: int,
+    seed: int,
+    strict_case: bool,
+    a_env: dict[str, str] | None = None,
+    b_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    a, b = Side("a", a_exe, a_env), Side("b", b_exe, b_env)
     try:
         await a.start()
         await b.start()
@@ -463,8 +473,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--strict-case", action="store_true", help="compare header name case")
     p.add_argument("--json", help="write every observation to this file")
+    p.add_argument("--a-env", action="append", default=[], metavar="K=V", help="extra env for a")
+    p.add_argument(
+        "--b-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="extra env for b "
+        "(e.g. PYTHONPATH=build/compiled: the mypyc build against the interpreted one)",
+    )
     args = p.parse_args(argv)
-    report = asyncio.run(run(args.a, args.b, args.count, args.seed, args.strict_case))
+    envs = [dict(kv.split("=", 1) for kv in items) for items in (args.a_env, args.b_env)]
+    report = asyncio.run(
+        run(args.a, args.b, args.count, args.seed, args.strict_case, envs[0], envs[1])
+    )
     print(f"{report['identical']} of {report['count']} requests identical")
     for diff, names in report["groups"].items():
         print(f"{len(names):4d}  {diff}\n      e.g. {names[0]}")
