@@ -17,7 +17,14 @@ import pytest
 from tests.apps.autoscaler_stub import RunningStub
 from tests.tlscerts import CA
 
-from .activator_helpers import ACTIVATOR_BIN, PlatformFile, Pods, StartActivator, rev_headers
+from .activator_helpers import (
+    ACTIVATOR_BIN,
+    ActivatorProc,
+    PlatformFile,
+    Pods,
+    StartActivator,
+    rev_headers,
+)
 from .conftest import make_client
 from .helpers import free_ports
 
@@ -50,7 +57,7 @@ async def _activator(
     *,
     pod_sans: tuple[str, ...] = ("kn-user-default", NAME),
     pod_ca: CA | None = None,
-) -> tuple[object, CA, int]:
+) -> tuple[ActivatorProc, CA, int]:
     ca = CA(tmp_path / "ca")
     dest, qp_tls = await _tls_pod(pods, pod_ca or ca, tmp_path / "pod-certs", pod_sans)
     platform.revision(REV)
@@ -77,7 +84,7 @@ async def test_proxies_to_the_pod_over_tls_and_serves_tls(
     tmp_path: Path,
 ) -> None:
     act, ca, tls_port = await _activator(platform, stub, start_activator, pods, tmp_path)
-    async with make_client(act.url()) as c:  # type: ignore[attr-defined]
+    async with make_client(act.url()) as c:
         r = await c.get("/hello", headers=rev_headers(REV))
     assert (r.status_code, r.text) == (200, "hello")
     # its own TLS port (TLS 1.3 minimum by default, as ACTIVATOR_TLS_MIN_VERSION is unset)
@@ -106,7 +113,7 @@ async def test_pod_certificate_of_another_namespace_is_refused(
     act, _, _ = await _activator(
         platform, stub, start_activator, pods, tmp_path, pod_sans=("kn-user-other", NAME)
     )
-    async with make_client(act.url()) as c:  # type: ignore[attr-defined]
+    async with make_client(act.url()) as c:
         r = await c.get("/hello", headers=rev_headers(REV))
     assert r.status_code == 502
     assert 'san "kn-user-default" does not have a matching name in [kn-user-other' in r.text
@@ -121,7 +128,7 @@ async def test_pod_certificate_of_another_ca_is_refused(
 ) -> None:
     other = CA(tmp_path / "other-ca", "other")
     act, _, _ = await _activator(platform, stub, start_activator, pods, tmp_path, pod_ca=other)
-    async with make_client(act.url()) as c:  # type: ignore[attr-defined]
+    async with make_client(act.url()) as c:
         r = await c.get("/hello", headers=rev_headers(REV))
     assert r.status_code == 502
     assert r.text.startswith("tls: failed to verify certificate of 127.0.0.1:")
