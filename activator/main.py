@@ -265,6 +265,8 @@ class ActivatorProcess:
                 ClientTLS(f"{d}/ca.crt", env.queue_tls_port),
                 CertWatcher(settings, f"{d}/tls.crt", f"{d}/tls.key"),
             )
+        except ConfigError:
+            raise
         except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
             raise ConfigError(
                 f"ACTIVATOR_CERT_DIR: KND_SYSTEM_INTERNAL_TLS is enabled but the "

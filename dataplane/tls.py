@@ -131,6 +131,11 @@ def settings_from_env(env: Mapping[str, str], prefix: str) -> TLSSettings:
                 raise ConfigError(f'invalid {name}: unknown curve "{c}"')
             groups.append(_CURVES[c])
         curves = tuple(groups) or None
+        if curves is not None:
+            try:  # this OpenSSL may lack a group Go has (X25519MLKEM768 needs OpenSSL 3.5)
+                _set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), curves)
+            except (ConfigError, ssl.SSLError, ValueError) as e:
+                raise ConfigError(f"invalid {name}: {e}") from None
     return TLSSettings(
         min_version=lo if lo is not None else ssl.TLSVersion.TLSv1_3,
         max_version=hi,
@@ -159,15 +164,13 @@ def _set_groups(ctx: ssl.SSLContext, groups: tuple[str, ...]) -> None:
     get_options.argtypes = [ctypes.c_void_p]
     get_options.restype = ctypes.c_uint64
     if not ptr or get_options(ptr) != int(ctx.options):
-        raise ConfigError("TLS curve preferences: cannot reach OpenSSL from this Python build")
+        raise ConfigError("a curve list cannot be set through this Python build's ssl module")
     ctrl = lib.SSL_CTX_ctrl
     ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
     ctrl.restype = ctypes.c_long
     set_groups_list = 92  # SSL_CTRL_SET_GROUPS_LIST
     if ctrl(ptr, set_groups_list, 0, ":".join(groups).encode()) != 1:
-        raise ConfigError(
-            f"TLS curve preferences {','.join(groups)}: not supported by {ssl.OPENSSL_VERSION}"
-        )
+        raise ConfigError(f"{','.join(groups)} not supported by {ssl.OPENSSL_VERSION}")
 
 
 def _apply(ctx: ssl.SSLContext, settings: TLSSettings) -> None:

@@ -233,6 +233,8 @@ class QueueProxy:
         settings = settings_from_env(env.tls_env, "QUEUE_PROXY_")
         try:
             self.cert_watcher = watcher = CertWatcher(settings, cert, key)
+        except ConfigError:
+            raise
         except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
             raise ConfigError(
                 f"QUEUE_CERT_DIR: cannot load the certificate pair in {env.cert_dir}: {e}"

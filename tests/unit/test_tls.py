@@ -100,6 +100,7 @@ class TestSettings:
         ],
     )  # fmt: skip
     def test_errors_name_the_variable(self, key: str, value: str, message: str) -> None:
+        """knative.dev/pkg/network/tls's wording."""
         with pytest.raises(ConfigError) as e:
             settings_from_env({"X_" + key: value}, "X_")
         assert str(e.value) == message
@@ -222,3 +223,12 @@ class TestClient:
         (tmp_path / "a" / "ca.crt").write_bytes(other.pem())
         assert ct.check() is True
         handshake(srv_b, ct.context)
+
+
+@pytest.mark.skipif(ssl.OPENSSL_VERSION_INFO >= (3, 5), reason="OpenSSL 3.5 has X25519MLKEM768")
+def test_curve_this_openssl_lacks_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as e:
+        settings_from_env({"Q_TLS_CURVE_PREFERENCES": "X25519,X25519MLKEM768"}, "Q_")
+    assert str(e.value).startswith(
+        "invalid Q_TLS_CURVE_PREFERENCES: X25519,X25519MLKEM768 not supported by OpenSSL"
+    )
