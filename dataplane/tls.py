@@ -15,8 +15,6 @@ Knative's rules, kept here:
 - The activator dials a pod's TLS port with ServerName ``data-plane.knative.dev``, verifies
   the chain against the CA it is given (``ca.crt``), requires TLS 1.3, and accepts the
   certificate only if its SANs name ``kn-user-<namespace>`` of the revision.
-
-``ssl`` is imported by this module only, so a process without TLS never loads it.
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 def _dial_error_text(host: str, port: int, exc: BaseException) -> str:
-    ssl = sys.modules.get("ssl")  # imported only by processes that dial TLS
+    ssl = sys.modules.get("ssl")  # loaded by asyncio already; no import on this module's path
     if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
         return f"tls: failed to verify certificate of {host}:{port}: {exc.verify_message}"
     if ssl is not None and isinstance(exc, ssl.SSLError):
