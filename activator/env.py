@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dataplane.envconfig import ConfigError, env_duration, env_float, env_int, env_str
 
@@ -40,6 +40,16 @@ class ActivatorEnv:
     logging_level: str = ""
     max_header_bytes: int = 64 * 1024
     h2c_port: int = 8013  # Knative's h2c port; 0: none (the data port accepts h2c too)
+    # Internal TLS (config-network's system-internal-tls): the activator serves TLS on
+    # tls_port and dials queue-proxies on queue_tls_port, checking kn-user-<namespace>. Its
+    # certificate (routing-serving-certs: tls.crt, tls.key, ca.crt) comes from a mounted
+    # directory that is re-read every cert_reload seconds.
+    internal_tls: bool = False
+    tls_port: int = 8112
+    queue_tls_port: int = 8112
+    cert_dir: str = "/var/lib/knative/certs"
+    cert_reload: float = 10.0
+    tls_env: dict[str, str] = field(default_factory=dict)
 
 
 def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
@@ -71,6 +81,18 @@ def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
             env, "ACTIVATOR_MAX_HEADER_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024
         ),
     )
+    tls = env.get("KND_SYSTEM_INTERNAL_TLS", "")
+    if tls.lower() not in ("", "disabled", "enabled"):
+        raise ConfigError(
+            f'KND_SYSTEM_INTERNAL_TLS: "{tls}" is not "enabled" or "disabled" '
+            "(config-network's system-internal-tls)"
+        )
+    e.internal_tls = tls.lower() == "enabled"
+    e.tls_port = env_int(env, "ACTIVATOR_TLS_PORT", 8112, **_PORT)
+    e.queue_tls_port = env_int(env, "KND_QUEUE_TLS_PORT", 8112, **_PORT)
+    e.cert_dir = env.get("ACTIVATOR_CERT_DIR", "") or e.cert_dir
+    e.cert_reload = env_float(env, "ACTIVATOR_CERT_RELOAD_SECONDS", 10.0, minimum=0.01)
+    e.tls_env = {k: v for k, v in env.items() if k.startswith("ACTIVATOR_TLS_")}
     qw = env.get("ACTIVATOR_QUEUE_WAIT_SECONDS", "")
     if qw.strip():
         e.queue_wait = env_float(env, "ACTIVATOR_QUEUE_WAIT_SECONDS", 0.0, minimum=0)

@@ -32,6 +32,7 @@ from .throttler import Lease, QueueFullError, RevisionThrottler, Ticket
 if TYPE_CHECKING:
     from dataplane.promtext import Histogram
     from dataplane.statpb import WireStatMessage
+    from dataplane.tls import ClientTLS
     from dataplane.tracing import RequestSpans, Tracer
 
 __all__ = ["WAIT_HEADER", "Activator", "RevisionState"]
@@ -99,11 +100,13 @@ class RevisionState:
         p = self.pools.get(dest)
         if p is None:
             host, _, port = dest.rpartition(":")
+            tls = self.act.upstream_tls  # internal TLS: the pod's TLS port, our namespace's SAN
             p = UpstreamPool(
                 host.strip("[]"),
-                int(port),
+                int(port) if tls is None else tls.port,
                 max_idle=self.act.max_idle_per_host,
                 loop=self.act.loop,
+                tls=None if tls is None else tls.for_namespace(self.rev.namespace),
             )
             self.pools[dest] = p
         return p
@@ -221,6 +224,7 @@ class Activator:
         self.max_idle_per_host = max_idle_per_host
         self.wait_histogram = wait_histogram
         self.tracer = tracer
+        self.upstream_tls: ClientTLS | None = None  # set by main with system-internal-tls
         self.reporter = ConcurrencyReporter(pod_name, loop.time())
         self.revisions: dict[RevisionKey, RevisionState] = {}
         self.hosts: dict[bytes, RevisionKey] = {}

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from dataplane.envconfig import ConfigError
@@ -33,6 +33,9 @@ from .handler import Activator
 from .statsink import StatSink
 
 if TYPE_CHECKING:
+    from dataplane.observability import ObservabilityConfig
+    from dataplane.otlpmetrics import MetricsExporter
+    from dataplane.tls import CertWatcher, ClientTLS
     from dataplane.tracing import Tracer, TracingConfig
 
 __all__ = ["main", "run"]
@@ -51,6 +54,7 @@ class ActivatorProcess:
         env: ActivatorEnv,
         loop: asyncio.AbstractEventLoop,
         tracing: TracingConfig | None = None,
+        metrics: ObservabilityConfig | None = None,
     ) -> None:
         self.env = env
         self.loop = loop
@@ -148,6 +152,11 @@ class ActivatorProcess:
         if env.h2c_port:
             self.h2c_server = HTTPServer(act, self.server.config, loop=loop)
             self.h2c.enable(self.h2c_server)
+        self.tls_server: HTTPServer | None = None
+        self._stop_checks: list[Callable[[], None]] = []
+        self.metrics_exporter: MetricsExporter | None = None
+        if metrics is not None and metrics.metrics_protocol in ("grpc", "http/protobuf"):
+            self.metrics_exporter = _metrics_exporter(env, metrics, self.registry, loop)
 
     def _unready_reason(self) -> str:
         if not self.sink.connected:
@@ -222,6 +231,7 @@ class ActivatorProcess:
 
     async def start(self) -> None:
         env = self.env
+        tls = self._load_tls() if env.internal_tls else None  # bad certificates: exit first
         if self.platform is None:  # (an embedding may have set one)
             self.platform = await self._make_platform()
         await self.platform.start(self.activator)
@@ -239,6 +249,52 @@ class ActivatorProcess:
                 raise ConfigError(
                     f"{name}: cannot listen on {host or ''}:{port}: {e.strerror}"
                 ) from None
+        if tls is not None:
+            await self._start_tls(host, *tls)
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.start()
+
+    def _load_tls(self) -> tuple[ClientTLS, CertWatcher]:
+        from dataplane.tls import CertWatcher, ClientTLS, settings_from_env
+
+        env = self.env
+        d = env.cert_dir
+        settings = settings_from_env(env.tls_env, "ACTIVATOR_")
+        try:
+            return (
+                ClientTLS(f"{d}/ca.crt", env.queue_tls_port),
+                CertWatcher(settings, f"{d}/tls.crt", f"{d}/tls.key"),
+            )
+        except ConfigError:
+            raise
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"ACTIVATOR_CERT_DIR: KND_SYSTEM_INTERNAL_TLS is enabled but the "
+                f"certificates in {d} (tls.crt, tls.key, ca.crt) cannot be loaded: {e}"
+            ) from None
+
+    async def _start_tls(self, host: str | None, client: ClientTLS, watcher: CertWatcher) -> None:
+        """system-internal-tls: dial queue-proxies over TLS (verified against ca.crt, SAN
+        kn-user-<namespace>) and serve TLS on ACTIVATOR_TLS_PORT beside plain HTTP, as
+        Knative's activator does. Probes stay plain HTTP (Knative probes pods on 8012)."""
+        from dataplane.tls import periodic
+
+        env = self.env
+        self.activator.upstream_tls = client
+        server = HTTPServer(self.activator, self.server.config, loop=self.loop)
+        self.h2c.enable(server)
+        try:
+            await server.start(host, env.tls_port, ssl=watcher.context)
+        except OSError as e:
+            raise ConfigError(
+                f"ACTIVATOR_TLS_PORT: cannot listen on {host or ''}:{env.tls_port}: {e.strerror}"
+            ) from None
+        self.tls_server = server
+        self._stop_checks = [
+            periodic(self.loop, env.cert_reload, watcher.check),
+            periodic(self.loop, env.cert_reload, client.check),
+        ]
+        log.info("system-internal-tls enabled", extra={"tls_port": env.tls_port})
 
     def on_signal(self, sig: int) -> None:
         if self._shutdown_task is None:
@@ -256,10 +312,16 @@ class ActivatorProcess:
             )
             await asyncio.sleep(self.env.drain_quiet_period)
         extra = [self.h2c_server.shutdown()] if self.h2c_server is not None else []
+        if self.tls_server is not None:
+            extra.append(self.tls_server.shutdown())
+        for stop in self._stop_checks:
+            stop()
         await asyncio.gather(
             self.h2c.shutdown(), self.server.shutdown(), self.metrics_server.shutdown(), *extra
         )
         act.stop()
+        if self.metrics_exporter is not None:
+            await self.metrics_exporter.stop()  # the last values, as the OTel SDK flushes
         if self.platform is not None:
             await self.platform.close()
         await self.sink.close()
@@ -273,19 +335,78 @@ class ActivatorProcess:
             self.stopped.set_result(None)
 
 
-def _tracing_config(env: ActivatorEnv, environ: Mapping[str, str]) -> TracingConfig | None:
-    """Tracing settings from ``OBSERVABILITY_CONFIG`` / ``OTEL_*``; None when none is set."""
-    raw = environ.get("OBSERVABILITY_CONFIG", "")
-    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
-        return None
-    from dataplane.tracing import observability_tracing, tracing_config
+# Knative's OpenTelemetry instruments (pkg/activator) for our Prometheus metrics; the wait
+# histogram is ours (Knative has no such metric) and keeps a knd name.
+_REV_ATTRS = ("k8s.namespace.name", "kn.revision.name")
+_OTEL_NAMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "kn_revision_request_queued": ("kn.revision.request.queued", "{request}", _REV_ATTRS),
+    "kn_revision_request_active": ("kn.revision.request.active", "{request}", _REV_ATTRS),
+    "kn_revision_request_concurrency": (
+        "kn.revision.request.concurrency",
+        "{request}",
+        ("k8s.namespace.name", "kn.service.name", "kn.configuration.name", "kn.revision.name"),
+    ),
+    "kn_activator_stats_conn_reachable": (
+        "kn.activator.stats.conn.reachable",
+        "{reachable}",
+        ("peer",),
+    ),
+    "kn_activator_stats_conn_errors": ("kn.activator.stats.conn.errors", "{error}", ("peer",)),
+    "knd_activator_request_wait_seconds": ("knd.activator.request.wait", "s", _REV_ATTRS),
+}
 
-    protocol, endpoint, rate = observability_tracing(raw)
+
+def _metrics_exporter(
+    env: ActivatorEnv,
+    obs: ObservabilityConfig,
+    registry: Registry,
+    loop: asyncio.AbstractEventLoop,
+) -> MetricsExporter:
+    """OTLP push of the activator's metrics (``metrics.protocol`` grpc or http/protobuf);
+    the Prometheus port stays."""
+    try:
+        from dataplane.otlpmetrics import MetricsExporter, OTelName, exporter_settings
+
+        endpoint, interval = exporter_settings(
+            obs.metrics_protocol, obs.metrics_endpoint, os.environ, obs.metrics_export_interval
+        )
+        return MetricsExporter(
+            registry,
+            {k: OTelName(n, unit, attrs) for k, (n, unit, attrs) in _OTEL_NAMES.items()},
+            protocol=obs.metrics_protocol,
+            endpoint=endpoint,
+            interval=interval,
+            scope="knative.dev/serving/pkg/activator",
+            resource={
+                "service.name": os.environ.get("OTEL_SERVICE_NAME", "") or "activator",
+                "k8s.container.name": "activator",
+                "k8s.namespace.name": env.system_namespace,
+                "k8s.pod.name": env.pod_name,
+                "service.instance.id": env.pod_name,
+            },
+            loop=loop,
+        )
+    except ImportError as e:
+        raise ConfigError(
+            f"OBSERVABILITY_CONFIG: metrics.protocol {obs.metrics_protocol} needs "
+            f"opentelemetry-proto (pip install 'knative-dataplane[tracing]'): {e}"
+        ) from None
+
+
+def _tracing_config(
+    env: ActivatorEnv, environ: Mapping[str, str], obs: ObservabilityConfig | None
+) -> TracingConfig | None:
+    """Tracing settings from ``OBSERVABILITY_CONFIG`` (parsed once, ``obs``) / ``OTEL_*``;
+    None when none is set."""
+    if obs is None and not environ.get("OTEL_TRACES_EXPORTER"):
+        return None
+    from dataplane.tracing import tracing_config
+
     return tracing_config(
         environ,
-        protocol=protocol,
-        endpoint=endpoint,
-        rate=rate,
+        protocol=obs.tracing_protocol if obs is not None else "",
+        endpoint=obs.tracing_endpoint if obs is not None else "",
+        rate=obs.tracing_sampling_rate if obs is not None else None,
         service_name="activator",
         resource={
             "k8s.container.name": "activator",
@@ -296,9 +417,17 @@ def _tracing_config(env: ActivatorEnv, environ: Mapping[str, str]) -> TracingCon
     )
 
 
-async def _serve(env: ActivatorEnv, tracing: TracingConfig | None = None) -> int:
+async def _serve(
+    env: ActivatorEnv,
+    tracing: TracingConfig | None = None,
+    obs: ObservabilityConfig | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
-    proc = ActivatorProcess(env, loop, tracing)
+    try:
+        proc = ActivatorProcess(env, loop, tracing, obs)
+    except ConfigError as e:
+        print(f"activator: {e}", file=sys.stderr)
+        return 1
     try:
         await proc.start()
     except ConfigError as e:
@@ -327,7 +456,13 @@ async def _serve(env: ActivatorEnv, tracing: TracingConfig | None = None) -> int
 def run(environ: Mapping[str, str]) -> int:
     try:
         env = parse_env(environ)
-        tracing = _tracing_config(env, environ)
+        raw = environ.get("OBSERVABILITY_CONFIG", "")
+        obs = None
+        if raw.strip():  # parsed once, here: tracing and metrics read the same config
+            from dataplane.observability import parse_observability
+
+            obs = parse_observability(raw)
+        tracing = _tracing_config(env, environ, obs)
     except ConfigError as e:
         print(f"activator: {e}", file=sys.stderr)
         return 1
@@ -338,7 +473,7 @@ def run(environ: Mapping[str, str]) -> int:
     )
     import uvloop
 
-    return int(uvloop.run(_serve(env, tracing)))
+    return int(uvloop.run(_serve(env, tracing, obs)))
 
 
 def main() -> None:

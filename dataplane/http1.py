@@ -6,12 +6,17 @@ tables (lower-case name -> action) and canned error responses.
 
 from __future__ import annotations
 
+import re
 import time
 
 __all__ = [
     "REQ_ACTIONS",
     "RESP_ACTIONS",
+    "TARGET_MARKS",
     "DateCache",
+    "escape_high_bytes",
+    "go_request_target",
+    "request_trailer_names",
     "status_line",
 ]
 
@@ -65,6 +70,7 @@ H_UPGRADE = 8  # Upgrade: remembered; re-emitted only on upgrade requests
 H_CLEN = 9  # Content-Length: remembered; re-emitted by the framing logic
 H_TENC = 10  # Transfer-Encoding: remembered; re-framed by us
 H_ORIGHOST = 11  # K-Original-Host: remembered; consumed by the queue-proxy
+H_TRAILER = 12  # Trailer: remembered (all lines joined); re-announced on chunked requests
 
 REQ_ACTIONS: dict[bytes, int] = {
     b"host": H_HOST,
@@ -74,7 +80,7 @@ REQ_ACTIONS: dict[bytes, int] = {
     b"proxy-authenticate": H_DROP,
     b"proxy-authorization": H_DROP,
     b"te": H_TE,
-    b"trailer": H_DROP,
+    b"trailer": H_TRAILER,
     b"transfer-encoding": H_TENC,
     b"upgrade": H_UPGRADE,
     b"content-length": H_CLEN,
@@ -181,3 +187,112 @@ def error_body_headers(body: bytes) -> bytes:
         b"Content-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n"
         b"Content-Length: %d\r\n" % len(body)
     )
+
+
+# --- request targets as Go's queue-proxy forwards them ----------------------------------------
+# Go's server parses the target with url.ParseRequestURI and its transport writes
+# URL.RequestURI(): a path that is not a valid encoding (a byte Go's url.shouldEscape escapes
+# that validEncoded does not allow: bytes >= 0x80, space, '"', '#', '<', '>', '\\', '^', '`',
+# '{', '|', '}') is decoded and re-escaped as a whole; a valid path goes as received; the query
+# always goes as received. A '%' not followed by two hex digits in the path is a 400.
+
+_ALNUM = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+# url.validEncoded(path, encodePath): bytes a path may hold as it is.
+_PATH_VALID = _ALNUM + b"-_.~$&+,/:;=@!'()*[]%"
+# The quick check of a whole target (one translate, measured ~0.4 us less per request than
+# splitting off the query first): a target of these bytes goes as it is. Any other byte, '%'
+# included, sends it to the slow path, which looks at the path alone.
+_TARGET_QUICK = _ALNUM + b"-_.~$&+,/:;=@!'()*[]?"
+#: ``1 in target.translate(TARGET_MARKS)``: the target has a byte outside that set. A table
+#: translate and a memchr cost ~40 ns; ``translate(None, deletechars)`` rebuilds its table per
+#: call (measured: 1,600 instructions per request, 1.3 % of the engine's).
+TARGET_MARKS = bytes(0 if c in _TARGET_QUICK else 1 for c in range(256))
+# url.escape(path, encodePath): what each byte becomes.
+_PATH_ESCAPE = tuple(
+    bytes([c]) if c in _ALNUM or c in b"-_.~$&+,/:;=@" else b"%%%02X" % c for c in range(256)
+)
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_HIGH = re.compile(rb"[\x80-\xff]+")
+
+
+def _unhex(m: re.Match[bytes]) -> bytes:
+    return bytes((int(m[1], 16),))
+
+
+def go_request_target(target: bytes) -> bytes | None:
+    """``target`` (origin form) as Go's reverse proxy sends it upstream; None if Go refuses it.
+
+    The common target (only path bytes that need no escaping, no '%', no query) costs one
+    ``translate``."""
+    if 1 not in target.translate(TARGET_MARKS):
+        return target
+    path, q, query = target.partition(b"?")
+    if _BAD_ESCAPE.search(path) is not None:
+        return None
+    if not path.translate(None, _PATH_VALID):
+        return target  # a valid encoding: RawPath is kept as received
+    raw = _ESCAPE.sub(_unhex, path)
+    esc = _PATH_ESCAPE
+    return b"".join([esc[c] for c in raw]) + q + query
+
+
+def escape_high_bytes(seg: bytes) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+    """``seg`` with every byte >= 0x80 percent-encoded (what llhttp accepts in a target), and
+    the runs replaced: (start, end) in the result and the original bytes."""
+    out: list[bytes] = []
+    runs: list[tuple[int, int, bytes]] = []
+    pos = 0
+    size = 0
+    for m in _HIGH.finditer(seg):
+        plain = seg[pos : m.start()]
+        raw = m[0]
+        enc = b"".join([b"%%%02X" % c for c in raw])
+        out += (plain, enc)
+        size += len(plain)
+        runs.append((size, size + len(enc), raw))
+        size += len(enc)
+        pos = m.end()
+    out.append(seg[pos:])
+    return b"".join(out), runs
+
+
+def restore_high_bytes(
+    esc: bytes, start: int, end: int, runs: list[tuple[int, int, bytes]]
+) -> bytes:
+    """``esc[start:end]`` with the runs :func:`escape_high_bytes` encoded given back."""
+    out: list[bytes] = []
+    i = start
+    for s, e, raw in runs:
+        if e <= start or s >= end:
+            continue
+        out += (esc[i:s], raw)
+        i = e
+    out.append(esc[i:end])
+    return b"".join(out)
+
+
+_TOKEN = frozenset(_ALNUM + b"!#$%&'*+-.^_`|~")
+_BAD_TRAILER_KEYS = frozenset((b"Transfer-Encoding", b"Trailer", b"Content-Length"))
+
+
+def _canonical_key(name: bytes) -> bytes:
+    """Go's textproto.CanonicalMIMEHeaderKey (names with a non-token byte stay as they are)."""
+    if not name or any(c not in _TOKEN for c in name):
+        return name
+    return b"-".join(part[:1].upper() + part[1:].lower() for part in name.split(b"-"))
+
+
+def request_trailer_names(value: bytes) -> bytes | None:
+    """The ``Trailer:`` line value Go's transport announces for a chunked request declaring
+    ``value`` (canonical names, sorted, comma-joined); None for a forbidden name (Go: 400)."""
+    names = set()
+    for part in value.split(b","):
+        name = part.strip(b" \t")
+        if not name:
+            continue
+        key = _canonical_key(name)
+        if key in _BAD_TRAILER_KEYS:
+            return None
+        names.add(key)
+    return b",".join(sorted(names))

@@ -30,11 +30,17 @@ from .http1 import (
     H_HOST,
     H_KEEP,
     H_TE,
+    H_TRAILER,
     H_XFF,
     REQ_ACTIONS,
+    TARGET_MARKS,
     DateCache,
     connection_tokens,
     error_body_headers,
+    escape_high_bytes,
+    go_request_target,
+    request_trailer_names,
+    restore_high_bytes,
     status_line,
 )
 from .sockets import listen_socket
@@ -429,6 +435,9 @@ class Exchange:
                 parts += (b"Forwarded: ", fwd, _CRLF)
         if self.req_chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
+            trailer = hdr.get(b"trailer")
+            if trailer:  # Go's transport announces the declared trailers again
+                parts += (b"Trailer: ", trailer, _CRLF)
         else:
             clen = hdr.get(b"content-length")
             if clen is not None:
@@ -634,6 +643,8 @@ class Exchange:
         self.resp_status = 101
         self.resp_started = True
         head = [status_line(101), *up.resp_out]
+        if self.resp_extra:  # the handler's lines (the activator's wait header) are on a 101 too
+            head.append(self.resp_extra)
         head += (b"Connection: Upgrade\r\nUpgrade: ", up.resp_upgrade or b"", _CRLF, _CRLF)
         if rest:
             head.append(rest)
@@ -761,6 +772,7 @@ class ServerConnection(asyncio.Protocol):
         "_hdr_bytes",
         "_hdr_count",
         "_head_seen",
+        "_line_open",
         "_max_hdr_bytes",
         "_max_hdrs",
         "_max_head_bytes",
@@ -811,6 +823,8 @@ class ServerConnection(asyncio.Protocol):
         self._hdr_count = 0
         self.discarded = 0
         self._head_seen = 0  # raw bytes received for the head being parsed
+        # A head cut across reads: whether its request line is still open (see _feed_8bit).
+        self._line_open = False
         self.tunnel: UpstreamConnection | None = None
         self.upgrade_pending = False
         self._dispatching = False
@@ -862,7 +876,12 @@ class ServerConnection(asyncio.Protocol):
         if in_head:
             self._head_seen += len(data)
         try:
-            self.parser.feed_data(data)
+            if in_head and not data.isascii():
+                self._feed_8bit(data)
+            else:
+                self.parser.feed_data(data)
+                if in_head and self.parsing is not None and not self.parsing.headers_complete:
+                    self._track_line(ex, data)
         except httptools.HttpParserUpgrade as e:
             self._dispatch_ready()
             self._upgrade_request(data[e.args[0] :])
@@ -884,6 +903,63 @@ class ServerConnection(asyncio.Protocol):
                     self._parse_error(_LimitReached(414, "request URI too long"))
                 else:
                     self._parse_error(_LimitReached(431, "request header fields too large"))
+
+    def _track_line(self, before: Exchange | None, data: bytes) -> None:
+        """After a read that left a head unfinished: is its request line still open? (Only
+        a later read with bytes >= 0x80 asks; "unknown" answers no, which refuses them.)"""
+        if self.parsing is before:
+            self._line_open = self._line_open and b"\n" not in data
+        else:  # the head began in this read
+            self._line_open = before is None and b"\n" not in data.lstrip(b"\r\n")
+
+    def _feed_8bit(self, data: bytes) -> None:
+        """Feed a read of a head that holds bytes >= 0x80 (rare).
+
+        Go accepts them in a request target, llhttp refuses them. So each request line is fed
+        with those bytes percent-encoded, and the target llhttp reports gets its original
+        bytes back (Go keeps a query as received and re-escapes the path: see
+        ``go_request_target``, applied at dispatch). Header lines and bodies are fed as they
+        are: llhttp accepts such bytes in header values (obs-text) and bodies."""
+        parser = self.parser
+        n = len(data)
+        pos = 0
+        line_open = self._line_open
+        while pos < n:
+            ex = self.parsing
+            if ex is None:
+                line_open = True  # between messages: a request line comes next
+            elif ex.headers_complete:
+                self._feed_from(data, pos, n)  # a body
+                return
+            end = data.find(b"\n", pos)
+            stop = n if end < 0 else end + 1
+            seg = data[pos:stop]
+            if line_open and not seg.isascii():
+                before = len(ex.target) if ex is not None else 0
+                esc, runs = escape_high_bytes(seg)
+                parser.feed_data(esc)
+                ex = self.parsing
+                if ex is not None:
+                    piece = ex.target[before:]
+                    start = esc.find(piece) if piece else -1
+                    while start > 0 and esc[start - 1] != 0x20:  # the target follows a space
+                        start = esc.find(piece, start + 1)
+                    if start >= 0:
+                        ex.target = ex.target[:before] + restore_high_bytes(
+                            esc, start, start + len(piece), runs
+                        )
+            else:
+                self._feed_from(data, pos, stop)
+            if end >= 0 and self.parsing is not None:
+                line_open = False
+            pos = stop
+        self._line_open = line_open
+
+    def _feed_from(self, data: bytes, start: int, stop: int) -> None:
+        try:
+            self.parser.feed_data(data[start:stop])
+        except httptools.HttpParserUpgrade as e:  # its offset is into the whole read
+            raise httptools.HttpParserUpgrade(start + e.args[0]) from None
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None and self.active is not None:
@@ -957,6 +1033,7 @@ class ServerConnection(asyncio.Protocol):
         self.parsing = Exchange(self)
         self._hdr_bytes = self._max_hdr_bytes
         self._hdr_count = self._max_hdrs
+        self._line_open = False  # unknown until the read that began it is parsed
         if self.active is None and self._ready is None:
             # the clock of a pipelined head starts when its turn comes
             self.header_tick = self.server.tick or 1
@@ -1007,6 +1084,9 @@ class ServerConnection(asyncio.Protocol):
         elif act == H_TE:
             if b"trailers" in connection_tokens(value):
                 hdr[lname] = b"trailers"
+        elif act == H_TRAILER:
+            prior = hdr.get(lname)
+            hdr[lname] = value if prior is None else prior + b"," + value
         elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing, K-Original-Host
             hdr[lname] = value
 
@@ -1082,6 +1162,13 @@ class ServerConnection(asyncio.Protocol):
             ex.keep_alive = False
             ex.error(400, "malformed request target")
             return
+        if 1 in ex.target.translate(TARGET_MARKS):  # the common target skips the call
+            fwd = go_request_target(ex.target)
+            if fwd is None:
+                ex.keep_alive = False
+                ex.error(400, "malformed request target: invalid URL escape")
+                return
+            ex.target = fwd
         host = ex.hdr.get(b"host")
         if not host:
             if ex.version == "1.1":
@@ -1102,6 +1189,14 @@ class ServerConnection(asyncio.Protocol):
             ex.keep_alive = False
             ex.error(501, "unsupported transfer encoding")
             return
+        trailer = ex.hdr.get(b"trailer") if ex.req_chunked else None
+        if trailer is not None:
+            names = request_trailer_names(trailer)
+            if names is None:
+                ex.keep_alive = False
+                ex.error(400, "bad trailer key")
+                return
+            ex.hdr[b"trailer"] = names
         try:
             server.handler(ex)
         except Exception:
@@ -1280,8 +1375,15 @@ class HTTPServer:
         self.h2c: Callable[[ServerConnection, bytes], bool] | None = None
 
     async def start(
-        self, host: str | None, port: int, *, sock: Any = None, backlog: int = 2048
+        self,
+        host: str | None,
+        port: int,
+        *,
+        sock: Any = None,
+        backlog: int = 2048,
+        ssl: Any = None,
     ) -> None:
+        """Listen on ``host:port`` (or ``sock``); with ``ssl`` (an ``ssl.SSLContext``), TLS."""
         if sock is None:
             try:
                 sock = listen_socket(host, port, backlog)
@@ -1289,11 +1391,16 @@ class HTTPServer:
                 sock = None
         if sock is not None:
             self._server = await self.loop.create_server(
-                lambda: ServerConnection(self), sock=sock, backlog=backlog
+                lambda: ServerConnection(self), sock=sock, backlog=backlog, ssl=ssl
             )
         else:
             self._server = await self.loop.create_server(
-                lambda: ServerConnection(self), host, port, backlog=backlog, reuse_address=True
+                lambda: ServerConnection(self),
+                host,
+                port,
+                backlog=backlog,
+                reuse_address=True,
+                ssl=ssl,
             )
         self._ticker = self.loop.call_later(1.0, self._tick)
 

@@ -21,7 +21,6 @@ Configuration, Knative's first: ``OBSERVABILITY_CONFIG`` ``tracing.protocol`` (`
 from __future__ import annotations
 
 import gc
-import json
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -140,43 +139,15 @@ def tracing_config(
 
 
 def observability_tracing(raw: str) -> tuple[str, str, float | None]:
-    """(protocol, endpoint, sampling rate) from ``OBSERVABILITY_CONFIG``: Knative's JSON
-    (``{"tracing": {"protocol": ..., "endpoint": ..., "samplingRate": ...}}``) or the
-    ``config-observability`` keys (``tracing-protocol``, ``tracing-endpoint``,
-    ``tracing-sampling-rate``)."""
+    """(protocol, endpoint, sampling rate) from ``OBSERVABILITY_CONFIG``, read by the one
+    parser every component uses (:mod:`dataplane.observability`: Knative's JSON or the
+    ``config-observability`` keys); ("", "", None) when it is empty."""
     if not raw.strip():
         return "", "", None
-    try:
-        obj = json.loads(raw)
-    except ValueError as e:
-        raise ConfigError(f"OBSERVABILITY_CONFIG: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError("OBSERVABILITY_CONFIG: expected a JSON object")
-    low = {str(k).lower(): v for k, v in obj.items()}
-    tr = low.get("tracing")
-    if isinstance(tr, dict):
-        sec = {str(k).lower().replace("-", "").replace("_", ""): v for k, v in tr.items()}
-        protocol, endpoint, rate = sec.get("protocol"), sec.get("endpoint"), sec.get("samplingrate")
-    else:
-        protocol = low.get("tracing-protocol")
-        endpoint = low.get("tracing-endpoint")
-        rate = low.get("tracing-sampling-rate")
-    if isinstance(rate, str):
-        try:
-            rate = float(rate)
-        except ValueError:
-            raise ConfigError(
-                "OBSERVABILITY_CONFIG: the tracing sampling rate is not a number"
-            ) from None
-    if rate is not None and (
-        not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1
-    ):
-        raise ConfigError("OBSERVABILITY_CONFIG: the tracing sampling rate must be within 0..1")
-    return (
-        str(protocol or ""),
-        str(endpoint or ""),
-        None if rate is None else float(rate),
-    )
+    from .observability import parse_observability
+
+    cfg = parse_observability(raw)
+    return cfg.tracing_protocol, cfg.tracing_endpoint, cfg.tracing_sampling_rate
 
 
 def valid_traceparent(tp: bytes) -> bool:

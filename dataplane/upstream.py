@@ -17,6 +17,7 @@ import asyncio
 import errno
 import os
 import socket
+import sys
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from .sockets import ip_family
 
 if TYPE_CHECKING:
     from .proxy import Exchange
+    from .tls import UpstreamTLS
 
 __all__ = ["DialError", "UpstreamConnection", "UpstreamPool"]
 
@@ -250,6 +252,11 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 def _dial_error_text(host: str, port: int, exc: BaseException) -> str:
+    ssl = sys.modules.get("ssl")  # loaded by asyncio already; no import on this module's path
+    if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
+        return f"tls: failed to verify certificate of {host}:{port}: {exc.verify_message}"
+    if ssl is not None and isinstance(exc, ssl.SSLError):
+        return f"tls: handshake with {host}:{port}: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.errno is not None:
         reason = errno.errorcode.get(exc.errno, "")
         text = {
@@ -283,6 +290,7 @@ class UpstreamPool:
         "max_dials",
         "max_idle",
         "port",
+        "tls",
     )
 
     def __init__(
@@ -296,8 +304,12 @@ class UpstreamPool:
         dial_attempts: int = 16,
         max_dials: int = 32,
         loop: asyncio.AbstractEventLoop | None = None,
+        tls: UpstreamTLS | None = None,
     ) -> None:
         self.host = host
+        # Internal TLS (the activator to queue-proxies): the handshake counts in each dial
+        # attempt's timeout, like Go's tls.DialWithDialer in Knative's DialTLSWithBackOff.
+        self.tls = tls
         self.port = port
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
@@ -433,6 +445,11 @@ class UpstreamPool:
             except OSError as e:
                 raise DialError(_dial_error_text(self.host, self.port, e)) from e
             else:
+                if self.tls is not None:
+                    err = self.tls.verify(proto.transport)
+                    if err is not None:
+                        proto.abort()
+                        raise DialError(f"tls: dial {self.host}:{self.port}: {err}")
                 sock = proto.transport.get_extra_info("socket")
                 if sock is not None:
                     try:
@@ -449,9 +466,16 @@ class UpstreamPool:
     async def _connect(self) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
         loop = self.loop
         family = self._family
+        tls = self.tls
+        ctx = None if tls is None else tls.context
+        name = None if tls is None else tls.server_name
         if family is None:
             return await loop.create_connection(
-                lambda: UpstreamConnection(self), self.host, self.port
+                lambda: UpstreamConnection(self),
+                self.host,
+                self.port,
+                ssl=ctx,
+                server_hostname=name,
             )
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -476,7 +500,9 @@ class UpstreamPool:
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
-            return await loop.create_connection(lambda: UpstreamConnection(self), sock=sock)
+            return await loop.create_connection(
+                lambda: UpstreamConnection(self), sock=sock, ssl=ctx, server_hostname=name
+            )
         except BaseException:
             sock.close()
             raise

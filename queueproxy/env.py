@@ -8,10 +8,8 @@ on one host and for tests; their defaults are Knative's fixed values.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from dataplane.envconfig import (
     ConfigError,
@@ -20,24 +18,11 @@ from dataplane.envconfig import (
     env_int,
     env_str,
 )
+from dataplane.observability import ObservabilityConfig, parse_observability
 
-__all__ = ["ConfigError", "Env", "ObservabilityConfig", "parse_env"]
+__all__ = ["ConfigError", "Env", "ObservabilityConfig", "parse_env", "parse_observability"]
 
 _PORT = {"minimum": 1, "maximum": 65535}
-
-
-@dataclass(slots=True)
-class ObservabilityConfig:
-    """The parts of ``OBSERVABILITY_CONFIG`` the queue-proxy acts on."""
-
-    request_metrics_protocol: str = "none"
-    request_metrics_endpoint: str = ""
-    tracing_protocol: str = "none"
-    tracing_endpoint: str = ""
-    tracing_sampling_rate: float = 0.0
-    enable_request_log: bool = False
-    request_log_template: str = ""
-    enable_probe_request_log: bool = False
 
 
 @dataclass(slots=True)
@@ -71,92 +56,12 @@ class Env:
     max_header_bytes: int = 64 * 1024
     header_timeout: float = 60.0
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
-
-
-def _ci_get(obj: Mapping[str, Any], key: str) -> Any:
-    """Go's encoding/json matches keys case-insensitively."""
-    if key in obj:
-        return obj[key]
-    lk = key.lower()
-    for k, v in obj.items():
-        if isinstance(k, str) and k.lower() == lk:
-            return v
-    return None
-
-
-def parse_observability(raw: str) -> ObservabilityConfig:
-    """Decode ``OBSERVABILITY_CONFIG`` (Knative's ``observability.Config`` JSON)."""
-    cfg = ObservabilityConfig()
-    if not raw.strip():
-        return cfg
-    name = "OBSERVABILITY_CONFIG"
-    try:
-        obj = json.loads(raw)
-    except ValueError as e:
-        raise ConfigError(f"{name}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{name}: expected a JSON object")
-
-    def section(key: str) -> Mapping[str, Any]:
-        v = _ci_get(obj, key)
-        if v is None:
-            return {}
-        if not isinstance(v, dict):
-            raise ConfigError(f"{name}: {key} must be an object")
-        return v
-
-    def text(sec: Mapping[str, Any], key: str, where: str) -> str:
-        v = _ci_get(sec, key)
-        if v is None:
-            return ""
-        if not isinstance(v, str):
-            raise ConfigError(f"{name}: {where}.{key} must be a string")
-        return v
-
-    rm = section("requestMetrics")
-    cfg.request_metrics_protocol = text(rm, "protocol", "requestMetrics") or "none"
-    cfg.request_metrics_endpoint = text(rm, "endpoint", "requestMetrics")
-    if cfg.request_metrics_protocol not in ("none", "prometheus", "grpc", "http/protobuf"):
-        raise ConfigError(
-            f"{name}: requestMetrics.protocol {cfg.request_metrics_protocol!r} is not one of "
-            "none, prometheus, grpc, http/protobuf"
-        )
-    tr = section("tracing")
-    cfg.tracing_protocol = text(tr, "protocol", "tracing") or "none"
-    cfg.tracing_endpoint = text(tr, "endpoint", "tracing")
-    # Knative's JSON name is samplingRate; the configmap key is tracing-sampling-rate.
-    rate = next(
-        (
-            v
-            for k in ("samplingRate", "sampling-rate", "sampling_rate")
-            if (v := _ci_get(tr, k)) is not None
-        ),
-        None,
-    )
-    if rate is not None:
-        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
-            raise ConfigError(f"{name}: tracing.sampling_rate must be a number within 0..1")
-        cfg.tracing_sampling_rate = float(rate)
-    for key, attr in (
-        ("enableRequestLog", "enable_request_log"),
-        ("enableProbeRequestLog", "enable_probe_request_log"),
-    ):
-        v = _ci_get(obj, key)
-        if v is not None:
-            if not isinstance(v, bool):
-                raise ConfigError(f"{name}: {key} must be true or false")
-            setattr(cfg, attr, v)
-    tmpl = _ci_get(obj, "requestLogTemplate")
-    if tmpl is not None:
-        if not isinstance(tmpl, str):
-            raise ConfigError(f"{name}: requestLogTemplate must be a string")
-        cfg.request_log_template = tmpl
-    if cfg.enable_request_log and not cfg.request_log_template:
-        raise ConfigError(
-            f"{name}: enableRequestLog is true but requestLogTemplate is empty "
-            "(logging.enable-request-log needs logging.request-log-template)"
-        )
-    return cfg
+    # Internal TLS: Knative's certificate directory (ours to move, for tests and local runs),
+    # how often its files are re-read (Knative: every minute), and the QUEUE_PROXY_TLS_*
+    # variables, read only when the certificates exist (as Knative does).
+    cert_dir: str = "/var/lib/knative/certs"
+    cert_reload: float = 60.0
+    tls_env: dict[str, str] = field(default_factory=dict)
 
 
 def parse_env(env: Mapping[str, str]) -> Env:
@@ -196,6 +101,9 @@ def parse_env(env: Mapping[str, str]) -> Env:
         ),
         header_timeout=env_float(env, "QUEUE_READ_HEADER_TIMEOUT_SECONDS", 60.0, minimum=0),
     )
+    e.cert_dir = env.get("QUEUE_CERT_DIR", "") or e.cert_dir
+    e.cert_reload = env_float(env, "QUEUE_CERT_RELOAD_SECONDS", 60.0, minimum=0.01)
+    e.tls_env = {k: v for k, v in env.items() if k.startswith("QUEUE_PROXY_TLS_")}
     level = e.logging_level.strip().lower()
     if level not in ("", "debug", "info", "warn", "warning", "error", "dpanic", "panic", "fatal"):
         raise ConfigError(

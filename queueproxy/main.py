@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from dataplane.breaker import Breaker
@@ -36,6 +36,9 @@ from .probes import auto_detect_attempt
 from .readiness import ReadinessProber
 
 if TYPE_CHECKING:
+    from dataplane.otlpmetrics import MetricsExporter
+    from dataplane.promtext import Registry
+    from dataplane.tls import CertWatcher
     from dataplane.tracing import Tracer, TracingConfig
 
 __all__ = ["QueueProxy", "main"]
@@ -43,7 +46,6 @@ __all__ = ["QueueProxy", "main"]
 log = logging.getLogger("queueproxy")
 
 _PROTOBUF = b"Content-Type: application/protobuf\r\n"
-_CERT_DIR = "/var/lib/knative/certs"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
@@ -90,7 +92,8 @@ class QueueProxy:
         obs = env.observability
         self.registry = None
         duration = None
-        if obs.request_metrics_protocol == "prometheus":
+        self.metrics_exporter: MetricsExporter | None = None
+        if obs.request_metrics_protocol in ("prometheus", "grpc", "http/protobuf"):
             from dataplane.promtext import Gauge, Histogram, Registry
 
             self.registry = Registry()
@@ -110,6 +113,8 @@ class QueueProxy:
                         fn=lambda: [((), float(b.in_flight))],
                     )
                 )
+            if obs.request_metrics_protocol != "prometheus":
+                self.metrics_exporter = _metrics_exporter(env, self.registry, loop)
         self.tracer: Tracer | None = None
         if tracing is not None and tracing.enabled:
             from dataplane.tracing import start_tracing
@@ -165,13 +170,18 @@ class QueueProxy:
         self.admin_server = HTTPServer(self._admin, ServerConfig(**base), loop=loop)  # type: ignore[arg-type]
         self.metrics_server = HTTPServer(self._metrics, ServerConfig(**base), loop=loop)  # type: ignore[arg-type]
         self.user_metrics_server: HTTPServer | None = None
-        if self.registry is not None:
+        if self.registry is not None and self.metrics_exporter is None:
             self.user_metrics_server = HTTPServer(
                 self._user_metrics,
                 ServerConfig(**base),  # type: ignore[arg-type]
                 loop=loop,
             )
         self._report_handle: asyncio.TimerHandle | None = None
+        # Internal TLS (Knative's system-internal-tls): the main handler on
+        # QUEUE_SERVING_TLS_PORT when the certificate pair exists at start-up.
+        self.tls_server: HTTPServer | None = None
+        self.cert_watcher: CertWatcher | None = None
+        self._stop_cert_checks: Callable[[], None] | None = None
 
     # -- servers ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -203,13 +213,41 @@ class QueueProxy:
                 raise ConfigError(
                     f"{name}: cannot listen on {host or ''}:{port}: {e.strerror or e}"
                 ) from None
-        if os.path.exists(f"{_CERT_DIR}/tls.crt") and os.path.exists(f"{_CERT_DIR}/tls.key"):
-            log.warning(
-                "certificates found in %s but TLS serving is not implemented yet; "
-                "serving plain HTTP only",
-                _CERT_DIR,
-            )
+        await self._start_tls(host)
+        if self.metrics_exporter is not None:
+            self.metrics_exporter.start()
         self._report_handle = self.loop.call_later(1.0, self._report)
+
+    async def _start_tls(self, host: str | None) -> None:
+        """Serve TLS on QUEUE_SERVING_TLS_PORT if tls.crt and tls.key exist (Knative checks
+        once, at start-up); plain HTTP stays on the main and admin ports."""
+        env = self.env
+        cert, key = f"{env.cert_dir}/tls.crt", f"{env.cert_dir}/tls.key"
+        if not (os.path.exists(cert) and os.path.exists(key)):
+            return
+        from dataplane.tls import CertWatcher, periodic, settings_from_env
+
+        settings = settings_from_env(env.tls_env, "QUEUE_PROXY_")
+        try:
+            self.cert_watcher = watcher = CertWatcher(settings, cert, key)
+        except ConfigError:
+            raise
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ConfigError(
+                f"QUEUE_CERT_DIR: cannot load the certificate pair in {env.cert_dir}: {e}"
+            ) from None
+        server = HTTPServer(self.handler, self.main_server.config, loop=self.loop)
+        self.h2c.enable(server)  # h2 by ALPN, as Go's TLS server offers it
+        try:
+            await server.start(host, env.tls_port, ssl=watcher.context)
+        except OSError as e:
+            raise ConfigError(
+                f"QUEUE_SERVING_TLS_PORT: cannot listen on {host or ''}:{env.tls_port}: "
+                f"{e.strerror or e}"
+            ) from None
+        self.tls_server = server
+        self._stop_cert_checks = periodic(self.loop, env.cert_reload, watcher.check)
+        log.info("serving TLS", extra={"port": env.tls_port, "cert_dir": env.cert_dir})
 
     def _report(self) -> None:
         now = self.loop.time()
@@ -285,10 +323,16 @@ class QueueProxy:
         servers = [self.main_server, self.admin_server, self.metrics_server]
         if self.user_metrics_server is not None:
             servers.append(self.user_metrics_server)
+        if self.tls_server is not None:
+            servers.append(self.tls_server)
+        if self._stop_cert_checks is not None:
+            self._stop_cert_checks()
         await asyncio.gather(self.h2c.shutdown(), *(s.shutdown() for s in servers))
         if self._report_handle is not None:
             self._report_handle.cancel()
         self.pool.close()
+        if self.metrics_exporter is not None:
+            await self.metrics_exporter.stop()  # the last values, as the OTel SDK flushes
         if self.tracer is not None:
             # Knative flushes telemetry for up to 10 s before exiting.
             try:
@@ -298,6 +342,76 @@ class QueueProxy:
         log.info("shutdown complete")
         if not self.stopped.done():
             self.stopped.set_result(None)
+
+
+# Knative's OpenTelemetry instruments (pkg/queue/request_metric.go) for our Prometheus metrics.
+_OTEL_NAMES = {
+    "kn_serving_invocation_duration_seconds": (
+        "kn.serving.invocation.duration",
+        "s",
+        ("http.response.status_code",),
+    ),
+    "kn_serving_queue_depth": ("kn.serving.queue.depth", "{request}", ()),
+}
+
+
+def _resource(env: Env, environ: Mapping[str, str]) -> dict[str, str]:
+    pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or env.pod
+    return {
+        "service.name": environ.get("OTEL_SERVICE_NAME", "")
+        or env.service
+        or env.configuration
+        or env.revision
+        or pod,
+        "k8s.container.name": "queue-proxy",
+        "k8s.namespace.name": env.namespace,
+        "k8s.pod.name": pod,
+        "service.instance.id": pod,
+        "kn.service.name": env.service,
+        "kn.configuration.name": env.configuration,
+        "kn.revision.name": env.revision,
+    }
+
+
+def _metrics_exporter(
+    env: Env, registry: Registry, loop: asyncio.AbstractEventLoop
+) -> MetricsExporter:
+    """OTLP push of the request metrics (requestMetrics.protocol grpc or http/protobuf)."""
+    try:
+        from dataplane.otlpmetrics import MetricsExporter, OTelName, exporter_settings
+    except ImportError as e:  # pragma: no cover - the tracing extra brings opentelemetry-proto
+        raise ConfigError(
+            "OBSERVABILITY_CONFIG: requestMetrics.protocol "
+            f"{env.observability.request_metrics_protocol} needs opentelemetry-proto "
+            f"(pip install 'knative-dataplane[tracing]'): {e}"
+        ) from None
+    obs = env.observability
+    endpoint, interval = exporter_settings(
+        obs.request_metrics_protocol,
+        obs.request_metrics_endpoint,
+        os.environ,
+        obs.request_metrics_export_interval,
+    )
+    names = {
+        k: OTelName(n, unit, attrs, frozenset(("http.response.status_code",)))
+        for k, (n, unit, attrs) in _OTEL_NAMES.items()
+    }
+    try:
+        return MetricsExporter(
+            registry,
+            names,
+            protocol=obs.request_metrics_protocol,
+            endpoint=endpoint,
+            interval=interval,
+            scope="knative.dev/serving/pkg/queue",
+            resource=_resource(env, os.environ),
+            loop=loop,
+        )
+    except ImportError as e:
+        raise ConfigError(
+            f"OBSERVABILITY_CONFIG: requestMetrics.protocol {obs.request_metrics_protocol} "
+            f"needs opentelemetry-proto (pip install 'knative-dataplane[tracing]'): {e}"
+        ) from None
 
 
 def _tracing_config(env: Env, environ: Mapping[str, str]) -> TracingConfig | None:

@@ -513,3 +513,29 @@ async def test_websocket_through_the_activator(
     async with make_client(act.url()) as c:
         r = await c.get("/hello", headers=rev_headers(REV))
     assert (r.status_code, r.text) == (200, "hello")
+
+
+async def test_held_upgrade_answer_carries_the_wait_header(
+    platform: PlatformFile, stub: RunningStub, start_activator: StartActivator, pods: Pods
+) -> None:
+    """The 101 to an upgrade held for a pod says how long it waited, like any held request."""
+    platform.revision(REV, cc=1)
+    platform.write()
+    act = await start_activator(platform, stub.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", act.port)
+    try:
+        head = [b"GET /ws HTTP/1.1", b"Host: x", b"Connection: Upgrade", b"Upgrade: websocket"]
+        head += [b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]
+        head += [b"%s: %s" % (k.encode(), v.encode()) for k, v in rev_headers(REV).items()]
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n")
+        await wait_queued(act, REV, 1)
+        pod = await pods.start()
+        platform.endpoints(REV, ready=[pod.dest])
+        platform.write()
+        got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    lines = got.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 101 Switching Protocols"
+    waits = [v for k, _, v in (x.partition(b": ") for x in lines) if k == b"Knd-Activator-Wait-Ms"]
+    assert len(waits) == 1 and int(waits[0]) >= 0, got

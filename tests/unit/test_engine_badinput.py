@@ -41,6 +41,12 @@ BAD_HEADS = {
     "te-space-before-colon": _post(b"Transfer-Encoding : chunked", body=b"0\r\n\r\n"),
     "te-in-http10": _post(b"Transfer-Encoding: chunked", body=b"0\r\n\r\n", version=b"1.0"),
     "te-obs-fold": _post(b"Transfer-Encoding:", b" chunked", body=b"0\r\n\r\n"),
+    "trailer-content-length": _post(
+        b"Transfer-Encoding: chunked", b"Trailer: content-length", body=b"0\r\n\r\n"
+    ),
+    "trailer-trailer": _post(
+        b"Transfer-Encoding: chunked", b"Trailer: X-A, Trailer", body=b"0\r\n\r\n"
+    ),
     # obs-fold, bare CR / LF, NUL and other controls
     "obs-fold-space": request(b"/", b"X-A: one", b" two"),
     "obs-fold-tab": request(b"/", b"X-A: one", b"\ttwo"),
@@ -69,7 +75,13 @@ BAD_HEADS = {
     "target-tab": request(b"/a\tb"),
     "target-ctl": request(b"/a\x01b"),
     "target-del": request(b"/a\x7fb"),
-    "target-8bit": request(b"/a\xffb"),
+    "target-8bit-with-ctl": request(b"/a\xff\x01b"),
+    "target-8bit-with-space": request(b"/a\xff b\xff"),
+    "target-bad-escape": request(b"/a%zzb"),
+    "target-short-escape": request(b"/a%4"),
+    "target-8bit-bad-escape": request(b"/\xc3%\xbc"),
+    "target-8bit-relative": request(b"\xc3\xbc"),
+    "header-name-8bit": request(b"/", b"X-\xc3\xbc: 1"),
     "target-other-scheme": request(b"ftp://x/"),
     "target-absolute-without-host": request(b"http:///"),
     "version-garbage": request(version=b"1.x"),

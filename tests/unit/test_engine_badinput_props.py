@@ -26,7 +26,14 @@ VALUE = st.text(
     "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.,;=/:\"'()",
     max_size=30,
 ).map(str.strip)
-PATH = st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~%/=&?", max_size=30).map(lambda p: "/" + p)
+# Valid targets only: a '%' always starts an escape (Go refuses "/%zz" with 400).
+PATH = st.lists(
+    st.one_of(
+        st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~/=&?", max_size=8),
+        st.sampled_from(["%2F", "%41", "%e9", "%25"]),
+    ),
+    max_size=6,
+).map(lambda parts: "/" + "".join(parts))
 
 
 @dataclass

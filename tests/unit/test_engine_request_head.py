@@ -244,6 +244,7 @@ class TestHead:
 
 
 def test_chunked_request_rechunked_with_trailers() -> None:
+    """The declared trailers are announced again (as Go's transport does) and relayed."""
     req = request(
         b"/c",
         b"Transfer-Encoding: chunked",
@@ -251,7 +252,9 @@ def test_chunked_request_rechunked_with_trailers() -> None:
         method=b"POST",
         body=b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-Sum: 8\r\n\r\n",
     )
-    head = upstream_head(b"/c", method=b"POST", tail=(b"Transfer-Encoding: chunked",))
+    head = upstream_head(
+        b"/c", method=b"POST", tail=(b"Transfer-Encoding: chunked", b"Trailer: X-Sum")
+    )
     sent = forward(req, "packet")
     assert sent == head + b"5\r\nhello\r\n3\r\nabc\r\n0\r\nX-Sum: 8\r\n\r\n"
     for mode in ("bytewise", "pipelined"):
@@ -355,3 +358,118 @@ def test_handler_sees_stripped_and_tracked_headers() -> None:
 def test_connection_listed_x_forwarded_for_removed(mode: str) -> None:
     req = request(b"/", b"Connection: X-Forwarded-For", b"X-Forwarded-For: 6.6.6.6")
     assert forward(req, mode) == upstream_head(b"/", xff=b"10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("lines", "announced"),
+    [
+        ((b"Trailer: x-sum",), b"X-Sum"),
+        ((b"Trailer: x-b, X-A", b"trailer: x-c,,x-a"), b"X-A,X-B,X-C"),
+        ((b"Trailer: ",), None),
+    ],
+)
+def test_request_trailer_announcement(lines: tuple[bytes, ...], announced: bytes | None) -> None:
+    """Go canonicalises, sorts and joins the names; nothing is announced for none."""
+    req = request(
+        b"/c", b"Transfer-Encoding: chunked", *lines, method=b"POST", body=b"0\r\nX-A: 1\r\n\r\n"
+    )
+    tail: tuple[bytes, ...] = (b"Transfer-Encoding: chunked",)
+    if announced is not None:
+        tail += (b"Trailer: " + announced,)
+    head = upstream_head(b"/c", method=b"POST", tail=tail)
+    for mode in MODES:
+        assert forward(req, mode) == head + b"0\r\nX-A: 1\r\n\r\n"
+
+
+def test_trailer_header_without_chunked_body_is_dropped() -> None:
+    """Go keeps Trailer only on chunked requests (elsewhere it is a hop-by-hop header)."""
+    req = request(b"/c", b"Trailer: X-Sum", b"Content-Length: 2", method=b"POST", body=b"ab")
+    head = upstream_head(b"/c", method=b"POST", tail=(b"Content-Length: 2",))
+    for mode in MODES:
+        assert forward(req, mode) == head + b"ab"
+
+
+# Raw bytes >= 0x80 in a target, and the other bytes Go's url.URL.RequestURI re-escapes: the
+# path is decoded and re-escaped whole, the query goes as received.
+TARGETS = [
+    (b"/\xc3\xbc", b"/%C3%BC"),
+    (b"/a\xffb", b"/a%FFb"),
+    (b"/caf\xc3\xa9?q=\xc3\xa9&r=%C3%A9", b"/caf%C3%A9?q=\xc3\xa9&r=%C3%A9"),
+    (b"/?\xc3\xbc", b"/?\xc3\xbc"),
+    (b"/\xc3\xbc?", b"/%C3%BC?"),
+    (b"/a%2Fb/\xc3\xbc", b"/a/b/%C3%BC"),  # %2F decoded like any escape once re-escaped
+    (b"/a%2fb", b"/a%2fb"),  # a valid encoding goes as received
+    (b"/a!b(c)/\xc3\xbc", b"/a%21b%28c%29/%C3%BC"),
+    (b"/a|b", b"/a%7Cb"),
+    (b'/a"b{c}^`', b"/a%22b%7Bc%7D%5E%60"),
+    (b"/a#b", b"/a%23b"),
+    (b"/a|b?x=|", b"/a%7Cb?x=|"),
+    (b"/%e9%C3\xbc", b"/%E9%C3%BC"),
+    (b"/a+b=c;d@e:f$&,", b"/a+b=c;d@e:f$&,"),
+    (b"http://h.example/\xc3\xbc?\xc3\xbc", b"/%C3%BC?\xc3\xbc"),
+]
+
+
+@pytest.mark.parametrize(("target", "sent"), TARGETS)
+@pytest.mark.parametrize("mode", MODES)
+def test_target_escaped_as_go_does(target: bytes, sent: bytes, mode: str) -> None:
+    host = b"h.example" if target.startswith(b"http:") else b"example.com"
+    assert forward(request(target), mode) == upstream_head(sent, host=host)
+
+
+def test_8bit_target_split_after_the_method() -> None:
+    """A request line cut anywhere (here: after the space) still gets its bytes back."""
+    req = request(b"/\xc3\xbc?\xc3\xbc", b"X-V: \xc3\xa9")
+    for cut in range(1, len(req)):
+        k = Kit()
+        up = k.idle_upstream()
+        c = k.client()
+        c.feed(req[:cut])
+        c.feed(req[cut:])
+        assert up.take() == upstream_head(b"/%C3%BC?\xc3\xbc", b"X-V: \xc3\xa9"), cut
+        up.feed(ok())
+        assert c.take() == client_ok()
+
+
+def test_8bit_header_value_cut_from_its_line_is_kept_raw() -> None:
+    """A header value's bytes >= 0x80 are never escaped, wherever the reads are cut."""
+    req = request(b"/a", b"X-V: caf\xc3\xa9")
+    k = Kit()
+    up = k.idle_upstream()
+    c = k.client()
+    c.feed(req[: req.index(b"caf")])
+    c.feed(req[req.index(b"caf") :])
+    assert up.take() == upstream_head(b"/a", b"X-V: caf\xc3\xa9")
+
+
+def test_8bit_targets_pipelined_in_one_read() -> None:
+    k = Kit()
+    up = k.idle_upstream()
+    c = k.client()
+    c.feed(request(b"/\xc3\xa0") + request(b"/b?\xc3\xa1", b"X-V: \xc3\xa2"))
+    assert up.take() == upstream_head(b"/%C3%A0")
+    up.feed(ok())
+    assert up.take() == upstream_head(b"/b?\xc3\xa1", b"X-V: \xc3\xa2")
+    up.feed(ok())
+    assert c.take() == client_ok() + client_ok()
+
+
+def test_8bit_header_value_of_a_head_begun_after_a_body() -> None:
+    """A pipelined head that begins in the read ending the previous body and is cut in its
+    headers: its header value's bytes >= 0x80 stay raw (never taken for a request line)."""
+    first = request(b"/1", b"Content-Length: 3", method=b"POST", body=b"abc")
+    second = request(b"/2", b"X-V: caf\xc3\xa9")
+    k = Kit()
+    up = k.idle_upstream()
+    c = k.client()
+    # an earlier head cut in its request line leaves the connection's line state behind
+    c.feed(first[:3])
+    c.feed(first[3 : first.index(b"abc")])
+    cut = second.index(b"caf")
+    c.feed(b"abc" + second[:cut])
+    c.feed(second[cut:])
+    assert up.take() == upstream_head(b"/1", method=b"POST", tail=(b"Content-Length: 3",)) + b"abc"
+    up.feed(ok())
+    assert up.take() == upstream_head(b"/2", b"X-V: caf\xc3\xa9")
+    up.feed(ok())
+    assert c.take() == client_ok() + client_ok()

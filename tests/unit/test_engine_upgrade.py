@@ -195,3 +195,25 @@ def test_101_without_an_upgrade_request_is_refused() -> None:
     up.feed(SWITCH)
     assert c.take().startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
     assert up.aborted
+
+
+def test_handler_header_lines_on_the_101() -> None:
+    """The lines a handler adds to a proxied response (the activator's wait header) are on
+    a 101 too."""
+
+    def handler(ex: Exchange) -> None:
+        ex.resp_extra = b"Knd-Activator-Wait-Ms: 12\r\n"
+        ex.proxy(k.pool)
+
+    k = Kit(handler)
+    up = k.idle_upstream()
+    c = k.client()
+    c.feed(UPGRADE)
+    assert up.take() == UPGRADE_SENT
+    up.feed(SWITCH)
+    assert c.take() == (
+        b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\n"
+        b"Knd-Activator-Wait-Ms: 12\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    c.feed(b"x")
+    assert up.take() == b"x"

@@ -336,7 +336,9 @@ class TestObservability:
         assert c.request_metrics_endpoint == "collector:4317"
 
     def test_request_metrics_unknown_protocol(self) -> None:
-        assert "requestMetrics.protocol" in obs_error({"requestMetrics": {"protocol": "statsd"}})
+        assert obs_error({"requestMetrics": {"protocol": "statsd"}}) == (
+            'OBSERVABILITY_CONFIG: requestMetrics: unsupported protocol "statsd"'
+        )
 
     def test_tracing(self) -> None:
         c = obs(
@@ -344,7 +346,7 @@ class TestObservability:
                 "tracing": {
                     "protocol": "http/protobuf",
                     "endpoint": "http://otel:4318/v1/traces",
-                    "sampling_rate": 0.25,
+                    "samplingRate": 0.25,
                 }
             }
         )
@@ -354,11 +356,29 @@ class TestObservability:
 
     @pytest.mark.parametrize("rate", [0, 1, 0.5])
     def test_sampling_rate_range(self, rate: float) -> None:
-        assert obs({"tracing": {"sampling_rate": rate}}).tracing_sampling_rate == rate
+        assert obs({"tracing": {"samplingRate": rate}}).tracing_sampling_rate == rate
 
-    @pytest.mark.parametrize("rate", [-0.1, 1.5, "0.5", True, [0.5]])
-    def test_bad_sampling_rate(self, rate: Any) -> None:
-        assert "sampling_rate" in obs_error({"tracing": {"sampling_rate": rate}})
+    @pytest.mark.parametrize(
+        ("rate", "msg"),
+        [
+            (-0.1, "sampling rate -0.100000 should be greater or equal to zero"),
+            (1.5, "sampling rate 1.500000 should be less than or equal to one"),
+            ("0.5", "json: cannot unmarshal string into Go struct field "
+             "Config.tracing.samplingRate of type float64"),
+            (True, "json: cannot unmarshal bool into Go struct field "
+             "Config.tracing.samplingRate of type float64"),
+            ([0.5], "json: cannot unmarshal array into Go struct field "
+             "Config.tracing.samplingRate of type float64"),
+        ],
+    )  # fmt: skip
+    def test_bad_sampling_rate(self, rate: Any, msg: str) -> None:
+        """Knative's types: samplingRate is a float64, a string is refused as Go refuses it."""
+        assert obs_error({"tracing": {"samplingRate": rate}}) == "OBSERVABILITY_CONFIG: " + msg
+
+    def test_knative_json_names_only(self) -> None:
+        """Go's encoding/json matches field names ignoring case, nothing looser."""
+        for key in ("sampling-rate", "sampling_rate"):
+            assert obs({"tracing": {key: 0.5}}).tracing_sampling_rate == 0.0
 
     def test_request_log(self) -> None:
         c = obs(
@@ -380,13 +400,16 @@ class TestObservability:
     @pytest.mark.parametrize("extra", [{}, {"requestLogTemplate": ""}])
     def test_enable_request_log_without_template(self, extra: dict[str, Any]) -> None:
         msg = obs_error({"enableRequestLog": True, **extra})
-        assert "requestLogTemplate" in msg
+        assert msg == (
+            'OBSERVABILITY_CONFIG: "logging.enable-request-log" was set to true, but no '
+            '"logging.request-log-template" was specified'
+        )
 
     def test_case_insensitive_keys(self) -> None:
         c = obs(
             {
                 "REQUESTMETRICS": {"Protocol": "prometheus", "ENDPOINT": ":9999"},
-                "Tracing": {"PROTOCOL": "grpc", "Sampling_Rate": 1},
+                "Tracing": {"PROTOCOL": "grpc", "SAMPLINGRATE": 1},
                 "EnableRequestLog": True,
                 "requestlogtemplate": "t",
                 "ENABLEPROBEREQUESTLOG": True,
@@ -416,8 +439,13 @@ class TestObservability:
         assert c == ObservabilityConfig()
 
     def test_unknown_keys_ignored(self) -> None:
-        c = obs({"metrics": {"protocol": "grpc"}, "runtime": {"profiling": "enabled"}, "x": 1})
+        c = obs({"runtime": {"profiling": "enabled"}, "x": 1})
         assert c == ObservabilityConfig()
+
+    def test_metrics_section(self) -> None:
+        """Knative's base metrics config (the activator's own metrics)."""
+        c = obs({"metrics": {"protocol": "grpc", "endpoint": "http://c:4317"}})
+        assert (c.metrics_protocol, c.metrics_endpoint) == ("grpc", "http://c:4317")
 
     @pytest.mark.parametrize("raw", ["{", "not json", '{"a": }', "{'single': 1}"])
     def test_invalid_json(self, raw: str) -> None:

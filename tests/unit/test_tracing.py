@@ -113,12 +113,18 @@ def test_bad_settings_name_the_setting(
             ("grpc", "c:4317", 1.0),
         ),
         (
-            json.dumps({"Tracing": {"Protocol": "stdout", "sampling-rate": 0.5}}),
+            json.dumps({"Tracing": {"Protocol": "stdout", "samplingrate": 0.5}}),
             ("stdout", "", 0.5),
         ),
         (
-            json.dumps({"tracing-protocol": "http/protobuf", "tracing-sampling-rate": "0.1"}),
-            ("http/protobuf", "", 0.1),
+            json.dumps(
+                {
+                    "tracing-protocol": "http/protobuf",
+                    "tracing-endpoint": "http://c:4318/v1/traces",
+                    "tracing-sampling-rate": "0.1",
+                }
+            ),
+            ("http/protobuf", "http://c:4318/v1/traces", 0.1),
         ),
     ],
 )
@@ -373,7 +379,7 @@ def test_invalid_traceparent_starts_a_new_trace(memory: InMemorySpanExporter) ->
     assert ex.find_header(b"traceparent") != bad  # replaced by the new trace's context
 
 
-@pytest.mark.parametrize("key", ["samplingRate", "sampling-rate", "sampling_rate", "SamplingRate"])
+@pytest.mark.parametrize("key", ["samplingRate", "samplingrate", "SAMPLINGRATE", "SamplingRate"])
 def test_queue_proxy_reads_knatives_sampling_rate_key(key: str) -> None:
     from queueproxy.env import parse_observability
 
