@@ -619,6 +619,10 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         self.authority = pool.authority
         self.loop = hub.loop
         self.dial_timeout = pool.dial_timeout
+        # Internal TLS (the activator to a pod's TLS port): h2 by ALPN, verified as the pool's
+        # HTTP/1.1 connections are (name, CA, then the revision's SAN in connection_made).
+        self.tls = pool.tls
+        self.scheme = b"http" if pool.tls is None else b"https"
         self.h2 = _connection(True)
         self.streams: dict[int, H2Stream] = {}
         self.waiting: deque[H2Stream] = deque()
@@ -633,14 +637,25 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         self._dial: asyncio.Task[None] | None = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
+        tls = self.tls
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: self, self.host, self.port),
+                self.loop.create_connection(
+                    lambda: self,
+                    self.host,
+                    self.port,
+                    ssl=None if tls is None else tls.h2_context,
+                    server_hostname=None if tls is None else tls.server_name,
+                ),
                 max(self.dial_timeout, 1.0),
             )
         except (TimeoutError, OSError) as e:
             if isinstance(e, TimeoutError):
                 reason = f"timed out dialing {self.host}:{self.port}"
+            elif tls is not None:
+                from .upstream import _dial_error_text  # (a failure path only)
+
+                reason = _dial_error_text(self.host, self.port, e)
             else:
                 reason = f"dial tcp {self.host}:{self.port}: connect: {_os_text(e)}"
             self._lost(reason)
@@ -650,6 +665,16 @@ class H2Upstream(_H2Output, asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.tls is not None:
+            err = self.tls.verify(transport)
+            if err is None:
+                sslobj = transport.get_extra_info("ssl_object")
+                alpn = None if sslobj is None else sslobj.selected_alpn_protocol()
+                if alpn != "h2":
+                    err = f"the pod did not negotiate h2 (ALPN: {alpn})"
+            if err is not None:
+                self._lost(f"tls: dial {self.host}:{self.port}: {err}")
+                return
         self.connected = True
         h2 = self.h2
         h2.initiate_connection()
@@ -742,7 +767,7 @@ class H2Upstream(_H2Output, asyncio.Protocol):
                 host = hdr.get(b"host") or self.authority
         hs = [
             (b":method", st.method),
-            (b":scheme", b"http"),
+            (b":scheme", self.scheme),
             (b":authority", host),
             (b":path", st.target),
         ]
