@@ -503,13 +503,25 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
     ) -> None:
         """Response headers from upstream; ``end``: a headers-only response (gRPC's
         trailers-only errors), relayed as one HEADERS frame with END_STREAM."""
-        status = 0
+        raw_status = b""
         hs: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             if name == b":status":
-                status = int(value)
+                raw_status = value
             elif name[:1] != b":" and name not in _HOP:
                 hs.append((name, value))
+        if len(raw_status) != 3 or not raw_status.isdigit():
+            # (Go's wording.) This stream fails with a 502; the pod's connection goes on.
+            self.cancel_upstream(st)
+            self.upstream_failed(
+                st,
+                "malformed response from server: "
+                + ("malformed non-numeric" if raw_status else "missing")
+                + " status pseudo header",
+                0,
+            )
+            return
+        status = int(raw_status)
         if st.resp_extra:
             hs += _header_lines(st.resp_extra)
         st.resp_status = status
