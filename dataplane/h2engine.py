@@ -68,6 +68,7 @@ PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
 MAX_STREAMS = 1000
+MAX_STREAM_ID = 2**31 - 1
 _HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
@@ -756,9 +757,18 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             st = self.waiting.popleft()
             if not st.done:
                 self._send_head(st)
+        if not self.usable and not self.streams and not self.closed:
+            self.close()  # retired (stream ids spent, or GOAWAY) and now idle
 
     def _send_head(self, st: H2Stream) -> None:
-        sid = self.h2.get_next_available_stream_id()
+        try:
+            sid = self.h2.get_next_available_stream_id()
+        except H2Error:
+            # 2**30 streams on this connection: it retires once its streams are over, and
+            # this stream and those waiting go to a fresh one.
+            self.waiting.appendleft(st)
+            self._goaway(MAX_STREAM_ID)
+            return
         st.up = self
         st.up_sid = sid
         self.streams[sid] = st
