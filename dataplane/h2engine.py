@@ -68,6 +68,7 @@ PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
 MAX_STREAMS = 1000
+MAX_STREAM_ID = 2**31 - 1
 _HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
@@ -503,13 +504,25 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
     ) -> None:
         """Response headers from upstream; ``end``: a headers-only response (gRPC's
         trailers-only errors), relayed as one HEADERS frame with END_STREAM."""
-        status = 0
+        raw_status = b""
         hs: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             if name == b":status":
-                status = int(value)
+                raw_status = value
             elif name[:1] != b":" and name not in _HOP:
                 hs.append((name, value))
+        if len(raw_status) != 3 or not raw_status.isdigit():
+            # (Go's wording.) This stream fails with a 502; the pod's connection goes on.
+            self.cancel_upstream(st)
+            self.upstream_failed(
+                st,
+                "malformed response from server: "
+                + ("malformed non-numeric" if raw_status else "missing")
+                + " status pseudo header",
+                0,
+            )
+            return
+        status = int(raw_status)
         if st.resp_extra:
             hs += _header_lines(st.resp_extra)
         st.resp_status = status
@@ -619,6 +632,10 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         self.authority = pool.authority
         self.loop = hub.loop
         self.dial_timeout = pool.dial_timeout
+        # Internal TLS (the activator to a pod's TLS port): h2 by ALPN, verified as the pool's
+        # HTTP/1.1 connections are (name, CA, then the revision's SAN in connection_made).
+        self.tls = pool.tls
+        self.scheme = b"http" if pool.tls is None else b"https"
         self.h2 = _connection(True)
         self.streams: dict[int, H2Stream] = {}
         self.waiting: deque[H2Stream] = deque()
@@ -633,14 +650,25 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         self._dial: asyncio.Task[None] | None = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
+        tls = self.tls
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: self, self.host, self.port),
+                self.loop.create_connection(
+                    lambda: self,
+                    self.host,
+                    self.port,
+                    ssl=None if tls is None else tls.h2_context,
+                    server_hostname=None if tls is None else tls.server_name,
+                ),
                 max(self.dial_timeout, 1.0),
             )
         except (TimeoutError, OSError) as e:
             if isinstance(e, TimeoutError):
                 reason = f"timed out dialing {self.host}:{self.port}"
+            elif tls is not None:
+                from .upstream import _dial_error_text  # (a failure path only)
+
+                reason = _dial_error_text(self.host, self.port, e)
             else:
                 reason = f"dial tcp {self.host}:{self.port}: connect: {_os_text(e)}"
             self._lost(reason)
@@ -650,6 +678,16 @@ class H2Upstream(_H2Output, asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.tls is not None:
+            err = self.tls.verify(transport)
+            if err is None:
+                sslobj = transport.get_extra_info("ssl_object")
+                alpn = None if sslobj is None else sslobj.selected_alpn_protocol()
+                if alpn != "h2":
+                    err = f"the pod did not negotiate h2 (ALPN: {alpn})"
+            if err is not None:
+                self._lost(f"tls: dial {self.host}:{self.port}: {err}")
+                return
         self.connected = True
         h2 = self.h2
         h2.initiate_connection()
@@ -719,9 +757,18 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             st = self.waiting.popleft()
             if not st.done:
                 self._send_head(st)
+        if not self.usable and not self.streams and not self.closed:
+            self.close()  # retired (stream ids spent, or GOAWAY) and now idle
 
     def _send_head(self, st: H2Stream) -> None:
-        sid = self.h2.get_next_available_stream_id()
+        try:
+            sid = self.h2.get_next_available_stream_id()
+        except H2Error:
+            # 2**30 streams on this connection: it retires once its streams are over, and
+            # this stream and those waiting go to a fresh one.
+            self.waiting.appendleft(st)
+            self._goaway(MAX_STREAM_ID)
+            return
         st.up = self
         st.up_sid = sid
         self.streams[sid] = st
@@ -742,7 +789,7 @@ class H2Upstream(_H2Output, asyncio.Protocol):
                 host = hdr.get(b"host") or self.authority
         hs = [
             (b":method", st.method),
-            (b":scheme", b"http"),
+            (b":scheme", self.scheme),
             (b":authority", host),
             (b":path", st.target),
         ]

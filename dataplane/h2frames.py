@@ -24,6 +24,8 @@ acknowledged, so small messages do not each cost a frame.
 from __future__ import annotations
 
 import base64
+import time
+from collections.abc import Callable
 from typing import Final
 
 from .hpack import Decoder, Encoder, HPACKError, OversizedHeaderList
@@ -298,12 +300,27 @@ class _Stream:
 
 _MAX_CONTINUATIONS: Final = 256  # frames in one header block
 _RESET_MEMORY: Final = 1024  # ids of streams we reset lately: their late frames are ignored
+# Rapid reset (CVE-2023-44487): a client that opens streams and resets them at once makes the
+# server start work that MAX_CONCURRENT_STREAMS never bounds. Streams the client resets before
+# they are over draw on a token bucket (a burst, refilled per second); past it the connection
+# gets GOAWAY ENHANCE_YOUR_CALM, as Go's and nginx's servers answer it. A gRPC client whose
+# deadlines expire at a few hundred calls per second stays well within it.
+_RESET_BURST: Final = 1000
+_RESET_RATE: Final = 200.0
+# Longer than any content-length a request can carry (2**63 has 19 digits); int() of more than
+# 4300 digits raises ValueError.
+_MAX_CLEN_DIGITS: Final = 19
 
 
 class H2Conn:
     """One HTTP/2 connection's state, either side (``client_side``)."""
 
-    def __init__(self, client_side: bool, validate_inbound: bool = True) -> None:
+    def __init__(
+        self,
+        client_side: bool,
+        validate_inbound: bool = True,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.client_side = client_side
         self.validate = validate_inbound and not client_side
         self.encoder = Encoder()
@@ -317,6 +334,9 @@ class H2Conn:
         self.highest_in = 0  # highest stream id the peer opened
         self.highest_out = 0  # highest stream id we opened
         self.dead = False  # a connection error was raised: read nothing more
+        self.clock: Callable[[], float] = time.monotonic if clock is None else clock
+        self.reset_tokens = float(_RESET_BURST)  # client resets allowed now (server side)
+        self.reset_stamp = -1.0  # when reset_tokens was computed (-1: not yet)
         # The peer's settings and our view of its windows.
         self.remote_initial_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = DEFAULT_FRAME_SIZE
@@ -595,6 +615,8 @@ class H2Conn:
                 raise ProtocolError("RST_STREAM size", ErrorCodes.FRAME_SIZE_ERROR)
             st = self.streams.pop(sid, None)
             if st is not None:
+                if not self.client_side:
+                    self._count_reset()
                 events.append(StreamReset(sid, int.from_bytes(payload, "big")))
             elif not self._was_opened(sid):
                 raise ProtocolError(f"RST_STREAM on idle stream {sid}", ErrorCodes.PROTOCOL_ERROR)
@@ -633,9 +655,25 @@ class H2Conn:
                 raise ProtocolError("PRIORITY on stream 0", ErrorCodes.PROTOCOL_ERROR)
             if len(payload) != 5:
                 self._stream_error(events, sid, ErrorCodes.FRAME_SIZE_ERROR)
+            elif int.from_bytes(payload[:4], "big") & MAX_WINDOW == sid:
+                # Depending on itself: a stream error (RFC 9113 §5.3.1), whatever its state.
+                self._stream_error(events, sid, ErrorCodes.PROTOCOL_ERROR)
         elif ftype == PUSH_PROMISE:
             raise ProtocolError("PUSH_PROMISE (push is disabled)", ErrorCodes.PROTOCOL_ERROR)
         # Unknown frame types are ignored (RFC 9113 §4.1).
+
+    def _count_reset(self) -> None:
+        """The client reset a stream that was not over: draw on the reset budget."""
+        now = self.clock()
+        tokens = self.reset_tokens
+        if self.reset_stamp >= 0:
+            tokens = min(float(_RESET_BURST), tokens + (now - self.reset_stamp) * _RESET_RATE)
+        self.reset_stamp = now
+        if tokens < 1.0:
+            raise ProtocolError(
+                "too many streams reset by the client", ErrorCodes.ENHANCE_YOUR_CALM
+            )
+        self.reset_tokens = tokens - 1.0
 
     def _apply_settings(self, payload: bytes) -> dict[int, int]:
         """Apply the peer's settings; returns {id: new value} ({4: delta} for the window)."""
@@ -816,7 +854,11 @@ class H2Conn:
             clen = -1
             for name, value in headers:
                 if name == b"content-length":
-                    if not value.isdigit() or (clen >= 0 and int(value) != clen):
+                    if (
+                        not value.isdigit()
+                        or len(value) > _MAX_CLEN_DIGITS
+                        or (clen >= 0 and int(value) != clen)
+                    ):
                         clen = -2
                         break
                     clen = int(value)

@@ -11,8 +11,9 @@ Choices:
 - The encoder never Huffman-codes: it costs CPU per byte on both sides to save a few bytes on
   loopback or the pod network; it indexes every field except credentials (never indexed) and
   long values, so a repeated field costs one byte.
-- The decoder caches Huffman-decoded strings (bounded): a proxy sees the same few dozen values
-  (user agents, content types, ``date`` for a second) over and over.
+- The decoder caches short Huffman-decoded strings (bounded in entries and in bytes): a proxy
+  sees the same few dozen values (user agents, content types, ``date`` for a second) over and
+  over.
 - Errors are :class:`HPACKDecodingError` (COMPRESSION_ERROR for the connection) and
   :class:`OversizedHeaderList` (the peer ignored SETTINGS_MAX_HEADER_LIST_SIZE).
 """
@@ -336,6 +337,9 @@ class Encoder:
 
 
 _CACHE_MAX: Final = 256  # Huffman-decoded strings kept per decoder
+# Only strings this short (Huffman-coded length) are cached: at most 256 x (64 + 102) bytes per
+# connection. Caching any string let a client park 26 MB per connection in distinct long values.
+_CACHE_STRING_MAX: Final = 64
 
 
 class Decoder:
@@ -391,6 +395,8 @@ class Decoder:
         raw = data[pos : pos + n]
         if not huff:
             return raw, pos + n
+        if n > _CACHE_STRING_MAX:
+            return huffman_decode(raw), pos + n
         cache = self.cache
         s = cache.get(raw)
         if s is None:

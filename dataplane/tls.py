@@ -264,6 +264,14 @@ def peer_dns_names(transport: Any) -> list[str]:
     return [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
 
 
+def _client_context(ca_pem: bytes, alpn: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+    ctx.set_alpn_protocols([alpn])
+    return ctx
+
+
 class ClientTLS:
     """The activator's TLS to queue-proxies: one client context for the CA in ``ca_path``
     (re-read when it changes), ServerName ``data-plane.knative.dev``, TLS 1.3 at least."""
@@ -273,15 +281,17 @@ class ClientTLS:
         self.port = port
         self.server_name = DATA_PLANE_NAME
         self._sum = b""
+        self.h2_context: ssl.SSLContext
         self.context = self._load()
 
     def _load(self) -> ssl.SSLContext:
+        """The HTTP/1.1 context (returned) and the HTTP/2 one (``h2_context``, ALPN h2: the
+        activator's multiplexed gRPC/h2c connections), both from the CA file as it is now."""
         with open(self.ca_path, "rb") as f:
             pem = f.read()
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.load_verify_locations(cadata=pem.decode("ascii", "replace"))
-        ctx.set_alpn_protocols(["http/1.1"])
+        ctx = _client_context(pem, "http/1.1")
+        h2 = _client_context(pem, "h2")
+        self.h2_context = h2
         self._sum = hashlib.sha256(pem).digest()
         return ctx
 
@@ -315,6 +325,10 @@ class UpstreamTLS:
     @property
     def context(self) -> ssl.SSLContext:
         return self.client.context
+
+    @property
+    def h2_context(self) -> ssl.SSLContext:
+        return self.client.h2_context
 
     @property
     def server_name(self) -> str:
