@@ -25,6 +25,14 @@ from dataplane.logs import setup_logging
 from dataplane.metrics import REVISION_LABELS, revision_labels
 from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.telemetry import (
+    Identity,
+    flush_traces,
+    metrics_exporter,
+    observability,
+    start_tracer,
+    tracing_settings,
+)
 from platforms.base import Platform
 from platforms.static import StaticPlatform
 
@@ -58,16 +66,10 @@ class ActivatorProcess:
     ) -> None:
         self.env = env
         self.loop = loop
-        self.tracer: Tracer | None = None
-        if tracing is not None and tracing.enabled:
-            from dataplane.tracing import instrument_aiohttp, start_tracing
-
-            self.tracer = start_tracing(tracing, "knative.dev/serving/pkg/activator")
-            if self.tracer is not None:
-                # The stats websocket to the autoscaler is the activator's aiohttp client.
-                missing = instrument_aiohttp(self.tracer, client=True)
-                if missing:
-                    log.info("not instrumented (packages missing): %s", ", ".join(missing))
+        # The stats websocket to the autoscaler is the activator's aiohttp client.
+        self.tracer: Tracer | None = start_tracer(
+            tracing, "knative.dev/serving/pkg/activator", aiohttp_client=True
+        )
         self.stopped: asyncio.Future[None] = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
         self.registry = Registry()
@@ -325,11 +327,7 @@ class ActivatorProcess:
         if self.platform is not None:
             await self.platform.close()
         await self.sink.close()
-        if self.tracer is not None:
-            try:
-                await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
-            except Exception:
-                log.warning("could not flush traces within 10s")
+        await flush_traces(self.tracer, self.loop)
         log.info("shutdown complete")
         if not self.stopped.done():
             self.stopped.set_result(None)
@@ -356,6 +354,19 @@ _OTEL_NAMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
+def identity(env: ActivatorEnv) -> Identity:
+    """The activator's OpenTelemetry resource, for its traces and its metrics."""
+    return Identity(
+        "activator",
+        {
+            "k8s.container.name": "activator",
+            "k8s.namespace.name": env.system_namespace,
+            "k8s.pod.name": env.pod_name,
+            "service.instance.id": env.pod_name,
+        },
+    )
+
+
 def _metrics_exporter(
     env: ActivatorEnv,
     obs: ObservabilityConfig,
@@ -364,56 +375,19 @@ def _metrics_exporter(
 ) -> MetricsExporter:
     """OTLP push of the activator's metrics (``metrics.protocol`` grpc or http/protobuf);
     the Prometheus port stays."""
-    try:
-        from dataplane.otlpmetrics import MetricsExporter, OTelName, exporter_settings
+    from dataplane.otlpmetrics import OTelName
 
-        endpoint, interval = exporter_settings(
-            obs.metrics_protocol, obs.metrics_endpoint, os.environ, obs.metrics_export_interval
-        )
-        return MetricsExporter(
-            registry,
-            {k: OTelName(n, unit, attrs) for k, (n, unit, attrs) in _OTEL_NAMES.items()},
-            protocol=obs.metrics_protocol,
-            endpoint=endpoint,
-            interval=interval,
-            scope="knative.dev/serving/pkg/activator",
-            resource={
-                "service.name": os.environ.get("OTEL_SERVICE_NAME", "") or "activator",
-                "k8s.container.name": "activator",
-                "k8s.namespace.name": env.system_namespace,
-                "k8s.pod.name": env.pod_name,
-                "service.instance.id": env.pod_name,
-            },
-            loop=loop,
-        )
-    except ImportError as e:
-        raise ConfigError(
-            f"OBSERVABILITY_CONFIG: metrics.protocol {obs.metrics_protocol} needs "
-            f"opentelemetry-proto (pip install 'knative-dataplane[tracing]'): {e}"
-        ) from None
-
-
-def _tracing_config(
-    env: ActivatorEnv, environ: Mapping[str, str], obs: ObservabilityConfig | None
-) -> TracingConfig | None:
-    """Tracing settings from ``OBSERVABILITY_CONFIG`` (parsed once, ``obs``) / ``OTEL_*``;
-    None when none is set."""
-    if obs is None and not environ.get("OTEL_TRACES_EXPORTER"):
-        return None
-    from dataplane.tracing import tracing_config
-
-    return tracing_config(
-        environ,
-        protocol=obs.tracing_protocol if obs is not None else "",
-        endpoint=obs.tracing_endpoint if obs is not None else "",
-        rate=obs.tracing_sampling_rate if obs is not None else None,
-        service_name="activator",
-        resource={
-            "k8s.container.name": "activator",
-            "k8s.namespace.name": env.system_namespace,
-            "k8s.pod.name": env.pod_name,
-            "service.instance.id": env.pod_name,
-        },
+    return metrics_exporter(
+        registry,
+        {k: OTelName(n, unit, attrs) for k, (n, unit, attrs) in _OTEL_NAMES.items()},
+        setting="metrics.protocol",
+        protocol=obs.metrics_protocol,
+        endpoint=obs.metrics_endpoint,
+        interval=obs.metrics_export_interval,
+        scope="knative.dev/serving/pkg/activator",
+        who=identity(env),
+        environ=os.environ,
+        loop=loop,
     )
 
 
@@ -456,13 +430,8 @@ async def _serve(
 def run(environ: Mapping[str, str]) -> int:
     try:
         env = parse_env(environ)
-        raw = environ.get("OBSERVABILITY_CONFIG", "")
-        obs = None
-        if raw.strip():  # parsed once, here: tracing and metrics read the same config
-            from dataplane.observability import parse_observability
-
-            obs = parse_observability(raw)
-        tracing = _tracing_config(env, environ, obs)
+        obs = observability(environ)  # parsed once, here: tracing and metrics read it
+        tracing = tracing_settings(obs, environ, identity(env))
     except ConfigError as e:
         print(f"activator: {e}", file=sys.stderr)
         return 1

@@ -523,30 +523,11 @@ def _start_tracing(environ: Mapping[str, str], pod: str) -> None:
     """With tracing configured (``OBSERVABILITY_CONFIG`` or ``OTEL_*``, as the activator), the
     aiohttp servers (stat websocket, metrics) are traced by the OpenTelemetry aiohttp-server
     instrumentation; it must patch aiohttp before the applications are created."""
-    raw = environ.get("OBSERVABILITY_CONFIG", "")
-    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
-        return
-    from dataplane.tracing import (
-        instrument_aiohttp,
-        observability_tracing,
-        start_tracing,
-        tracing_config,
-    )
+    from dataplane.telemetry import Identity, observability, start_tracer, tracing_settings
 
-    protocol, endpoint, rate = observability_tracing(raw)
-    cfg = tracing_config(
-        environ,
-        protocol=protocol,
-        endpoint=endpoint,
-        rate=rate,
-        service_name="autoscaler",
-        resource={"k8s.pod.name": pod, "service.instance.id": pod},
-    )
-    tracer = start_tracing(cfg, "knative.dev/serving/pkg/autoscaler")
-    if tracer is not None:
-        missing = instrument_aiohttp(tracer, client=False, server=True)
-        if missing:
-            log.info("not instrumented (packages missing): %s", ", ".join(missing))
+    who = Identity("autoscaler", {"k8s.pod.name": pod, "service.instance.id": pod})
+    cfg = tracing_settings(observability(environ), environ, who)
+    start_tracer(cfg, "knative.dev/serving/pkg/autoscaler", aiohttp_server=True)
 
 
 def run(environ: Mapping[str, str]) -> int:

@@ -32,6 +32,13 @@ from dataplane.h2c import H2Hub
 from dataplane.metrics import add_activator_metrics, add_autoscaler_metrics, wait_histogram
 from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.telemetry import (
+    Identity,
+    flush_traces,
+    observability,
+    start_tracer,
+    tracing_settings,
+)
 from platforms.base import Endpoints, Revision, RevisionKey
 from platforms.local import LocalPlatform, PlatformError, ServiceSpec, app_env, expand_vars
 
@@ -89,16 +96,8 @@ class _Fanout:
 def _tracer(environ: Mapping[str, str]) -> Tracer | None:
     """The embedded activator's tracer, or None when no tracing is configured (the OpenTelemetry
     SDK is imported only then); a bad setting is a ConfigError naming it."""
-    raw = environ.get("OBSERVABILITY_CONFIG", "")
-    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
-        return None
-    from dataplane.tracing import observability_tracing, start_tracing, tracing_config
-
-    protocol, endpoint, rate = observability_tracing(raw)
-    cfg = tracing_config(
-        environ, protocol=protocol, endpoint=endpoint, rate=rate, service_name="knd-activator"
-    )
-    return start_tracing(cfg, "knative.dev/serving/pkg/activator")
+    cfg = tracing_settings(observability(environ), environ, Identity("knd-activator"))
+    return start_tracer(cfg, "knative.dev/serving/pkg/activator")
 
 
 class Runner:
@@ -396,8 +395,7 @@ class Runner:
         return n
 
     async def _flush_traces(self) -> None:
-        if self.tracer is not None:  # flush the spans still batched
-            await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
+        await flush_traces(self.tracer, self.loop)
 
 
 def check_command(spec: ServiceSpec) -> None:

@@ -26,6 +26,13 @@ from dataplane.probespec import ProbeConfigError, parse_readiness_probe
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from dataplane.statpb import Stat, encode_stat
 from dataplane.stats import RequestStats
+from dataplane.telemetry import (
+    Identity,
+    flush_traces,
+    metrics_exporter,
+    start_tracer,
+    tracing_settings,
+)
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.upstream import UpstreamPool
 
@@ -62,6 +69,7 @@ class QueueProxy:
         loop: asyncio.AbstractEventLoop,
         main_sock: object | None = None,
         tracing: TracingConfig | None = None,
+        who: Identity | None = None,
     ) -> None:
         self.env = env
         self.main_sock = main_sock
@@ -114,12 +122,10 @@ class QueueProxy:
                     )
                 )
             if obs.request_metrics_protocol != "prometheus":
-                self.metrics_exporter = _metrics_exporter(env, self.registry, loop)
-        self.tracer: Tracer | None = None
-        if tracing is not None and tracing.enabled:
-            from dataplane.tracing import start_tracing
-
-            self.tracer = start_tracing(tracing, "knative.dev/serving/pkg/queue")
+                self.metrics_exporter = _metrics_exporter(
+                    env, self.registry, who or identity(env, os.environ), loop
+                )
+        self.tracer: Tracer | None = start_tracer(tracing, "knative.dev/serving/pkg/queue")
         request_log = None
         if obs.enable_request_log:
             from dataplane.reqlog import RequestLogTemplate, TemplateError
@@ -333,12 +339,7 @@ class QueueProxy:
         self.pool.close()
         if self.metrics_exporter is not None:
             await self.metrics_exporter.stop()  # the last values, as the OTel SDK flushes
-        if self.tracer is not None:
-            # Knative flushes telemetry for up to 10 s before exiting.
-            try:
-                await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
-            except Exception:
-                log.warning("could not flush traces within 10s")
+        await flush_traces(self.tracer, self.loop)
         log.info("shutdown complete")
         if not self.stopped.done():
             self.stopped.set_result(None)
@@ -355,80 +356,12 @@ _OTEL_NAMES = {
 }
 
 
-def _resource(env: Env, environ: Mapping[str, str]) -> dict[str, str]:
+def identity(env: Env, environ: Mapping[str, str]) -> Identity:
+    """The sidecar's OpenTelemetry resource, for its traces and its request metrics."""
     pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or env.pod
-    return {
-        "service.name": environ.get("OTEL_SERVICE_NAME", "")
-        or env.service
-        or env.configuration
-        or env.revision
-        or pod,
-        "k8s.container.name": "queue-proxy",
-        "k8s.namespace.name": env.namespace,
-        "k8s.pod.name": pod,
-        "service.instance.id": pod,
-        "kn.service.name": env.service,
-        "kn.configuration.name": env.configuration,
-        "kn.revision.name": env.revision,
-    }
-
-
-def _metrics_exporter(
-    env: Env, registry: Registry, loop: asyncio.AbstractEventLoop
-) -> MetricsExporter:
-    """OTLP push of the request metrics (requestMetrics.protocol grpc or http/protobuf)."""
-    try:
-        from dataplane.otlpmetrics import MetricsExporter, OTelName, exporter_settings
-    except ImportError as e:  # pragma: no cover - the tracing extra brings opentelemetry-proto
-        raise ConfigError(
-            "OBSERVABILITY_CONFIG: requestMetrics.protocol "
-            f"{env.observability.request_metrics_protocol} needs opentelemetry-proto "
-            f"(pip install 'knative-dataplane[tracing]'): {e}"
-        ) from None
-    obs = env.observability
-    endpoint, interval = exporter_settings(
-        obs.request_metrics_protocol,
-        obs.request_metrics_endpoint,
-        os.environ,
-        obs.request_metrics_export_interval,
-    )
-    names = {
-        k: OTelName(n, unit, attrs, frozenset(("http.response.status_code",)))
-        for k, (n, unit, attrs) in _OTEL_NAMES.items()
-    }
-    try:
-        return MetricsExporter(
-            registry,
-            names,
-            protocol=obs.request_metrics_protocol,
-            endpoint=endpoint,
-            interval=interval,
-            scope="knative.dev/serving/pkg/queue",
-            resource=_resource(env, os.environ),
-            loop=loop,
-        )
-    except ImportError as e:
-        raise ConfigError(
-            f"OBSERVABILITY_CONFIG: requestMetrics.protocol {obs.request_metrics_protocol} "
-            f"needs opentelemetry-proto (pip install 'knative-dataplane[tracing]'): {e}"
-        ) from None
-
-
-def _tracing_config(env: Env, environ: Mapping[str, str]) -> TracingConfig | None:
-    """Tracing settings, or None when nothing asks for tracing (the module is not imported)."""
-    obs = env.observability
-    if obs.tracing_protocol in ("", "none") and not environ.get("OTEL_TRACES_EXPORTER"):
-        return None
-    from dataplane.tracing import tracing_config
-
-    pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or env.pod
-    return tracing_config(
-        environ,
-        protocol=obs.tracing_protocol,
-        endpoint=obs.tracing_endpoint,
-        rate=obs.tracing_sampling_rate,
-        service_name=env.service or env.configuration or env.revision or pod,
-        resource={
+    return Identity(
+        env.service or env.configuration or env.revision or pod,
+        {
             "k8s.container.name": "queue-proxy",
             "k8s.namespace.name": env.namespace,
             "k8s.pod.name": pod,
@@ -440,10 +373,40 @@ def _tracing_config(env: Env, environ: Mapping[str, str]) -> TracingConfig | Non
     )
 
 
-async def _serve(env: Env, main_sock: object | None, tracing: TracingConfig | None = None) -> int:
+def _metrics_exporter(
+    env: Env, registry: Registry, who: Identity, loop: asyncio.AbstractEventLoop
+) -> MetricsExporter:
+    """OTLP push of the request metrics (requestMetrics.protocol grpc or http/protobuf)."""
+    from dataplane.otlpmetrics import OTelName
+
+    obs = env.observability
+    names = {
+        k: OTelName(n, unit, attrs, frozenset(("http.response.status_code",)))
+        for k, (n, unit, attrs) in _OTEL_NAMES.items()
+    }
+    return metrics_exporter(
+        registry,
+        names,
+        setting="requestMetrics.protocol",
+        protocol=obs.request_metrics_protocol,
+        endpoint=obs.request_metrics_endpoint,
+        interval=obs.request_metrics_export_interval,
+        scope="knative.dev/serving/pkg/queue",
+        who=who,
+        environ=os.environ,
+        loop=loop,
+    )
+
+
+async def _serve(
+    env: Env,
+    main_sock: object | None,
+    tracing: TracingConfig | None = None,
+    who: Identity | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     try:
-        qp = QueueProxy(env, loop, main_sock, tracing)
+        qp = QueueProxy(env, loop, main_sock, tracing, who)
         await qp.start()
     except (ConfigError, ProbeConfigError) as e:
         print(f"queue-proxy: {e}", file=sys.stderr)
@@ -467,7 +430,8 @@ async def _serve(env: Env, main_sock: object | None, tracing: TracingConfig | No
 def run(environ: Mapping[str, str], main_sock: object | None = None) -> int:
     try:
         env = parse_env(environ)
-        tracing = _tracing_config(env, environ)
+        who = identity(env, environ)
+        tracing = tracing_settings(env.observability, environ, who)
     except ConfigError as e:
         print(f"queue-proxy: {e}", file=sys.stderr)
         return 1
@@ -479,9 +443,9 @@ def run(environ: Mapping[str, str], main_sock: object | None = None) -> int:
     try:
         import uvloop
 
-        return int(uvloop.run(_serve(env, main_sock, tracing)))
+        return int(uvloop.run(_serve(env, main_sock, tracing, who)))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(_serve(env, main_sock, tracing))
+        return asyncio.run(_serve(env, main_sock, tracing, who))
 
 
 def main() -> None:
