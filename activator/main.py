@@ -22,8 +22,13 @@ from typing import TYPE_CHECKING
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
 from dataplane.logs import setup_logging
-from dataplane.metrics import REVISION_LABELS, revision_labels
-from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
+from dataplane.metrics import (
+    ACTIVATOR_OTEL_NAMES,
+    add_activator_metrics,
+    stats_connection_metrics,
+    wait_histogram,
+)
+from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from dataplane.telemetry import (
     Identity,
@@ -50,9 +55,6 @@ __all__ = ["main", "run"]
 
 log = logging.getLogger("activator")
 
-_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-_REV_LABELS = ("k8s_namespace_name", "kn_revision_name")
-
 
 class ActivatorProcess:
     """The running activator: servers, platform, stat sink and the shutdown sequence."""
@@ -73,26 +75,11 @@ class ActivatorProcess:
         self.stopped: asyncio.Future[None] = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
         self.registry = Registry()
-        self.reachable = Gauge(
-            "kn_activator_stats_conn_reachable",
-            "Whether the autoscaler is reachable over the stats websocket (1) or not (0)",
-            ("peer",),
-        )
-        self.reachable.set(0, ("autoscaler",))
-        self.conn_errors = Counter(
-            "kn_activator_stats_conn_errors",
-            "Disconnections of the stats websocket to the autoscaler",
-            ("peer",),
-        )
+        self.reachable, self.conn_errors = stats_connection_metrics()
         self.sink = StatSink(
             env.autoscaler_url, on_connect=self._on_connect, on_disconnect=self._on_disconnect
         )
-        self.waits = Histogram(
-            "knd_activator_request_wait_seconds",
-            "Time requests waited at the activator for capacity (cold starts included)",
-            _WAIT_BUCKETS,
-            _REV_LABELS,
-        )
+        self.waits = wait_histogram()
         self.activator = Activator(
             loop=loop,
             pod_name=env.pod_name,
@@ -109,30 +96,7 @@ class ActivatorProcess:
         )
         self.activator.unready_reason = self._unready_reason
         act = self.activator
-        self.registry.add(
-            Gauge(
-                "kn_revision_request_queued",
-                "Requests waiting in the activator's throttler",
-                _REV_LABELS,
-                fn=lambda: [(labels, float(q)) for labels, q, _ in act.gauges()],
-            )
-        )
-        self.registry.add(
-            Gauge(
-                "kn_revision_request_active",
-                "Requests the activator is proxying",
-                _REV_LABELS,
-                fn=lambda: [(labels, float(a)) for labels, _, a in act.gauges()],
-            )
-        )
-        self.registry.add(
-            Gauge(
-                "kn_revision_request_concurrency",
-                "Average concurrency per revision through this activator, as last reported",
-                REVISION_LABELS,
-                fn=self._concurrency,
-            )
-        )
+        add_activator_metrics(self.registry, act)
         self.registry.add(self.reachable)
         self.registry.add(self.conn_errors)
         self.registry.add(self.waits)
@@ -206,17 +170,6 @@ class ActivatorProcess:
             owns_api=True,
             api_wait=env.api_wait,
         )
-
-    def _concurrency(self) -> list[tuple[tuple[str, ...], float]]:
-        # SPEC §2.9: service, configuration, revision and namespace; a revision the activator
-        # no longer knows is skipped, as Knative skips the gauge when the lookup fails.
-        act = self.activator
-        out = []
-        for key, v in sorted(act.reporter.concurrency().items()):
-            rs = act.revisions.get(key)
-            if rs is not None:
-                out.append((revision_labels(key, rs.rev.annotations), v))
-        return out
 
     def _on_connect(self) -> None:
         self.reachable.set(1, ("autoscaler",))
@@ -333,27 +286,6 @@ class ActivatorProcess:
             self.stopped.set_result(None)
 
 
-# Knative's OpenTelemetry instruments (pkg/activator) for our Prometheus metrics; the wait
-# histogram is ours (Knative has no such metric) and keeps a knd name.
-_REV_ATTRS = ("k8s.namespace.name", "kn.revision.name")
-_OTEL_NAMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "kn_revision_request_queued": ("kn.revision.request.queued", "{request}", _REV_ATTRS),
-    "kn_revision_request_active": ("kn.revision.request.active", "{request}", _REV_ATTRS),
-    "kn_revision_request_concurrency": (
-        "kn.revision.request.concurrency",
-        "{request}",
-        ("k8s.namespace.name", "kn.service.name", "kn.configuration.name", "kn.revision.name"),
-    ),
-    "kn_activator_stats_conn_reachable": (
-        "kn.activator.stats.conn.reachable",
-        "{reachable}",
-        ("peer",),
-    ),
-    "kn_activator_stats_conn_errors": ("kn.activator.stats.conn.errors", "{error}", ("peer",)),
-    "knd_activator_request_wait_seconds": ("knd.activator.request.wait", "s", _REV_ATTRS),
-}
-
-
 def identity(env: ActivatorEnv) -> Identity:
     """The activator's OpenTelemetry resource, for its traces and its metrics."""
     return Identity(
@@ -375,11 +307,9 @@ def _metrics_exporter(
 ) -> MetricsExporter:
     """OTLP push of the activator's metrics (``metrics.protocol`` grpc or http/protobuf);
     the Prometheus port stays."""
-    from dataplane.otlpmetrics import OTelName
-
     return metrics_exporter(
         registry,
-        {k: OTelName(n, unit, attrs) for k, (n, unit, attrs) in _OTEL_NAMES.items()},
+        ACTIVATOR_OTEL_NAMES,
         setting="metrics.protocol",
         protocol=obs.metrics_protocol,
         endpoint=obs.metrics_endpoint,

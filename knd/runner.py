@@ -142,12 +142,9 @@ class Runner:
             self.registry,
             self.autoscaler.status,
             self.platform.ready_count,
-            # a knd service is its own configuration, as with a Knative Service
-            labels=lambda key, rs: (key[0], self._name(key), self._name(key), key[1]),
+            labels=self._labels,
         )
-        add_activator_metrics(
-            self.registry, self.activator.gauges, self.activator.reporter.concurrency
-        )
+        add_activator_metrics(self.registry, self.activator, labels=self._labels)
         self.registry.add(waits)
         self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
         self.server = HTTPServer(
@@ -179,6 +176,11 @@ class Runner:
 
     def _name(self, key: RevisionKey) -> str:
         return self._names.get(key, key[1])
+
+    def _labels(self, key: RevisionKey, _: object) -> tuple[str, ...]:
+        """A revision's metric labels: a knd service is its own configuration, as with a
+        Knative Service."""
+        return (key[0], self._name(key), self._name(key), key[1])
 
     def _scale_event(self, ev: ScaleEvent) -> None:
         d = ev.decision
