@@ -24,9 +24,7 @@ from dataplane.h2c import H2Hub
 from dataplane.logs import setup_logging
 from dataplane.metrics import (
     ACTIVATOR_OTEL_NAMES,
-    add_activator_metrics,
     stats_connection_metrics,
-    wait_histogram,
 )
 from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
@@ -41,6 +39,7 @@ from dataplane.telemetry import (
 from platforms.base import Platform
 from platforms.static import StaticPlatform
 
+from .compose import SCOPE, data_server, new_activator
 from .env import ActivatorEnv, parse_env
 from .handler import Activator
 from .statsink import StatSink
@@ -56,6 +55,28 @@ __all__ = ["main", "run"]
 log = logging.getLogger("activator")
 
 
+class Readiness:
+    """Kubelet probes pass once the autoscaler websocket is up and the platform's caches are
+    synced (a platform without a ``synced`` notion is ready once started)."""
+
+    __slots__ = ("platform", "sink")
+
+    def __init__(self, sink: StatSink) -> None:
+        self.sink = sink
+        self.platform: Platform | None = None
+
+    def ready(self) -> bool:
+        p = self.platform
+        return self.sink.connected and p is not None and bool(getattr(p, "synced", True))
+
+    def reason(self) -> str:
+        if not self.sink.connected:
+            return "connection has not yet been established"  # Knative's text
+        if self.platform is None:
+            return "platform not started"
+        return "platform caches not synced"
+
+
 class ActivatorProcess:
     """The running activator: servers, platform, stat sink and the shutdown sequence."""
 
@@ -63,120 +84,42 @@ class ActivatorProcess:
         self,
         env: ActivatorEnv,
         loop: asyncio.AbstractEventLoop,
-        tracing: TracingConfig | None = None,
-        metrics: ObservabilityConfig | None = None,
+        activator: Activator,
+        *,
+        readiness: Readiness,
+        registry: Registry,
+        tracer: Tracer | None = None,
+        metrics_exporter: MetricsExporter | None = None,
     ) -> None:
         self.env = env
         self.loop = loop
-        # The stats websocket to the autoscaler is the activator's aiohttp client.
-        self.tracer: Tracer | None = start_tracer(
-            tracing, "knative.dev/serving/pkg/activator", aiohttp_client=True
-        )
+        self.activator = act = activator
+        self.readiness = readiness
+        self.sink = readiness.sink
+        self.registry = registry
+        self.tracer = tracer
+        self.metrics_exporter = metrics_exporter
         self.stopped: asyncio.Future[None] = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
-        self.registry = Registry()
-        self.reachable, self.conn_errors = stats_connection_metrics()
-        self.sink = StatSink(
-            env.autoscaler_url, on_connect=self._on_connect, on_disconnect=self._on_disconnect
-        )
-        self.waits = wait_histogram()
-        self.activator = Activator(
-            loop=loop,
-            pod_name=env.pod_name,
-            send_stats=self.sink.send,
-            connected=self._ready,
-            cluster_domain=env.cluster_domain,
-            queue_depth=env.queue_depth,
-            queue_wait=env.queue_wait,
-            probe_frequency=env.probe_frequency,
-            probe_timeout=env.probe_timeout,
-            max_idle_per_host=env.max_idle_proxy_conns_per_host,
-            wait_histogram=self.waits,
-            tracer=self.tracer,
-        )
-        self.activator.unready_reason = self._unready_reason
-        act = self.activator
-        add_activator_metrics(self.registry, act)
-        self.registry.add(self.reachable)
-        self.registry.add(self.conn_errors)
-        self.registry.add(self.waits)
-        self.platform: Platform | None = None
-        base = ServerConfig(max_header_bytes=env.max_header_bytes)
-        self.server = HTTPServer(
-            act,
-            ServerConfig(
-                max_header_bytes=env.max_header_bytes,
-                timeout_body=b"activator request timeout",
-            ),
-            loop=loop,
-        )
-        self.metrics_server = HTTPServer(self._metrics, base, loop=loop)
         # h2c (gRPC): prior knowledge on the data port, and on ACTIVATOR_H2C_PORT (Knative: 8013)
         self.h2c = H2Hub(loop)
-        self.h2c.enable(self.server)
+        self.server = data_server(act, env, loop, self.h2c)
+        base = ServerConfig(max_header_bytes=env.max_header_bytes)
+        self.metrics_server = HTTPServer(self._metrics, base, loop=loop)
         self.h2c_server: HTTPServer | None = None
         if env.h2c_port:
             self.h2c_server = HTTPServer(act, self.server.config, loop=loop)
             self.h2c.enable(self.h2c_server)
         self.tls_server: HTTPServer | None = None
         self._stop_checks: list[Callable[[], None]] = []
-        self.metrics_exporter: MetricsExporter | None = None
-        if metrics is not None and metrics.metrics_protocol in ("grpc", "http/protobuf"):
-            self.metrics_exporter = _metrics_exporter(env, metrics, self.registry, loop)
 
-    def _unready_reason(self) -> str:
-        if not self.sink.connected:
-            return "connection has not yet been established"  # Knative's text
-        if self.platform is None:
-            return "platform not started"
-        return "platform caches not synced"
+    @property
+    def platform(self) -> Platform | None:
+        return self.readiness.platform
 
-    def _ready(self) -> bool:
-        """Kubelet probes pass once the autoscaler websocket is up and the platform's caches
-        are synced (a platform without a ``synced`` notion is ready once started)."""
-        p = self.platform
-        return self.sink.connected and p is not None and bool(getattr(p, "synced", True))
-
-    async def _make_platform(self) -> Platform:
-        env = self.env
-        if env.platform == "static":
-            return StaticPlatform(env.platform_file)
-        try:
-            from platforms.kubernetes import KnativePlatform, connect
-        except ImportError as e:
-            raise ConfigError(
-                f"KND_PLATFORM={env.platform} needs kubernetes-asyncio (pip install "
-                f"'knative-dataplane[kubernetes]'): {e}"
-            ) from None
-        api = await connect(env.kubeconfig or None)
-        if env.platform == "standalone":
-            from platforms.kubernetes.standalone import StandalonePlatform
-
-            return StandalonePlatform(
-                api,
-                namespace=env.watch_namespace or None,
-                cluster_domain=env.cluster_domain,
-                owns_api=True,
-                api_wait=env.api_wait,
-                pod_ip=env.pod_ip,
-                activator_service=(env.system_namespace, env.activator_service),
-            )
-        if not env.pod_ip:
-            log.warning("POD_IP is empty: subsetting across activators is off")
-        return KnativePlatform(
-            api,
-            pod_ip=env.pod_ip,
-            namespace=env.watch_namespace or None,
-            owns_api=True,
-            api_wait=env.api_wait,
-        )
-
-    def _on_connect(self) -> None:
-        self.reachable.set(1, ("autoscaler",))
-
-    def _on_disconnect(self) -> None:
-        self.reachable.set(0, ("autoscaler",))
-        self.conn_errors.inc(("autoscaler",))
+    @platform.setter
+    def platform(self, platform: Platform | None) -> None:
+        self.readiness.platform = platform
 
     def _metrics(self, ex: Exchange) -> None:
         if ex.path == b"/metrics":
@@ -188,7 +131,7 @@ class ActivatorProcess:
         env = self.env
         tls = self._load_tls() if env.internal_tls else None  # bad certificates: exit first
         if self.platform is None:  # (an embedding may have set one)
-            self.platform = await self._make_platform()
+            self.platform = await make_platform(env)
         await self.platform.start(self.activator)
         await self.sink.start()
         self.activator.start()
@@ -286,6 +229,94 @@ class ActivatorProcess:
             self.stopped.set_result(None)
 
 
+def compose(
+    env: ActivatorEnv,
+    loop: asyncio.AbstractEventLoop,
+    tracing: TracingConfig | None = None,
+    obs: ObservabilityConfig | None = None,
+) -> ActivatorProcess:
+    """The activator binary's composition root: the parts, handed to one another."""
+    # The stats websocket to the autoscaler is the activator's aiohttp client: instrumented
+    # before the sink exists.
+    tracer = start_tracer(tracing, SCOPE, aiohttp_client=True)
+    registry = Registry()
+    readiness = Readiness(_stat_sink(env, registry))
+    act = new_activator(
+        env,
+        loop,
+        send_stats=readiness.sink.send,
+        connected=readiness.ready,
+        tracer=tracer,
+        registry=registry,
+    )
+    act.unready_reason = readiness.reason
+    exporter = None
+    if obs is not None and obs.metrics_protocol in ("grpc", "http/protobuf"):
+        exporter = _metrics_exporter(env, obs, registry, loop)
+    return ActivatorProcess(
+        env,
+        loop,
+        act,
+        readiness=readiness,
+        registry=registry,
+        tracer=tracer,
+        metrics_exporter=exporter,
+    )
+
+
+def _stat_sink(env: ActivatorEnv, registry: Registry) -> StatSink:
+    """The stats websocket to the autoscaler; whether it is up, and its disconnections, are
+    metrics in ``registry``."""
+    reachable, errors = stats_connection_metrics()
+    registry.add(reachable)
+    registry.add(errors)
+    peer = ("autoscaler",)
+
+    def down() -> None:
+        reachable.set(0, peer)
+        errors.inc(peer)
+
+    return StatSink(
+        env.autoscaler_url, on_connect=lambda: reachable.set(1, peer), on_disconnect=down
+    )
+
+
+async def make_platform(env: ActivatorEnv) -> Platform:
+    """The platform ``KND_PLATFORM`` names (kubernetes-asyncio is imported only for the
+    Kubernetes ones)."""
+    if env.platform == "static":
+        return StaticPlatform(env.platform_file)
+    try:
+        from platforms.kubernetes import KnativePlatform, connect
+    except ImportError as e:
+        raise ConfigError(
+            f"KND_PLATFORM={env.platform} needs kubernetes-asyncio (pip install "
+            f"'knative-dataplane[kubernetes]'): {e}"
+        ) from None
+    api = await connect(env.kubeconfig or None)
+    if env.platform == "standalone":
+        from platforms.kubernetes.standalone import StandalonePlatform
+
+        return StandalonePlatform(
+            api,
+            namespace=env.watch_namespace or None,
+            cluster_domain=env.cluster_domain,
+            owns_api=True,
+            api_wait=env.api_wait,
+            pod_ip=env.pod_ip,
+            activator_service=(env.system_namespace, env.activator_service),
+        )
+    if not env.pod_ip:
+        log.warning("POD_IP is empty: subsetting across activators is off")
+    return KnativePlatform(
+        api,
+        pod_ip=env.pod_ip,
+        namespace=env.watch_namespace or None,
+        owns_api=True,
+        api_wait=env.api_wait,
+    )
+
+
 def identity(env: ActivatorEnv) -> Identity:
     """The activator's OpenTelemetry resource, for its traces and its metrics."""
     return Identity(
@@ -314,7 +345,7 @@ def _metrics_exporter(
         protocol=obs.metrics_protocol,
         endpoint=obs.metrics_endpoint,
         interval=obs.metrics_export_interval,
-        scope="knative.dev/serving/pkg/activator",
+        scope=SCOPE,
         who=identity(env),
         environ=os.environ,
         loop=loop,
@@ -328,7 +359,7 @@ async def _serve(
 ) -> int:
     loop = asyncio.get_running_loop()
     try:
-        proc = ActivatorProcess(env, loop, tracing, obs)
+        proc = compose(env, loop, tracing, obs)
     except ConfigError as e:
         print(f"activator: {e}", file=sys.stderr)
         return 1
