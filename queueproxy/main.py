@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dataplane.breaker import Breaker
@@ -44,14 +45,17 @@ from .readiness import ReadinessProber
 
 if TYPE_CHECKING:
     from dataplane.otlpmetrics import MetricsExporter
-    from dataplane.promtext import Registry
+    from dataplane.promtext import Histogram, Registry
+    from dataplane.reqlog import RequestLogTemplate
     from dataplane.tls import CertWatcher
     from dataplane.tracing import Tracer, TracingConfig
 
-__all__ = ["QueueProxy", "main"]
+__all__ = ["QueueProxy", "compose", "main"]
 
 log = logging.getLogger("queueproxy")
 
+#: The OpenTelemetry scope of the sidecar's spans and request metrics (Knative's package).
+SCOPE = "knative.dev/serving/pkg/queue"
 _PROTOBUF = b"Content-Type: application/protobuf\r\n"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
@@ -67,9 +71,14 @@ class QueueProxy:
         self,
         env: Env,
         loop: asyncio.AbstractEventLoop,
+        handler: QueueProxyHandler,
+        *,
+        stats: RequestStats,
+        drainer: Drainer,
+        pool: UpstreamPool,
+        metrics: RequestMetrics | None = None,
+        tracer: Tracer | None = None,
         main_sock: object | None = None,
-        tracing: TracingConfig | None = None,
-        who: Identity | None = None,
     ) -> None:
         self.env = env
         self.main_sock = main_sock
@@ -79,84 +88,14 @@ class QueueProxy:
         self.stopped = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        cc = env.container_concurrency
-        self.breaker = Breaker(10 * cc, cc, cc) if cc >= 1 else None
-        self.stats = RequestStats(loop.time())
+        self.handler = handler
+        self.stats = stats
         self.stat_bytes = encode_stat(Stat(pod_name=env.pod))
-        self.drainer = Drainer(env.drain_quiet_period, loop=loop)
-        probes = parse_readiness_probe(
-            env.readiness_probe,
-            multi_container=env.multi_container_probes,
-            user_port=env.user_port,
-        )
-        self.prober = ReadinessProber(
-            probes,
-            log=lambda m: log.warning(m),
-            attempt=auto_detect_attempt if env.http2_auto_detection else None,
-        )
-        self.pool = UpstreamPool(
-            env.user_host, env.user_port, max_idle=cc if cc >= 1 else 1000, loop=loop
-        )
-        obs = env.observability
-        self.registry = None
-        duration = None
-        self.metrics_exporter: MetricsExporter | None = None
-        if obs.request_metrics_protocol in ("prometheus", "grpc", "http/protobuf"):
-            from dataplane.promtext import Gauge, Histogram, Registry
-
-            self.registry = Registry()
-            duration = Histogram(
-                "kn_serving_invocation_duration_seconds",
-                "The duration of the invocation of the user container, as seen by the queue-proxy",
-                _DURATION_BUCKETS,
-                ("http_response_status_code",),
-            )
-            self.registry.add(duration)
-            b = self.breaker
-            if b is not None:
-                self.registry.add(
-                    Gauge(
-                        "kn_serving_queue_depth",
-                        "Requests admitted by the breaker: executing plus waiting",
-                        fn=lambda: [((), float(b.in_flight))],
-                    )
-                )
-            if obs.request_metrics_protocol != "prometheus":
-                self.metrics_exporter = _metrics_exporter(
-                    env, self.registry, who or identity(env, os.environ), loop
-                )
-        self.tracer: Tracer | None = start_tracer(tracing, "knative.dev/serving/pkg/queue")
-        request_log = None
-        if obs.enable_request_log:
-            from dataplane.reqlog import RequestLogTemplate, TemplateError
-
-            try:
-                request_log = RequestLogTemplate(obs.request_log_template)
-            except TemplateError as e:
-                log.error("request log disabled: invalid requestLogTemplate: %s", e)
-        self.handler = QueueProxyHandler(
-            loop=loop,
-            pool=self.pool,
-            breaker=self.breaker,
-            stats=self.stats,
-            prober=self.prober,
-            drainer=self.drainer,
-            timeouts=TimeoutPolicy(
-                env.revision_timeout, env.response_start_timeout, env.idle_timeout
-            ),
-            duration=duration,
-            request_log=request_log,
-            log_probes=obs.enable_probe_request_log,
-            log_fields={
-                "revision": env.revision,
-                "namespace": env.namespace,
-                "service": env.service,
-                "configuration": env.configuration,
-                "pod": env.pod,
-                "pod_ip": env.pod_ip,
-            },
-            tracer=self.tracer,
-        )
+        self.drainer = drainer
+        self.pool = pool
+        self.registry = None if metrics is None else metrics.registry
+        self.metrics_exporter = None if metrics is None else metrics.exporter
+        self.tracer = tracer
         base = {"max_header_bytes": env.max_header_bytes, "header_timeout": env.header_timeout}
         self.main_server = HTTPServer(
             self.handler,
@@ -345,6 +284,126 @@ class QueueProxy:
             self.stopped.set_result(None)
 
 
+def compose(
+    env: Env,
+    loop: asyncio.AbstractEventLoop,
+    main_sock: object | None = None,
+    tracing: TracingConfig | None = None,
+    who: Identity | None = None,
+) -> QueueProxy:
+    """The queue-proxy's composition root: the parts, handed to one another."""
+    cc = env.container_concurrency
+    breaker = Breaker(10 * cc, cc, cc) if cc >= 1 else None
+    stats = RequestStats(loop.time())
+    drainer = Drainer(env.drain_quiet_period, loop=loop)
+    prober = _prober(env)
+    pool = UpstreamPool(env.user_host, env.user_port, max_idle=cc if cc >= 1 else 1000, loop=loop)
+    metrics = request_metrics(env, breaker, who or identity(env, os.environ), loop)
+    tracer = start_tracer(tracing, SCOPE)
+    handler = QueueProxyHandler(
+        loop=loop,
+        pool=pool,
+        breaker=breaker,
+        stats=stats,
+        prober=prober,
+        drainer=drainer,
+        timeouts=TimeoutPolicy(env.revision_timeout, env.response_start_timeout, env.idle_timeout),
+        duration=None if metrics is None else metrics.duration,
+        request_log=_request_log(env),
+        log_probes=env.observability.enable_probe_request_log,
+        log_fields={
+            "revision": env.revision,
+            "namespace": env.namespace,
+            "service": env.service,
+            "configuration": env.configuration,
+            "pod": env.pod,
+            "pod_ip": env.pod_ip,
+        },
+        tracer=tracer,
+    )
+    return QueueProxy(
+        env,
+        loop,
+        handler,
+        stats=stats,
+        drainer=drainer,
+        pool=pool,
+        metrics=metrics,
+        tracer=tracer,
+        main_sock=main_sock,
+    )
+
+
+def _prober(env: Env) -> ReadinessProber:
+    """The user container's readiness probe (Knative's ``SERVING_READINESS_PROBE``)."""
+    probes = parse_readiness_probe(
+        env.readiness_probe,
+        multi_container=env.multi_container_probes,
+        user_port=env.user_port,
+    )
+    return ReadinessProber(
+        probes,
+        log=lambda m: log.warning(m),
+        attempt=auto_detect_attempt if env.http2_auto_detection else None,
+    )
+
+
+def _request_log(env: Env) -> RequestLogTemplate | None:
+    obs = env.observability
+    if not obs.enable_request_log:
+        return None
+    from dataplane.reqlog import RequestLogTemplate, TemplateError
+
+    try:
+        return RequestLogTemplate(obs.request_log_template)
+    except TemplateError as e:
+        log.error("request log disabled: invalid requestLogTemplate: %s", e)
+        return None
+
+
+@dataclass(slots=True)
+class RequestMetrics:
+    """The request metrics, when ``requestMetrics.protocol`` asks for them: scraped on
+    ``QUEUE_USER_METRICS_PORT`` (prometheus) or pushed by ``exporter`` (OTLP)."""
+
+    registry: Registry
+    duration: Histogram
+    exporter: MetricsExporter | None
+
+
+def request_metrics(
+    env: Env, breaker: Breaker | None, who: Identity, loop: asyncio.AbstractEventLoop
+) -> RequestMetrics | None:
+    """Knative's request metrics (pkg/queue/request_metric.go); None when off (then
+    :mod:`dataplane.promtext` is not imported)."""
+    protocol = env.observability.request_metrics_protocol
+    if protocol not in ("prometheus", "grpc", "http/protobuf"):
+        return None
+    from dataplane.promtext import Gauge, Histogram, Registry
+
+    registry = Registry()
+    duration = Histogram(
+        "kn_serving_invocation_duration_seconds",
+        "The duration of the invocation of the user container, as seen by the queue-proxy",
+        _DURATION_BUCKETS,
+        ("http_response_status_code",),
+    )
+    registry.add(duration)
+    if breaker is not None:
+        b = breaker
+        registry.add(
+            Gauge(
+                "kn_serving_queue_depth",
+                "Requests admitted by the breaker: executing plus waiting",
+                fn=lambda: [((), float(b.in_flight))],
+            )
+        )
+    exporter = None
+    if protocol != "prometheus":
+        exporter = _metrics_exporter(env, registry, who, loop)
+    return RequestMetrics(registry, duration, exporter)
+
+
 # Knative's OpenTelemetry instruments (pkg/queue/request_metric.go) for our Prometheus metrics.
 _OTEL_NAMES = {
     "kn_serving_invocation_duration_seconds": (
@@ -391,7 +450,7 @@ def _metrics_exporter(
         protocol=obs.request_metrics_protocol,
         endpoint=obs.request_metrics_endpoint,
         interval=obs.request_metrics_export_interval,
-        scope="knative.dev/serving/pkg/queue",
+        scope=SCOPE,
         who=who,
         environ=os.environ,
         loop=loop,
@@ -406,7 +465,7 @@ async def _serve(
 ) -> int:
     loop = asyncio.get_running_loop()
     try:
-        qp = QueueProxy(env, loop, main_sock, tracing, who)
+        qp = compose(env, loop, main_sock, tracing, who)
         await qp.start()
     except (ConfigError, ProbeConfigError) as e:
         print(f"queue-proxy: {e}", file=sys.stderr)
