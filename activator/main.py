@@ -341,10 +341,8 @@ def _metrics_exporter(
     return metrics_exporter(
         registry,
         ACTIVATOR_OTEL_NAMES,
-        setting="metrics.protocol",
-        protocol=obs.metrics_protocol,
-        endpoint=obs.metrics_endpoint,
-        interval=obs.metrics_export_interval,
+        obs,
+        section="metrics",
         scope=SCOPE,
         who=identity(env),
         environ=os.environ,

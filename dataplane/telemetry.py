@@ -108,18 +108,22 @@ async def flush_traces(tracer: Tracer | None, loop: asyncio.AbstractEventLoop) -
 def metrics_exporter(
     registry: Registry,
     names: Mapping[str, OTelName],
+    obs: ObservabilityConfig,
     *,
-    setting: str,
-    protocol: str,
-    endpoint: str,
-    interval: float,
+    section: str,
     scope: str,
     who: Identity,
     environ: Mapping[str, str],
     loop: asyncio.AbstractEventLoop,
 ) -> MetricsExporter:
-    """OTLP push (``protocol`` grpc or http/protobuf) of ``registry``'s metrics named in
-    ``names``; ``setting`` names the config key in errors (``requestMetrics.protocol``)."""
+    """OTLP push of ``registry``'s metrics named in ``names``, as ``obs``'s ``section`` says
+    (``requestMetrics``: the sidecar's request metrics; ``metrics``: a component's own)."""
+    if section == "requestMetrics":
+        protocol, endpoint = obs.request_metrics_protocol, obs.request_metrics_endpoint
+        interval = obs.request_metrics_export_interval
+    else:
+        protocol, endpoint = obs.metrics_protocol, obs.metrics_endpoint
+        interval = obs.metrics_export_interval
     try:
         from .otlpmetrics import MetricsExporter, exporter_settings
 
@@ -136,6 +140,6 @@ def metrics_exporter(
         )
     except ImportError as e:  # the tracing extra brings opentelemetry-proto
         raise ConfigError(
-            f"OBSERVABILITY_CONFIG: {setting} {protocol} needs opentelemetry-proto "
+            f"OBSERVABILITY_CONFIG: {section}.protocol {protocol} needs opentelemetry-proto "
             f"(pip install 'knative-dataplane[tracing]'): {e}"
         ) from None

@@ -438,7 +438,6 @@ def _metrics_exporter(
     """OTLP push of the request metrics (requestMetrics.protocol grpc or http/protobuf)."""
     from dataplane.otlpmetrics import OTelName
 
-    obs = env.observability
     names = {
         k: OTelName(n, unit, attrs, frozenset(("http.response.status_code",)))
         for k, (n, unit, attrs) in _OTEL_NAMES.items()
@@ -446,10 +445,8 @@ def _metrics_exporter(
     return metrics_exporter(
         registry,
         names,
-        setting="requestMetrics.protocol",
-        protocol=obs.request_metrics_protocol,
-        endpoint=obs.request_metrics_endpoint,
-        interval=obs.request_metrics_export_interval,
+        env.observability,
+        section="requestMetrics",
         scope=SCOPE,
         who=who,
         environ=os.environ,
