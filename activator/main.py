@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
+from dataplane.listen import listen
 from dataplane.logs import setup_logging
 from dataplane.metrics import (
     ACTIVATOR_OTEL_NAMES,
@@ -141,12 +142,7 @@ class ActivatorProcess:
             (self.metrics_server, env.metrics_port, "ACTIVATOR_METRICS_PORT"),
             *([(self.h2c_server, env.h2c_port, "ACTIVATOR_H2C_PORT")] if self.h2c_server else []),
         ):
-            try:
-                await server.start(host, port)
-            except OSError as e:
-                raise ConfigError(
-                    f"{name}: cannot listen on {host or ''}:{port}: {e.strerror}"
-                ) from None
+            await listen(server, host, port, name)
         if tls is not None:
             await self._start_tls(host, *tls)
         if self.metrics_exporter is not None:
@@ -181,12 +177,7 @@ class ActivatorProcess:
         self.activator.upstream_tls = client
         server = HTTPServer(self.activator, self.server.config, loop=self.loop)
         self.h2c.enable(server)
-        try:
-            await server.start(host, env.tls_port, ssl=watcher.context)
-        except OSError as e:
-            raise ConfigError(
-                f"ACTIVATOR_TLS_PORT: cannot listen on {host or ''}:{env.tls_port}: {e.strerror}"
-            ) from None
+        await listen(server, host, env.tls_port, "ACTIVATOR_TLS_PORT", ssl=watcher.context)
         self.tls_server = server
         self._stop_checks = [
             periodic(self.loop, env.cert_reload, watcher.check),

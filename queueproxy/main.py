@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from dataplane.breaker import Breaker
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
+from dataplane.listen import listen
 from dataplane.logs import setup_logging
 from dataplane.probespec import ProbeConfigError, parse_readiness_probe
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
@@ -149,15 +150,8 @@ class QueueProxy:
                     ) from None
             listeners.append((self.user_metrics_server, port, "QUEUE_USER_METRICS_PORT"))
         for server, port, name in listeners:
-            try:
-                if server is self.main_server and self.main_sock is not None:
-                    await server.start(None, port, sock=self.main_sock)
-                    continue
-                await server.start(host, port)
-            except OSError as e:
-                raise ConfigError(
-                    f"{name}: cannot listen on {host or ''}:{port}: {e.strerror or e}"
-                ) from None
+            sock = self.main_sock if server is self.main_server else None
+            await listen(server, host, port, name, sock=sock)
         await self._start_tls(host)
         if self.metrics_exporter is not None:
             self.metrics_exporter.start()
@@ -183,13 +177,7 @@ class QueueProxy:
             ) from None
         server = HTTPServer(self.handler, self.main_server.config, loop=self.loop)
         self.h2c.enable(server)  # h2 by ALPN, as Go's TLS server offers it
-        try:
-            await server.start(host, env.tls_port, ssl=watcher.context)
-        except OSError as e:
-            raise ConfigError(
-                f"QUEUE_SERVING_TLS_PORT: cannot listen on {host or ''}:{env.tls_port}: "
-                f"{e.strerror or e}"
-            ) from None
+        await listen(server, host, env.tls_port, "QUEUE_SERVING_TLS_PORT", ssl=watcher.context)
         self.tls_server = server
         self._stop_cert_checks = periodic(self.loop, env.cert_reload, watcher.check)
         log.info("serving TLS", extra={"port": env.tls_port, "cert_dir": env.cert_dir})
