@@ -1,4 +1,8 @@
-"""Prometheus views of the autoscaler and the activator, read at scrape time.
+"""The autoscaler's and the activator's metric schemas, declared once (for the activator and
+``knd-autoscaler`` binaries and ``knd run``), and their Prometheus views, read at scrape time.
+
+What the views read is typed by structure (:class:`ScalerView`, :class:`ActivatorView`):
+``dataplane/`` imports neither ``autoscaler/`` nor ``activator/``.
 
 Names follow Knative's OpenTelemetry instruments through the Prometheus exporter's rules
 (dots to underscores, a unit suffix for real units such as ``_seconds``, none for
