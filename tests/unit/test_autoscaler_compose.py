@@ -6,6 +6,7 @@ import asyncio
 
 from autoscaler.compose import AutoscalerFeed, new_autoscaler
 from autoscaler.config import AutoscalerConfig
+from autoscaler.multiscaler import Autoscaler
 from dataplane.envconfig import ConfigError
 from dataplane.promtext import Registry
 from platforms.base import Endpoints, Revision, RevisionKey
@@ -43,9 +44,8 @@ async def _scale(key: RevisionKey, n: int) -> None:
     pass
 
 
-async def test_feed_scales_then_routes_and_stops_a_refused_revision() -> None:
-    registry = Registry()
-    autoscaler = new_autoscaler(
+def _autoscaler(registry: Registry) -> Autoscaler:
+    return new_autoscaler(
         asyncio.get_running_loop(),
         AutoscalerConfig(),
         Pods(),
@@ -54,6 +54,11 @@ async def test_feed_scales_then_routes_and_stops_a_refused_revision() -> None:
         on_error=lambda key, e: None,
         registry=registry,
     )
+
+
+async def test_feed_scales_then_routes_and_stops_a_refused_revision() -> None:
+    registry = Registry()
+    autoscaler = _autoscaler(registry)
     refused: list[tuple[RevisionKey, str]] = []
     added: list[RevisionKey] = []
     router = Router()
@@ -82,15 +87,7 @@ async def test_feed_scales_then_routes_and_stops_a_refused_revision() -> None:
 
 
 async def test_feed_without_a_router_only_scales() -> None:
-    autoscaler = new_autoscaler(
-        asyncio.get_running_loop(),
-        AutoscalerConfig(),
-        Pods(),
-        scale=_scale,
-        on_scale=lambda ev: None,
-        on_error=lambda key, e: None,
-        registry=Registry(),
-    )
+    autoscaler = _autoscaler(Registry())
     feed = AutoscalerFeed(autoscaler, lambda rev, e: None)
     feed.revision_updated(GOOD)
     feed.endpoints_updated(GOOD.key, Endpoints(ready=()))
