@@ -49,6 +49,7 @@ def new_activator(
         queue_wait=env.queue_wait,
         probe_frequency=env.probe_frequency,
         probe_timeout=env.probe_timeout,
+        mesh_mode=env.mesh_mode,
         max_idle_per_host=env.max_idle_proxy_conns_per_host,
         wait_histogram=waits,
         tracer=tracer,

@@ -23,6 +23,7 @@ class ActivatorEnv:
     max_idle_proxy_conns_per_host: int = 100
     probe_timeout: float = 0.3
     probe_frequency: float = 0.2
+    mesh_mode: str = "auto"  # config-network's mesh-compatibility-mode
     port: int = 8012
     metrics_port: int = 9090
     bind_host: str = ""
@@ -81,6 +82,13 @@ def parse_env(env: Mapping[str, str]) -> ActivatorEnv:
             env, "ACTIVATOR_MAX_HEADER_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024
         ),
     )
+    mesh = env.get("KND_MESH_COMPATIBILITY_MODE", "").strip().lower() or "auto"
+    if mesh not in ("auto", "enabled", "disabled"):
+        raise ConfigError(
+            f'KND_MESH_COMPATIBILITY_MODE: "{mesh}" is not "auto", "enabled" or "disabled" '
+            "(config-network's mesh-compatibility-mode)"
+        )
+    e.mesh_mode = mesh
     tls = env.get("KND_SYSTEM_INTERNAL_TLS", "")
     if tls.lower() not in ("", "disabled", "enabled"):
         raise ConfigError(

@@ -59,6 +59,8 @@ class RevisionState:
             probe=act.probe,
             frequency=act.probe_frequency,
             timeout=act.probe_timeout,
+            mesh_mode=act.mesh_mode,
+            on_cluster=self._cluster,
         )
         self.pools: dict[str, UpstreamPool] = {}
         self.queued = 0
@@ -113,10 +115,20 @@ class RevisionState:
 
     def _healthy(self, dests: list[str]) -> None:
         # Pools of pods that left: idle connections closed, busy ones finish their exchange.
+        keep = set(dests)
+        if self.throttler.cluster is not None:
+            keep.add(self.throttler.cluster)
         for dest in list(self.pools):
-            if dest not in dests:
+            if dest not in keep:
                 self.pools.pop(dest).close()
         self.throttler.update_backends(dests)
+
+    def _cluster(self, dest: str | None, ready: int) -> None:
+        # The ClusterIP fallback (activator/backends.py): through the private service, or not.
+        old = self.throttler.cluster
+        if old is not None and old != dest and old in self.pools:
+            self.pools.pop(old).close()
+        self.throttler.update_cluster(dest, ready)
 
     def close(self) -> None:
         self.backends.close()
@@ -208,6 +220,7 @@ class Activator:
         probe: ProbeFn = probe_queue_proxy,
         probe_frequency: float = 0.2,
         probe_timeout: float = 0.3,
+        mesh_mode: str = "auto",
         max_idle_per_host: int = 100,
         wait_histogram: Histogram | None = None,
         tracer: Tracer | None = None,
@@ -221,6 +234,7 @@ class Activator:
         self.probe = probe
         self.probe_frequency = probe_frequency
         self.probe_timeout = probe_timeout
+        self.mesh_mode = mesh_mode
         self.max_idle_per_host = max_idle_per_host
         self.wait_histogram = wait_histogram
         self.tracer = tracer

@@ -157,8 +157,10 @@ class RevisionThrottler:
         "_activator_count",
         "_activator_index",
         "_assigned",
+        "_backend_count",
         "_capacity",
         "_cc",
+        "_cluster",
         "_delivering",
         "_in_flight",
         "_pending",
@@ -196,6 +198,8 @@ class RevisionThrottler:
         self._retired: dict[str, PodTracker] = {}  # removed pods that still hold leases
         self._activator_index = -1
         self._activator_count = -1
+        self._cluster: PodTracker | None = None  # the ClusterIP fallback, when in use
+        self._backend_count = 0  # K8s-ready pods behind the ClusterIP
         self._capacity = 0
         self._in_flight = 0
         self._queue: deque[Ticket] = deque()  # FIFO; may hold cancelled tickets (lazy removal)
@@ -229,13 +233,22 @@ class RevisionThrottler:
         """Dests of the pods this activator sends to, sorted."""
         return [t.dest for t in self._assigned]
 
+    @property
+    def cluster(self) -> str | None:
+        """The ClusterIP dest in use instead of pods (Knative's fallback), or None."""
+        return None if self._cluster is None else self._cluster.dest
+
     def in_flight_by_pod(self) -> dict[str, int]:
-        """Leases outstanding per pod (``ip:port``), pods that left included; none listed at 0."""
+        """Leases outstanding per pod (``ip:port``), pods that left included; none listed at 0
+        (the ClusterIP dest, when in use, is listed as one)."""
         out: dict[str, int] = {}
         for trackers in (self._trackers, self._retired):
             for d, t in trackers.items():
                 if t.weight:
                     out[d] = out.get(d, 0) + t.weight
+        c = self._cluster
+        if c is not None and c.weight:
+            out[c.dest] = out.get(c.dest, 0) + c.weight
         return out
 
     # -- request path ----------------------------------------------------------------------
@@ -291,6 +304,21 @@ class RevisionThrottler:
         self._sorted = [trackers[d] for d in names]
         self._update_capacity()
 
+    def update_cluster(self, dest: str | None, backend_count: int) -> None:
+        """Route through the private service's ClusterIP ``dest`` (None: through the pods
+        again), with ``backend_count`` K8s-ready pods behind it (SPEC §2.5: capacity
+        ``CC x backend_count`` split across the activators, at least 1). The ClusterIP has no
+        per-pod accounting: Kubernetes balances behind it."""
+        if backend_count < 0:
+            raise ValueError(f"backend count must be 0 or more, got {backend_count}")
+        cur = self._cluster
+        if dest is None:
+            self._cluster = None
+        elif cur is None or cur.dest != dest:
+            self._cluster = PodTracker(dest, 0)  # no breaker: capacity is revision-wide
+        self._backend_count = backend_count
+        self._update_capacity()
+
     def update_activators(self, index: int, count: int) -> None:
         """This activator's position among ``count`` activators serving the revision (SPEC
         §2.10); ``index`` -1 or ``count`` 0 mean unknown: use every pod."""
@@ -305,7 +333,17 @@ class RevisionThrottler:
     # -- internals -------------------------------------------------------------------------
     def _update_capacity(self) -> None:
         cc = self._cc
-        if cc == 0:
+        if self._cluster is not None:
+            # ClusterIP routing: no assigned pods; capacity from the K8s-ready count.
+            self._assigned = []
+            n = self._backend_count
+            cap = cc * n
+            if cap > 0:
+                cap = max(1, cap // max(1, self._activator_count))
+            if n > 0 and (cc == 0 or cap > MAX_BREAKER_CAPACITY):
+                cap = MAX_BREAKER_CAPACITY
+            self._capacity = cap
+        elif cc == 0:
             # Subsetting applies only to CC > 0; the infinite breaker is open iff any pod.
             self._assigned = list(self._sorted)
             self._capacity = MAX_BREAKER_CAPACITY if self._assigned else 0
@@ -318,6 +356,10 @@ class RevisionThrottler:
             self._dispatch()
 
     def _pick(self) -> PodTracker | None:
+        c = self._cluster
+        if c is not None:
+            c.reserve()
+            return c
         cc = self._cc
         if cc == 0:
             return random_choice_2(self._assigned, self._rng)

@@ -266,16 +266,23 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         self.streams.clear()
         for st in streams:
             st.reset = True
+            self.release_buffers(st)  # the upstream's window back (ours is gone anyway)
             if not st.done:
                 st.abort()
             else:
                 self.cancel_upstream(st)
 
     def pause_writing(self) -> None:
+        # A client that does not read its answers is not read either: else its PINGs,
+        # SETTINGS and resets would pile their replies up in our buffer without bound.
         self.write_paused = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
         for st in list(self.blocked):
             self._pump(st)
         self.flush()
@@ -342,6 +349,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
                 st.reset = True
+                self.release_buffers(st)
                 if not st.done:
                     st.abort()  # cancels the upstream stream; on_done frees the slot
                 else:
@@ -350,6 +358,21 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             self.going_away = True
             if not self.streams:
                 self.close()
+
+    def release_buffers(self, st: H2Stream) -> None:
+        """Bytes buffered for a stream that is over are acknowledged, not just dropped: the
+        response bytes to the upstream connection (shared by every client of the pod: each
+        dropped byte would shrink its window for good), the request bytes to this one."""
+        if st.out_buf:
+            n = sum(len(b) for b in st.out_buf)
+            st.out_buf.clear()
+            up = st.up
+            if up is not None:
+                up.ack(st, n)
+        if st.req_buf:
+            n = sum(len(b) for b in st.req_buf)
+            st.req_buf.clear()
+            self._ack(st.sid, n)
 
     def _ack(self, sid: int, n: int) -> None:
         if n <= 0 or self.closed:
@@ -425,6 +448,11 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         except H2Error:
             self.streams.pop(st.sid, None)
             return
+        if st.req_buf and st.up is None:
+            # Answered here: the request body buffered so far will never be forwarded.
+            n = sum(len(b) for b in st.req_buf)
+            st.req_buf.clear()
+            self._ack(st.sid, n)
         if body:
             st.out_buf.append(body)
             st.out_end = True
@@ -459,7 +487,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
 
     def reset_stream(self, st: H2Stream, code: int) -> None:
         self.streams.pop(st.sid, None)
-        st.out_buf.clear()
+        self.release_buffers(st)
         if st.reset or self.closed:
             return
         st.reset = True

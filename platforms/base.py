@@ -63,6 +63,9 @@ class Endpoints:
 
     ready: tuple[str, ...] = ()
     not_ready: tuple[str, ...] = ()
+    # The revision's private service (``clusterIP:port``), for the activator's fallback when
+    # its pods cannot be probed one by one (a mesh in the way); "" when unknown.
+    cluster: str = ""
 
     @property
     def all(self) -> frozenset[str]:

@@ -8,11 +8,13 @@ with its endpoints, and optionally this activator's index among several::
         "timeoutSeconds": 300, "responseStartTimeoutSeconds": 0, "idleTimeoutSeconds": 0,
         "queueWaitSeconds": 30, "hosts": ["hello.default.example.com"],
         "annotations": {},
-        "endpoints": {"ready": ["127.0.0.1:8012"], "notReady": []},
+        "endpoints": {"ready": ["127.0.0.1:8012"], "notReady": [], "cluster": ""},
         "activators": {"index": 0, "count": 1}}]}
 
 Write the new content to a temporary file and rename it over the old one so a reader never
 sees half a file; changes are picked up within ``poll_interval`` (100 ms by default).
+``cluster`` is the revision's private service (``ip:port``) for the activator's ClusterIP
+fallback (activator/backends.py).
 """
 
 from __future__ import annotations
@@ -105,9 +107,13 @@ def parse_platform_file(text: str, path: str) -> State:
         ep = r.get("endpoints", {}) or {}
         if not isinstance(ep, dict):
             raise ConfigError(f"{where}.endpoints: expected an object")
+        cluster = ep.get("cluster") or ""
+        if cluster:
+            (cluster,) = _addr_list([cluster], f"{where}.endpoints.cluster")
         eps[rev.key] = Endpoints(
             ready=_addr_list(ep.get("ready"), f"{where}.endpoints.ready"),
             not_ready=_addr_list(ep.get("notReady"), f"{where}.endpoints.notReady"),
+            cluster=cluster,
         )
         a = r.get("activators")
         if a is not None:

@@ -27,7 +27,16 @@ from platforms.base import (
     RevisionKey,
 )
 
-from .api import ENDPOINT_SLICES, ENDPOINTS, REVISIONS, KubeAPI, KubeError, KubeNotFound, Obj
+from .api import (
+    ENDPOINT_SLICES,
+    ENDPOINTS,
+    REVISIONS,
+    SERVICES,
+    KubeAPI,
+    KubeError,
+    KubeNotFound,
+    Obj,
+)
 from .config import wait_for_api
 from .informer import Informer, InformerPlatform, object_key
 
@@ -49,6 +58,7 @@ PASSED_LABELS = ("serving.knative.dev/service", "serving.knative.dev/configurati
 SERVICE_TYPE_LABEL = "networking.internal.knative.dev/serviceType"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ENDPOINTS_SELECTOR = f"{REVISION_LABEL},{SERVICE_TYPE_LABEL} in (Private,Public)"
+PRIVATE_SERVICE_SELECTOR = f"{REVISION_LABEL},{SERVICE_TYPE_LABEL}=Private"
 
 
 def _num(v: Any, default: float) -> float:
@@ -185,6 +195,7 @@ class KnativePlatform(InformerPlatform):
         # revision -> endpoint object name -> object (several slices per service)
         self._private: dict[RevisionKey, dict[str, Obj]] = {}
         self._public: dict[RevisionKey, dict[str, Obj]] = {}
+        self._services: dict[RevisionKey, Obj] = {}  # private Services: the ClusterIP fallback
         self._sent_eps: dict[RevisionKey, Endpoints] = {}
         self._sent_acts: dict[RevisionKey, tuple[int, int]] = {}
         self._slices = True
@@ -210,6 +221,14 @@ class KnativePlatform(InformerPlatform):
                 self._on_endpoints,
                 namespace=self.namespace,
                 label_selector=ENDPOINTS_SELECTOR,
+                **opts,
+            ),
+            Informer(
+                self.api,
+                SERVICES,
+                self._on_service,
+                namespace=self.namespace,
+                label_selector=PRIVATE_SERVICE_SELECTOR,
                 **opts,
             ),
         ]
@@ -273,6 +292,28 @@ class KnativePlatform(InformerPlatform):
                 table.setdefault(key, {})[name] = obj
             self._push(key)
 
+    def _on_service(self, type_: str, obj: Obj, old: Obj | None) -> None:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        rev = labels.get(REVISION_LABEL)
+        if not rev:
+            return
+        key = (object_key(obj)[0], str(rev))
+        if type_ == "DELETED":
+            self._services.pop(key, None)
+        else:
+            self._services[key] = obj
+        self._push(key)
+
+    def _cluster(self, key: RevisionKey, port_name: str) -> str:
+        """``clusterIP:port`` of the revision's private Service (its port named ``http``, or
+        ``http2`` for h2c revisions), or "" (no Service, headless, no such port)."""
+        spec = (self._services.get(key) or {}).get("spec") or {}
+        ip = str(spec.get("clusterIP") or "")
+        if not ip or ip == "None":
+            return ""
+        port = _port(spec.get("ports"), port_name)
+        return "" if port is None else _hostport(ip, port)
+
     def _port_name(self, key: RevisionKey) -> str:
         rev = self._revisions.get(key)
         return "http2" if rev is not None and rev.protocol == "h2c" else "http"
@@ -288,7 +329,11 @@ class KnativePlatform(InformerPlatform):
             r, n = endpoint_addresses(o, port_name, slice_=self._slices)
             ready.update(r)
             not_ready.update(n)
-        eps = Endpoints(ready=tuple(sorted(ready)), not_ready=tuple(sorted(not_ready - ready)))
+        eps = Endpoints(
+            ready=tuple(sorted(ready)),
+            not_ready=tuple(sorted(not_ready - ready)),
+            cluster=self._cluster(key, port_name),
+        )
         if not self._private.get(key):
             self._private.pop(key, None)
         if self._sent_eps.get(key) != eps:

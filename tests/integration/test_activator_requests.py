@@ -539,3 +539,23 @@ async def test_held_upgrade_answer_carries_the_wait_header(
     assert lines[0] == b"HTTP/1.1 101 Switching Protocols"
     waits = [v for k, _, v in (x.partition(b": ") for x in lines) if k == b"Knd-Activator-Wait-Ms"]
     assert len(waits) == 1 and int(waits[0]) >= 0, got
+
+
+async def test_cluster_ip_fallback_when_pods_cannot_be_probed(
+    platform: PlatformFile, stub: RunningStub, start_activator: StartActivator, pods: Pods
+) -> None:
+    """Knative's ClusterIP fallback (mesh-compatibility-mode auto): the pods listed as ready do
+    not answer the activator's probes (as behind a mesh: nothing at their address), the private
+    service's address does (here a real queue-proxy and app stand in for it): requests go
+    there, with CC per K8s-ready pod as capacity."""
+    behind = await pods.start()
+    unreachable = [f"127.0.0.1:{p}" for p in free_ports(2)]  # nothing listens: no response
+    platform.revision(REV, cc=1, ready=unreachable)
+    platform.revisions[("default", REV)]["endpoints"]["cluster"] = behind.dest
+    platform.write()
+    act = await start_activator(platform, stub.url)
+    async with make_client(act.url(), timeout=10.0) as c:
+        rs = await asyncio.gather(*(c.get("/hello", headers=rev_headers(REV)) for _ in range(4)))
+    assert [r.status_code for r in rs] == [200] * 4
+    assert behind.app is not None and len(behind.app.arrivals) == 4
+    assert "using the ClusterIP" in act.stderr()

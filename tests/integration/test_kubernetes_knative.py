@@ -419,3 +419,51 @@ async def test_failed_revision_is_answered_503_at_once_and_recovers(
             return (await c.get("/hello", headers=rev_headers(REV))).status_code == 200
 
         await eventually(served, timeout=10, what="served once the revision is ready")
+
+
+def private_service(rev: str, cluster_ip: str, ns: str = "default") -> dict[str, object]:
+    """Knative's private Service of a revision (ports as Knative's controller makes them)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": f"{rev}-private",
+            "namespace": ns,
+            "labels": {
+                "serving.knative.dev/revision": rev,
+                "networking.internal.knative.dev/serviceType": "Private",
+            },
+        },
+        "spec": {
+            "clusterIP": cluster_ip,
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": 8012},
+                {"name": "http2", "port": 81, "targetPort": 8013},
+            ],
+        },
+    }
+
+
+async def test_private_service_cluster_ip_is_reported_for_the_fallback(
+    kube_api: tuple[FakeKube, KubeAPI],
+) -> None:
+    kube, api = kube_api
+    kube.create("revisions", revision(REV))
+    kube.create("endpointslices", endpoint_slice(REV, ["10.0.0.1"]))
+    public = private_service(REV, "10.96.0.9")
+    public["metadata"]["labels"]["networking.internal.knative.dev/serviceType"] = "Public"  # type: ignore[index]
+    public["metadata"]["name"] = REV  # type: ignore[index]
+    kube.create("services", public)  # the public service is not the fallback
+    rec = Recorder()
+    p = await start_platform(api, rec)
+    try:
+        assert await p.wait_synced(5)
+        await eventually(lambda: KEY in rec.endpoints, what="endpoints")
+        assert rec.endpoints[KEY].cluster == ""
+        kube.create("services", private_service(REV, "10.96.0.7"))
+        want = Endpoints(ready=("10.0.0.1:8012",), cluster="10.96.0.7:80")
+        await eventually(lambda: rec.endpoints[KEY] == want, what="the ClusterIP")
+        kube.delete("services", "default", f"{REV}-private")
+        await eventually(lambda: rec.endpoints[KEY].cluster == "", what="the ClusterIP gone")
+    finally:
+        await p.close()

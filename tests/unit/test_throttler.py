@@ -944,3 +944,47 @@ TestThrottlerMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+# -- the ClusterIP fallback (SPEC §2.5: capacity from the K8s-ready count) -------------------
+
+CLUSTER = "10.96.0.7:80"
+
+
+@pytest.mark.parametrize(
+    ("cc", "ready", "activators", "capacity"),
+    [
+        (10, 3, -1, 30),  # activator count unknown: all of it
+        (10, 3, 2, 15),
+        (1, 1, 3, 1),  # integer division gives 0: raised to 1
+        (10, 0, 2, 0),  # no ready pod behind the ClusterIP
+        (0, 2, 2, MAX_BREAKER_CAPACITY),  # CC 0: open
+        (0, 0, 2, 0),
+    ],
+)
+def test_cluster_capacity(cc: int, ready: int, activators: int, capacity: int) -> None:
+    th = RevisionThrottler(cc)
+    th.update_backends([A, B])  # pods are not used while the ClusterIP is
+    if activators > 0:
+        th.update_activators(0, activators)
+    th.update_cluster(CLUSTER, ready)
+    assert th.capacity == capacity
+    assert th.assigned == [] and th.cluster == CLUSTER
+
+
+def test_cluster_dest_takes_every_lease_then_pods_again() -> None:
+    th = RevisionThrottler(2)
+    th.update_backends([A])
+    th.update_cluster(CLUSTER, 2)
+    leases = [th.try_acquire(lambda lease: None) for _ in range(4)]
+    assert all(isinstance(x, Lease) and x.dest == CLUSTER for x in leases)
+    assert isinstance(th.try_acquire(lambda lease: None), Ticket)  # 2 x 2 slots taken
+    assert th.in_flight_by_pod() == {CLUSTER: 4}
+    th.update_cluster(None, 0)  # back to the pods: capacity CC x 1
+    assert th.cluster is None and th.capacity == 2 and th.assigned == [A]
+    for x in leases:
+        assert isinstance(x, Lease)
+        x.release()  # leases on the old ClusterIP tracker release cleanly
+    assert th.in_flight_by_pod() == {A: 1}  # the waiting request got the pod
+    with pytest.raises(ValueError):
+        th.update_cluster(CLUSTER, -1)
