@@ -239,9 +239,11 @@ class AutoscalerProcess:
         self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
         self.scaler = DeploymentScaler(api)
         self.events = EventRecorder(api, instance=env.pod_name)
-        self.elector = _elector(env, api, self, lease_clock)
-        self.stats = LeaderStatServer(self.autoscaler.record_wire, lambda: self.elector.is_leader)
-        self.scale_errors, self.scale_changes = _deployment_metrics(self.registry, self)
+        self.elector = _elector(env, api, self._started_leading, self._stopped_leading, lease_clock)
+        self.stats = LeaderStatServer(self.autoscaler.record_wire, self._leading)
+        self.scale_errors, self.scale_changes = _deployment_metrics(
+            self.registry, self.autoscaler.revisions, self.platform.ready_count, self._leading
+        )
         self.stat_port = 0
         self.metrics_port = 0
         self._metrics_runner: web.AppRunner | None = None
@@ -249,6 +251,9 @@ class AutoscalerProcess:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- leadership ------------------------------------------------------------------------
+    def _leading(self) -> bool:
+        return self.elector.is_leader
+
     def _started_leading(self) -> None:
         for key in list(self.autoscaler.revisions):
             self.sync_replicas(key)
@@ -399,7 +404,8 @@ class AutoscalerProcess:
 def _elector(
     env: AutoscalerEnv,
     api: KubeAPI,
-    proc: AutoscalerProcess,
+    on_started: Callable[[], None],
+    on_stopped: Callable[[], None],
     clock: Callable[[], float] | None,
 ) -> LeaderElector:
     """The Lease election: only the leader scrapes, accepts stat websockets and scales."""
@@ -414,17 +420,21 @@ def _elector(
         lease_duration=env.lease_duration,
         renew_deadline=env.renew_deadline,
         retry_period=env.retry_period,
-        on_started=proc._started_leading,
-        on_stopped=proc._stopped_leading,
+        on_started=on_started,
+        on_stopped=on_stopped,
         **kw,
     )
 
 
-def _deployment_metrics(registry: Registry, proc: AutoscalerProcess) -> tuple[Counter, Counter]:
+def _deployment_metrics(
+    registry: Registry,
+    revs: Mapping[RevisionKey, RevisionScaler],
+    ready: Callable[[RevisionKey], int],
+    leading: Callable[[], bool],
+) -> tuple[Counter, Counter]:
     """knd-autoscaler's own metrics, by namespace and Deployment (beside Knative's names, which
     :func:`autoscaler.compose.new_autoscaler` adds): leadership, per-revision state, and the
     scale errors and changes counters it returns."""
-    revs = proc.autoscaler.revisions
     errors = Counter(
         "knd_autoscaler_scale_errors",
         "Failed patches of deployments/scale",
@@ -439,7 +449,7 @@ def _deployment_metrics(registry: Registry, proc: AutoscalerProcess) -> tuple[Co
         Gauge(
             "knd_autoscaler_leader",
             "Whether this replica holds the Lease and scales (1) or stands by (0)",
-            fn=lambda: [((), 1.0 if proc.elector.is_leader else 0.0)],
+            fn=lambda: [((), 1.0 if leading() else 0.0)],
         )
     )
     per_revision: list[tuple[str, str, Callable[[RevisionScaler], float]]] = [
@@ -447,7 +457,7 @@ def _deployment_metrics(registry: Registry, proc: AutoscalerProcess) -> tuple[Co
         (
             "knd_autoscaler_ready_pods",
             "Ready pods (EndpointSlices)",
-            lambda rs: proc.platform.ready_count(rs.rev.key),
+            lambda rs: ready(rs.rev.key),
         ),
         (
             "knd_autoscaler_stable_request_concurrency",
