@@ -21,13 +21,26 @@ from typing import TYPE_CHECKING
 
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
+from dataplane.listen import listen
 from dataplane.logs import setup_logging
-from dataplane.metrics import REVISION_LABELS, revision_labels
-from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
+from dataplane.metrics import (
+    ACTIVATOR_OTEL_NAMES,
+    stats_connection_metrics,
+)
+from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.telemetry import (
+    Identity,
+    flush_traces,
+    metrics_exporter,
+    observability,
+    start_tracer,
+    tracing_settings,
+)
 from platforms.base import Platform
 from platforms.static import StaticPlatform
 
+from .compose import SCOPE, data_server, new_activator
 from .env import ActivatorEnv, parse_env
 from .handler import Activator
 from .statsink import StatSink
@@ -42,8 +55,27 @@ __all__ = ["main", "run"]
 
 log = logging.getLogger("activator")
 
-_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-_REV_LABELS = ("k8s_namespace_name", "kn_revision_name")
+
+class Readiness:
+    """Kubelet probes pass once the autoscaler websocket is up and the platform's caches are
+    synced (a platform without a ``synced`` notion is ready once started)."""
+
+    __slots__ = ("platform", "sink")
+
+    def __init__(self, sink: StatSink) -> None:
+        self.sink = sink
+        self.platform: Platform | None = None
+
+    def ready(self) -> bool:
+        p = self.platform
+        return self.sink.connected and p is not None and bool(getattr(p, "synced", True))
+
+    def reason(self) -> str:
+        if not self.sink.connected:
+            return "connection has not yet been established"  # Knative's text
+        if self.platform is None:
+            return "platform not started"
+        return "platform caches not synced"
 
 
 class ActivatorProcess:
@@ -53,176 +85,42 @@ class ActivatorProcess:
         self,
         env: ActivatorEnv,
         loop: asyncio.AbstractEventLoop,
-        tracing: TracingConfig | None = None,
-        metrics: ObservabilityConfig | None = None,
+        activator: Activator,
+        *,
+        readiness: Readiness,
+        registry: Registry,
+        tracer: Tracer | None = None,
+        metrics_exporter: MetricsExporter | None = None,
     ) -> None:
         self.env = env
         self.loop = loop
-        self.tracer: Tracer | None = None
-        if tracing is not None and tracing.enabled:
-            from dataplane.tracing import instrument_aiohttp, start_tracing
-
-            self.tracer = start_tracing(tracing, "knative.dev/serving/pkg/activator")
-            if self.tracer is not None:
-                # The stats websocket to the autoscaler is the activator's aiohttp client.
-                missing = instrument_aiohttp(self.tracer, client=True)
-                if missing:
-                    log.info("not instrumented (packages missing): %s", ", ".join(missing))
+        self.activator = act = activator
+        self.readiness = readiness
+        self.sink = readiness.sink
+        self.registry = registry
+        self.tracer = tracer
+        self.metrics_exporter = metrics_exporter
         self.stopped: asyncio.Future[None] = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
-        self.registry = Registry()
-        self.reachable = Gauge(
-            "kn_activator_stats_conn_reachable",
-            "Whether the autoscaler is reachable over the stats websocket (1) or not (0)",
-            ("peer",),
-        )
-        self.reachable.set(0, ("autoscaler",))
-        self.conn_errors = Counter(
-            "kn_activator_stats_conn_errors",
-            "Disconnections of the stats websocket to the autoscaler",
-            ("peer",),
-        )
-        self.sink = StatSink(
-            env.autoscaler_url, on_connect=self._on_connect, on_disconnect=self._on_disconnect
-        )
-        self.waits = Histogram(
-            "knd_activator_request_wait_seconds",
-            "Time requests waited at the activator for capacity (cold starts included)",
-            _WAIT_BUCKETS,
-            _REV_LABELS,
-        )
-        self.activator = Activator(
-            loop=loop,
-            pod_name=env.pod_name,
-            send_stats=self.sink.send,
-            connected=self._ready,
-            cluster_domain=env.cluster_domain,
-            queue_depth=env.queue_depth,
-            queue_wait=env.queue_wait,
-            probe_frequency=env.probe_frequency,
-            probe_timeout=env.probe_timeout,
-            mesh_mode=env.mesh_mode,
-            max_idle_per_host=env.max_idle_proxy_conns_per_host,
-            wait_histogram=self.waits,
-            tracer=self.tracer,
-        )
-        self.activator.unready_reason = self._unready_reason
-        act = self.activator
-        self.registry.add(
-            Gauge(
-                "kn_revision_request_queued",
-                "Requests waiting in the activator's throttler",
-                _REV_LABELS,
-                fn=lambda: [(labels, float(q)) for labels, q, _ in act.gauges()],
-            )
-        )
-        self.registry.add(
-            Gauge(
-                "kn_revision_request_active",
-                "Requests the activator is proxying",
-                _REV_LABELS,
-                fn=lambda: [(labels, float(a)) for labels, _, a in act.gauges()],
-            )
-        )
-        self.registry.add(
-            Gauge(
-                "kn_revision_request_concurrency",
-                "Average concurrency per revision through this activator, as last reported",
-                REVISION_LABELS,
-                fn=self._concurrency,
-            )
-        )
-        self.registry.add(self.reachable)
-        self.registry.add(self.conn_errors)
-        self.registry.add(self.waits)
-        self.platform: Platform | None = None
-        base = ServerConfig(max_header_bytes=env.max_header_bytes)
-        self.server = HTTPServer(
-            act,
-            ServerConfig(
-                max_header_bytes=env.max_header_bytes,
-                timeout_body=b"activator request timeout",
-            ),
-            loop=loop,
-        )
-        self.metrics_server = HTTPServer(self._metrics, base, loop=loop)
         # h2c (gRPC): prior knowledge on the data port, and on ACTIVATOR_H2C_PORT (Knative: 8013)
         self.h2c = H2Hub(loop)
-        self.h2c.enable(self.server)
+        self.server = data_server(act, env, loop, self.h2c)
+        base = ServerConfig(max_header_bytes=env.max_header_bytes)
+        self.metrics_server = HTTPServer(self._metrics, base, loop=loop)
         self.h2c_server: HTTPServer | None = None
         if env.h2c_port:
             self.h2c_server = HTTPServer(act, self.server.config, loop=loop)
             self.h2c.enable(self.h2c_server)
         self.tls_server: HTTPServer | None = None
         self._stop_checks: list[Callable[[], None]] = []
-        self.metrics_exporter: MetricsExporter | None = None
-        if metrics is not None and metrics.metrics_protocol in ("grpc", "http/protobuf"):
-            self.metrics_exporter = _metrics_exporter(env, metrics, self.registry, loop)
 
-    def _unready_reason(self) -> str:
-        if not self.sink.connected:
-            return "connection has not yet been established"  # Knative's text
-        if self.platform is None:
-            return "platform not started"
-        return "platform caches not synced"
+    @property
+    def platform(self) -> Platform | None:
+        return self.readiness.platform
 
-    def _ready(self) -> bool:
-        """Kubelet probes pass once the autoscaler websocket is up and the platform's caches
-        are synced (a platform without a ``synced`` notion is ready once started)."""
-        p = self.platform
-        return self.sink.connected and p is not None and bool(getattr(p, "synced", True))
-
-    async def _make_platform(self) -> Platform:
-        env = self.env
-        if env.platform == "static":
-            return StaticPlatform(env.platform_file)
-        try:
-            from platforms.kubernetes import KnativePlatform, connect
-        except ImportError as e:
-            raise ConfigError(
-                f"KND_PLATFORM={env.platform} needs kubernetes-asyncio (pip install "
-                f"'knative-dataplane[kubernetes]'): {e}"
-            ) from None
-        api = await connect(env.kubeconfig or None)
-        if env.platform == "standalone":
-            from platforms.kubernetes.standalone import StandalonePlatform
-
-            return StandalonePlatform(
-                api,
-                namespace=env.watch_namespace or None,
-                cluster_domain=env.cluster_domain,
-                owns_api=True,
-                api_wait=env.api_wait,
-                pod_ip=env.pod_ip,
-                activator_service=(env.system_namespace, env.activator_service),
-            )
-        if not env.pod_ip:
-            log.warning("POD_IP is empty: subsetting across activators is off")
-        return KnativePlatform(
-            api,
-            pod_ip=env.pod_ip,
-            namespace=env.watch_namespace or None,
-            owns_api=True,
-            api_wait=env.api_wait,
-        )
-
-    def _concurrency(self) -> list[tuple[tuple[str, ...], float]]:
-        # SPEC §2.9: service, configuration, revision and namespace; a revision the activator
-        # no longer knows is skipped, as Knative skips the gauge when the lookup fails.
-        act = self.activator
-        out = []
-        for key, v in sorted(act.reporter.concurrency().items()):
-            rs = act.revisions.get(key)
-            if rs is not None:
-                out.append((revision_labels(key, rs.rev.annotations), v))
-        return out
-
-    def _on_connect(self) -> None:
-        self.reachable.set(1, ("autoscaler",))
-
-    def _on_disconnect(self) -> None:
-        self.reachable.set(0, ("autoscaler",))
-        self.conn_errors.inc(("autoscaler",))
+    @platform.setter
+    def platform(self, platform: Platform | None) -> None:
+        self.readiness.platform = platform
 
     def _metrics(self, ex: Exchange) -> None:
         if ex.path == b"/metrics":
@@ -234,7 +132,7 @@ class ActivatorProcess:
         env = self.env
         tls = self._load_tls() if env.internal_tls else None  # bad certificates: exit first
         if self.platform is None:  # (an embedding may have set one)
-            self.platform = await self._make_platform()
+            self.platform = await make_platform(env)
         await self.platform.start(self.activator)
         await self.sink.start()
         self.activator.start()
@@ -244,12 +142,7 @@ class ActivatorProcess:
             (self.metrics_server, env.metrics_port, "ACTIVATOR_METRICS_PORT"),
             *([(self.h2c_server, env.h2c_port, "ACTIVATOR_H2C_PORT")] if self.h2c_server else []),
         ):
-            try:
-                await server.start(host, port)
-            except OSError as e:
-                raise ConfigError(
-                    f"{name}: cannot listen on {host or ''}:{port}: {e.strerror}"
-                ) from None
+            await listen(server, host, port, name)
         if tls is not None:
             await self._start_tls(host, *tls)
         if self.metrics_exporter is not None:
@@ -284,12 +177,7 @@ class ActivatorProcess:
         self.activator.upstream_tls = client
         server = HTTPServer(self.activator, self.server.config, loop=self.loop)
         self.h2c.enable(server)
-        try:
-            await server.start(host, env.tls_port, ssl=watcher.context)
-        except OSError as e:
-            raise ConfigError(
-                f"ACTIVATOR_TLS_PORT: cannot listen on {host or ''}:{env.tls_port}: {e.strerror}"
-            ) from None
+        await listen(server, host, env.tls_port, "ACTIVATOR_TLS_PORT", ssl=watcher.context)
         self.tls_server = server
         self._stop_checks = [
             periodic(self.loop, env.cert_reload, watcher.check),
@@ -326,35 +214,111 @@ class ActivatorProcess:
         if self.platform is not None:
             await self.platform.close()
         await self.sink.close()
-        if self.tracer is not None:
-            try:
-                await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
-            except Exception:
-                log.warning("could not flush traces within 10s")
+        await flush_traces(self.tracer, self.loop)
         log.info("shutdown complete")
         if not self.stopped.done():
             self.stopped.set_result(None)
 
 
-# Knative's OpenTelemetry instruments (pkg/activator) for our Prometheus metrics; the wait
-# histogram is ours (Knative has no such metric) and keeps a knd name.
-_REV_ATTRS = ("k8s.namespace.name", "kn.revision.name")
-_OTEL_NAMES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "kn_revision_request_queued": ("kn.revision.request.queued", "{request}", _REV_ATTRS),
-    "kn_revision_request_active": ("kn.revision.request.active", "{request}", _REV_ATTRS),
-    "kn_revision_request_concurrency": (
-        "kn.revision.request.concurrency",
-        "{request}",
-        ("k8s.namespace.name", "kn.service.name", "kn.configuration.name", "kn.revision.name"),
-    ),
-    "kn_activator_stats_conn_reachable": (
-        "kn.activator.stats.conn.reachable",
-        "{reachable}",
-        ("peer",),
-    ),
-    "kn_activator_stats_conn_errors": ("kn.activator.stats.conn.errors", "{error}", ("peer",)),
-    "knd_activator_request_wait_seconds": ("knd.activator.request.wait", "s", _REV_ATTRS),
-}
+def compose(
+    env: ActivatorEnv,
+    loop: asyncio.AbstractEventLoop,
+    tracing: TracingConfig | None = None,
+    obs: ObservabilityConfig | None = None,
+) -> ActivatorProcess:
+    """The activator binary's composition root: the parts, handed to one another."""
+    # The stats websocket to the autoscaler is the activator's aiohttp client: instrumented
+    # before the sink exists.
+    tracer = start_tracer(tracing, SCOPE, aiohttp_client=True)
+    registry = Registry()
+    readiness = Readiness(_stat_sink(env, registry))
+    act = new_activator(
+        env,
+        loop,
+        send_stats=readiness.sink.send,
+        connected=readiness.ready,
+        tracer=tracer,
+        registry=registry,
+    )
+    act.unready_reason = readiness.reason
+    exporter = None
+    if obs is not None and obs.metrics_protocol in ("grpc", "http/protobuf"):
+        exporter = _metrics_exporter(env, obs, registry, loop)
+    return ActivatorProcess(
+        env,
+        loop,
+        act,
+        readiness=readiness,
+        registry=registry,
+        tracer=tracer,
+        metrics_exporter=exporter,
+    )
+
+
+def _stat_sink(env: ActivatorEnv, registry: Registry) -> StatSink:
+    """The stats websocket to the autoscaler; whether it is up, and its disconnections, are
+    metrics in ``registry``."""
+    reachable, errors = stats_connection_metrics()
+    registry.add(reachable)
+    registry.add(errors)
+    peer = ("autoscaler",)
+
+    def down() -> None:
+        reachable.set(0, peer)
+        errors.inc(peer)
+
+    return StatSink(
+        env.autoscaler_url, on_connect=lambda: reachable.set(1, peer), on_disconnect=down
+    )
+
+
+async def make_platform(env: ActivatorEnv) -> Platform:
+    """The platform ``KND_PLATFORM`` names (kubernetes-asyncio is imported only for the
+    Kubernetes ones)."""
+    if env.platform == "static":
+        return StaticPlatform(env.platform_file)
+    try:
+        from platforms.kubernetes import KnativePlatform, connect
+    except ImportError as e:
+        raise ConfigError(
+            f"KND_PLATFORM={env.platform} needs kubernetes-asyncio (pip install "
+            f"'knative-dataplane[kubernetes]'): {e}"
+        ) from None
+    api = await connect(env.kubeconfig or None)
+    if env.platform == "standalone":
+        from platforms.kubernetes.standalone import StandalonePlatform
+
+        return StandalonePlatform(
+            api,
+            namespace=env.watch_namespace or None,
+            cluster_domain=env.cluster_domain,
+            owns_api=True,
+            api_wait=env.api_wait,
+            pod_ip=env.pod_ip,
+            activator_service=(env.system_namespace, env.activator_service),
+        )
+    if not env.pod_ip:
+        log.warning("POD_IP is empty: subsetting across activators is off")
+    return KnativePlatform(
+        api,
+        pod_ip=env.pod_ip,
+        namespace=env.watch_namespace or None,
+        owns_api=True,
+        api_wait=env.api_wait,
+    )
+
+
+def identity(env: ActivatorEnv) -> Identity:
+    """The activator's OpenTelemetry resource, for its traces and its metrics."""
+    return Identity(
+        "activator",
+        {
+            "k8s.container.name": "activator",
+            "k8s.namespace.name": env.system_namespace,
+            "k8s.pod.name": env.pod_name,
+            "service.instance.id": env.pod_name,
+        },
+    )
 
 
 def _metrics_exporter(
@@ -365,56 +329,15 @@ def _metrics_exporter(
 ) -> MetricsExporter:
     """OTLP push of the activator's metrics (``metrics.protocol`` grpc or http/protobuf);
     the Prometheus port stays."""
-    try:
-        from dataplane.otlpmetrics import MetricsExporter, OTelName, exporter_settings
-
-        endpoint, interval = exporter_settings(
-            obs.metrics_protocol, obs.metrics_endpoint, os.environ, obs.metrics_export_interval
-        )
-        return MetricsExporter(
-            registry,
-            {k: OTelName(n, unit, attrs) for k, (n, unit, attrs) in _OTEL_NAMES.items()},
-            protocol=obs.metrics_protocol,
-            endpoint=endpoint,
-            interval=interval,
-            scope="knative.dev/serving/pkg/activator",
-            resource={
-                "service.name": os.environ.get("OTEL_SERVICE_NAME", "") or "activator",
-                "k8s.container.name": "activator",
-                "k8s.namespace.name": env.system_namespace,
-                "k8s.pod.name": env.pod_name,
-                "service.instance.id": env.pod_name,
-            },
-            loop=loop,
-        )
-    except ImportError as e:
-        raise ConfigError(
-            f"OBSERVABILITY_CONFIG: metrics.protocol {obs.metrics_protocol} needs "
-            f"opentelemetry-proto (pip install 'knative-dataplane[tracing]'): {e}"
-        ) from None
-
-
-def _tracing_config(
-    env: ActivatorEnv, environ: Mapping[str, str], obs: ObservabilityConfig | None
-) -> TracingConfig | None:
-    """Tracing settings from ``OBSERVABILITY_CONFIG`` (parsed once, ``obs``) / ``OTEL_*``;
-    None when none is set."""
-    if obs is None and not environ.get("OTEL_TRACES_EXPORTER"):
-        return None
-    from dataplane.tracing import tracing_config
-
-    return tracing_config(
-        environ,
-        protocol=obs.tracing_protocol if obs is not None else "",
-        endpoint=obs.tracing_endpoint if obs is not None else "",
-        rate=obs.tracing_sampling_rate if obs is not None else None,
-        service_name="activator",
-        resource={
-            "k8s.container.name": "activator",
-            "k8s.namespace.name": env.system_namespace,
-            "k8s.pod.name": env.pod_name,
-            "service.instance.id": env.pod_name,
-        },
+    return metrics_exporter(
+        registry,
+        ACTIVATOR_OTEL_NAMES,
+        obs,
+        section="metrics",
+        scope=SCOPE,
+        who=identity(env),
+        environ=os.environ,
+        loop=loop,
     )
 
 
@@ -425,7 +348,7 @@ async def _serve(
 ) -> int:
     loop = asyncio.get_running_loop()
     try:
-        proc = ActivatorProcess(env, loop, tracing, obs)
+        proc = compose(env, loop, tracing, obs)
     except ConfigError as e:
         print(f"activator: {e}", file=sys.stderr)
         return 1
@@ -457,13 +380,8 @@ async def _serve(
 def run(environ: Mapping[str, str]) -> int:
     try:
         env = parse_env(environ)
-        raw = environ.get("OBSERVABILITY_CONFIG", "")
-        obs = None
-        if raw.strip():  # parsed once, here: tracing and metrics read the same config
-            from dataplane.observability import parse_observability
-
-            obs = parse_observability(raw)
-        tracing = _tracing_config(env, environ, obs)
+        obs = observability(environ)  # parsed once, here: tracing and metrics read it
+        tracing = tracing_settings(obs, environ, identity(env))
     except ConfigError as e:
         print(f"activator: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,8 @@
-"""Prometheus views of the autoscaler and the activator, read at scrape time.
+"""The autoscaler's and the activator's metric schemas, declared once (for the activator and
+``knd-autoscaler`` binaries and ``knd run``), and their Prometheus views, read at scrape time.
+
+What the views read is typed by structure (:class:`ScalerView`, :class:`ActivatorView`):
+``dataplane/`` imports neither ``autoscaler/`` nor ``activator/``.
 
 Names follow Knative's OpenTelemetry instruments through the Prometheus exporter's rules
 (dots to underscores, a unit suffix for real units such as ``_seconds``, none for
@@ -16,16 +20,23 @@ panic-mode instrument (OpenCensus had ``autoscaler_panic_mode``), so that one is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Protocol
 
-from .promtext import Gauge, Histogram, Registry
+from .otlpmetrics import OTelName
+from .promtext import Counter, Gauge, Histogram, Registry
 
 __all__ = [
+    "ACTIVATOR_OTEL_NAMES",
     "REVISION_LABELS",
     "WAIT_BUCKETS",
+    "ActivatorView",
+    "HasRevision",
+    "ScalerView",
     "add_activator_metrics",
     "add_autoscaler_metrics",
+    "knative_labels",
     "revision_labels",
+    "stats_connection_metrics",
     "wait_histogram",
 ]
 
@@ -36,12 +47,77 @@ REVISION_LABELS = (
     "kn_configuration_name",
     "kn_revision_name",
 )
+# k8s.namespace.name, kn.revision.name: the activator's queued/active gauges and wait histogram
+NS_REVISION_LABELS = ("k8s_namespace_name", "kn_revision_name")
 
 # Seconds a request waited at the activator for capacity: cold starts land in the upper buckets.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 Key = tuple[str, str]
 Rows = Iterable[tuple[tuple[str, ...], float]]
+
+
+# -- what the views read (structural: dataplane/ imports neither autoscaler/ nor activator/) --
+class RevisionView(Protocol):
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
+
+
+class HasRevision(Protocol):
+    """Per-revision state that keeps its platform ``Revision`` (the activator's and the
+    autoscaler's)."""
+
+    @property
+    def rev(self) -> RevisionView: ...
+
+
+class DecisionView(Protocol):
+    """The decider's last ``Decision``."""
+
+    @property
+    def desired(self) -> int: ...  # -1: no decision with data yet
+    @property
+    def excess_burst_capacity(self) -> int: ...
+    @property
+    def panicking(self) -> bool: ...
+    @property
+    def stable_value(self) -> float: ...
+    @property
+    def panic_value(self) -> float: ...
+
+
+class ScalingView(Protocol):
+    @property
+    def target(self) -> float: ...
+
+
+class ScalerView(HasRevision, Protocol):
+    """One revision of the autoscaler (``autoscaler.multiscaler.RevisionScaler``)."""
+
+    @property
+    def last(self) -> DecisionView: ...
+    @property
+    def replicas(self) -> int: ...  # what was last asked of the platform
+    @property
+    def scaling(self) -> ScalingView: ...
+
+
+class ConcurrencySource(Protocol):
+    def concurrency(self) -> Mapping[Key, float]: ...
+
+
+class ActivatorView(Protocol):
+    """The activator (``activator.handler.Activator``) as its metrics read it."""
+
+    def gauges(self) -> Iterable[tuple[tuple[str, ...], int, int]]: ...  # labels, queued, active
+    @property
+    def revisions(self) -> Mapping[Key, HasRevision]: ...
+    @property
+    def reporter(self) -> ConcurrencySource: ...
+
+
+Labels = Callable[[Key, HasRevision], tuple[str, ...]]
+"""The ``REVISION_LABELS`` values of a revision."""
 
 
 def revision_labels(key: Key, annotations: Mapping[str, str] | None = None) -> tuple[str, ...]:
@@ -56,41 +132,35 @@ def revision_labels(key: Key, annotations: Mapping[str, str] | None = None) -> t
     )
 
 
+def knative_labels(key: Key, state: HasRevision) -> tuple[str, ...]:
+    """:func:`revision_labels` from the revision's annotations (the default :data:`Labels`)."""
+    return revision_labels(key, state.rev.annotations)
+
+
 def add_autoscaler_metrics(
     registry: Registry,
-    revisions: Callable[[], Mapping[Key, Any]],
+    revisions: Callable[[], Mapping[Key, ScalerView]],
     ready: Callable[[Key], int],
-    labels: Callable[[Key, Any], tuple[str, ...]] | None = None,
+    labels: Labels = knative_labels,
 ) -> None:
-    """Per-revision decider and scale state.
+    """Per-revision decider and scale state; ``ready(key)`` is the ready pods."""
 
-    ``revisions()`` maps keys to objects with ``last`` (a decider ``Decision``: ``desired``,
-    ``excess_burst_capacity``, ``panicking``, ``stable_value``, ``panic_value``), ``replicas``
-    (what was asked of the platform) and ``scaling.target``; ``ready(key)`` is the ready pods.
-    """
-
-    def lab(key: Key, rs: Any) -> tuple[str, ...]:
-        if labels is not None:
-            return labels(key, rs)
-        rev = getattr(rs, "rev", None)
-        return revision_labels(key, getattr(rev, "annotations", None))
-
-    def rows(value: Callable[[Key, Any], float | None]) -> Callable[[], Rows]:
+    def rows(value: Callable[[Key, ScalerView], float | None]) -> Callable[[], Rows]:
         def collect() -> Rows:
             out = []
             for key, rs in sorted(revisions().items()):
                 v = value(key, rs)
                 if v is not None:
-                    out.append((lab(key, rs), float(v)))
+                    out.append((labels(key, rs), float(v)))
             return out
 
         return collect
 
-    def desired(key: Key, rs: Any) -> float | None:
+    def desired(key: Key, rs: ScalerView) -> float | None:
         d = rs.last.desired
         return None if d < 0 else d  # -1: no decision with data yet
 
-    specs: list[tuple[str, str, Callable[[Key, Any], float | None]]] = [
+    specs: list[tuple[str, str, Callable[[Key, ScalerView], float | None]]] = [
         ("kn_revision_pods_desired", "Number of pods the autoscaler wants to allocate", desired),
         (
             "kn_revision_pods_requested",
@@ -129,35 +199,44 @@ def add_autoscaler_metrics(
 
 
 def add_activator_metrics(
-    registry: Registry,
-    gauges: Callable[[], Iterable[tuple[tuple[str, ...], int, int]]],
-    concurrency: Callable[[], Mapping[Key, float]],
-    labels: tuple[str, ...] = ("k8s_namespace_name", "kn_revision_name"),
+    registry: Registry, act: ActivatorView, labels: Labels = knative_labels
 ) -> None:
     """The activator's per-revision gauges (SPEC §2.9): ``kn.revision.request.queued`` and
-    ``.active`` (``gauges()`` gives (labels, queued, active)) and ``.concurrency``."""
+    ``.active`` by namespace and revision, and ``.concurrency`` (the value last reported) by
+    namespace, service, configuration and revision; a revision the activator no longer knows
+    is skipped, as Knative skips the gauge when the lookup fails."""
+
+    def concurrency() -> Rows:
+        known = act.revisions
+        out = []
+        for key, v in sorted(act.reporter.concurrency().items()):
+            rs = known.get(key)
+            if rs is not None:
+                out.append((labels(key, rs), v))
+        return out
+
     registry.add(
         Gauge(
             "kn_revision_request_queued",
             "Requests waiting in the activator's throttler",
-            labels,
-            fn=lambda: [(lv, float(q)) for lv, q, _ in gauges()],
+            NS_REVISION_LABELS,
+            fn=lambda: [(lv, float(q)) for lv, q, _ in act.gauges()],
         )
     )
     registry.add(
         Gauge(
             "kn_revision_request_active",
             "Requests the activator is proxying",
-            labels,
-            fn=lambda: [(lv, float(a)) for lv, _, a in gauges()],
+            NS_REVISION_LABELS,
+            fn=lambda: [(lv, float(a)) for lv, _, a in act.gauges()],
         )
     )
     registry.add(
         Gauge(
             "kn_revision_request_concurrency",
             "Average concurrency per revision through this activator, as last reported",
-            labels,
-            fn=lambda: [(tuple(k), v) for k, v in sorted(concurrency().items())],
+            REVISION_LABELS,
+            fn=concurrency,
         )
     )
 
@@ -169,5 +248,49 @@ def wait_histogram() -> Histogram:
         "knd_activator_request_wait_seconds",
         "Time requests waited at the activator for capacity (cold starts included)",
         WAIT_BUCKETS,
-        ("k8s_namespace_name", "kn_revision_name"),
+        NS_REVISION_LABELS,
     )
+
+
+def stats_connection_metrics() -> tuple[Gauge, Counter]:
+    """The activator's stats websocket to the autoscaler: reachable (1/0, starts at 0) and
+    disconnections, labelled ``peer="autoscaler"``."""
+    reachable = Gauge(
+        "kn_activator_stats_conn_reachable",
+        "Whether the autoscaler is reachable over the stats websocket (1) or not (0)",
+        ("peer",),
+    )
+    reachable.set(0, ("autoscaler",))
+    errors = Counter(
+        "kn_activator_stats_conn_errors",
+        "Disconnections of the stats websocket to the autoscaler",
+        ("peer",),
+    )
+    return reachable, errors
+
+
+# Knative's OpenTelemetry instruments (pkg/activator) for the activator's Prometheus metrics,
+# for the OTLP push; the wait histogram is ours (Knative has no such metric) and keeps a knd name.
+_NS_REV_ATTRS = ("k8s.namespace.name", "kn.revision.name")
+ACTIVATOR_OTEL_NAMES: dict[str, OTelName] = {
+    "kn_revision_request_queued": OTelName(
+        "kn.revision.request.queued", "{request}", _NS_REV_ATTRS
+    ),
+    "kn_revision_request_active": OTelName(
+        "kn.revision.request.active", "{request}", _NS_REV_ATTRS
+    ),
+    "kn_revision_request_concurrency": OTelName(
+        "kn.revision.request.concurrency",
+        "{request}",
+        ("k8s.namespace.name", "kn.service.name", "kn.configuration.name", "kn.revision.name"),
+    ),
+    "kn_activator_stats_conn_reachable": OTelName(
+        "kn.activator.stats.conn.reachable", "{reachable}", ("peer",)
+    ),
+    "kn_activator_stats_conn_errors": OTelName(
+        "kn.activator.stats.conn.errors", "{error}", ("peer",)
+    ),
+    "knd_activator_request_wait_seconds": OTelName(
+        "knd.activator.request.wait", "s", _NS_REV_ATTRS
+    ),
+}

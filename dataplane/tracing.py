@@ -138,18 +138,6 @@ def tracing_config(
     return cfg
 
 
-def observability_tracing(raw: str) -> tuple[str, str, float | None]:
-    """(protocol, endpoint, sampling rate) from ``OBSERVABILITY_CONFIG``, read by the one
-    parser every component uses (:mod:`dataplane.observability`: Knative's JSON or the
-    ``config-observability`` keys); ("", "", None) when it is empty."""
-    if not raw.strip():
-        return "", "", None
-    from .observability import parse_observability
-
-    cfg = parse_observability(raw)
-    return cfg.tracing_protocol, cfg.tracing_endpoint, cfg.tracing_sampling_rate
-
-
 def valid_traceparent(tp: bytes) -> bool:
     """W3C ``traceparent``: version 00 exactly 55 bytes, later versions may append fields."""
     n = len(tp)

@@ -23,16 +23,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from activator.handler import Activator
+from activator.compose import SCOPE, data_server, new_activator
+from activator.env import ActivatorEnv
+from autoscaler.compose import AutoscalerFeed, new_autoscaler
 from autoscaler.config import AutoscalerConfig
-from autoscaler.multiscaler import Autoscaler, ScaleEvent
+from autoscaler.multiscaler import ScaleEvent
 from autoscaler.scraper import Scraper
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
-from dataplane.metrics import add_activator_metrics, add_autoscaler_metrics, wait_histogram
 from dataplane.promtext import CONTENT_TYPE, Registry
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
-from platforms.base import Endpoints, Revision, RevisionKey
+from dataplane.telemetry import (
+    Identity,
+    flush_traces,
+    observability,
+    start_tracer,
+    tracing_settings,
+)
+from platforms.base import Revision, RevisionKey
 from platforms.local import LocalPlatform, PlatformError, ServiceSpec, app_env, expand_vars
 
 if TYPE_CHECKING:
@@ -59,46 +67,11 @@ class RunOptions:
     out: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
 
 
-class _Fanout:
-    """Platform events to the activator and the autoscaler."""
-
-    def __init__(self, act: Activator, scaler: Autoscaler, errors: Callable[[str], None]) -> None:
-        self.act = act
-        self.scaler = scaler
-        self.errors = errors
-
-    def revision_updated(self, rev: Revision) -> None:
-        try:
-            self.scaler.revision_updated(rev)
-        except ConfigError as e:
-            self.errors(f"service {rev.name}: {e}")
-            return
-        self.act.revision_updated(rev)
-
-    def revision_deleted(self, key: RevisionKey) -> None:
-        self.scaler.revision_deleted(key)
-        self.act.revision_deleted(key)
-
-    def endpoints_updated(self, key: RevisionKey, eps: Endpoints) -> None:
-        self.act.endpoints_updated(key, eps)
-
-    def activators_updated(self, key: RevisionKey, index: int, count: int) -> None:
-        self.act.activators_updated(key, index, count)
-
-
 def _tracer(environ: Mapping[str, str]) -> Tracer | None:
     """The embedded activator's tracer, or None when no tracing is configured (the OpenTelemetry
     SDK is imported only then); a bad setting is a ConfigError naming it."""
-    raw = environ.get("OBSERVABILITY_CONFIG", "")
-    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
-        return None
-    from dataplane.tracing import observability_tracing, start_tracing, tracing_config
-
-    protocol, endpoint, rate = observability_tracing(raw)
-    cfg = tracing_config(
-        environ, protocol=protocol, endpoint=endpoint, rate=rate, service_name="knd-activator"
-    )
-    return start_tracing(cfg, "knative.dev/serving/pkg/activator")
+    cfg = tracing_settings(observability(environ), environ, Identity("knd-activator"))
+    return start_tracer(cfg, SCOPE)
 
 
 class Runner:
@@ -109,53 +82,45 @@ class Runner:
         self.cold_start: dict[RevisionKey, float] = {}  # start-to-ready of a pod, ms
         self.last_wait: dict[RevisionKey, float] = {}  # time a request was held, ms
         self._last_status = ""
+        self._names = {(("default", f"{s.name}-00001")): s.name for s in opts.services}
         config = AutoscalerConfig.from_map({"allow-zero-initial-scale": "true", **opts.config})
         self.platform = LocalPlatform(
             opts.services,
             drain_quiet_period=opts.drain_quiet_period,
             on_event=self._pod_event,
         )
-        self.autoscaler = Autoscaler(
-            loop=loop,
-            config=config,
+        # /metrics on the admin port: the autoscaler's and the activator's view, per revision.
+        self.registry = Registry()
+        self.autoscaler = new_autoscaler(
+            loop,
+            config,
+            self.platform,
             scale=self.platform.scale,
-            ready=self.platform.ready_count,
             on_scale=self._scale_event,
             on_error=self._scale_error,
+            registry=self.registry,
+            labels=self._labels,
         )
-        waits = wait_histogram()
+        self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
         # Tracing as a Knative activator: OBSERVABILITY_CONFIG / OTEL_* from knd's environment
         # (the pods' queue-proxies get the same variables).
         self.tracer = _tracer(os.environ)
-        self.activator = Activator(
-            loop=loop,
-            pod_name="knd-activator",
+        # The activator binary's parts, with its default settings; the stats go to the
+        # autoscaler by function call, which is always "connected".
+        act_env = ActivatorEnv(pod_name="knd-activator", pod_ip="")
+        self.activator = new_activator(
+            act_env,
+            loop,
             send_stats=self.autoscaler.record_wire,
             connected=lambda: True,
-            wait_histogram=waits,
             tracer=self.tracer,
+            registry=self.registry,
+            labels=self._labels,
         )
         self.activator.on_wait = self._waited
         self.activator.on_held = self.autoscaler.held  # from zero to the demand in one step
-        # /metrics on the admin port: the autoscaler's and the activator's view, per revision.
-        self.registry = Registry()
-        add_autoscaler_metrics(
-            self.registry,
-            self.autoscaler.status,
-            self.platform.ready_count,
-            # a knd service is its own configuration, as with a Knative Service
-            labels=lambda key, rs: (key[0], self._name(key), self._name(key), key[1]),
-        )
-        add_activator_metrics(
-            self.registry, self.activator.gauges, self.activator.reporter.concurrency
-        )
-        self.registry.add(waits)
-        self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
-        self.server = HTTPServer(
-            self.activator, ServerConfig(timeout_body=b"activator request timeout"), loop=loop
-        )
         self.h2c = H2Hub(loop)  # gRPC clients: h2c with prior knowledge on the same port
-        self.h2c.enable(self.server)
+        self.server = data_server(self.activator, act_env, loop, self.h2c)
         self.admin = HTTPServer(self._admin, ServerConfig(), loop=loop)
         # Services with a port of their own: any request there goes to that service.
         self.service_servers: list[tuple[ServiceSpec, HTTPServer]] = []
@@ -169,7 +134,6 @@ class Runner:
                 self.h2c.enable(server)
                 self.service_servers.append((spec, server))
         self._status_handle: asyncio.TimerHandle | None = None
-        self._names = {(("default", f"{s.name}-00001")): s.name for s in opts.services}
         self._ports = {s.key: s.port for s in opts.services if s.port}
         self.stopping = False
 
@@ -180,6 +144,11 @@ class Runner:
 
     def _name(self, key: RevisionKey) -> str:
         return self._names.get(key, key[1])
+
+    def _labels(self, key: RevisionKey, _: object) -> tuple[str, ...]:
+        """A revision's metric labels: a knd service is its own configuration, as with a
+        Knative Service."""
+        return (key[0], self._name(key), self._name(key), key[1])
 
     def _scale_event(self, ev: ScaleEvent) -> None:
         d = ev.decision
@@ -301,7 +270,9 @@ class Runner:
                 ) from None
         if len(o.services) == 1:
             self.activator.default_key = ("default", f"{o.services[0].name}-00001")
-        await self.platform.start(_Fanout(self.activator, self.autoscaler, self._config_error))
+        await self.platform.start(
+            AutoscalerFeed(self.autoscaler, self._invalid, router=self.activator)
+        )
         self.activator.start()
         self.autoscaler.start()
         self.scraper.start()
@@ -315,9 +286,9 @@ class Runner:
             self._line(f"{s.name}: serving {', '.join(urls)}  (command: {' '.join(s.command)})")
         self._line(f"status: knd status --admin-port {o.admin_port}   (Ctrl-C stops everything)")
 
-    def _config_error(self, text: str) -> None:
+    def _invalid(self, rev: Revision, e: ConfigError) -> None:
         if not self.fatal.done():
-            self.fatal.set_result(text)
+            self.fatal.set_result(f"service {rev.name}: {e}")
 
     async def _watch_progress(self) -> None:
         """The progress deadline: a service that has wanted pods for that long without one
@@ -396,8 +367,7 @@ class Runner:
         return n
 
     async def _flush_traces(self) -> None:
-        if self.tracer is not None:  # flush the spans still batched
-            await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
+        await flush_traces(self.tracer, self.loop)
 
 
 def check_command(spec: ServiceSpec) -> None:

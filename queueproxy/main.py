@@ -16,16 +16,25 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dataplane.breaker import Breaker
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
+from dataplane.listen import listen
 from dataplane.logs import setup_logging
 from dataplane.probespec import ProbeConfigError, parse_readiness_probe
 from dataplane.proxy import Exchange, HTTPServer, ServerConfig
 from dataplane.statpb import Stat, encode_stat
 from dataplane.stats import RequestStats
+from dataplane.telemetry import (
+    Identity,
+    flush_traces,
+    metrics_exporter,
+    start_tracer,
+    tracing_settings,
+)
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.upstream import UpstreamPool
 
@@ -37,14 +46,17 @@ from .readiness import ReadinessProber
 
 if TYPE_CHECKING:
     from dataplane.otlpmetrics import MetricsExporter
-    from dataplane.promtext import Registry
+    from dataplane.promtext import Histogram, Registry
+    from dataplane.reqlog import RequestLogTemplate
     from dataplane.tls import CertWatcher
     from dataplane.tracing import Tracer, TracingConfig
 
-__all__ = ["QueueProxy", "main"]
+__all__ = ["QueueProxy", "compose", "main"]
 
 log = logging.getLogger("queueproxy")
 
+#: The OpenTelemetry scope of the sidecar's spans and request metrics (Knative's package).
+SCOPE = "knative.dev/serving/pkg/queue"
 _PROTOBUF = b"Content-Type: application/protobuf\r\n"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
@@ -60,8 +72,14 @@ class QueueProxy:
         self,
         env: Env,
         loop: asyncio.AbstractEventLoop,
+        handler: QueueProxyHandler,
+        *,
+        stats: RequestStats,
+        drainer: Drainer,
+        pool: UpstreamPool,
+        metrics: RequestMetrics | None = None,
+        tracer: Tracer | None = None,
         main_sock: object | None = None,
-        tracing: TracingConfig | None = None,
     ) -> None:
         self.env = env
         self.main_sock = main_sock
@@ -71,86 +89,14 @@ class QueueProxy:
         self.stopped = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        cc = env.container_concurrency
-        self.breaker = Breaker(10 * cc, cc, cc) if cc >= 1 else None
-        self.stats = RequestStats(loop.time())
+        self.handler = handler
+        self.stats = stats
         self.stat_bytes = encode_stat(Stat(pod_name=env.pod))
-        self.drainer = Drainer(env.drain_quiet_period, loop=loop)
-        probes = parse_readiness_probe(
-            env.readiness_probe,
-            multi_container=env.multi_container_probes,
-            user_port=env.user_port,
-        )
-        self.prober = ReadinessProber(
-            probes,
-            log=lambda m: log.warning(m),
-            attempt=auto_detect_attempt if env.http2_auto_detection else None,
-        )
-        self.pool = UpstreamPool(
-            env.user_host, env.user_port, max_idle=cc if cc >= 1 else 1000, loop=loop
-        )
-        obs = env.observability
-        self.registry = None
-        duration = None
-        self.metrics_exporter: MetricsExporter | None = None
-        if obs.request_metrics_protocol in ("prometheus", "grpc", "http/protobuf"):
-            from dataplane.promtext import Gauge, Histogram, Registry
-
-            self.registry = Registry()
-            duration = Histogram(
-                "kn_serving_invocation_duration_seconds",
-                "The duration of the invocation of the user container, as seen by the queue-proxy",
-                _DURATION_BUCKETS,
-                ("http_response_status_code",),
-            )
-            self.registry.add(duration)
-            b = self.breaker
-            if b is not None:
-                self.registry.add(
-                    Gauge(
-                        "kn_serving_queue_depth",
-                        "Requests admitted by the breaker: executing plus waiting",
-                        fn=lambda: [((), float(b.in_flight))],
-                    )
-                )
-            if obs.request_metrics_protocol != "prometheus":
-                self.metrics_exporter = _metrics_exporter(env, self.registry, loop)
-        self.tracer: Tracer | None = None
-        if tracing is not None and tracing.enabled:
-            from dataplane.tracing import start_tracing
-
-            self.tracer = start_tracing(tracing, "knative.dev/serving/pkg/queue")
-        request_log = None
-        if obs.enable_request_log:
-            from dataplane.reqlog import RequestLogTemplate, TemplateError
-
-            try:
-                request_log = RequestLogTemplate(obs.request_log_template)
-            except TemplateError as e:
-                log.error("request log disabled: invalid requestLogTemplate: %s", e)
-        self.handler = QueueProxyHandler(
-            loop=loop,
-            pool=self.pool,
-            breaker=self.breaker,
-            stats=self.stats,
-            prober=self.prober,
-            drainer=self.drainer,
-            timeouts=TimeoutPolicy(
-                env.revision_timeout, env.response_start_timeout, env.idle_timeout
-            ),
-            duration=duration,
-            request_log=request_log,
-            log_probes=obs.enable_probe_request_log,
-            log_fields={
-                "revision": env.revision,
-                "namespace": env.namespace,
-                "service": env.service,
-                "configuration": env.configuration,
-                "pod": env.pod,
-                "pod_ip": env.pod_ip,
-            },
-            tracer=self.tracer,
-        )
+        self.drainer = drainer
+        self.pool = pool
+        self.registry = None if metrics is None else metrics.registry
+        self.metrics_exporter = None if metrics is None else metrics.exporter
+        self.tracer = tracer
         base = {"max_header_bytes": env.max_header_bytes, "header_timeout": env.header_timeout}
         self.main_server = HTTPServer(
             self.handler,
@@ -204,15 +150,8 @@ class QueueProxy:
                     ) from None
             listeners.append((self.user_metrics_server, port, "QUEUE_USER_METRICS_PORT"))
         for server, port, name in listeners:
-            try:
-                if server is self.main_server and self.main_sock is not None:
-                    await server.start(None, port, sock=self.main_sock)
-                    continue
-                await server.start(host, port)
-            except OSError as e:
-                raise ConfigError(
-                    f"{name}: cannot listen on {host or ''}:{port}: {e.strerror or e}"
-                ) from None
+            sock = self.main_sock if server is self.main_server else None
+            await listen(server, host, port, name, sock=sock)
         await self._start_tls(host)
         if self.metrics_exporter is not None:
             self.metrics_exporter.start()
@@ -238,13 +177,7 @@ class QueueProxy:
             ) from None
         server = HTTPServer(self.handler, self.main_server.config, loop=self.loop)
         self.h2c.enable(server)  # h2 by ALPN, as Go's TLS server offers it
-        try:
-            await server.start(host, env.tls_port, ssl=watcher.context)
-        except OSError as e:
-            raise ConfigError(
-                f"QUEUE_SERVING_TLS_PORT: cannot listen on {host or ''}:{env.tls_port}: "
-                f"{e.strerror or e}"
-            ) from None
+        await listen(server, host, env.tls_port, "QUEUE_SERVING_TLS_PORT", ssl=watcher.context)
         self.tls_server = server
         self._stop_cert_checks = periodic(self.loop, env.cert_reload, watcher.check)
         log.info("serving TLS", extra={"port": env.tls_port, "cert_dir": env.cert_dir})
@@ -333,15 +266,130 @@ class QueueProxy:
         self.pool.close()
         if self.metrics_exporter is not None:
             await self.metrics_exporter.stop()  # the last values, as the OTel SDK flushes
-        if self.tracer is not None:
-            # Knative flushes telemetry for up to 10 s before exiting.
-            try:
-                await asyncio.wait_for(self.loop.run_in_executor(None, self.tracer.shutdown), 10)
-            except Exception:
-                log.warning("could not flush traces within 10s")
+        await flush_traces(self.tracer, self.loop)
         log.info("shutdown complete")
         if not self.stopped.done():
             self.stopped.set_result(None)
+
+
+def compose(
+    env: Env,
+    loop: asyncio.AbstractEventLoop,
+    main_sock: object | None = None,
+    tracing: TracingConfig | None = None,
+    who: Identity | None = None,
+) -> QueueProxy:
+    """The queue-proxy's composition root: the parts, handed to one another."""
+    cc = env.container_concurrency
+    breaker = Breaker(10 * cc, cc, cc) if cc >= 1 else None
+    stats = RequestStats(loop.time())
+    drainer = Drainer(env.drain_quiet_period, loop=loop)
+    prober = _prober(env)
+    pool = UpstreamPool(env.user_host, env.user_port, max_idle=cc if cc >= 1 else 1000, loop=loop)
+    metrics = request_metrics(env, breaker, who or identity(env, os.environ), loop)
+    tracer = start_tracer(tracing, SCOPE)
+    handler = QueueProxyHandler(
+        loop=loop,
+        pool=pool,
+        breaker=breaker,
+        stats=stats,
+        prober=prober,
+        drainer=drainer,
+        timeouts=TimeoutPolicy(env.revision_timeout, env.response_start_timeout, env.idle_timeout),
+        duration=None if metrics is None else metrics.duration,
+        request_log=_request_log(env),
+        log_probes=env.observability.enable_probe_request_log,
+        log_fields={
+            "revision": env.revision,
+            "namespace": env.namespace,
+            "service": env.service,
+            "configuration": env.configuration,
+            "pod": env.pod,
+            "pod_ip": env.pod_ip,
+        },
+        tracer=tracer,
+    )
+    return QueueProxy(
+        env,
+        loop,
+        handler,
+        stats=stats,
+        drainer=drainer,
+        pool=pool,
+        metrics=metrics,
+        tracer=tracer,
+        main_sock=main_sock,
+    )
+
+
+def _prober(env: Env) -> ReadinessProber:
+    """The user container's readiness probe (Knative's ``SERVING_READINESS_PROBE``)."""
+    probes = parse_readiness_probe(
+        env.readiness_probe,
+        multi_container=env.multi_container_probes,
+        user_port=env.user_port,
+    )
+    return ReadinessProber(
+        probes,
+        log=lambda m: log.warning(m),
+        attempt=auto_detect_attempt if env.http2_auto_detection else None,
+    )
+
+
+def _request_log(env: Env) -> RequestLogTemplate | None:
+    obs = env.observability
+    if not obs.enable_request_log:
+        return None
+    from dataplane.reqlog import RequestLogTemplate, TemplateError
+
+    try:
+        return RequestLogTemplate(obs.request_log_template)
+    except TemplateError as e:
+        log.error("request log disabled: invalid requestLogTemplate: %s", e)
+        return None
+
+
+@dataclass(slots=True)
+class RequestMetrics:
+    """The request metrics, when ``requestMetrics.protocol`` asks for them: scraped on
+    ``QUEUE_USER_METRICS_PORT`` (prometheus) or pushed by ``exporter`` (OTLP)."""
+
+    registry: Registry
+    duration: Histogram
+    exporter: MetricsExporter | None
+
+
+def request_metrics(
+    env: Env, breaker: Breaker | None, who: Identity, loop: asyncio.AbstractEventLoop
+) -> RequestMetrics | None:
+    """Knative's request metrics (pkg/queue/request_metric.go); None when off (then
+    :mod:`dataplane.promtext` is not imported)."""
+    protocol = env.observability.request_metrics_protocol
+    if protocol not in ("prometheus", "grpc", "http/protobuf"):
+        return None
+    from dataplane.promtext import Gauge, Histogram, Registry
+
+    registry = Registry()
+    duration = Histogram(
+        "kn_serving_invocation_duration_seconds",
+        "The duration of the invocation of the user container, as seen by the queue-proxy",
+        _DURATION_BUCKETS,
+        ("http_response_status_code",),
+    )
+    registry.add(duration)
+    if breaker is not None:
+        b = breaker
+        registry.add(
+            Gauge(
+                "kn_serving_queue_depth",
+                "Requests admitted by the breaker: executing plus waiting",
+                fn=lambda: [((), float(b.in_flight))],
+            )
+        )
+    exporter = None
+    if protocol != "prometheus":
+        exporter = _metrics_exporter(env, registry, who, loop)
+    return RequestMetrics(registry, duration, exporter)
 
 
 # Knative's OpenTelemetry instruments (pkg/queue/request_metric.go) for our Prometheus metrics.
@@ -355,80 +403,12 @@ _OTEL_NAMES = {
 }
 
 
-def _resource(env: Env, environ: Mapping[str, str]) -> dict[str, str]:
+def identity(env: Env, environ: Mapping[str, str]) -> Identity:
+    """The sidecar's OpenTelemetry resource, for its traces and its request metrics."""
     pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or env.pod
-    return {
-        "service.name": environ.get("OTEL_SERVICE_NAME", "")
-        or env.service
-        or env.configuration
-        or env.revision
-        or pod,
-        "k8s.container.name": "queue-proxy",
-        "k8s.namespace.name": env.namespace,
-        "k8s.pod.name": pod,
-        "service.instance.id": pod,
-        "kn.service.name": env.service,
-        "kn.configuration.name": env.configuration,
-        "kn.revision.name": env.revision,
-    }
-
-
-def _metrics_exporter(
-    env: Env, registry: Registry, loop: asyncio.AbstractEventLoop
-) -> MetricsExporter:
-    """OTLP push of the request metrics (requestMetrics.protocol grpc or http/protobuf)."""
-    try:
-        from dataplane.otlpmetrics import MetricsExporter, OTelName, exporter_settings
-    except ImportError as e:  # pragma: no cover - the tracing extra brings opentelemetry-proto
-        raise ConfigError(
-            "OBSERVABILITY_CONFIG: requestMetrics.protocol "
-            f"{env.observability.request_metrics_protocol} needs opentelemetry-proto "
-            f"(pip install 'knative-dataplane[tracing]'): {e}"
-        ) from None
-    obs = env.observability
-    endpoint, interval = exporter_settings(
-        obs.request_metrics_protocol,
-        obs.request_metrics_endpoint,
-        os.environ,
-        obs.request_metrics_export_interval,
-    )
-    names = {
-        k: OTelName(n, unit, attrs, frozenset(("http.response.status_code",)))
-        for k, (n, unit, attrs) in _OTEL_NAMES.items()
-    }
-    try:
-        return MetricsExporter(
-            registry,
-            names,
-            protocol=obs.request_metrics_protocol,
-            endpoint=endpoint,
-            interval=interval,
-            scope="knative.dev/serving/pkg/queue",
-            resource=_resource(env, os.environ),
-            loop=loop,
-        )
-    except ImportError as e:
-        raise ConfigError(
-            f"OBSERVABILITY_CONFIG: requestMetrics.protocol {obs.request_metrics_protocol} "
-            f"needs opentelemetry-proto (pip install 'knative-dataplane[tracing]'): {e}"
-        ) from None
-
-
-def _tracing_config(env: Env, environ: Mapping[str, str]) -> TracingConfig | None:
-    """Tracing settings, or None when nothing asks for tracing (the module is not imported)."""
-    obs = env.observability
-    if obs.tracing_protocol in ("", "none") and not environ.get("OTEL_TRACES_EXPORTER"):
-        return None
-    from dataplane.tracing import tracing_config
-
-    pod = environ.get("POD_NAME") or environ.get("HOSTNAME") or env.pod
-    return tracing_config(
-        environ,
-        protocol=obs.tracing_protocol,
-        endpoint=obs.tracing_endpoint,
-        rate=obs.tracing_sampling_rate,
-        service_name=env.service or env.configuration or env.revision or pod,
-        resource={
+    return Identity(
+        env.service or env.configuration or env.revision or pod,
+        {
             "k8s.container.name": "queue-proxy",
             "k8s.namespace.name": env.namespace,
             "k8s.pod.name": pod,
@@ -440,10 +420,37 @@ def _tracing_config(env: Env, environ: Mapping[str, str]) -> TracingConfig | Non
     )
 
 
-async def _serve(env: Env, main_sock: object | None, tracing: TracingConfig | None = None) -> int:
+def _metrics_exporter(
+    env: Env, registry: Registry, who: Identity, loop: asyncio.AbstractEventLoop
+) -> MetricsExporter:
+    """OTLP push of the request metrics (requestMetrics.protocol grpc or http/protobuf)."""
+    from dataplane.otlpmetrics import OTelName
+
+    names = {
+        k: OTelName(n, unit, attrs, frozenset(("http.response.status_code",)))
+        for k, (n, unit, attrs) in _OTEL_NAMES.items()
+    }
+    return metrics_exporter(
+        registry,
+        names,
+        env.observability,
+        section="requestMetrics",
+        scope=SCOPE,
+        who=who,
+        environ=os.environ,
+        loop=loop,
+    )
+
+
+async def _serve(
+    env: Env,
+    main_sock: object | None,
+    tracing: TracingConfig | None = None,
+    who: Identity | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     try:
-        qp = QueueProxy(env, loop, main_sock, tracing)
+        qp = compose(env, loop, main_sock, tracing, who)
         await qp.start()
     except (ConfigError, ProbeConfigError) as e:
         print(f"queue-proxy: {e}", file=sys.stderr)
@@ -467,7 +474,8 @@ async def _serve(env: Env, main_sock: object | None, tracing: TracingConfig | No
 def run(environ: Mapping[str, str], main_sock: object | None = None) -> int:
     try:
         env = parse_env(environ)
-        tracing = _tracing_config(env, environ)
+        who = identity(env, environ)
+        tracing = tracing_settings(env.observability, environ, who)
     except ConfigError as e:
         print(f"queue-proxy: {e}", file=sys.stderr)
         return 1
@@ -479,9 +487,9 @@ def run(environ: Mapping[str, str], main_sock: object | None = None) -> int:
     try:
         import uvloop
 
-        return int(uvloop.run(_serve(env, main_sock, tracing)))
+        return int(uvloop.run(_serve(env, main_sock, tracing, who)))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(_serve(env, main_sock, tracing))
+        return asyncio.run(_serve(env, main_sock, tracing, who))
 
 
 def main() -> None:

@@ -19,7 +19,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from platforms.base import Endpoints, PlatformEvents, Revision, RevisionKey
+from platforms.base import (
+    DEFAULT_TIMEOUT_SECONDS,
+    Endpoints,
+    PlatformEvents,
+    Revision,
+    RevisionKey,
+)
 
 from .api import (
     ENDPOINT_SLICES,
@@ -97,7 +103,7 @@ def revision_from_object(obj: Obj) -> Revision:
         namespace=str(md.get("namespace") or ""),
         name=str(md.get("name") or ""),
         container_concurrency=cc,
-        timeout_seconds=_num(spec.get("timeoutSeconds"), 300.0),
+        timeout_seconds=_num(spec.get("timeoutSeconds"), DEFAULT_TIMEOUT_SECONDS),
         response_start_timeout_seconds=_num(spec.get("responseStartTimeoutSeconds"), 0.0),
         idle_timeout_seconds=_num(spec.get("idleTimeoutSeconds"), 0.0),
         protocol=protocol,

@@ -35,7 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataplane.envconfig import ConfigError
-from platforms.base import Endpoints, PlatformEvents, Revision, RevisionKey
+from platforms.base import (
+    DEFAULT_TIMEOUT_SECONDS,
+    Endpoints,
+    PlatformEvents,
+    Revision,
+    RevisionKey,
+)
 
 from .api import DEPLOYMENTS, ENDPOINT_SLICES, KubeAPI, Obj
 from .config import wait_for_api
@@ -135,7 +141,7 @@ def app_from_deployment(obj: Obj, cluster_domain: str = "cluster.local") -> App 
     ns = str(md.get("namespace") or "default")
     name = str(md.get("name") or "")
     cc = _int_annotation(ann, ANNOTATION_CONTAINER_CONCURRENCY, 0, 0, 1000)
-    timeout = _int_annotation(ann, ANNOTATION_TIMEOUT, 300, 1, 3600)
+    timeout = _int_annotation(ann, ANNOTATION_TIMEOUT, int(DEFAULT_TIMEOUT_SECONDS), 1, 3600)
     metrics_port = _int_annotation(ann, ANNOTATION_METRICS_PORT, 9090, 1, 65535)
     service = _dns_label(ann.get(ANNOTATION_SERVICE, "").strip() or name, ANNOTATION_SERVICE)
     port_name = ann.get(ANNOTATION_PORT_NAME, "").strip() or "http"

@@ -19,7 +19,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from activator.handler import Activator
 from activator.statsink import StatSink
-from autoscaler.main import AutoscalerProcess, parse_env
+from autoscaler.standalone import AutoscalerProcess, parse_env
 from dataplane.proxy import HTTPServer, ServerConfig
 from dataplane.statpb import Stat, WireStatMessage, encode_stat, encode_wire_stat_messages
 from platforms.kubernetes.api import KubeAPI

@@ -132,7 +132,7 @@ def test_commands_are_console_scripts() -> None:
 def test_env_names_are_read_by_the_code() -> None:
     known = code_env_names()
     from autoscaler.config import AutoscalerConfig
-    from autoscaler.main import CONFIG_PREFIX
+    from autoscaler.standalone import CONFIG_PREFIX
 
     config_keys = {f.replace("_", "-") for f in AutoscalerConfig.__dataclass_fields__}
     for path, doc in workloads():
@@ -156,7 +156,7 @@ def _container(path: str, kind_name: str, container: str) -> Obj:
 
 def test_env_values_parse_as_the_components_read_them(tmp_path: Path) -> None:
     from activator.env import parse_env as activator_env
-    from autoscaler.main import parse_env as autoscaler_env
+    from autoscaler.standalone import parse_env as autoscaler_env
     from queueproxy.env import parse_env as qp_env
 
     qp = qp_env(env_values(_container("standalone/example-app.yaml", "hello", "queue-proxy")))

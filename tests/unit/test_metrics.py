@@ -8,9 +8,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.decider import Decision
 from dataplane.metrics import (
+    ACTIVATOR_OTEL_NAMES,
     add_activator_metrics,
     add_autoscaler_metrics,
     revision_labels,
+    stats_connection_metrics,
     wait_histogram,
 )
 from dataplane.promtext import Registry
@@ -96,20 +98,77 @@ def test_autoscaler_metrics_read_live_state() -> None:
     assert [lab["kn_revision_name"] for lab, _ in left] == ["b-1"]
 
 
+@dataclass
+class FakeRevisionState:
+    rev: FakeRev = field(default_factory=FakeRev)
+
+
+@dataclass
+class FakeReporter:
+    last: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def concurrency(self) -> dict[tuple[str, str], float]:
+        return self.last
+
+
+@dataclass
+class FakeActivator:
+    revisions: dict[tuple[str, str], FakeRevisionState] = field(default_factory=dict)
+    reporter: FakeReporter = field(default_factory=FakeReporter)
+    queued_active: list[tuple[tuple[str, str], int, int]] = field(default_factory=list)
+
+    def gauges(self) -> list[tuple[tuple[str, str], int, int]]:
+        return self.queued_active
+
+
 def test_activator_metrics_and_wait_histogram() -> None:
     reg = Registry()
-    gauges = [(("default", "a-1"), 3, 1)]
-    conc = {("default", "a-1"): 1.5}
-    add_activator_metrics(reg, lambda: gauges, lambda: conc)
+    ann = {"serving.knative.dev/service": "s", "serving.knative.dev/configuration": "c"}
+    act = FakeActivator(
+        revisions={("default", "a-1"): FakeRevisionState(FakeRev(ann))},
+        # ("default", "gone-1") was deleted since the last report: Knative skips it
+        reporter=FakeReporter({("default", "a-1"): 1.5, ("default", "gone-1"): 0.5}),
+        queued_active=[(("default", "a-1"), 3, 1)],
+    )
+    add_activator_metrics(reg, act)
     h = wait_histogram()
     reg.add(h)
     h.observe(0.3, ("default", "a-1"))
     h.observe(12.0, ("default", "a-1"))
     m = parse(reg)
     lab = {"k8s_namespace_name": "default", "kn_revision_name": "a-1"}
+    full = {**lab, "kn_service_name": "s", "kn_configuration_name": "c"}
     assert m["kn_revision_request_queued"] == [(lab, 3.0)]
     assert m["kn_revision_request_active"] == [(lab, 1.0)]
-    assert m["kn_revision_request_concurrency"] == [(lab, 1.5)]
+    assert m["kn_revision_request_concurrency"] == [(full, 1.5)]
     assert m["knd_activator_request_wait_seconds_count"] == [(lab, 2.0)]
     buckets = {s["le"]: v for s, v in m["knd_activator_request_wait_seconds_bucket"]}
     assert (buckets["0.25"], buckets["0.5"], buckets["10"], buckets["30"]) == (0, 1, 1, 2)
+
+
+def test_activator_metrics_take_the_embedder_labels() -> None:
+    """knd run names a revision's service and configuration after the knd service."""
+    reg = Registry()
+    act = FakeActivator(
+        revisions={("default", "a-00001"): FakeRevisionState()},
+        reporter=FakeReporter({("default", "a-00001"): 2.0}),
+    )
+    add_activator_metrics(reg, act, labels=lambda key, rs: (key[0], "a", "a", key[1]))
+    m = parse(reg)
+    want = {
+        "k8s_namespace_name": "default",
+        "kn_service_name": "a",
+        "kn_configuration_name": "a",
+        "kn_revision_name": "a-00001",
+    }
+    assert m["kn_revision_request_concurrency"] == [(want, 2.0)]
+
+
+def test_every_activator_metric_has_its_otel_name() -> None:
+    reg = Registry()
+    add_activator_metrics(reg, FakeActivator())
+    reg.add(wait_histogram())
+    for metric in stats_connection_metrics():
+        reg.add(metric)
+    names = {f.name for f in text_string_to_metric_families(reg.render().decode())}
+    assert names == set(ACTIVATOR_OTEL_NAMES)

@@ -16,7 +16,6 @@ from dataplane.envconfig import ConfigError
 from dataplane.tracing import (
     Sampler,
     TracingConfig,
-    observability_tracing,
     set_upstream_traceparent,
     start_tracing,
     tracing_config,
@@ -102,42 +101,6 @@ def test_bad_settings_name_the_setting(
 ) -> None:
     with pytest.raises(ConfigError, match=names):
         tracing_config(environ, **kw)
-
-
-@pytest.mark.parametrize(
-    ("raw", "want"),
-    [
-        ("", ("", "", None)),
-        (
-            json.dumps({"tracing": {"protocol": "grpc", "endpoint": "c:4317", "samplingRate": 1}}),
-            ("grpc", "c:4317", 1.0),
-        ),
-        (
-            json.dumps({"Tracing": {"Protocol": "stdout", "samplingrate": 0.5}}),
-            ("stdout", "", 0.5),
-        ),
-        (
-            json.dumps(
-                {
-                    "tracing-protocol": "http/protobuf",
-                    "tracing-endpoint": "http://c:4318/v1/traces",
-                    "tracing-sampling-rate": "0.1",
-                }
-            ),
-            ("http/protobuf", "http://c:4318/v1/traces", 0.1),
-        ),
-    ],
-)
-def test_observability_tracing(raw: str, want: tuple[str, str, float | None]) -> None:
-    assert observability_tracing(raw) == want
-
-
-@pytest.mark.parametrize(
-    "raw", ["{", "[]", '{"tracing": {"samplingRate": 2}}', '{"tracing-sampling-rate": "x"}']
-)
-def test_observability_tracing_errors(raw: str) -> None:
-    with pytest.raises(ConfigError, match="OBSERVABILITY_CONFIG"):
-        observability_tracing(raw)
 
 
 # --------------------------------------------------------------------------- sampler

@@ -40,18 +40,19 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSCloseCode, web
 
 from dataplane.envconfig import ConfigError, env_duration, env_float, env_int
-from dataplane.metrics import add_autoscaler_metrics
 from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Registry
-from platforms.base import Endpoints, Revision, RevisionKey
+from platforms.base import Revision, RevisionKey
 
+from .compose import AutoscalerFeed, new_autoscaler
 from .config import AutoscalerConfig
-from .multiscaler import Autoscaler, RevisionScaler, ScaleEvent
+from .multiscaler import RevisionScaler, ScaleEvent
 from .scaler import apply_bounds
 from .scraper import Scraper
 from .statserver import StatServer
 
 if TYPE_CHECKING:  # kubernetes-asyncio is imported when the process starts
     from platforms.kubernetes.api import KubeAPI
+    from platforms.kubernetes.lease import LeaderElector
     from platforms.kubernetes.standalone import App
 
 __all__ = ["AutoscalerEnv", "AutoscalerProcess", "main", "parse_env", "read_config", "run"]
@@ -199,31 +200,6 @@ class LeaderStatServer(StatServer):
             await ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"Restarting")
 
 
-class _Fanout:
-    """Platform events to the autoscaler (the activators route; we only scale)."""
-
-    def __init__(self, proc: AutoscalerProcess) -> None:
-        self.proc = proc
-
-    def revision_updated(self, rev: Revision) -> None:
-        try:
-            self.proc.autoscaler.revision_updated(rev)
-        except ConfigError as e:
-            log.error("deployment %s/%s: %s (not autoscaled)", rev.namespace, rev.name, e)
-            self.proc.autoscaler.revision_deleted(rev.key)
-            return
-        self.proc.sync_replicas(rev.key)
-
-    def revision_deleted(self, key: RevisionKey) -> None:
-        self.proc.autoscaler.revision_deleted(key)
-
-    def endpoints_updated(self, key: RevisionKey, eps: Endpoints) -> None:
-        pass  # ready_count and scrape_targets read the platform
-
-    def activators_updated(self, key: RevisionKey, index: int, count: int) -> None:
-        pass
-
-
 class AutoscalerProcess:
     """Platform, autoscaler, scraper, lease, stat and metrics servers, wired together."""
 
@@ -236,7 +212,6 @@ class AutoscalerProcess:
         informer_options: Mapping[str, Any] | None = None,
         lease_clock: Callable[[], float] | None = None,
     ) -> None:
-        from platforms.kubernetes.lease import LeaderElector
         from platforms.kubernetes.scale import DeploymentScaler, EventRecorder
         from platforms.kubernetes.standalone import StandalonePlatform
 
@@ -251,94 +226,34 @@ class AutoscalerProcess:
             informer_options=informer_options,
             on_app=self._on_app,
         )
-        self.autoscaler = Autoscaler(
-            loop=loop,
-            config=env.config,
+        self.registry = Registry()
+        self.autoscaler = new_autoscaler(
+            loop,
+            env.config,
+            self.platform,
             scale=self._scale,
-            ready=self.platform.ready_count,
             on_scale=self._on_scale,
             on_error=self._on_error,
+            registry=self.registry,
         )
         self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
         self.scaler = DeploymentScaler(api)
         self.events = EventRecorder(api, instance=env.pod_name)
-        kw: dict[str, Any] = {} if lease_clock is None else {"clock": lease_clock}
-        self.elector = LeaderElector(
-            api,
-            env.lease_namespace,
-            env.lease_name,
-            env.pod_name,
-            lease_duration=env.lease_duration,
-            renew_deadline=env.renew_deadline,
-            retry_period=env.retry_period,
-            on_started=self._started_leading,
-            on_stopped=self._stopped_leading,
-            **kw,
+        self.elector = _elector(env, api, self._started_leading, self._stopped_leading, lease_clock)
+        self.stats = LeaderStatServer(self.autoscaler.record_wire, self._leading)
+        self.scale_errors, self.scale_changes = _deployment_metrics(
+            self.registry, self.autoscaler.revisions, self.platform.ready_count, self._leading
         )
-        self.stats = LeaderStatServer(self.autoscaler.record_wire, lambda: self.elector.is_leader)
         self.stat_port = 0
         self.metrics_port = 0
         self._metrics_runner: web.AppRunner | None = None
         self._elector_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.scale_errors = Counter(
-            "knd_autoscaler_scale_errors",
-            "Failed patches of deployments/scale",
-            ("namespace", "deployment"),
-        )
-        self.scale_changes = Counter(
-            "knd_autoscaler_scale_changes",
-            "Patches of deployments/scale that changed the replica count",
-            ("namespace", "deployment"),
-        )
-        self.registry = Registry()
-        self.registry.add(
-            Gauge(
-                "knd_autoscaler_leader",
-                "Whether this replica holds the Lease and scales (1) or stands by (0)",
-                fn=lambda: [((), 1.0 if self.elector.is_leader else 0.0)],
-            )
-        )
-        per_revision: list[tuple[str, str, Callable[[RevisionScaler], float]]] = [
-            ("knd_autoscaler_desired_pods", "Replicas asked for", lambda rs: rs.replicas),
-            (
-                "knd_autoscaler_ready_pods",
-                "Ready pods (EndpointSlices)",
-                lambda rs: self.platform.ready_count(rs.rev.key),
-            ),
-            (
-                "knd_autoscaler_stable_request_concurrency",
-                "Average concurrency over the stable window",
-                lambda rs: rs.last.stable_value,
-            ),
-            (
-                "knd_autoscaler_panic_request_concurrency",
-                "Average concurrency over the panic window",
-                lambda rs: rs.last.panic_value,
-            ),
-            ("knd_autoscaler_panic_mode", "1 while panicking", lambda rs: float(rs.last.panicking)),
-        ]
-        for name, help_text, get in per_revision:
-            self.registry.add(
-                Gauge(name, help_text, ("namespace", "deployment"), fn=self._values(get))
-            )
-        # The same state under Knative's autoscaler metric names (kn_revision_pods_desired, ...),
-        # as knd run's admin port exposes them.
-        add_autoscaler_metrics(
-            self.registry,
-            lambda: self.autoscaler.revisions,
-            lambda key: self.platform.ready_count(key),
-        )
-        self.registry.add(self.scale_errors)
-        self.registry.add(self.scale_changes)
-
-    def _values(
-        self, get: Callable[[RevisionScaler], float]
-    ) -> Callable[[], list[tuple[tuple[str, ...], float]]]:
-        revs = self.autoscaler.revisions
-        return lambda: [(k, float(get(rs))) for k, rs in sorted(revs.items())]
 
     # -- leadership ------------------------------------------------------------------------
+    def _leading(self) -> bool:
+        return self.elector.is_leader
+
     def _started_leading(self) -> None:
         for key in list(self.autoscaler.revisions):
             self.sync_replicas(key)
@@ -366,6 +281,10 @@ class AutoscalerProcess:
         actual = self.platform.replicas(key)
         if rs is not None and actual is not None:
             rs.replicas = actual
+
+    def _invalid(self, rev: Revision, e: ConfigError) -> None:
+        log.error("deployment %s/%s: %s (not autoscaled)", rev.namespace, rev.name, e)
+        self.autoscaler.revision_deleted(rev.key)
 
     def _on_app(self, key: RevisionKey, app: App | None) -> None:
         if app is not None:
@@ -455,7 +374,10 @@ class AutoscalerProcess:
             ) from None
         socks = getattr(site._server, "sockets", None) or []
         self.metrics_port = int(socks[0].getsockname()[1]) if socks else env.metrics_port
-        await self.platform.start(_Fanout(self))
+        # The activators route; this process only scales.
+        await self.platform.start(
+            AutoscalerFeed(self.autoscaler, self._invalid, added=self.sync_replicas)
+        )
         self._elector_task = self.loop.create_task(self.elector.run())
 
     async def stop(self) -> None:
@@ -477,6 +399,89 @@ class AutoscalerProcess:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _elector(
+    env: AutoscalerEnv,
+    api: KubeAPI,
+    on_started: Callable[[], None],
+    on_stopped: Callable[[], None],
+    clock: Callable[[], float] | None,
+) -> LeaderElector:
+    """The Lease election: only the leader scrapes, accepts stat websockets and scales."""
+    from platforms.kubernetes.lease import LeaderElector
+
+    kw: dict[str, Any] = {} if clock is None else {"clock": clock}
+    return LeaderElector(
+        api,
+        env.lease_namespace,
+        env.lease_name,
+        env.pod_name,
+        lease_duration=env.lease_duration,
+        renew_deadline=env.renew_deadline,
+        retry_period=env.retry_period,
+        on_started=on_started,
+        on_stopped=on_stopped,
+        **kw,
+    )
+
+
+def _deployment_metrics(
+    registry: Registry,
+    revs: Mapping[RevisionKey, RevisionScaler],
+    ready: Callable[[RevisionKey], int],
+    leading: Callable[[], bool],
+) -> tuple[Counter, Counter]:
+    """knd-autoscaler's own metrics, by namespace and Deployment (beside Knative's names, which
+    :func:`autoscaler.compose.new_autoscaler` adds): leadership, per-revision state, and the
+    scale errors and changes counters it returns."""
+    errors = Counter(
+        "knd_autoscaler_scale_errors",
+        "Failed patches of deployments/scale",
+        ("namespace", "deployment"),
+    )
+    changes = Counter(
+        "knd_autoscaler_scale_changes",
+        "Patches of deployments/scale that changed the replica count",
+        ("namespace", "deployment"),
+    )
+    registry.add(
+        Gauge(
+            "knd_autoscaler_leader",
+            "Whether this replica holds the Lease and scales (1) or stands by (0)",
+            fn=lambda: [((), 1.0 if leading() else 0.0)],
+        )
+    )
+    per_revision: list[tuple[str, str, Callable[[RevisionScaler], float]]] = [
+        ("knd_autoscaler_desired_pods", "Replicas asked for", lambda rs: rs.replicas),
+        (
+            "knd_autoscaler_ready_pods",
+            "Ready pods (EndpointSlices)",
+            lambda rs: ready(rs.rev.key),
+        ),
+        (
+            "knd_autoscaler_stable_request_concurrency",
+            "Average concurrency over the stable window",
+            lambda rs: rs.last.stable_value,
+        ),
+        (
+            "knd_autoscaler_panic_request_concurrency",
+            "Average concurrency over the panic window",
+            lambda rs: rs.last.panic_value,
+        ),
+        ("knd_autoscaler_panic_mode", "1 while panicking", lambda rs: float(rs.last.panicking)),
+    ]
+
+    def values(
+        get: Callable[[RevisionScaler], float],
+    ) -> Callable[[], list[tuple[tuple[str, ...], float]]]:
+        return lambda: [(k, float(get(rs))) for k, rs in sorted(revs.items())]
+
+    for name, help_text, get in per_revision:
+        registry.add(Gauge(name, help_text, ("namespace", "deployment"), fn=values(get)))
+    registry.add(errors)
+    registry.add(changes)
+    return errors, changes
 
 
 async def _serve(env: AutoscalerEnv) -> int:
@@ -523,30 +528,11 @@ def _start_tracing(environ: Mapping[str, str], pod: str) -> None:
     """With tracing configured (``OBSERVABILITY_CONFIG`` or ``OTEL_*``, as the activator), the
     aiohttp servers (stat websocket, metrics) are traced by the OpenTelemetry aiohttp-server
     instrumentation; it must patch aiohttp before the applications are created."""
-    raw = environ.get("OBSERVABILITY_CONFIG", "")
-    if not raw.strip() and not environ.get("OTEL_TRACES_EXPORTER"):
-        return
-    from dataplane.tracing import (
-        instrument_aiohttp,
-        observability_tracing,
-        start_tracing,
-        tracing_config,
-    )
+    from dataplane.telemetry import Identity, observability, start_tracer, tracing_settings
 
-    protocol, endpoint, rate = observability_tracing(raw)
-    cfg = tracing_config(
-        environ,
-        protocol=protocol,
-        endpoint=endpoint,
-        rate=rate,
-        service_name="autoscaler",
-        resource={"k8s.pod.name": pod, "service.instance.id": pod},
-    )
-    tracer = start_tracing(cfg, "knative.dev/serving/pkg/autoscaler")
-    if tracer is not None:
-        missing = instrument_aiohttp(tracer, client=False, server=True)
-        if missing:
-            log.info("not instrumented (packages missing): %s", ", ".join(missing))
+    who = Identity("autoscaler", {"k8s.pod.name": pod, "service.instance.id": pod})
+    cfg = tracing_settings(observability(environ), environ, who)
+    start_tracer(cfg, "knative.dev/serving/pkg/autoscaler", aiohttp_server=True)
 
 
 def run(environ: Mapping[str, str]) -> int:

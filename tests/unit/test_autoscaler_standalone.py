@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoscaler.main import parse_env, read_config
+from autoscaler.standalone import parse_env, read_config
 from dataplane.envconfig import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_the_entry_point_exits_with_one_line() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KND_", "KUBE"))}
     env["KND_LEASE_RETRY_PERIOD"] = "often"
     proc = subprocess.run(
-        [sys.executable, "-m", "autoscaler.main"],
+        [sys.executable, "-m", "autoscaler.standalone"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -111,7 +111,7 @@ def test_the_entry_point_exits_with_one_line() -> None:
     env["KND_STAT_PORT"] = "0"
     env["KND_METRICS_PORT"] = "0"
     proc = subprocess.run(
-        [sys.executable, "-m", "autoscaler.main"],
+        [sys.executable, "-m", "autoscaler.standalone"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -149,7 +149,7 @@ def test_unreachable_api_server_is_one_line(tmp_path: Path) -> None:
         KND_BIND_ADDRESS="127.0.0.1",
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "autoscaler.main"],
+        [sys.executable, "-m", "autoscaler.standalone"],
         env=env,
         cwd=ROOT,
         capture_output=True,
