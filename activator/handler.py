@@ -17,9 +17,9 @@ import asyncio
 import html
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from dataplane.proxy import Exchange
+from dataplane.proxy import Exchange, ServerConfig
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.tracing import set_upstream_traceparent
 from dataplane.upstream import UpstreamPool
@@ -35,11 +35,38 @@ if TYPE_CHECKING:
     from dataplane.tls import ClientTLS
     from dataplane.tracing import RequestSpans, Tracer
 
-__all__ = ["WAIT_HEADER", "Activator", "RevisionState"]
+__all__ = [
+    "INDEXED_HEADERS",
+    "STRIPPED_HEADERS",
+    "WAIT_HEADER",
+    "Activator",
+    "RevisionState",
+    "server_config",
+]
 
 log = logging.getLogger("activator")
 
 WAIT_HEADER = b"Knd-Activator-Wait-Ms"
+# The request headers this handler (and its tracer) reads, declared to the engine in the
+# server's config (ServerConfig(index_headers=..., strip_headers=...)).
+INDEXED_HEADERS = (
+    b"user-agent",
+    b"k-network-probe",
+    b"k-network-hash",
+    b"k-kubelet-probe",
+    b"k-proxy-request",
+    b"traceparent",
+)
+# Routing headers consumed here: the activator sets its own K-Original-Host upstream.
+STRIPPED_HEADERS = (b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host")
+
+
+def server_config(**limits: Any) -> ServerConfig:
+    """The config of a server running the activator's handler: its timeout body and headers."""
+    limits.setdefault("timeout_body", b"activator request timeout")
+    return ServerConfig(index_headers=INDEXED_HEADERS, strip_headers=STRIPPED_HEADERS, **limits)
+
+
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
 _PROXY_HEADERS = b"K-Proxy-Request: activator\r\nK-Original-Host: "
 _FAILED_HEADERS = _TEXT + b"X-Content-Type-Options: nosniff\r\n"

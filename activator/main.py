@@ -29,7 +29,7 @@ from platforms.base import Platform
 from platforms.static import StaticPlatform
 
 from .env import ActivatorEnv, parse_env
-from .handler import Activator
+from .handler import Activator, server_config
 from .statsink import StatSink
 
 if TYPE_CHECKING:
@@ -138,10 +138,7 @@ class ActivatorProcess:
         base = ServerConfig(max_header_bytes=env.max_header_bytes)
         self.server = HTTPServer(
             act,
-            ServerConfig(
-                max_header_bytes=env.max_header_bytes,
-                timeout_body=b"activator request timeout",
-            ),
+            server_config(max_header_bytes=env.max_header_bytes),
             loop=loop,
         )
         self.metrics_server = HTTPServer(self._metrics, base, loop=loop)

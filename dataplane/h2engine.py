@@ -49,7 +49,7 @@ from .h2frames import (
     goaway_frame,
 )
 from .h2stream import H2Stream
-from .http1 import H_CLEN, H_DROP, H_HOST, H_KEEP, H_TE, H_XFF, REQ_ACTIONS
+from .http1 import H_CLEN, H_DROP, H_HOST, H_KEEP, H_TE, H_XFF
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -368,6 +368,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         hdr = st.hdr
         out = st.hdr_out
         authority = b""
+        actions = self.server.config.req_actions
         for name, value in headers:
             if name[:1] == b":":
                 if name == b":method":
@@ -377,7 +378,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
                 elif name == b":authority":
                     authority = value
                 continue
-            act = REQ_ACTIONS.get(name)
+            act = actions.get(name)
             if act is None:
                 out += (name, b": ", value, b"\r\n")
             elif act == H_KEEP:
@@ -709,7 +710,8 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         hdr = st.hdr
         host = st.host_override
         if host is None:
-            host = hdr.get(b"k-original-host") if cfg.restore_original_host else None
+            host_from = cfg.host_from
+            host = hdr.get(host_from) if host_from is not None else None
             if not host:
                 host = hdr.get(b"host") or self.authority
         hs = [

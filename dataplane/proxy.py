@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httptools
@@ -32,13 +32,13 @@ from .http1 import (
     H_TE,
     H_TRAILER,
     H_XFF,
-    REQ_ACTIONS,
     TARGET_MARKS,
     DateCache,
     connection_tokens,
     error_body_headers,
     escape_high_bytes,
     go_request_target,
+    request_actions,
     request_trailer_names,
     restore_high_bytes,
     status_line,
@@ -102,9 +102,12 @@ class ServerConfig:
         "body_buffer",
         "forwarded_shim",
         "header_timeout",
+        "host_from",
+        "index_headers",
         "max_header_bytes",
         "max_headers",
-        "restore_original_host",
+        "req_actions",
+        "strip_headers",
         "timeout_body",
         "tunnel_drain_timeout",
     )
@@ -117,16 +120,30 @@ class ServerConfig:
         header_timeout: float = 60.0,
         body_buffer: int = 64 * 1024,
         timeout_body: bytes = b"request timeout",
-        restore_original_host: bool = False,
+        host_from: bytes | None = None,
         forwarded_shim: bool = False,
         tunnel_drain_timeout: float = 60.0,
+        index_headers: Iterable[bytes] = (),
+        strip_headers: Iterable[bytes] = (),
     ) -> None:
+        """``index_headers``: request headers the handler reads (``exchange.header(name)``),
+        still forwarded; ``strip_headers``: headers the handler reads that are never forwarded.
+        ``host_from``: a header that, when present and not empty, replaces Host upstream (the
+        queue-proxy's K-Original-Host); it is stripped. Only names listed here, and those the
+        engine itself handles (see :data:`dataplane.http1.REQ_ACTIONS`), are indexed."""
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.header_timeout = header_timeout
         self.body_buffer = body_buffer
         self.timeout_body = timeout_body
-        self.restore_original_host = restore_original_host
+        self.host_from = host_from.lower() if host_from else None
+        self.index_headers = tuple(n.lower() for n in index_headers)
+        strip = tuple(n.lower() for n in strip_headers)
+        if self.host_from is not None and self.host_from not in strip:
+            strip += (self.host_from,)
+        self.strip_headers = strip
+        # The merged classification table, built once per server (one dict lookup per header).
+        self.req_actions = request_actions(self.index_headers, strip)
         self.forwarded_shim = forwarded_shim
         self.tunnel_drain_timeout = tunnel_drain_timeout
 
@@ -397,7 +414,8 @@ class Exchange:
         hdr = self.hdr
         host = self.host_override
         if host is None:
-            host = hdr.get(b"k-original-host") if cfg.restore_original_host else None
+            host_from = cfg.host_from
+            host = hdr.get(host_from) if host_from is not None else None
             if not host:
                 host = hdr.get(b"host")
                 if not host:  # HTTP/1.0 without Host: name the upstream, as Go's transport does
@@ -768,6 +786,7 @@ class ServerConnection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
     __slots__ = (
+        "_actions",
         "_dispatching",
         "_hdr_bytes",
         "_hdr_count",
@@ -816,6 +835,7 @@ class ServerConnection(asyncio.Protocol):
         self.header_tick = 0
         cfg = server.config
         self._max_hdr_bytes = cfg.max_header_bytes
+        self._actions = cfg.req_actions
         self._max_hdrs = cfg.max_headers
         # request line and header block are limited separately; their sum bounds a raw head
         self._max_head_bytes = 2 * cfg.max_header_bytes + 64
@@ -1058,7 +1078,7 @@ class ServerConnection(asyncio.Protocol):
             ex.req_trailers += (name, _SEP, value, _CRLF)
             return
         lname = name.lower()
-        act = REQ_ACTIONS.get(lname)
+        act = self._actions.get(lname)
         if act is None:
             ex.hdr_out += (name, _SEP, value, _CRLF)
             return
@@ -1087,7 +1107,7 @@ class ServerConnection(asyncio.Protocol):
         elif act == H_TRAILER:
             prior = hdr.get(lname)
             hdr[lname] = value if prior is None else prior + b"," + value
-        elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing, K-Original-Host
+        elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing
             hdr[lname] = value
 
     def on_headers_complete(self) -> None:

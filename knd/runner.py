@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from activator.handler import Activator
+from activator.handler import server_config as activator_server_config
 from autoscaler.config import AutoscalerConfig
 from autoscaler.multiscaler import Autoscaler, ScaleEvent
 from autoscaler.scraper import Scraper
@@ -151,9 +152,7 @@ class Runner:
         )
         self.registry.add(waits)
         self.scraper = Scraper(self.autoscaler, self.platform.scrape_targets)
-        self.server = HTTPServer(
-            self.activator, ServerConfig(timeout_body=b"activator request timeout"), loop=loop
-        )
+        self.server = HTTPServer(self.activator, activator_server_config(), loop=loop)
         self.h2c = H2Hub(loop)  # gRPC clients: h2c with prior knowledge on the same port
         self.h2c.enable(self.server)
         self.admin = HTTPServer(self._admin, ServerConfig(), loop=loop)
@@ -163,7 +162,7 @@ class Runner:
             if spec.port:
                 server = HTTPServer(
                     self.activator.handler_for(spec.key),
-                    ServerConfig(timeout_body=b"activator request timeout"),
+                    activator_server_config(),
                     loop=loop,
                 )
                 self.h2c.enable(server)

@@ -12,10 +12,10 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dataplane.breaker import Breaker, QueueFullError, Waiter
-from dataplane.proxy import Exchange
+from dataplane.proxy import Exchange, ServerConfig
 from dataplane.stats import RequestStats
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.upstream import UpstreamPool
@@ -28,9 +28,44 @@ if TYPE_CHECKING:
     from dataplane.reqlog import RequestLogTemplate
     from dataplane.tracing import RequestSpans, Tracer
 
-__all__ = ["QueueProxyHandler"]
+__all__ = [
+    "INDEXED_HEADERS",
+    "ORIGINAL_HOST",
+    "STRIPPED_HEADERS",
+    "QueueProxyHandler",
+    "server_config",
+]
 
 log = logging.getLogger("queueproxy")
+
+# The request headers this handler (and its tracer and request log) reads, declared to the
+# engine in the server's config (ServerConfig(index_headers=..., strip_headers=...)).
+INDEXED_HEADERS = (
+    b"user-agent",
+    b"k-network-probe",
+    b"k-network-hash",
+    b"k-kubelet-probe",
+    b"k-proxy-request",
+    b"traceparent",
+    b"x-b3-traceid",
+    b"referer",
+)
+# Knative's routing headers end at the queue-proxy (never reach the user container).
+STRIPPED_HEADERS = (b"knative-serving-revision", b"knative-serving-namespace")
+# Set by the activator/ingress: the Host the user container must see (ServerConfig.host_from).
+ORIGINAL_HOST = b"k-original-host"
+
+
+def server_config(**limits: Any) -> ServerConfig:
+    """The config of a server running this handler: the headers above, K-Original-Host as the
+    upstream Host, and ``limits`` (any other :class:`~dataplane.proxy.ServerConfig` field)."""
+    return ServerConfig(
+        host_from=ORIGINAL_HOST,
+        index_headers=INDEXED_HEADERS,
+        strip_headers=STRIPPED_HEADERS,
+        **limits,
+    )
+
 
 _HEALTH_UAS = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"

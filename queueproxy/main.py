@@ -31,7 +31,7 @@ from dataplane.upstream import UpstreamPool
 
 from .drain import Drainer
 from .env import Env, parse_env
-from .handler import QueueProxyHandler
+from .handler import QueueProxyHandler, server_config
 from .probes import auto_detect_attempt
 from .readiness import ReadinessProber
 
@@ -154,12 +154,11 @@ class QueueProxy:
         base = {"max_header_bytes": env.max_header_bytes, "header_timeout": env.header_timeout}
         self.main_server = HTTPServer(
             self.handler,
-            ServerConfig(
+            server_config(
                 timeout_body=b"request timeout",
-                restore_original_host=True,
                 forwarded_shim=True,
                 tunnel_drain_timeout=env.hijack_drain_timeout,
-                **base,  # type: ignore[arg-type]
+                **base,
             ),
             loop=loop,
         )
