@@ -24,7 +24,8 @@ from dataplane.h2c import H2Hub
 from dataplane.logs import setup_logging
 from dataplane.metrics import REVISION_LABELS, revision_labels
 from dataplane.promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
-from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.proxy import HTTPServer, ServerConfig
+from dataplane.request import Request
 from platforms.base import Platform
 from platforms.static import StaticPlatform
 
@@ -220,7 +221,7 @@ class ActivatorProcess:
         self.reachable.set(0, ("autoscaler",))
         self.conn_errors.inc(("autoscaler",))
 
-    def _metrics(self, ex: Exchange) -> None:
+    def _metrics(self, ex: Request) -> None:
         if ex.path == b"/metrics":
             ex.respond(200, self.registry.render(), b"Content-Type: " + CONTENT_TYPE + b"\r\n")
         else:

@@ -19,11 +19,12 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from .forwarded import forwarded_value
+from .handle import RequestHandle
 from .http1 import (
     H_CONNECTION,
     H_DROP,
@@ -44,8 +45,10 @@ from .http1 import (
     status_line,
 )
 from .sockets import listen_socket
-from .timeouts import RequestDeadlines, TimeoutPolicy
 from .upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from .request import Handler
 
 __all__ = ["Exchange", "HTTPServer", "ServerConfig", "ServerConnection"]
 
@@ -79,6 +82,7 @@ _HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$
 
 #: The client connection preface of HTTP/2 (RFC 9113 §3.4).
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_PREFACE_HEAD = H2_PREFACE[:18]  # the part httptools parses as a request head
 
 
 class _ParseLimit(Exception):
@@ -148,137 +152,58 @@ class ServerConfig:
         self.tunnel_drain_timeout = tunnel_drain_timeout
 
 
-class Exchange:
-    """One request/response exchange on a downstream connection."""
+class Exchange(RequestHandle):
+    """One HTTP/1.1 request/response exchange on a downstream connection (a
+    :class:`~dataplane.request.Request`; its wire state: framing, body buffers, pipelining,
+    the upstream connection and the tunnel)."""
 
     __slots__ = (
-        "aborted",
         "body_buf",
         "body_buf_size",
-        "body_done",
         "closing",
         "conn",
-        "ctx",
-        "deadline",
-        "deadlines",
-        "done",
         "early",
         "expect_continue",
-        "extra_headers",
-        "hdr",
-        "hdr_out",
         "head_sent",
         "headers_complete",
-        "host_override",
         "keep_alive",
-        "last_write",
-        "method",
-        "on_done",
         "out",
-        "pool",
         "replay",
-        "req_chunked",
         "req_trailers",
-        "resp_extra",
         "resp_mode",
-        "resp_size",
-        "resp_started",
-        "resp_status",
         "retried",
         "sent_continue",
-        "start",
-        "target",
         "tunnel_eofs",
-        "upgrade",
         "upstream",
-        "version",
     )
 
     def __init__(self, conn: ServerConnection) -> None:
+        super().__init__(conn.server, conn.peer, conn.peer_port)
         self.conn = conn
-        self.method = b""
-        self.target = b""
-        self.version = "1.1"
-        self.hdr: dict[bytes, bytes] = {}
-        self.hdr_out: list[bytes] = []
         self.keep_alive = True
-        self.upgrade = False
         self.headers_complete = False
-        self.req_chunked = False
         self.req_trailers: list[bytes] | None = None
         self.body_buf: list[bytes] | None = None
         self.body_buf_size = 0
-        self.body_done = False
         self.expect_continue = False
         self.sent_continue = False
-        self.start = 0.0
         self.upstream: UpstreamConnection | None = None
-        self.pool: UpstreamPool | None = None
-        self.host_override: bytes | None = None
-        self.extra_headers = b""
         self.head_sent = False
         self.replay: bytes | None = None
         self.retried = False
-        self.resp_started = False
-        self.resp_status = 0
-        self.resp_size = 0
         self.resp_mode = M_NONE
-        self.resp_extra = b""  # header lines the handler adds to the proxied response
         self.closing = False
         self.out: list[bytes] = []
-        self.last_write: float | None = None
-        self.deadline = 0.0  # next time the server's sweep must look at this exchange; 0: none
-        self.deadlines: RequestDeadlines | None = None
-        self.on_done: Callable[[Exchange], None] | None = None
-        self.ctx: Any = None
-        self.done = False
-        self.aborted = False
         self.early: list[bytes] | None = None
         self.tunnel_eofs = 0
 
-    # -- request view for handlers ---------------------------------------------------------
-    @property
-    def path(self) -> bytes:
-        t = self.target
-        i = t.find(b"?")
-        return t if i < 0 else t[:i]
-
-    def header(self, lname: bytes) -> bytes | None:
-        """A request header by lower-case name (only names the engine tracks, see http1)."""
-        return self.hdr.get(lname)
-
-    def find_header(self, lname: bytes) -> bytes | None:
-        """Any request header by lower-case name (slower: scans the pass-through list)."""
-        v = self.hdr.get(lname)
-        if v is not None:
-            return v
-        out = self.hdr_out
-        for i in range(0, len(out), 4):
-            if out[i].lower() == lname:
-                return out[i + 2]
-        return None
-
+    # -- request view -----------------------------------------------------------------------
     def _hdr_names(self) -> set[bytes]:
         """Lower-case names of the pass-through headers (slow; rare paths only)."""
         return {
             line.partition(b":")[0].lower().removeprefix(b"x-")
             for line in b"".join(self.hdr_out).split(_CRLF)
         }
-
-    def drop_header(self, lname: bytes) -> None:
-        """Remove a request header (all its lines) before the request is forwarded."""
-        self.hdr.pop(lname, None)
-        kept: list[bytes] = []
-        for line in b"".join(self.hdr_out).split(_CRLF):
-            if line and line.partition(b":")[0].lower() != lname:
-                kept += (line, _CRLF)
-        self.hdr_out = kept
-
-    @property
-    def has_body(self) -> bool:
-        return self.req_chunked or (
-            self.hdr.get(b"content-length", b"0").strip() not in (b"0", b"")
-        )
 
     # -- local responses -------------------------------------------------------------------
     def respond(
@@ -314,32 +239,7 @@ class Exchange:
         conn.transport.write(b"".join(parts))
         self._finish()
 
-    def error(self, status: int, message: str) -> None:
-        """A Go ``http.Error`` response: ``message`` + newline as text/plain."""
-        body = message.encode() + b"\n"
-        self.respond(status, body, error_body_headers(body), content_length=False)
-
     # -- proxying --------------------------------------------------------------------------
-    def set_timeouts(self, policy: TimeoutPolicy) -> None:
-        """Start the total/response-start/idle limits of this exchange (from its start).
-
-        No timer per request: the server sweeps its timed exchanges every 50 ms, so a limit
-        fires within 50 ms after it passes. The common total-only policy costs one float.
-        """
-        if self.done:
-            return
-        if policy.response_start > 0 or policy.idle > 0:
-            self.deadlines = d = RequestDeadlines(policy, self.start)
-            when = d.next_deadline(None)
-            if when is None:
-                return
-            self.deadline = when
-        elif policy.total > 0:
-            self.deadline = self.start + policy.total
-        else:
-            return
-        self.conn.server.watch(self)
-
     def proxy(
         self, pool: UpstreamPool, *, host: bytes | None = None, extra_headers: bytes = b""
     ) -> None:
@@ -396,6 +296,13 @@ class Exchange:
             up.transport.pause_reading()
         if up.write_paused:
             conn.pause(P_UPSTREAM)
+
+    def upstream_paused(self) -> None:
+        """The upstream cannot take more: stop reading the client."""
+        self.conn.pause(P_UPSTREAM)
+
+    def upstream_resumed(self) -> None:
+        self.conn.resume(P_UPSTREAM)
 
     def connect_failed(self, reason: str) -> None:
         if self.done:
@@ -699,22 +606,9 @@ class Exchange:
         self._finish()
 
     # -- timers ----------------------------------------------------------------------------
-    def check_deadline(self, now: float) -> None:
-        """Called by the server's sweep once ``now`` has reached ``self.deadline``."""
-        if self.done:
-            return
-        d = self.deadlines
-        if d is not None and not d.expired(now, self.last_write):
-            when = d.next_deadline(self.last_write)
-            self.deadline = when if when is not None else 0.0
-            if not self.deadline:
-                self.conn.server.timed.discard(self)
-            return
-        self.timed_out()
-
     def timed_out(self) -> None:
         """A revision timeout fired: 504 if nothing was sent yet, else append the message."""
-        self.interrupt(504, self.conn.server.config.timeout_body)
+        self.interrupt(504, self.server.config.timeout_body)
 
     def interrupt(self, status: int, msg: bytes) -> None:
         """End the exchange now (upstream aborted): ``status`` and ``msg`` if nothing was sent
@@ -754,20 +648,14 @@ class Exchange:
             or (self.expect_continue and not self.sent_continue and not self.body_done)
         )
 
-    def _finish(self) -> None:
-        if self.done:
-            return
+    def _ended(self) -> None:
+        self.conn.exchange_done(self)
+
+    def retire(self) -> None:
+        """Handed over to another protocol (see ServerConnection.hand_over): done, silently."""
         self.done = True
         if self.deadline:
-            self.conn.server.timed.discard(self)
-        cb = self.on_done
-        if cb is not None:
-            self.on_done = None
-            try:
-                cb(self)
-            except Exception:
-                log.exception("on_done callback failed")
-        self.conn.exchange_done(self)
+            self.server.timed.discard(self)
 
     def abort(self) -> None:
         """The client connection is gone: drop the upstream side and release everything."""
@@ -908,8 +796,10 @@ class ServerConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as e:
             h2c = self.server.h2c
-            if h2c is not None and self.active is None and not self.pending and h2c(self, data):
-                return  # an HTTP/2 preface: the connection now belongs to the h2c protocol
+            if h2c is not None and self.active is None and not self.pending:
+                preface = self.h2_preface(data)
+                if preface is not None and h2c(self, preface):
+                    return  # the connection now belongs to the h2c protocol
             self._parse_error(e)
             return
         if self._ready is not None:
@@ -1047,6 +937,39 @@ class ServerConnection(asyncio.Protocol):
         if self.paused:
             self.paused = 0
             t.resume_reading()
+
+    # -- protocol switch -------------------------------------------------------------------
+    def h2_preface(self, data: bytes) -> bytes | None:
+        """After a parse error on ``data``: if this connection opened with the HTTP/2 preface,
+        the bytes from the preface on (what an HTTP/2 protocol must be fed), else None."""
+        seen_before = self._head_seen - len(data)  # preface bytes fed by earlier reads
+        cut = len(_PREFACE_HEAD) - seen_before
+        if seen_before < 0 or cut < 0 or not data.startswith(_PREFACE_HEAD[seen_before:]):
+            return None
+        return _PREFACE_HEAD + data[cut:]
+
+    def hand_over(self, protocol: asyncio.Protocol) -> asyncio.Transport:
+        """Give the transport to ``protocol`` (h2c) and retire: this connection never reads,
+        writes or counts a request again. The request being served, if any (an ``Upgrade:
+        h2c`` request, carried on by the new protocol as its stream 1), ends here without a
+        response or ``on_done`` of its own. Returns the transport, reading."""
+        server = self.server
+        server.connections.discard(self)
+        ex = self.active
+        if ex is not None:
+            self.active = None
+            server.inflight -= 1
+            ex.retire()
+        self.pending.clear()
+        self.parsing = None
+        self._ready = None
+        self.closed = True
+        transport = self.transport
+        transport.set_protocol(protocol)
+        if self.paused:
+            self.paused = 0
+            transport.resume_reading()
+        return transport
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -1373,7 +1296,7 @@ class HTTPServer:
 
     def __init__(
         self,
-        handler: Callable[[Exchange], None],
+        handler: Handler,
         config: ServerConfig | None = None,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -1386,12 +1309,13 @@ class HTTPServer:
         self.shutting_down = False
         self.tick = 1
         self.date = DateCache()
-        self.timed: set[Exchange] = set()
+        self.timed: set[RequestHandle] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.TimerHandle | None = None
-        # HTTP/2 with prior knowledge (dataplane/h2c.py): called with a connection whose first
-        # request line was the HTTP/2 preface and the bytes of that read; True if it took over.
+        # HTTP/2 with prior knowledge (dataplane/h2c.py): called with a connection that opened
+        # with the HTTP/2 preface and the bytes read so far from the preface on; True if it
+        # took the connection over (ServerConnection.hand_over).
         self.h2c: Callable[[ServerConnection, bytes], bool] | None = None
 
     async def start(
@@ -1429,7 +1353,7 @@ class HTTPServer:
         socks = getattr(self._server, "sockets", None)
         return int(socks[0].getsockname()[1]) if socks else 0
 
-    def watch(self, ex: Exchange) -> None:
+    def watch(self, ex: RequestHandle) -> None:
         """Have the deadline sweep look after ``ex`` (see ``Exchange.set_timeouts``)."""
         self.timed.add(ex)
         if self._sweeper is None:

@@ -32,7 +32,8 @@ from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
 from dataplane.metrics import add_activator_metrics, add_autoscaler_metrics, wait_histogram
 from dataplane.promtext import CONTENT_TYPE, Registry
-from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.proxy import HTTPServer, ServerConfig
+from dataplane.request import Request
 from platforms.base import Endpoints, Revision, RevisionKey
 from platforms.local import LocalPlatform, PlatformError, ServiceSpec, app_env, expand_vars
 
@@ -269,7 +270,7 @@ class Runner:
             self._last_status = text
             self._line(text)
 
-    def _admin(self, ex: Exchange) -> None:
+    def _admin(self, ex: Request) -> None:
         if ex.path == b"/status":
             body = json.dumps({"services": self.status()}, indent=1).encode() + b"\n"
             ex.respond(200, body, b"Content-Type: application/json\r\n")

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dataplane.breaker import Breaker, QueueFullError, Waiter
-from dataplane.proxy import Exchange, ServerConfig
+from dataplane.proxy import ServerConfig
+from dataplane.request import Request
 from dataplane.stats import RequestStats
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.upstream import UpstreamPool
@@ -82,9 +83,7 @@ class _Queued:
 
     __slots__ = ("ex", "granted", "handler", "probe", "proxied", "spans", "waiter")
 
-    def __init__(
-        self, handler: QueueProxyHandler, ex: Exchange, proxied: bool, probe: bool
-    ) -> None:
+    def __init__(self, handler: QueueProxyHandler, ex: Request, proxied: bool, probe: bool) -> None:
         self.handler = handler
         self.ex = ex
         self.proxied = proxied
@@ -139,7 +138,7 @@ class QueueProxyHandler:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- entry -----------------------------------------------------------------------------
-    def __call__(self, ex: Exchange) -> None:
+    def __call__(self, ex: Request) -> None:
         hdr = ex.hdr
         ua = hdr.get(b"user-agent")
         netprobe = hdr.get(b"k-network-probe")
@@ -214,7 +213,7 @@ class QueueProxyHandler:
         q.waiter = b.enqueue(q.grant)
 
     # -- probes ----------------------------------------------------------------------------
-    def _health(self, ex: Exchange, netprobe: bytes | None) -> None:
+    def _health(self, ex: Request, netprobe: bytes | None) -> None:
         if self.drainer.draining:
             ex.error(503, "shutting down")
         elif netprobe != b"queue":
@@ -227,7 +226,7 @@ class QueueProxyHandler:
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
 
-    async def _run_probe(self, ex: Exchange) -> None:
+    async def _run_probe(self, ex: Request) -> None:
         try:
             ok = await self.prober.probe()
         except Exception:
@@ -242,7 +241,7 @@ class QueueProxyHandler:
         else:
             ex.respond(503)
 
-    def _network_probe(self, ex: Exchange) -> None:
+    def _network_probe(self, ex: Request) -> None:
         if self.drainer.draining:
             ex.error(503, "shutting down")
             return
@@ -253,7 +252,7 @@ class QueueProxyHandler:
         ex.respond(200, b"", b"K-Network-Hash: " + h + b"\r\n")
 
     # -- completion ------------------------------------------------------------------------
-    def _done(self, ex: Exchange) -> None:
+    def _done(self, ex: Request) -> None:
         code = ex.ctx
         now = self.loop.time()
         if code & _PROXIED:
@@ -266,7 +265,7 @@ class QueueProxyHandler:
         if self._needs_done:
             self._observe(ex, now, ex.start, bool(code & _PROBE))
 
-    def _done_queued(self, ex: Exchange) -> None:
+    def _done_queued(self, ex: Request) -> None:
         q: _Queued = ex.ctx
         now = self.loop.time()
         if q.proxied:
@@ -281,11 +280,11 @@ class QueueProxyHandler:
         if self._needs_done:
             self._observe(ex, now, ex.start, q.probe)
 
-    def _log_only(self, ex: Exchange) -> None:
+    def _log_only(self, ex: Request) -> None:
         if self.request_log is not None:
             self._log_request(ex, self.loop.time())
 
-    def _observe(self, ex: Exchange, now: float, start: float, probe: bool) -> None:
+    def _observe(self, ex: Request, now: float, start: float, probe: bool) -> None:
         if probe:
             if self.request_log is not None and self.log_probes:
                 self._log_request(ex, now)
@@ -299,7 +298,7 @@ class QueueProxyHandler:
         if self.request_log is not None:
             self._log_request(ex, now)
 
-    def _log_request(self, ex: Exchange, now: float) -> None:
+    def _log_request(self, ex: Request, now: float) -> None:
         from dataplane.reqlog import (
             LogContext,
             LogRequest,
@@ -318,9 +317,8 @@ class QueueProxyHandler:
             clen = int(clen_raw)
         else:
             clen = 0
-        conn = ex.conn
-        ip = conn.peer.decode()
-        remote = f"[{ip}]:{conn.peer_port}" if ":" in ip else f"{ip}:{conn.peer_port}"
+        ip = ex.peer.decode()
+        remote = f"[{ip}]:{ex.peer_port}" if ":" in ip else f"{ip}:{ex.peer_port}"
         method = ex.method.decode("latin-1")
         uri = ex.target.decode("utf-8", "surrogateescape")
         code = ex.resp_status or 200
