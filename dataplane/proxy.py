@@ -23,7 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from .forwarded import forwarded_value
+from .h1core import (
+    M_CHUNKED,
+    M_CLOSE,
+    M_NONE,
+    XFF_FIRST,
+    framing_error,
+    last_chunk,
+    must_close,
+    request_head,
+    request_line_error,
+    response_head,
+    response_mode,
+    upstream_reusable,
+)
 from .handle import RequestHandle
 from .http1 import (
     H_CONNECTION,
@@ -57,13 +70,6 @@ log = logging.getLogger("dataplane.proxy")
 _SEP = b": "
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_BASIC_CONN_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
-
-# Response framing towards the client.
-M_NONE = 0  # no body (HEAD, 1xx, 204, 304)
-M_RAW = 1  # Content-Length passthrough
-M_CHUNKED = 2  # re-chunked
-M_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients)
 
 # Reasons for pausing reads on a downstream connection (bit mask).
 P_BODY = 1  # request body buffered while waiting for an upstream
@@ -75,10 +81,7 @@ _DISCARD_LIMIT = 256 * 1024
 # Idempotency-Key header), and only when the reused connection failed before any response.
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 _LINGER = 0.5  # seconds to keep reading (and discarding) after closing our side
-_XFF_FIRST = b":xff-first"  # hdr key: first X-Forwarded-For line when there are several
 _SWEEP_INTERVAL = 0.05
-# Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
-_HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
 
 #: The client connection preface of HTTP/2 (RFC 9113 §3.4).
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -311,13 +314,10 @@ class Exchange(RequestHandle):
         self.error(502, reason)
 
     def _last_chunk(self) -> bytes:
-        if self.req_trailers:
-            return b"0\r\n" + b"".join(self.req_trailers) + _CRLF
-        return _LAST_CHUNK
+        return last_chunk(self.req_trailers)
 
     def _request_head(self) -> bytes:
-        conn = self.conn
-        cfg = conn.server.config
+        cfg = self.server.config
         hdr = self.hdr
         host = self.host_override
         if host is None:
@@ -328,51 +328,18 @@ class Exchange(RequestHandle):
                 if not host:  # HTTP/1.0 without Host: name the upstream, as Go's transport does
                     assert self.pool is not None
                     host = self.pool.authority
-        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
-        ctoks = hdr.get(b"connection")
-        listed: set[bytes] = set()
-        if ctoks is not None and ctoks.lower() not in _BASIC_CONN_TOKENS:
-            extra = listed = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
-            if extra:
-                out = self.hdr_out
-                for i in range(0, len(out), 4):
-                    if out[i].lower() not in extra:
-                        parts += out[i : i + 4]
-            else:
-                parts += self.hdr_out
-        else:
-            parts += self.hdr_out
-        if b"te" in hdr and b"te" not in listed:
-            parts.append(b"TE: trailers\r\n")
-        prior = hdr.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
-        peer = conn.peer
-        if peer:
-            parts += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
-        elif prior is not None:
-            parts += (b"X-Forwarded-For: ", prior, _CRLF)
-        if cfg.forwarded_shim and b"forwarded" not in hdr:
-            fwd = forwarded_value(
-                hdr.get(_XFF_FIRST, prior),
-                hdr.get(b"x-forwarded-host"),
-                hdr.get(b"x-forwarded-proto"),
-            )
-            if fwd is not None:
-                parts += (b"Forwarded: ", fwd, _CRLF)
-        if self.req_chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            trailer = hdr.get(b"trailer")
-            if trailer:  # Go's transport announces the declared trailers again
-                parts += (b"Trailer: ", trailer, _CRLF)
-        else:
-            clen = hdr.get(b"content-length")
-            if clen is not None:
-                parts += (b"Content-Length: ", clen, _CRLF)
-        if self.upgrade:
-            parts += (b"Connection: Upgrade\r\nUpgrade: ", hdr.get(b"upgrade", b""), _CRLF)
-        if self.extra_headers:
-            parts.append(self.extra_headers)
-        parts.append(_CRLF)
-        return b"".join(parts)
+        return request_head(
+            self.method,
+            self.target,
+            host,
+            hdr,
+            self.hdr_out,
+            self.peer,
+            forwarded_shim=cfg.forwarded_shim,
+            chunked=self.req_chunked,
+            upgrade=self.upgrade,
+            extra_headers=self.extra_headers,
+        )
 
     # -- request body (from ServerConnection) ----------------------------------------------
     def feed_body(self, data: bytes) -> None:
@@ -416,45 +383,30 @@ class Exchange(RequestHandle):
     def response_head(self, up: UpstreamConnection, status: int) -> None:
         self.resp_status = status
         conn = self.conn
-        if self.method == b"HEAD" or status == 204 or status == 304:
-            mode = M_NONE
-            if self.method == b"HEAD":
-                up.stale_parser = True
-                up.resp_complete = True
-        elif up.resp_chunked or up.resp_clen is None:
-            mode = M_CHUNKED if self.version == "1.1" else M_CLOSE
-        else:
-            mode = M_RAW
+        method = self.method
+        mode = response_mode(
+            method, status, self.version, up.resp_chunked, up.resp_clen is not None
+        )
+        if method == b"HEAD":
+            up.stale_parser = True
+            up.resp_complete = True
         self.resp_mode = mode
-        parts = [status_line(status)]
-        rconn = up.resp_conn
-        if (
-            rconn is not None
-            and rconn.lower() not in _BASIC_CONN_TOKENS
-            and (connection_tokens(rconn) - _BASIC_CONN_TOKENS)
-        ):
-            extra = connection_tokens(rconn)
-            out = up.resp_out
-            for i in range(0, len(out), 4):
-                if out[i].lower() not in extra:
-                    parts += out[i : i + 4]
-        else:
-            parts += up.resp_out
-        if self.resp_extra:
-            parts.append(self.resp_extra)
-        if up.resp_clen is not None and (mode in (M_RAW, M_NONE)):
-            parts += (b"Content-Length: ", up.resp_clen, _CRLF)
-        elif mode == M_CHUNKED:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if not up.saw_date:
-            parts.append(conn.server.date.line())
-        if mode == M_CLOSE or self._must_close():
+        close = mode == M_CLOSE or self._must_close()
+        if close:
             self.closing = True
-            parts.append(b"Connection: close\r\n")
-        elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(_CRLF)
-        self.out.append(b"".join(parts))
+        self.out.append(
+            response_head(
+                status,
+                up.resp_out,
+                up.resp_conn,
+                self.resp_extra,
+                up.resp_clen,
+                mode,
+                b"" if up.saw_date else conn.server.date.line(),
+                close,
+                self.version,
+            )
+        )
         self.resp_started = True
         if self.deadlines is not None:
             self.last_write = conn.loop.time()
@@ -487,12 +439,14 @@ class Exchange(RequestHandle):
         self.upstream = None
         pool = self.pool
         assert pool is not None
-        if (
-            up.keep_alive
-            and self.body_done
-            and not self.upgrade
-            and not up.closed
-            and (up.resp_clen is not None or up.resp_chunked or self.resp_mode == M_NONE)
+        if upstream_reusable(
+            up.keep_alive,
+            self.body_done,
+            self.upgrade,
+            up.closed,
+            up.resp_clen is not None,
+            up.resp_chunked,
+            self.resp_mode,
         ):
             pool.release(up)
         else:
@@ -640,12 +594,13 @@ class Exchange(RequestHandle):
 
     # -- end -------------------------------------------------------------------------------
     def _must_close(self) -> bool:
-        conn = self.conn
-        return (
-            not self.keep_alive
-            or conn.server.shutting_down
-            or self.upgrade
-            or (self.expect_continue and not self.sent_continue and not self.body_done)
+        return must_close(
+            self.keep_alive,
+            self.server.shutting_down,
+            self.upgrade,
+            self.expect_continue,
+            self.sent_continue,
+            self.body_done,
         )
 
     def _ended(self) -> None:
@@ -1019,7 +974,7 @@ class ServerConnection(asyncio.Protocol):
             if prior is None:
                 hdr[lname] = value
             else:
-                hdr.setdefault(_XFF_FIRST, prior)  # the shim reads the first header line
+                hdr.setdefault(XFF_FIRST, prior)  # the shim reads the first header line
                 hdr[lname] = prior + b", " + value
         elif act == H_CONNECTION:
             prior = hdr.get(lname)
@@ -1089,16 +1044,10 @@ class ServerConnection(asyncio.Protocol):
         server = self.server
         server.inflight += 1
         ex.start = self.loop.time()
-        if ex.version != "1.1" and ex.version != "1.0":
+        bad = request_line_error(ex.version, ex.method)
+        if bad is not None:
             ex.keep_alive = False
-            if ex.version == "0.9":
-                ex.error(400, "malformed HTTP request")
-            else:
-                ex.error(505, "unsupported protocol version")
-            return
-        if ex.method == b"CONNECT":
-            ex.keep_alive = False
-            ex.error(405, "CONNECT is not supported")
+            ex.error(*bad)
             return
         t = ex.target
         if t[:1] != b"/" and t != b"*" and not _absolute_form(ex):
@@ -1112,25 +1061,13 @@ class ServerConnection(asyncio.Protocol):
                 ex.error(400, "malformed request target: invalid URL escape")
                 return
             ex.target = fwd
-        host = ex.hdr.get(b"host")
-        if not host:
-            if ex.version == "1.1":
-                ex.keep_alive = False
-                ex.error(400, "missing required Host header")
-                return
-        elif host.translate(None, _HOST_BYTES):  # any byte left is not allowed in a Host
+        hdr = ex.hdr
+        bad = framing_error(
+            ex.version, hdr.get(b"host"), ex.req_chunked, hdr.get(b"transfer-encoding")
+        )
+        if bad is not None:
             ex.keep_alive = False
-            ex.error(400, "malformed Host header")
-            return
-        if ex.req_chunked and ex.version == "1.0":
-            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (Go ignores it,
-            # llhttp honours it: a front end and we could disagree on where the body ends).
-            ex.keep_alive = False
-            ex.error(400, "Transfer-Encoding in an HTTP/1.0 request")
-            return
-        if ex.req_chunked and ex.hdr[b"transfer-encoding"].strip().lower() != b"chunked":
-            ex.keep_alive = False
-            ex.error(501, "unsupported transfer encoding")
+            ex.error(*bad)
             return
         trailer = ex.hdr.get(b"trailer") if ex.req_chunked else None
         if trailer is not None:
