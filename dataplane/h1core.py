@@ -5,14 +5,16 @@ moves the bytes; nothing here touches a transport, a loop or a connection object
 is tested with byte strings alone (tests/unit/test_h1core.py). What lives here so far:
 
 - request checks at dispatch (:func:`request_line_error`, :func:`framing_error`);
-- how a response is framed towards the client (:func:`response_mode`) and its head
-  (:func:`response_head`);
+- how a response is framed towards the client, and its head (:func:`response_start`);
 - the request head sent upstream (:func:`request_head`);
-- keep-alive (:func:`must_close`) and upstream connection reuse (:func:`upstream_reusable`);
+- keep-alive (:func:`must_close`);
 - chunked framing pieces (:func:`last_chunk`).
 
-Parsing itself stays with httptools (llhttp), and pipelining order and body buffering stay on
-the connection; moving them here is the next step (h11's ``_connection.py`` is the model).
+Parsing itself stays with httptools (llhttp); pipelining order, body buffering and the upstream
+reuse decision stay on the connection for now (h11's ``_connection.py`` is the model for the
+next step). On the interpreted build a call costs about what its work does, so the common
+request skips the checks (see ``ServerConnection._dispatch``) and the hot decisions are few,
+wide functions.
 Compiled with mypyc with the engine.
 """
 
@@ -31,9 +33,7 @@ __all__ = [
     "must_close",
     "request_head",
     "request_line_error",
-    "response_head",
-    "response_mode",
-    "upstream_reusable",
+    "response_start",
 ]
 
 # Response framing towards the client.
@@ -47,8 +47,8 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _BASIC_CONN_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
 #: hdr key: the first X-Forwarded-For line when there were several (the Forwarded shim's).
 XFF_FIRST = b":xff-first"
-# Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
-_HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
+#: Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
+HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ def framing_error(
     if not host:
         if version == "1.1":
             return 400, "missing required Host header"
-    elif host.translate(None, _HOST_BYTES):  # any byte left is not allowed in a Host
+    elif host.translate(None, HOST_BYTES):  # any byte left is not allowed in a Host
         return 400, "malformed Host header"
     if chunked:
         if version == "1.0":
@@ -90,7 +90,6 @@ def request_head(
     hdr: dict[bytes, bytes],
     hdr_out: list[bytes],
     peer: bytes,
-    *,
     forwarded_shim: bool = False,
     chunked: bool = False,
     upgrade: bool = False,
@@ -153,16 +152,6 @@ def last_chunk(trailers: list[bytes] | None) -> bytes:
 
 
 # -- responses ---------------------------------------------------------------------------------
-def response_mode(method: bytes, status: int, version: str, chunked: bool, has_length: bool) -> int:
-    """How the response goes to the client: no body, as received (Content-Length), re-chunked,
-    or delimited by close (an HTTP/1.0 client and no length)."""
-    if method == b"HEAD" or status == 204 or status == 304:
-        return M_NONE
-    if chunked or not has_length:
-        return M_CHUNKED if version == "1.1" else M_CLOSE
-    return M_RAW
-
-
 def must_close(
     keep_alive: bool,
     shutting_down: bool,
@@ -182,21 +171,33 @@ def must_close(
     )
 
 
-def response_head(
+def response_start(
+    method: bytes,
     status: int,
+    version: str,
+    chunked: bool,
+    clen: bytes | None,
     resp_out: list[bytes],
     resp_conn: bytes | None,
     resp_extra: bytes,
-    clen: bytes | None,
-    mode: int,
     date_line: bytes,
     close: bool,
-    version: str,
-) -> bytes:
-    """The head of a proxied response towards the client. ``resp_out``: the upstream's
-    pass-through lines (name, ": ", value, CRLF groups); ``resp_conn``: its Connection value
-    (the headers it names are dropped); ``date_line``: ``Date:`` when the upstream sent none
-    (else empty); ``close``: the connection ends after this response."""
+) -> tuple[int, bool, bytes]:
+    """How a proxied response goes to the client: its framing mode (no body, as received with
+    Content-Length, re-chunked, or delimited by close for an HTTP/1.0 client), whether the
+    connection ends after it, and its head.
+
+    ``chunked``/``clen``: the upstream's framing (``clen`` its Content-Length value);
+    ``resp_out``: its pass-through lines (name, ": ", value, CRLF groups); ``resp_conn``: its
+    Connection value (the headers it names are dropped); ``date_line``: ``Date:`` when the
+    upstream sent none (else empty); ``close``: :func:`must_close` said so. One function, not
+    three: on the interpreted build each call costs as much as the work."""
+    if method == b"HEAD" or status == 204 or status == 304:
+        mode = M_NONE
+    elif chunked or clen is None:
+        mode = M_CHUNKED if version == "1.1" else M_CLOSE
+    else:
+        mode = M_RAW
     parts = [status_line(status)]
     if (
         resp_conn is not None
@@ -217,29 +218,10 @@ def response_head(
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if date_line:
         parts.append(date_line)
-    if close:
+    if close or mode == M_CLOSE:
+        close = True
         parts.append(b"Connection: close\r\n")
     elif version == "1.0":
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(_CRLF)
-    return b"".join(parts)
-
-
-def upstream_reusable(
-    keep_alive: bool,
-    body_done: bool,
-    upgrade: bool,
-    closed: bool,
-    has_length: bool,
-    chunked: bool,
-    mode: int,
-) -> bool:
-    """After a complete response: the upstream connection may serve another request (it
-    stays in sync: the request body was sent whole and the response's end was framed)."""
-    return (
-        keep_alive
-        and body_done
-        and not upgrade
-        and not closed
-        and (has_length or chunked or mode == M_NONE)
-    )
+    return mode, close, b"".join(parts)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from .h1core import (
+    HOST_BYTES,
     M_CHUNKED,
     M_CLOSE,
     M_NONE,
@@ -33,9 +34,7 @@ from .h1core import (
     must_close,
     request_head,
     request_line_error,
-    response_head,
-    response_mode,
-    upstream_reusable,
+    response_start,
 )
 from .handle import RequestHandle
 from .http1 import (
@@ -228,7 +227,14 @@ class Exchange(RequestHandle):
         if content_length:
             parts.append(b"Content-Length: %d\r\n" % len(body))
         parts.append(conn.server.date.line())
-        if self._must_close():
+        if must_close(
+            self.keep_alive,
+            self.server.shutting_down,
+            self.upgrade,
+            self.expect_continue,
+            self.sent_continue,
+            self.body_done,
+        ):
             self.closing = True
             parts.append(b"Connection: close\r\n")
         elif self.version == "1.0":
@@ -267,7 +273,28 @@ class Exchange(RequestHandle):
         self.upstream = up
         up.exchange = self
         conn = self.conn
-        head = self._request_head()
+        cfg = self.server.config
+        hdr = self.hdr
+        host = self.host_override
+        if host is None:
+            host_from = cfg.host_from
+            host = hdr.get(host_from) if host_from is not None else None
+            if not host:
+                host = hdr.get(b"host")
+                if not host:  # HTTP/1.0 without Host: name the upstream, as Go's transport does
+                    host = self.pool.authority if self.pool is not None else b""
+        head = request_head(
+            self.method,
+            self.target,
+            host,
+            hdr,
+            self.hdr_out,
+            self.peer,
+            cfg.forwarded_shim,
+            self.req_chunked,
+            self.upgrade,
+            self.extra_headers,
+        )
         if not self.has_body and (
             self.method in _IDEMPOTENT or b"idempotency-key" in self._hdr_names()
         ):
@@ -316,31 +343,6 @@ class Exchange(RequestHandle):
     def _last_chunk(self) -> bytes:
         return last_chunk(self.req_trailers)
 
-    def _request_head(self) -> bytes:
-        cfg = self.server.config
-        hdr = self.hdr
-        host = self.host_override
-        if host is None:
-            host_from = cfg.host_from
-            host = hdr.get(host_from) if host_from is not None else None
-            if not host:
-                host = hdr.get(b"host")
-                if not host:  # HTTP/1.0 without Host: name the upstream, as Go's transport does
-                    assert self.pool is not None
-                    host = self.pool.authority
-        return request_head(
-            self.method,
-            self.target,
-            host,
-            hdr,
-            self.hdr_out,
-            self.peer,
-            forwarded_shim=cfg.forwarded_shim,
-            chunked=self.req_chunked,
-            upgrade=self.upgrade,
-            extra_headers=self.extra_headers,
-        )
-
     # -- request body (from ServerConnection) ----------------------------------------------
     def feed_body(self, data: bytes) -> None:
         if self.done:
@@ -384,29 +386,32 @@ class Exchange(RequestHandle):
         self.resp_status = status
         conn = self.conn
         method = self.method
-        mode = response_mode(
-            method, status, self.version, up.resp_chunked, up.resp_clen is not None
-        )
         if method == b"HEAD":
             up.stale_parser = True
             up.resp_complete = True
+        mode, close, head = response_start(
+            method,
+            status,
+            self.version,
+            up.resp_chunked,
+            up.resp_clen,
+            up.resp_out,
+            up.resp_conn,
+            self.resp_extra,
+            b"" if up.saw_date else conn.server.date.line(),
+            must_close(
+                self.keep_alive,
+                self.server.shutting_down,
+                self.upgrade,
+                self.expect_continue,
+                self.sent_continue,
+                self.body_done,
+            ),
+        )
         self.resp_mode = mode
-        close = mode == M_CLOSE or self._must_close()
         if close:
             self.closing = True
-        self.out.append(
-            response_head(
-                status,
-                up.resp_out,
-                up.resp_conn,
-                self.resp_extra,
-                up.resp_clen,
-                mode,
-                b"" if up.saw_date else conn.server.date.line(),
-                close,
-                self.version,
-            )
-        )
+        self.out.append(head)
         self.resp_started = True
         if self.deadlines is not None:
             self.last_write = conn.loop.time()
@@ -439,14 +444,12 @@ class Exchange(RequestHandle):
         self.upstream = None
         pool = self.pool
         assert pool is not None
-        if upstream_reusable(
-            up.keep_alive,
-            self.body_done,
-            self.upgrade,
-            up.closed,
-            up.resp_clen is not None,
-            up.resp_chunked,
-            self.resp_mode,
+        if (
+            up.keep_alive
+            and self.body_done
+            and not self.upgrade
+            and not up.closed
+            and (up.resp_clen is not None or up.resp_chunked or self.resp_mode == M_NONE)
         ):
             pool.release(up)
         else:
@@ -593,16 +596,6 @@ class Exchange(RequestHandle):
         self._finish()
 
     # -- end -------------------------------------------------------------------------------
-    def _must_close(self) -> bool:
-        return must_close(
-            self.keep_alive,
-            self.server.shutting_down,
-            self.upgrade,
-            self.expect_continue,
-            self.sent_continue,
-            self.body_done,
-        )
-
     def _ended(self) -> None:
         self.conn.exchange_done(self)
 
@@ -1044,7 +1037,12 @@ class ServerConnection(asyncio.Protocol):
         server = self.server
         server.inflight += 1
         ex.start = self.loop.time()
-        bad = request_line_error(ex.version, ex.method)
+        # (the common request, HTTP/1.1 and not CONNECT, skips the call)
+        bad = (
+            request_line_error(ex.version, ex.method)
+            if ex.version != "1.1" or ex.method == b"CONNECT"
+            else None
+        )
         if bad is not None:
             ex.keep_alive = False
             ex.error(*bad)
@@ -1062,8 +1060,12 @@ class ServerConnection(asyncio.Protocol):
                 return
             ex.target = fwd
         hdr = ex.hdr
-        bad = framing_error(
-            ex.version, hdr.get(b"host"), ex.req_chunked, hdr.get(b"transfer-encoding")
+        host = hdr.get(b"host")
+        # (the common request, a valid Host and no Transfer-Encoding, skips the call)
+        bad = (
+            framing_error(ex.version, host, ex.req_chunked, hdr.get(b"transfer-encoding"))
+            if not host or ex.req_chunked or host.translate(None, HOST_BYTES)
+            else None
         )
         if bad is not None:
             ex.keep_alive = False

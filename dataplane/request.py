@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .timeouts import TimeoutPolicy
-    from .upstream import UpstreamPool
+    from .upstream import UpstreamPool, UpstreamUser
 
 __all__ = ["Handler", "Request"]
 
@@ -119,3 +119,6 @@ if TYPE_CHECKING:  # mypy proves that both protocol objects are requests
 
     def _h2_stream_is_a_request(st: H2Stream) -> Request:
         return st
+
+    def _exchange_is_an_upstream_user(ex: Exchange) -> UpstreamUser:
+        return ex

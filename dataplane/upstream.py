@@ -34,6 +34,7 @@ from .http1 import (
 from .sockets import ip_family
 
 if TYPE_CHECKING:
+    from .proxy import Exchange
     from .tls import UpstreamTLS
 
 __all__ = ["DialError", "UpstreamConnection", "UpstreamPool", "UpstreamUser"]
@@ -129,7 +130,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: UpstreamUser | None = None
+        # Typed as the one UpstreamUser there is: mypyc then calls it natively (through the
+        # Protocol: +860 instructions per proxied request, measured with callgrind).
+        self.exchange: Exchange | None = None
         self.closed = False
         self.reused = False
         self.got_bytes = False

@@ -15,9 +15,7 @@ from dataplane.h1core import (
     must_close,
     request_head,
     request_line_error,
-    response_head,
-    response_mode,
-    upstream_reusable,
+    response_start,
 )
 
 DATE = b"Date: Mon, 07 Dec 2026 11:00:00 GMT\r\n"
@@ -84,9 +82,7 @@ class TestRequestHead:
 
     def test_chunked_with_trailers_te_and_upgrade(self) -> None:
         hdr = {b"te": b"trailers", b"trailer": b"X-Sum", b"upgrade": b"websocket"}
-        head = request_head(
-            b"GET", b"/", b"h", hdr, [], b"", chunked=True, upgrade=True, extra_headers=b"K: v\r\n"
-        )
+        head = request_head(b"GET", b"/", b"h", hdr, [], b"", False, True, True, b"K: v\r\n")
         assert head == (
             b"GET / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n"
             b"Trailer: X-Sum\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nK: v\r\n\r\n"
@@ -98,7 +94,7 @@ class TestRequestHead:
             XFF_FIRST: b"1.1.1.1",
             b"x-forwarded-proto": b"https",
         }
-        head = request_head(b"GET", b"/", b"h", hdr, [], b"10.0.0.1", forwarded_shim=True)
+        head = request_head(b"GET", b"/", b"h", hdr, [], b"10.0.0.1", True)
         assert b"\r\nForwarded: for=1.1.1.1;proto=https\r\n" in head
 
     def test_last_chunk(self) -> None:
@@ -108,34 +104,50 @@ class TestRequestHead:
 
 class TestResponse:
     @pytest.mark.parametrize(
-        ("method", "status", "version", "chunked", "has_length", "want"),
+        ("method", "status", "version", "chunked", "clen", "want"),
         [
-            (b"GET", 200, "1.1", False, True, M_RAW),
-            (b"HEAD", 200, "1.1", False, True, M_NONE),
-            (b"GET", 204, "1.1", False, False, M_NONE),
-            (b"GET", 304, "1.1", False, True, M_NONE),
-            (b"GET", 200, "1.1", True, False, M_CHUNKED),
-            (b"GET", 200, "1.1", False, False, M_CHUNKED),  # until-close upstream: re-chunked
-            (b"GET", 200, "1.0", True, False, M_CLOSE),  # HTTP/1.0 client: close delimits
+            (b"GET", 200, "1.1", False, b"5", M_RAW),
+            (b"HEAD", 200, "1.1", False, b"5", M_NONE),
+            (b"GET", 204, "1.1", False, None, M_NONE),
+            (b"GET", 304, "1.1", False, b"5", M_NONE),
+            (b"GET", 200, "1.1", True, None, M_CHUNKED),
+            (b"GET", 200, "1.1", False, None, M_CHUNKED),  # until-close upstream: re-chunked
+            (b"GET", 200, "1.0", True, None, M_CLOSE),  # HTTP/1.0 client: close delimits
         ],
     )
     def test_mode(
-        self, method: bytes, status: int, version: str, chunked: bool, has_length: bool, want: int
+        self, method: bytes, status: int, version: str, chunked: bool, clen: bytes | None, want: int
     ) -> None:
-        assert response_mode(method, status, version, chunked, has_length) == want
+        mode, close, _ = response_start(
+            method, status, version, chunked, clen, [], None, b"", b"", False
+        )
+        assert mode == want and close == (want == M_CLOSE)
 
     def test_head_raw(self) -> None:
         out = lines((b"Content-Type", b"text/plain"))
-        head = response_head(200, out, None, b"", b"5", M_RAW, DATE, False, "1.1")
+        _, close, head = response_start(
+            b"GET", 200, "1.1", False, b"5", out, None, b"", DATE, False
+        )
+        assert not close
         assert head == (
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n" + DATE + b"\r\n"
         )
 
-    def test_head_chunked_http10_keep_alive_and_extra(self) -> None:
+    def test_head_http10_keep_alive_connection_tokens_and_extra(self) -> None:
         out = lines((b"X-Hop", b"1"), (b"X-A", b"2"))
-        head = response_head(201, out, b"X-Hop", b"W: 3\r\n", None, M_RAW, b"", False, "1.0")
-        assert head == b"HTTP/1.1 201 Created\r\nX-A: 2\r\nW: 3\r\nConnection: keep-alive\r\n\r\n"
-        head = response_head(200, [], None, b"", None, M_CHUNKED, b"", True, "1.1")
+        _, _, head = response_start(
+            b"GET", 201, "1.0", False, b"0", out, b"X-Hop", b"W: 3\r\n", b"", False
+        )
+        assert head == (
+            b"HTTP/1.1 201 Created\r\nX-A: 2\r\nW: 3\r\nContent-Length: 0\r\n"
+            b"Connection: keep-alive\r\n\r\n"
+        )
+
+    def test_head_chunked_and_closing(self) -> None:
+        mode, close, head = response_start(
+            b"GET", 200, "1.1", False, None, [], None, b"", b"", True
+        )
+        assert (mode, close) == (M_CHUNKED, True)
         assert head == (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         )
@@ -149,11 +161,3 @@ class TestResponse:
         assert must_close(True, False, False, True, False, False)
         assert not must_close(True, False, False, True, True, False)
         assert not must_close(True, False, False, True, False, True)
-
-    def test_upstream_reuse(self) -> None:
-        assert upstream_reusable(True, True, False, False, True, False, M_RAW)
-        assert upstream_reusable(True, True, False, False, False, False, M_NONE)
-        assert not upstream_reusable(True, True, False, False, False, False, M_CHUNKED)
-        assert not upstream_reusable(True, False, False, False, True, False, M_RAW)  # body
-        assert not upstream_reusable(False, True, False, False, True, False, M_RAW)
-        assert not upstream_reusable(True, True, True, False, True, False, M_RAW)  # upgrade
