@@ -7,10 +7,12 @@ request gets an :class:`Exchange` that owns request state and, while proxying, o
 a peer that cannot take more data pauses reading on the other side. Pipelined requests are
 parsed ahead, queued and answered in order; upstream connections are never pipelined.
 
-A handler is a plain callable ``handler(exchange)``. It may answer at once
-(:meth:`Exchange.respond`, :meth:`Exchange.error`), start proxying (:meth:`Exchange.proxy`),
-or keep the exchange and do either later (a breaker queue, a drain wait). ``exchange.on_done``
-is called exactly once when the exchange ends, whichever way it ends.
+A handler is a plain callable ``handler(request)`` taking a :class:`~dataplane.request.Request`
+(an ``Exchange`` here, an ``H2Stream`` on h2c). It may answer at once (``respond``, ``error``),
+start proxying (``proxy``), or keep the request and do either later (a breaker queue, a drain
+wait). ``request.on_done`` is called exactly once when it ends, whichever way it ends. The
+protocol's decisions (checks, heads, framing, keep-alive) are :mod:`dataplane.h1core`'s; the
+headers indexed for the handler are the engine's plus those its ServerConfig declares.
 """
 
 from __future__ import annotations
