@@ -21,6 +21,8 @@ COMPILED = [
     "dataplane/stats.py",
     "dataplane/timeouts.py",
     "dataplane/forwarded.py",
+    "dataplane/h1core.py",
+    "dataplane/handle.py",
     "dataplane/h2stream.py",
     "dataplane/hpack.py",
     "dataplane/h2frames.py",

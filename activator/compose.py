@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 from dataplane.h2c import H2Hub
 from dataplane.metrics import Labels, add_activator_metrics, knative_labels, wait_histogram
 from dataplane.promtext import Registry
-from dataplane.proxy import HTTPServer, ServerConfig
+from dataplane.proxy import HTTPServer
 from dataplane.statpb import WireStatMessage
 
 from .env import ActivatorEnv
-from .handler import Activator
+from .handler import Activator, server_config
 
 if TYPE_CHECKING:
     from dataplane.tracing import Tracer
@@ -63,13 +63,6 @@ def data_server(
     act: Activator, env: ActivatorEnv, loop: asyncio.AbstractEventLoop, h2c: H2Hub
 ) -> HTTPServer:
     """The data port: HTTP/1, and h2c with prior knowledge (gRPC) on the same listener."""
-    server = HTTPServer(
-        act,
-        ServerConfig(
-            max_header_bytes=env.max_header_bytes,
-            timeout_body=b"activator request timeout",
-        ),
-        loop=loop,
-    )
+    server = HTTPServer(act, server_config(max_header_bytes=env.max_header_bytes), loop=loop)
     h2c.enable(server)
     return server

@@ -17,9 +17,10 @@ import asyncio
 import html
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from dataplane.proxy import Exchange
+from dataplane.proxy import ServerConfig
+from dataplane.request import Request
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.tracing import set_upstream_traceparent
 from dataplane.upstream import UpstreamPool
@@ -35,11 +36,38 @@ if TYPE_CHECKING:
     from dataplane.tls import ClientTLS
     from dataplane.tracing import RequestSpans, Tracer
 
-__all__ = ["WAIT_HEADER", "Activator", "RevisionState"]
+__all__ = [
+    "INDEXED_HEADERS",
+    "STRIPPED_HEADERS",
+    "WAIT_HEADER",
+    "Activator",
+    "RevisionState",
+    "server_config",
+]
 
 log = logging.getLogger("activator")
 
 WAIT_HEADER = b"Knd-Activator-Wait-Ms"
+# The request headers this handler (and its tracer) reads, declared to the engine in the
+# server's config (ServerConfig(index_headers=..., strip_headers=...)).
+INDEXED_HEADERS = (
+    b"user-agent",
+    b"k-network-probe",
+    b"k-network-hash",
+    b"k-kubelet-probe",
+    b"k-proxy-request",
+    b"traceparent",
+)
+# Routing headers consumed here: the activator sets its own K-Original-Host upstream.
+STRIPPED_HEADERS = (b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host")
+
+
+def server_config(**limits: Any) -> ServerConfig:
+    """The config of a server running the activator's handler: its timeout body and headers."""
+    limits.setdefault("timeout_body", b"activator request timeout")
+    return ServerConfig(index_headers=INDEXED_HEADERS, strip_headers=STRIPPED_HEADERS, **limits)
+
+
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
 _PROXY_HEADERS = b"K-Proxy-Request: activator\r\nK-Original-Host: "
 _FAILED_HEADERS = _TEXT + b"X-Content-Type-Options: nosniff\r\n"
@@ -138,11 +166,11 @@ class RevisionState:
 
 
 class _Request:
-    """Per-request state of a proxied request (``Exchange.ctx``)."""
+    """Per-request state of a proxied request (``Request.ctx``)."""
 
     __slots__ = ("ex", "lease", "rs", "spans", "ticket", "wait_start", "wait_timer")
 
-    def __init__(self, rs: RevisionState, ex: Exchange) -> None:
+    def __init__(self, rs: RevisionState, ex: Request) -> None:
         self.rs = rs
         self.ex = ex
         self.spans: RequestSpans | None = None
@@ -344,19 +372,19 @@ class Activator:
             self.on_wait(rs.key, waited * 1000, dest)
 
     # -- requests --------------------------------------------------------------------------
-    def handler_for(self, key: RevisionKey) -> Callable[[Exchange], None]:
+    def handler_for(self, key: RevisionKey) -> Callable[[Request], None]:
         """A request handler that sends every request to revision ``key``, whatever its Host
         (``knd run``: a service's own port)."""
 
-        def handle(ex: Exchange) -> None:
+        def handle(ex: Request) -> None:
             self.handle(ex, key)
 
         return handle
 
-    def __call__(self, ex: Exchange) -> None:
+    def __call__(self, ex: Request) -> None:
         self.handle(ex, None)
 
-    def handle(self, ex: Exchange, key: RevisionKey | None) -> None:
+    def handle(self, ex: Request, key: RevisionKey | None) -> None:
         """Serve one request, for revision ``key`` or (None) the one it names."""
         hdr = ex.hdr
         ua = hdr.get(b"user-agent")
@@ -425,7 +453,7 @@ class Activator:
         if qw is not None and (not rs.timeouts.total or qw < rs.timeouts.total):
             req.wait_timer = self.loop.call_at(ex.start + qw, req.wait_expired)
 
-    def _network_probe(self, ex: Exchange, np: bytes) -> None:
+    def _network_probe(self, ex: Request, np: bytes) -> None:
         if np == b"probe":
             h = ex.hdr.get(b"k-network-hash")
             if not h:
@@ -438,7 +466,7 @@ class Activator:
             value = html.escape(np.decode("latin-1"), quote=True)
             ex.error(400, f'unexpected probe header value: "{value}"')
 
-    def _resolve(self, ex: Exchange) -> RevisionState | None:
+    def _resolve(self, ex: Request) -> RevisionState | None:
         hdr = ex.hdr
         ns = hdr.get(b"knative-serving-namespace")
         name = hdr.get(b"knative-serving-revision")
@@ -472,7 +500,7 @@ class Activator:
             )
         return rs
 
-    def _bound(self, ex: Exchange, key: RevisionKey) -> RevisionState | None:
+    def _bound(self, ex: Request, key: RevisionKey) -> RevisionState | None:
         rs = self.revisions.get(key)
         if rs is None:
             ex.error(
@@ -481,7 +509,7 @@ class Activator:
             )
         return rs
 
-    def _done(self, ex: Exchange) -> None:
+    def _done(self, ex: Request) -> None:
         req: _Request = ex.ctx
         rs = req.rs
         if req.wait_timer is not None:

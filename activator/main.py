@@ -28,7 +28,8 @@ from dataplane.metrics import (
     stats_connection_metrics,
 )
 from dataplane.promtext import CONTENT_TYPE, Registry
-from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.proxy import HTTPServer, ServerConfig
+from dataplane.request import Request
 from dataplane.telemetry import (
     Identity,
     flush_traces,
@@ -122,7 +123,7 @@ class ActivatorProcess:
     def platform(self, platform: Platform | None) -> None:
         self.readiness.platform = platform
 
-    def _metrics(self, ex: Exchange) -> None:
+    def _metrics(self, ex: Request) -> None:
         if ex.path == b"/metrics":
             ex.respond(200, self.registry.render(), b"Content-Type: " + CONTENT_TYPE + b"\r\n")
         else:

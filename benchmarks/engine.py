@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from dataplane.breaker import Breaker
-from dataplane.proxy import HTTPServer, ServerConfig, ServerConnection
+from dataplane.proxy import HTTPServer, ServerConnection
 from dataplane.stats import RequestStats
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.upstream import UpstreamConnection, UpstreamPool
@@ -141,9 +141,15 @@ def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
             drainer=Drainer(30.0, loop=loop),
             timeouts=TimeoutPolicy(300.0),
         )
-    server = HTTPServer(
-        handler, ServerConfig(restore_original_host=True, forwarded_shim=True), loop=loop
-    )
+    if args.handler == "activator":
+        from activator.handler import server_config
+
+        config = server_config()
+    else:
+        from queueproxy.handler import server_config as qp_config
+
+        config = qp_config(forwarded_shim=True)
+    server = HTTPServer(handler, config, loop=loop)
     conn = ServerConnection(server)
     ct = _Transport()
     conn.connection_made(ct)

@@ -94,12 +94,12 @@ def engine_main() -> None:
     import time
 
     from benchmarks.engine import RESPONSE, _Transport
-    from dataplane.proxy import HTTPServer, ServerConfig, ServerConnection
+    from dataplane.proxy import HTTPServer, ServerConnection
     from dataplane.stats import RequestStats
     from dataplane.timeouts import TimeoutPolicy
     from dataplane.upstream import UpstreamConnection, UpstreamPool
     from queueproxy.drain import Drainer
-    from queueproxy.handler import QueueProxyHandler
+    from queueproxy.handler import QueueProxyHandler, server_config
     from queueproxy.readiness import ReadinessProber
 
     requests, rounds = int(sys.argv[1]), int(sys.argv[2])
@@ -127,9 +127,7 @@ def engine_main() -> None:
         timeouts=TimeoutPolicy(300.0),
         **kw,  # type: ignore[arg-type]
     )
-    server = HTTPServer(
-        handler, ServerConfig(restore_original_host=True, forwarded_shim=True), loop=loop
-    )
+    server = HTTPServer(handler, server_config(forwarded_shim=True), loop=loop)
     conn = ServerConnection(server)
     conn.connection_made(_Transport())
     up = UpstreamConnection(pool)

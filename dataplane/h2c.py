@@ -17,7 +17,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .proxy import Exchange, HTTPServer, ServerConnection
+    from .proxy import HTTPServer, ServerConnection
+    from .request import Request
     from .upstream import UpstreamPool
 
 __all__ = ["H2Hub"]
@@ -38,7 +39,7 @@ class H2Hub:
         server.h2c = self.handover
         handler = server.handler
 
-        def handle(ex: Exchange) -> None:
+        def handle(ex: Request) -> None:
             if ex.upgrade and not self.shutting_down and _wants_h2c(ex):
                 from .h2proxy import upgrade
 
@@ -49,6 +50,7 @@ class H2Hub:
         server.handler = handle
 
     def handover(self, conn: ServerConnection, data: bytes) -> bool:
+        """``conn`` opened with the HTTP/2 preface (``data`` starts with it): take it over."""
         if self.shutting_down:
             return False
         from .h2proxy import take_over
@@ -94,7 +96,7 @@ class H2Hub:
         self.upstreams.clear()
 
 
-def _wants_h2c(ex: Exchange) -> bool:
+def _wants_h2c(ex: Request) -> bool:
     up = ex.hdr.get(b"upgrade")
     return (
         up is not None

@@ -7,7 +7,7 @@ the ``h2`` library it replaced, an h2c request cost the queue-proxy ten times th
 two ``asyncio.Protocol`` s:
 
 - :class:`H2ServerConnection` takes over a downstream connection that opened with the HTTP/2
-  preface. Each request stream becomes an :class:`~dataplane.h2stream.H2Stream` (an Exchange)
+  preface. Each request stream becomes an :class:`~dataplane.h2stream.H2Stream` (a Request)
   and goes to the server's handler, exactly as an HTTP/1 request does.
 - :class:`H2Upstream` is one client connection per destination carrying every proxied stream.
 
@@ -49,20 +49,19 @@ from .h2frames import (
     goaway_frame,
 )
 from .h2stream import H2Stream
-from .http1 import H_CLEN, H_DROP, H_HOST, H_KEEP, H_TE, H_XFF, REQ_ACTIONS
+from .http1 import H_CLEN, H_DROP, H_HOST, H_KEEP, H_TE, H_XFF
+from .proxy import Exchange
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from .h2c import H2Hub
-    from .proxy import Exchange, HTTPServer, ServerConnection
+    from .proxy import HTTPServer, ServerConnection
+    from .request import Handler, Request
     from .upstream import UpstreamPool
 
 __all__ = ["H2ServerConnection", "H2Upstream", "take_over", "upgrade"]
 
 log = logging.getLogger("dataplane.h2")
 
-PREFACE_HEAD = b"PRI * HTTP/2.0\r\n\r\n"
 # What we let a peer send before acknowledging it: per stream and per connection. The buffers
 # of a stream never exceed its window, so these bound memory.
 STREAM_WINDOW = 256 * 1024
@@ -114,52 +113,33 @@ def _send_within_window(h2: H2Conn, sid: int, buf: list[bytes]) -> int:
 
 
 def take_over(hub: H2Hub, conn: ServerConnection, data: bytes) -> bool:
-    """Replace ``conn`` (HTTP/1, just read the preface's request line) by an h2c connection."""
-    seen_before = conn._head_seen - len(data)  # preface bytes fed by earlier reads
-    cut = len(PREFACE_HEAD) - seen_before
-    if seen_before < 0 or cut < 0 or not data.startswith(PREFACE_HEAD[seen_before:]):
-        return False
-    server = conn.server
-    server.connections.discard(conn)
-    conn.parsing = None
-    conn.closed = True  # the HTTP/1 side is retired: it only lends the peer address to streams
-    h2conn = H2ServerConnection(hub, server, conn)
-    transport = conn.transport
-    transport.set_protocol(h2conn)
-    if conn.paused:
-        transport.resume_reading()
-    h2conn.start(transport, PREFACE_HEAD + data[cut:])
+    """Carry on ``conn`` (HTTP/1, which read the HTTP/2 preface: ``data`` starts with it) as an
+    h2c connection: a hand-over, the HTTP/1 side retires (ServerConnection.hand_over)."""
+    h2conn = H2ServerConnection(hub, conn.server, conn.peer, conn.peer_port)
+    h2conn.start(conn.hand_over(h2conn), data)
     return True
 
 
-def upgrade(hub: H2Hub, ex: Exchange, handler: Callable[[Exchange], None]) -> bool:
+def upgrade(hub: H2Hub, ex: Request, handler: Handler) -> bool:
     """``Upgrade: h2c`` on a bodiless HTTP/1.1 request: answer 101, continue the connection as
     HTTP/2 with the request as stream 1 (RFC 7540 §3.2)."""
+    if not isinstance(ex, Exchange):
+        return False
     conn = ex.conn
     settings = ex.find_header(b"http2-settings")
     if settings is None or conn.closed or conn.pending or conn.parsing not in (None, ex):
         return False
-    server = conn.server
-    h2conn = H2ServerConnection(hub, server, conn)
+    h2conn = H2ServerConnection(hub, conn.server, conn.peer, conn.peer_port)
     try:
         h2conn.h2.initiate_upgrade_connection(settings.strip())
     except (H2Error, ValueError):
         return False  # a malformed HTTP2-Settings: carry on as HTTP/1.1
-    # Retire the HTTP/1 side: the exchange ends without a response of its own.
-    server.connections.discard(conn)
-    if conn.active is ex:
-        conn.active = None
-        server.inflight -= 1
-    ex.done = True
-    conn.parsing = None
-    conn.closed = True
     transport = conn.transport
     transport.write(
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
     )
-    transport.set_protocol(h2conn)
-    if conn.paused:
-        transport.resume_reading()
+    # The HTTP/1 side retires; its request goes on as stream 1 (it has no response of its own).
+    conn.hand_over(h2conn)
     h2conn.start(transport, b"", upgraded=True)
     st = h2conn.new_stream(1)
     st.method = ex.method
@@ -207,10 +187,11 @@ class _H2Output:
 class H2ServerConnection(_H2Output, asyncio.Protocol):
     """One downstream h2c connection."""
 
-    def __init__(self, hub: H2Hub, server: HTTPServer, shadow: ServerConnection) -> None:
+    def __init__(self, hub: H2Hub, server: HTTPServer, peer: bytes, peer_port: int) -> None:
         self.hub = hub
         self.server = server
-        self.shadow = shadow
+        self.peer = peer  # the client, as the HTTP/1 connection it came from saw it
+        self.peer_port = peer_port
         self.loop = server.loop
         self.h2 = _connection(False)
         self.streams: dict[int, H2Stream] = {}
@@ -392,6 +373,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         hdr = st.hdr
         out = st.hdr_out
         authority = b""
+        actions = self.server.config.req_actions
         for name, value in headers:
             if name[:1] == b":":
                 if name == b":method":
@@ -401,7 +383,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
                 elif name == b":authority":
                     authority = value
                 continue
-            act = REQ_ACTIONS.get(name)
+            act = actions.get(name)
             if act is None:
                 out += (name, b": ", value, b"\r\n")
             elif act == H_KEEP:
@@ -424,12 +406,12 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
 
     def new_stream(self, sid: int) -> H2Stream:
         self.last_sid = sid
-        st = H2Stream(self.shadow, self, sid)
+        st = H2Stream(self.server, self.peer, self.peer_port, self, sid)
         st.start = self.loop.time()
         self.streams[sid] = st
         return st
 
-    def dispatch(self, st: H2Stream, handler: Callable[[Exchange], None]) -> None:
+    def dispatch(self, st: H2Stream, handler: Handler) -> None:
         try:
             handler(st)
         except Exception:
@@ -780,11 +762,12 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             self.pump_request(st)
 
     def _request_headers(self, st: H2Stream) -> list[tuple[bytes, bytes]]:
-        cfg = st.conn.server.config
+        cfg = st.server.config
         hdr = st.hdr
         host = st.host_override
         if host is None:
-            host = hdr.get(b"k-original-host") if cfg.restore_original_host else None
+            host_from = cfg.host_from
+            host = hdr.get(host_from) if host_from is not None else None
             if not host:
                 host = hdr.get(b"host") or self.authority
         hs = [
@@ -803,7 +786,7 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         if clen is not None:
             hs.append((b"content-length", clen))
         prior = hdr.get(b"x-forwarded-for")
-        peer = st.conn.peer
+        peer = st.peer
         if peer:
             hs.append((b"x-forwarded-for", prior + b", " + peer if prior else peer))
         elif prior is not None:

@@ -1,28 +1,29 @@
-"""One HTTP/2 stream seen as an :class:`~dataplane.proxy.Exchange`, so handlers run unchanged.
+"""One HTTP/2 stream as a :class:`~dataplane.request.Request`, so handlers run unchanged.
 
-The queue-proxy's and the activator's handlers take an ``Exchange``: they read its headers, answer
-it (``respond``/``error``), start its timeouts and ``proxy`` it, and learn its end through
-``on_done``. An :class:`H2Stream` is that same object for one stream of an h2c connection: its
-``hdr``/``hdr_out`` are filled from the HEADERS frame exactly as the HTTP/1 parser fills them,
-and the few methods that touch the wire are overridden to go through the stream's HTTP/2
-connection (``link``, :mod:`dataplane.h2engine`), which proxies it upstream over h2c. The breaker,
-throttler, stats, drain, probe answers and request log therefore apply per stream, from one
-place. This module is compiled with the engine (mypyc cannot subclass across the boundary) and
-imports no HTTP/2 library: the ``link`` does the protocol work.
+An :class:`H2Stream` shares only the protocol-neutral request state with HTTP/1's exchange
+(:class:`~dataplane.handle.RequestHandle`): its ``hdr``/``hdr_out`` are filled from the HEADERS
+frame with the server's header table, exactly as the HTTP/1 parser fills an exchange's, and
+its wire work goes through the stream's HTTP/2 connection (``link``,
+:class:`dataplane.h2engine.H2ServerConnection`), which proxies it upstream over h2c. The
+breaker, throttler, stats, drain, probe answers and request log therefore apply per stream,
+from one place. Compiled with the engine; it imports no HTTP/2 library.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .proxy import Exchange, ServerConnection
-from .upstream import UpstreamPool
+from .handle import RequestHandle
+
+if TYPE_CHECKING:
+    from .proxy import HTTPServer
+    from .upstream import UpstreamPool
 
 __all__ = ["H2Stream"]
 
 
-class H2Stream(Exchange):
-    """One request stream; ``conn`` is the (retired) HTTP/1 connection the h2c one came from."""
+class H2Stream(RequestHandle):
+    """One request stream of a downstream h2c connection (``link``)."""
 
     __slots__ = (
         "link",
@@ -41,10 +42,11 @@ class H2Stream(Exchange):
         "up_sid",
     )
 
-    def __init__(self, conn: ServerConnection, link: Any, sid: int) -> None:
-        super().__init__(conn)
+    def __init__(
+        self, server: HTTPServer, peer: bytes, peer_port: int, link: Any, sid: int
+    ) -> None:
+        super().__init__(server, peer, peer_port)
         self.version = "2.0"
-        self.headers_complete = True
         self.link: Any = link  # the downstream H2 connection
         self.sid = sid
         self.up: Any = None  # the upstream H2 connection carrying this stream, once started
@@ -60,7 +62,6 @@ class H2Stream(Exchange):
         self.reset = False  # the downstream stream was reset (by either side)
         self.resp_ended = False  # END_STREAM sent to the client
 
-    # -- overrides of the wire-facing parts of Exchange -------------------------------------
     def respond(
         self,
         status: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 
 __all__ = [
     "REQ_ACTIONS",
@@ -16,6 +17,7 @@ __all__ = [
     "DateCache",
     "escape_high_bytes",
     "go_request_target",
+    "request_actions",
     "request_trailer_names",
     "status_line",
 ]
@@ -58,20 +60,24 @@ def status_line(code: int) -> bytes:
 
 
 # --- request header actions (keys: lower-case header names) ---------------------------------
-# Headers not listed here are copied through untouched on the fast path.
+# The engine's own table knows HTTP only: hop-by-hop and framing headers, Host, the forwarding
+# headers its X-Forwarded-For and Forwarded logic reads, and Expect. A component adds the names
+# its handler wants to read (H_KEEP: indexed and forwarded) and those it consumes (H_STRIP:
+# indexed, never forwarded) through its ServerConfig; :func:`request_actions` merges them once
+# per server. Headers not in the merged table are copied through untouched on the fast path.
 H_DROP = 1  # hop-by-hop or re-framed by us: never forwarded as received
-H_KEEP = 2  # forwarded, and remembered for the handler (probe headers, UA, ...)
+H_KEEP = 2  # forwarded, and remembered for the handler (first value)
 H_HOST = 3  # Host: remembered, re-emitted first by the head builder
 H_XFF = 4  # X-Forwarded-For: remembered (all values joined) and re-emitted with the peer added
-H_STRIP = 5  # Knative routing headers: remembered for the handler, never forwarded
+H_STRIP = 5  # a component's own header: remembered (first value) for the handler, never forwarded
 H_CONNECTION = 6  # Connection: remembered (its tokens name further hop-by-hop headers)
 H_TE = 7  # TE: dropped except that "trailers" survives (Go ReverseProxy parity)
 H_UPGRADE = 8  # Upgrade: remembered; re-emitted only on upgrade requests
 H_CLEN = 9  # Content-Length: remembered; re-emitted by the framing logic
 H_TENC = 10  # Transfer-Encoding: remembered; re-framed by us
-H_ORIGHOST = 11  # K-Original-Host: remembered; consumed by the queue-proxy
 H_TRAILER = 12  # Trailer: remembered (all lines joined); re-announced on chunked requests
 
+#: The engine's table: what HTTP itself (and the proxy's forwarding logic) needs.
 REQ_ACTIONS: dict[bytes, int] = {
     b"host": H_HOST,
     b"connection": H_CONNECTION,
@@ -85,25 +91,28 @@ REQ_ACTIONS: dict[bytes, int] = {
     b"upgrade": H_UPGRADE,
     b"content-length": H_CLEN,
     b"x-forwarded-for": H_XFF,
-    b"knative-serving-revision": H_STRIP,
-    b"knative-serving-namespace": H_STRIP,
-    b"k-original-host": H_ORIGHOST,
-    b"user-agent": H_KEEP,
-    b"k-network-probe": H_KEEP,
-    b"k-network-hash": H_KEEP,
-    b"k-kubelet-probe": H_KEEP,
-    b"k-proxy-request": H_KEEP,
     b"x-forwarded-host": H_KEEP,
     b"x-forwarded-proto": H_KEEP,
     b"forwarded": H_KEEP,
     b"expect": H_KEEP,
-    b"traceparent": H_KEEP,
-    b"x-b3-traceid": H_KEEP,
-    b"referer": H_KEEP,
-    b"knative-serving-tag": H_KEEP,
-    b"knative-serving-default-route": H_KEEP,
-    b"k-passthrough-lb": H_KEEP,
 }
+
+
+def request_actions(index: Iterable[bytes] = (), strip: Iterable[bytes] = ()) -> dict[bytes, int]:
+    """The engine's table plus a component's headers: ``index`` (read by its handler, still
+    forwarded) and ``strip`` (read by its handler, never forwarded). Names are case-insensitive;
+    a name the engine already handles keeps the engine's action (ValueError if asked to strip
+    it: the engine's framing depends on it)."""
+    table = dict(REQ_ACTIONS)
+    for name in index:
+        table.setdefault(name.lower(), H_KEEP)
+    for name in strip:
+        lname = name.lower()
+        if lname in REQ_ACTIONS:
+            raise ValueError(f"header {name!r} is handled by the engine and cannot be stripped")
+        table[lname] = H_STRIP
+    return table
+
 
 # --- response header actions ----------------------------------------------------------------
 R_DROP = 1

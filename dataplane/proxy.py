@@ -7,10 +7,12 @@ request gets an :class:`Exchange` that owns request state and, while proxying, o
 a peer that cannot take more data pauses reading on the other side. Pipelined requests are
 parsed ahead, queued and answered in order; upstream connections are never pipelined.
 
-A handler is a plain callable ``handler(exchange)``. It may answer at once
-(:meth:`Exchange.respond`, :meth:`Exchange.error`), start proxying (:meth:`Exchange.proxy`),
-or keep the exchange and do either later (a breaker queue, a drain wait). ``exchange.on_done``
-is called exactly once when the exchange ends, whichever way it ends.
+A handler is a plain callable ``handler(request)`` taking a :class:`~dataplane.request.Request`
+(an ``Exchange`` here, an ``H2Stream`` on h2c). It may answer at once (``respond``, ``error``),
+start proxying (``proxy``), or keep the request and do either later (a breaker queue, a drain
+wait). ``request.on_done`` is called exactly once when it ends, whichever way it ends. The
+protocol's decisions (checks, heads, framing, keep-alive) are :mod:`dataplane.h1core`'s; the
+headers indexed for the handler are the engine's plus those its ServerConfig declares.
 """
 
 from __future__ import annotations
@@ -18,12 +20,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from .forwarded import forwarded_value
+from .h1core import (
+    HOST_BYTES,
+    M_CHUNKED,
+    M_CLOSE,
+    M_NONE,
+    XFF_FIRST,
+    framing_error,
+    last_chunk,
+    must_close,
+    request_head,
+    request_line_error,
+    response_start,
+)
+from .handle import RequestHandle
 from .http1 import (
     H_CONNECTION,
     H_DROP,
@@ -32,20 +47,22 @@ from .http1 import (
     H_TE,
     H_TRAILER,
     H_XFF,
-    REQ_ACTIONS,
     TARGET_MARKS,
     DateCache,
     connection_tokens,
     error_body_headers,
     escape_high_bytes,
     go_request_target,
+    request_actions,
     request_trailer_names,
     restore_high_bytes,
     status_line,
 )
 from .sockets import listen_socket
-from .timeouts import RequestDeadlines, TimeoutPolicy
 from .upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from .request import Handler
 
 __all__ = ["Exchange", "HTTPServer", "ServerConfig", "ServerConnection"]
 
@@ -54,13 +71,6 @@ log = logging.getLogger("dataplane.proxy")
 _SEP = b": "
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_BASIC_CONN_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
-
-# Response framing towards the client.
-M_NONE = 0  # no body (HEAD, 1xx, 204, 304)
-M_RAW = 1  # Content-Length passthrough
-M_CHUNKED = 2  # re-chunked
-M_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients)
 
 # Reasons for pausing reads on a downstream connection (bit mask).
 P_BODY = 1  # request body buffered while waiting for an upstream
@@ -72,13 +82,11 @@ _DISCARD_LIMIT = 256 * 1024
 # Idempotency-Key header), and only when the reused connection failed before any response.
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 _LINGER = 0.5  # seconds to keep reading (and discarding) after closing our side
-_XFF_FIRST = b":xff-first"  # hdr key: first X-Forwarded-For line when there are several
 _SWEEP_INTERVAL = 0.05
-# Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
-_HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
 
 #: The client connection preface of HTTP/2 (RFC 9113 §3.4).
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_PREFACE_HEAD = H2_PREFACE[:18]  # the part httptools parses as a request head
 
 
 class _ParseLimit(Exception):
@@ -102,9 +110,12 @@ class ServerConfig:
         "body_buffer",
         "forwarded_shim",
         "header_timeout",
+        "host_from",
+        "index_headers",
         "max_header_bytes",
         "max_headers",
-        "restore_original_host",
+        "req_actions",
+        "strip_headers",
         "timeout_body",
         "tunnel_drain_timeout",
     )
@@ -117,151 +128,86 @@ class ServerConfig:
         header_timeout: float = 60.0,
         body_buffer: int = 64 * 1024,
         timeout_body: bytes = b"request timeout",
-        restore_original_host: bool = False,
+        host_from: bytes | None = None,
         forwarded_shim: bool = False,
         tunnel_drain_timeout: float = 60.0,
+        index_headers: Iterable[bytes] = (),
+        strip_headers: Iterable[bytes] = (),
     ) -> None:
+        """``index_headers``: request headers the handler reads (``exchange.header(name)``),
+        still forwarded; ``strip_headers``: headers the handler reads that are never forwarded.
+        ``host_from``: a header that, when present and not empty, replaces Host upstream (the
+        queue-proxy's K-Original-Host); it is stripped. Only names listed here, and those the
+        engine itself handles (see :data:`dataplane.http1.REQ_ACTIONS`), are indexed."""
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.header_timeout = header_timeout
         self.body_buffer = body_buffer
         self.timeout_body = timeout_body
-        self.restore_original_host = restore_original_host
+        self.host_from = host_from.lower() if host_from else None
+        self.index_headers = tuple(n.lower() for n in index_headers)
+        strip = tuple(n.lower() for n in strip_headers)
+        if self.host_from is not None and self.host_from not in strip:
+            strip += (self.host_from,)
+        self.strip_headers = strip
+        # The merged classification table, built once per server (one dict lookup per header).
+        self.req_actions = request_actions(self.index_headers, strip)
         self.forwarded_shim = forwarded_shim
         self.tunnel_drain_timeout = tunnel_drain_timeout
 
 
-class Exchange:
-    """One request/response exchange on a downstream connection."""
+class Exchange(RequestHandle):
+    """One HTTP/1.1 request/response exchange on a downstream connection (a
+    :class:`~dataplane.request.Request`; its wire state: framing, body buffers, pipelining,
+    the upstream connection and the tunnel)."""
 
     __slots__ = (
-        "aborted",
         "body_buf",
         "body_buf_size",
-        "body_done",
         "closing",
         "conn",
-        "ctx",
-        "deadline",
-        "deadlines",
-        "done",
         "early",
         "expect_continue",
-        "extra_headers",
-        "hdr",
-        "hdr_out",
         "head_sent",
         "headers_complete",
-        "host_override",
         "keep_alive",
-        "last_write",
-        "method",
-        "on_done",
         "out",
-        "pool",
         "replay",
-        "req_chunked",
         "req_trailers",
-        "resp_extra",
         "resp_mode",
-        "resp_size",
-        "resp_started",
-        "resp_status",
         "retried",
         "sent_continue",
-        "start",
-        "target",
         "tunnel_eofs",
-        "upgrade",
         "upstream",
-        "version",
     )
 
     def __init__(self, conn: ServerConnection) -> None:
+        super().__init__(conn.server, conn.peer, conn.peer_port)
         self.conn = conn
-        self.method = b""
-        self.target = b""
-        self.version = "1.1"
-        self.hdr: dict[bytes, bytes] = {}
-        self.hdr_out: list[bytes] = []
         self.keep_alive = True
-        self.upgrade = False
         self.headers_complete = False
-        self.req_chunked = False
         self.req_trailers: list[bytes] | None = None
         self.body_buf: list[bytes] | None = None
         self.body_buf_size = 0
-        self.body_done = False
         self.expect_continue = False
         self.sent_continue = False
-        self.start = 0.0
         self.upstream: UpstreamConnection | None = None
-        self.pool: UpstreamPool | None = None
-        self.host_override: bytes | None = None
-        self.extra_headers = b""
         self.head_sent = False
         self.replay: bytes | None = None
         self.retried = False
-        self.resp_started = False
-        self.resp_status = 0
-        self.resp_size = 0
         self.resp_mode = M_NONE
-        self.resp_extra = b""  # header lines the handler adds to the proxied response
         self.closing = False
         self.out: list[bytes] = []
-        self.last_write: float | None = None
-        self.deadline = 0.0  # next time the server's sweep must look at this exchange; 0: none
-        self.deadlines: RequestDeadlines | None = None
-        self.on_done: Callable[[Exchange], None] | None = None
-        self.ctx: Any = None
-        self.done = False
-        self.aborted = False
         self.early: list[bytes] | None = None
         self.tunnel_eofs = 0
 
-    # -- request view for handlers ---------------------------------------------------------
-    @property
-    def path(self) -> bytes:
-        t = self.target
-        i = t.find(b"?")
-        return t if i < 0 else t[:i]
-
-    def header(self, lname: bytes) -> bytes | None:
-        """A request header by lower-case name (only names the engine tracks, see http1)."""
-        return self.hdr.get(lname)
-
-    def find_header(self, lname: bytes) -> bytes | None:
-        """Any request header by lower-case name (slower: scans the pass-through list)."""
-        v = self.hdr.get(lname)
-        if v is not None:
-            return v
-        out = self.hdr_out
-        for i in range(0, len(out), 4):
-            if out[i].lower() == lname:
-                return out[i + 2]
-        return None
-
+    # -- request view -----------------------------------------------------------------------
     def _hdr_names(self) -> set[bytes]:
         """Lower-case names of the pass-through headers (slow; rare paths only)."""
         return {
             line.partition(b":")[0].lower().removeprefix(b"x-")
             for line in b"".join(self.hdr_out).split(_CRLF)
         }
-
-    def drop_header(self, lname: bytes) -> None:
-        """Remove a request header (all its lines) before the request is forwarded."""
-        self.hdr.pop(lname, None)
-        kept: list[bytes] = []
-        for line in b"".join(self.hdr_out).split(_CRLF):
-            if line and line.partition(b":")[0].lower() != lname:
-                kept += (line, _CRLF)
-        self.hdr_out = kept
-
-    @property
-    def has_body(self) -> bool:
-        return self.req_chunked or (
-            self.hdr.get(b"content-length", b"0").strip() not in (b"0", b"")
-        )
 
     # -- local responses -------------------------------------------------------------------
     def respond(
@@ -283,7 +229,14 @@ class Exchange:
         if content_length:
             parts.append(b"Content-Length: %d\r\n" % len(body))
         parts.append(conn.server.date.line())
-        if self._must_close():
+        if must_close(
+            self.keep_alive,
+            self.server.shutting_down,
+            self.upgrade,
+            self.expect_continue,
+            self.sent_continue,
+            self.body_done,
+        ):
             self.closing = True
             parts.append(b"Connection: close\r\n")
         elif self.version == "1.0":
@@ -297,32 +250,7 @@ class Exchange:
         conn.transport.write(b"".join(parts))
         self._finish()
 
-    def error(self, status: int, message: str) -> None:
-        """A Go ``http.Error`` response: ``message`` + newline as text/plain."""
-        body = message.encode() + b"\n"
-        self.respond(status, body, error_body_headers(body), content_length=False)
-
     # -- proxying --------------------------------------------------------------------------
-    def set_timeouts(self, policy: TimeoutPolicy) -> None:
-        """Start the total/response-start/idle limits of this exchange (from its start).
-
-        No timer per request: the server sweeps its timed exchanges every 50 ms, so a limit
-        fires within 50 ms after it passes. The common total-only policy costs one float.
-        """
-        if self.done:
-            return
-        if policy.response_start > 0 or policy.idle > 0:
-            self.deadlines = d = RequestDeadlines(policy, self.start)
-            when = d.next_deadline(None)
-            if when is None:
-                return
-            self.deadline = when
-        elif policy.total > 0:
-            self.deadline = self.start + policy.total
-        else:
-            return
-        self.conn.server.watch(self)
-
     def proxy(
         self, pool: UpstreamPool, *, host: bytes | None = None, extra_headers: bytes = b""
     ) -> None:
@@ -347,7 +275,28 @@ class Exchange:
         self.upstream = up
         up.exchange = self
         conn = self.conn
-        head = self._request_head()
+        cfg = self.server.config
+        hdr = self.hdr
+        host = self.host_override
+        if host is None:
+            host_from = cfg.host_from
+            host = hdr.get(host_from) if host_from is not None else None
+            if not host:
+                host = hdr.get(b"host")
+                if not host:  # HTTP/1.0 without Host: name the upstream, as Go's transport does
+                    host = self.pool.authority if self.pool is not None else b""
+        head = request_head(
+            self.method,
+            self.target,
+            host,
+            hdr,
+            self.hdr_out,
+            self.peer,
+            cfg.forwarded_shim,
+            self.req_chunked,
+            self.upgrade,
+            self.extra_headers,
+        )
         if not self.has_body and (
             self.method in _IDEMPOTENT or b"idempotency-key" in self._hdr_names()
         ):
@@ -380,6 +329,13 @@ class Exchange:
         if up.write_paused:
             conn.pause(P_UPSTREAM)
 
+    def upstream_paused(self) -> None:
+        """The upstream cannot take more: stop reading the client."""
+        self.conn.pause(P_UPSTREAM)
+
+    def upstream_resumed(self) -> None:
+        self.conn.resume(P_UPSTREAM)
+
     def connect_failed(self, reason: str) -> None:
         if self.done:
             return
@@ -387,67 +343,7 @@ class Exchange:
         self.error(502, reason)
 
     def _last_chunk(self) -> bytes:
-        if self.req_trailers:
-            return b"0\r\n" + b"".join(self.req_trailers) + _CRLF
-        return _LAST_CHUNK
-
-    def _request_head(self) -> bytes:
-        conn = self.conn
-        cfg = conn.server.config
-        hdr = self.hdr
-        host = self.host_override
-        if host is None:
-            host = hdr.get(b"k-original-host") if cfg.restore_original_host else None
-            if not host:
-                host = hdr.get(b"host")
-                if not host:  # HTTP/1.0 without Host: name the upstream, as Go's transport does
-                    assert self.pool is not None
-                    host = self.pool.authority
-        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
-        ctoks = hdr.get(b"connection")
-        listed: set[bytes] = set()
-        if ctoks is not None and ctoks.lower() not in _BASIC_CONN_TOKENS:
-            extra = listed = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
-            if extra:
-                out = self.hdr_out
-                for i in range(0, len(out), 4):
-                    if out[i].lower() not in extra:
-                        parts += out[i : i + 4]
-            else:
-                parts += self.hdr_out
-        else:
-            parts += self.hdr_out
-        if b"te" in hdr and b"te" not in listed:
-            parts.append(b"TE: trailers\r\n")
-        prior = hdr.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
-        peer = conn.peer
-        if peer:
-            parts += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
-        elif prior is not None:
-            parts += (b"X-Forwarded-For: ", prior, _CRLF)
-        if cfg.forwarded_shim and b"forwarded" not in hdr:
-            fwd = forwarded_value(
-                hdr.get(_XFF_FIRST, prior),
-                hdr.get(b"x-forwarded-host"),
-                hdr.get(b"x-forwarded-proto"),
-            )
-            if fwd is not None:
-                parts += (b"Forwarded: ", fwd, _CRLF)
-        if self.req_chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            trailer = hdr.get(b"trailer")
-            if trailer:  # Go's transport announces the declared trailers again
-                parts += (b"Trailer: ", trailer, _CRLF)
-        else:
-            clen = hdr.get(b"content-length")
-            if clen is not None:
-                parts += (b"Content-Length: ", clen, _CRLF)
-        if self.upgrade:
-            parts += (b"Connection: Upgrade\r\nUpgrade: ", hdr.get(b"upgrade", b""), _CRLF)
-        if self.extra_headers:
-            parts.append(self.extra_headers)
-        parts.append(_CRLF)
-        return b"".join(parts)
+        return last_chunk(self.req_trailers)
 
     # -- request body (from ServerConnection) ----------------------------------------------
     def feed_body(self, data: bytes) -> None:
@@ -491,45 +387,33 @@ class Exchange:
     def response_head(self, up: UpstreamConnection, status: int) -> None:
         self.resp_status = status
         conn = self.conn
-        if self.method == b"HEAD" or status == 204 or status == 304:
-            mode = M_NONE
-            if self.method == b"HEAD":
-                up.stale_parser = True
-                up.resp_complete = True
-        elif up.resp_chunked or up.resp_clen is None:
-            mode = M_CHUNKED if self.version == "1.1" else M_CLOSE
-        else:
-            mode = M_RAW
+        method = self.method
+        if method == b"HEAD":
+            up.stale_parser = True
+            up.resp_complete = True
+        mode, close, head = response_start(
+            method,
+            status,
+            self.version,
+            up.resp_chunked,
+            up.resp_clen,
+            up.resp_out,
+            up.resp_conn,
+            self.resp_extra,
+            b"" if up.saw_date else conn.server.date.line(),
+            must_close(
+                self.keep_alive,
+                self.server.shutting_down,
+                self.upgrade,
+                self.expect_continue,
+                self.sent_continue,
+                self.body_done,
+            ),
+        )
         self.resp_mode = mode
-        parts = [status_line(status)]
-        rconn = up.resp_conn
-        if (
-            rconn is not None
-            and rconn.lower() not in _BASIC_CONN_TOKENS
-            and (connection_tokens(rconn) - _BASIC_CONN_TOKENS)
-        ):
-            extra = connection_tokens(rconn)
-            out = up.resp_out
-            for i in range(0, len(out), 4):
-                if out[i].lower() not in extra:
-                    parts += out[i : i + 4]
-        else:
-            parts += up.resp_out
-        if self.resp_extra:
-            parts.append(self.resp_extra)
-        if up.resp_clen is not None and (mode in (M_RAW, M_NONE)):
-            parts += (b"Content-Length: ", up.resp_clen, _CRLF)
-        elif mode == M_CHUNKED:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if not up.saw_date:
-            parts.append(conn.server.date.line())
-        if mode == M_CLOSE or self._must_close():
+        if close:
             self.closing = True
-            parts.append(b"Connection: close\r\n")
-        elif self.version == "1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(_CRLF)
-        self.out.append(b"".join(parts))
+        self.out.append(head)
         self.resp_started = True
         if self.deadlines is not None:
             self.last_write = conn.loop.time()
@@ -681,22 +565,9 @@ class Exchange:
         self._finish()
 
     # -- timers ----------------------------------------------------------------------------
-    def check_deadline(self, now: float) -> None:
-        """Called by the server's sweep once ``now`` has reached ``self.deadline``."""
-        if self.done:
-            return
-        d = self.deadlines
-        if d is not None and not d.expired(now, self.last_write):
-            when = d.next_deadline(self.last_write)
-            self.deadline = when if when is not None else 0.0
-            if not self.deadline:
-                self.conn.server.timed.discard(self)
-            return
-        self.timed_out()
-
     def timed_out(self) -> None:
         """A revision timeout fired: 504 if nothing was sent yet, else append the message."""
-        self.interrupt(504, self.conn.server.config.timeout_body)
+        self.interrupt(504, self.server.config.timeout_body)
 
     def interrupt(self, status: int, msg: bytes) -> None:
         """End the exchange now (upstream aborted): ``status`` and ``msg`` if nothing was sent
@@ -727,29 +598,14 @@ class Exchange:
         self._finish()
 
     # -- end -------------------------------------------------------------------------------
-    def _must_close(self) -> bool:
-        conn = self.conn
-        return (
-            not self.keep_alive
-            or conn.server.shutting_down
-            or self.upgrade
-            or (self.expect_continue and not self.sent_continue and not self.body_done)
-        )
+    def _ended(self) -> None:
+        self.conn.exchange_done(self)
 
-    def _finish(self) -> None:
-        if self.done:
-            return
+    def retire(self) -> None:
+        """Handed over to another protocol (see ServerConnection.hand_over): done, silently."""
         self.done = True
         if self.deadline:
-            self.conn.server.timed.discard(self)
-        cb = self.on_done
-        if cb is not None:
-            self.on_done = None
-            try:
-                cb(self)
-            except Exception:
-                log.exception("on_done callback failed")
-        self.conn.exchange_done(self)
+            self.server.timed.discard(self)
 
     def abort(self) -> None:
         """The client connection is gone: drop the upstream side and release everything."""
@@ -768,6 +624,7 @@ class ServerConnection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
     __slots__ = (
+        "_actions",
         "_dispatching",
         "_hdr_bytes",
         "_hdr_count",
@@ -816,6 +673,7 @@ class ServerConnection(asyncio.Protocol):
         self.header_tick = 0
         cfg = server.config
         self._max_hdr_bytes = cfg.max_header_bytes
+        self._actions = cfg.req_actions
         self._max_hdrs = cfg.max_headers
         # request line and header block are limited separately; their sum bounds a raw head
         self._max_head_bytes = 2 * cfg.max_header_bytes + 64
@@ -888,8 +746,10 @@ class ServerConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as e:
             h2c = self.server.h2c
-            if h2c is not None and self.active is None and not self.pending and h2c(self, data):
-                return  # an HTTP/2 preface: the connection now belongs to the h2c protocol
+            if h2c is not None and self.active is None and not self.pending:
+                preface = self.h2_preface(data)
+                if preface is not None and h2c(self, preface):
+                    return  # the connection now belongs to the h2c protocol
             self._parse_error(e)
             return
         if self._ready is not None:
@@ -1028,6 +888,39 @@ class ServerConnection(asyncio.Protocol):
             self.paused = 0
             t.resume_reading()
 
+    # -- protocol switch -------------------------------------------------------------------
+    def h2_preface(self, data: bytes) -> bytes | None:
+        """After a parse error on ``data``: if this connection opened with the HTTP/2 preface,
+        the bytes from the preface on (what an HTTP/2 protocol must be fed), else None."""
+        seen_before = self._head_seen - len(data)  # preface bytes fed by earlier reads
+        cut = len(_PREFACE_HEAD) - seen_before
+        if seen_before < 0 or cut < 0 or not data.startswith(_PREFACE_HEAD[seen_before:]):
+            return None
+        return _PREFACE_HEAD + data[cut:]
+
+    def hand_over(self, protocol: asyncio.Protocol) -> asyncio.Transport:
+        """Give the transport to ``protocol`` (h2c) and retire: this connection never reads,
+        writes or counts a request again. The request being served, if any (an ``Upgrade:
+        h2c`` request, carried on by the new protocol as its stream 1), ends here without a
+        response or ``on_done`` of its own. Returns the transport, reading."""
+        server = self.server
+        server.connections.discard(self)
+        ex = self.active
+        if ex is not None:
+            self.active = None
+            server.inflight -= 1
+            ex.retire()
+        self.pending.clear()
+        self.parsing = None
+        self._ready = None
+        self.closed = True
+        transport = self.transport
+        transport.set_protocol(protocol)
+        if self.paused:
+            self.paused = 0
+            transport.resume_reading()
+        return transport
+
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
@@ -1058,7 +951,7 @@ class ServerConnection(asyncio.Protocol):
             ex.req_trailers += (name, _SEP, value, _CRLF)
             return
         lname = name.lower()
-        act = REQ_ACTIONS.get(lname)
+        act = self._actions.get(lname)
         if act is None:
             ex.hdr_out += (name, _SEP, value, _CRLF)
             return
@@ -1076,7 +969,7 @@ class ServerConnection(asyncio.Protocol):
             if prior is None:
                 hdr[lname] = value
             else:
-                hdr.setdefault(_XFF_FIRST, prior)  # the shim reads the first header line
+                hdr.setdefault(XFF_FIRST, prior)  # the shim reads the first header line
                 hdr[lname] = prior + b", " + value
         elif act == H_CONNECTION:
             prior = hdr.get(lname)
@@ -1087,7 +980,7 @@ class ServerConnection(asyncio.Protocol):
         elif act == H_TRAILER:
             prior = hdr.get(lname)
             hdr[lname] = value if prior is None else prior + b"," + value
-        elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing, K-Original-Host
+        elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing
             hdr[lname] = value
 
     def on_headers_complete(self) -> None:
@@ -1146,16 +1039,15 @@ class ServerConnection(asyncio.Protocol):
         server = self.server
         server.inflight += 1
         ex.start = self.loop.time()
-        if ex.version != "1.1" and ex.version != "1.0":
+        # (the common request, HTTP/1.1 and not CONNECT, skips the call)
+        bad = (
+            request_line_error(ex.version, ex.method)
+            if ex.version != "1.1" or ex.method == b"CONNECT"
+            else None
+        )
+        if bad is not None:
             ex.keep_alive = False
-            if ex.version == "0.9":
-                ex.error(400, "malformed HTTP request")
-            else:
-                ex.error(505, "unsupported protocol version")
-            return
-        if ex.method == b"CONNECT":
-            ex.keep_alive = False
-            ex.error(405, "CONNECT is not supported")
+            ex.error(*bad)
             return
         t = ex.target
         if t[:1] != b"/" and t != b"*" and not _absolute_form(ex):
@@ -1169,25 +1061,17 @@ class ServerConnection(asyncio.Protocol):
                 ex.error(400, "malformed request target: invalid URL escape")
                 return
             ex.target = fwd
-        host = ex.hdr.get(b"host")
-        if not host:
-            if ex.version == "1.1":
-                ex.keep_alive = False
-                ex.error(400, "missing required Host header")
-                return
-        elif host.translate(None, _HOST_BYTES):  # any byte left is not allowed in a Host
+        hdr = ex.hdr
+        host = hdr.get(b"host")
+        # (the common request, a valid Host and no Transfer-Encoding, skips the call)
+        bad = (
+            framing_error(ex.version, host, ex.req_chunked, hdr.get(b"transfer-encoding"))
+            if not host or ex.req_chunked or host.translate(None, HOST_BYTES)
+            else None
+        )
+        if bad is not None:
             ex.keep_alive = False
-            ex.error(400, "malformed Host header")
-            return
-        if ex.req_chunked and ex.version == "1.0":
-            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (Go ignores it,
-            # llhttp honours it: a front end and we could disagree on where the body ends).
-            ex.keep_alive = False
-            ex.error(400, "Transfer-Encoding in an HTTP/1.0 request")
-            return
-        if ex.req_chunked and ex.hdr[b"transfer-encoding"].strip().lower() != b"chunked":
-            ex.keep_alive = False
-            ex.error(501, "unsupported transfer encoding")
+            ex.error(*bad)
             return
         trailer = ex.hdr.get(b"trailer") if ex.req_chunked else None
         if trailer is not None:
@@ -1353,7 +1237,7 @@ class HTTPServer:
 
     def __init__(
         self,
-        handler: Callable[[Exchange], None],
+        handler: Handler,
         config: ServerConfig | None = None,
         *,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -1366,12 +1250,13 @@ class HTTPServer:
         self.shutting_down = False
         self.tick = 1
         self.date = DateCache()
-        self.timed: set[Exchange] = set()
+        self.timed: set[RequestHandle] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.TimerHandle | None = None
-        # HTTP/2 with prior knowledge (dataplane/h2c.py): called with a connection whose first
-        # request line was the HTTP/2 preface and the bytes of that read; True if it took over.
+        # HTTP/2 with prior knowledge (dataplane/h2c.py): called with a connection that opened
+        # with the HTTP/2 preface and the bytes read so far from the preface on; True if it
+        # took the connection over (ServerConnection.hand_over).
         self.h2c: Callable[[ServerConnection, bytes], bool] | None = None
 
     async def start(
@@ -1409,7 +1294,7 @@ class HTTPServer:
         socks = getattr(self._server, "sockets", None)
         return int(socks[0].getsockname()[1]) if socks else 0
 
-    def watch(self, ex: Exchange) -> None:
+    def watch(self, ex: RequestHandle) -> None:
         """Have the deadline sweep look after ``ex`` (see ``Exchange.set_timeouts``)."""
         self.timed.add(ex)
         if self._sweeper is None:

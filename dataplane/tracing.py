@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from dataplane.envconfig import ConfigError
 
 if TYPE_CHECKING:
-    from dataplane.proxy import Exchange
+    from dataplane.request import Request
 
 __all__ = [
     "RequestSpans",
@@ -180,7 +180,7 @@ class Sampler:
         return self.rate >= 1.0 or (self.rate > 0.0 and random.random() < self.rate)
 
 
-def set_upstream_traceparent(ex: Exchange, value: bytes) -> None:
+def set_upstream_traceparent(ex: Request, value: bytes) -> None:
     """Make the forwarded request carry ``traceparent: value`` (replacing the client's lines).
 
     Only the pass-through list changes: the engine's parsed ``hdr`` (read by the request log)
@@ -212,9 +212,9 @@ class RequestSpans:
         self.inner = inner
         self.wait: Any = None
         self.wait_name = wait_name
-        self.inner_done: Callable[[Exchange], None] | None = None
+        self.inner_done: Callable[[Request], None] | None = None
 
-    def attach(self, ex: Exchange) -> None:
+    def attach(self, ex: Request) -> None:
         """End the spans when ``ex`` completes (after the handler's own ``on_done``)."""
         self.inner_done = ex.on_done
         ex.on_done = self._done
@@ -242,7 +242,7 @@ class RequestSpans:
         self.inner = t.sdk.start_span(name, context=t.set_span(self.server))
         return t.traceparent(self.inner)
 
-    def _done(self, ex: Exchange) -> None:
+    def _done(self, ex: Request) -> None:
         inner_done = self.inner_done
         if inner_done is not None:
             inner_done(ex)
@@ -302,7 +302,7 @@ class Tracer:
 
     def start_request(
         self,
-        ex: Exchange,
+        ex: Request,
         server_name: str,
         inner_name: str,
         wait_name: str,

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .proxy import Exchange
     from .tls import UpstreamTLS
 
-__all__ = ["DialError", "UpstreamConnection", "UpstreamPool"]
+__all__ = ["DialError", "UpstreamConnection", "UpstreamPool", "UpstreamUser"]
 
 _SEP = b": "
 _CRLF = b"\r\n"
@@ -49,6 +49,52 @@ class _BadResponse(Exception):
 
 class DialError(Exception):
     """A new upstream connection could not be made; the text is Go-like for 502 bodies."""
+
+
+class UpstreamUser(Protocol):
+    """What an :class:`UpstreamConnection` and its pool drive: the request using the
+    connection (the HTTP/1 :class:`~dataplane.proxy.Exchange`). The connection parses the
+    response and reports it through these calls; the user frames it for its client."""
+
+    done: bool
+
+    def attach(self, up: UpstreamConnection) -> None:
+        """A connection is ready (pooled or new): send the request on it."""
+
+    def connect_failed(self, reason: str) -> None:
+        """No connection could be made."""
+
+    def relay_interim(self, up: UpstreamConnection, status: int) -> None:
+        """A 1xx response head (other than 101) arrived."""
+
+    def response_head(self, up: UpstreamConnection, status: int) -> None:
+        """The final response head arrived (``up.resp_*`` describe it)."""
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def flush_out(self) -> None:
+        """Write what the response calls so far produced (once per read)."""
+
+    def upstream_complete(self, up: UpstreamConnection) -> None:
+        """The response ended; the connection may go back to the pool."""
+
+    def upstream_lost(self, up: UpstreamConnection, exc: Exception | None) -> None: ...
+
+    def upstream_failed(self, up: UpstreamConnection, reason: str) -> None: ...
+
+    def start_tunnel(self, up: UpstreamConnection, rest: bytes) -> None:
+        """101 Switching Protocols: from now on bytes are copied both ways."""
+
+    def tunnel_from_upstream(self, data: bytes) -> None: ...
+
+    def tunnel_eof(self, *, from_upstream: bool) -> bool: ...
+
+    def tunnel_closed(self) -> None: ...
+
+    def upstream_paused(self) -> None:
+        """The connection cannot take more request bytes (stop reading the client)."""
+
+    def upstream_resumed(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -84,6 +130,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
+        # Typed as the one UpstreamUser there is: mypyc then calls it natively (through the
+        # Protocol: +860 instructions per proxied request, measured with callgrind).
         self.exchange: Exchange | None = None
         self.closed = False
         self.reused = False
@@ -165,13 +213,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.write_paused = True
         ex = self.exchange
         if ex is not None:
-            ex.conn.pause(2)
+            ex.upstream_paused()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         ex = self.exchange
         if ex is not None:
-            ex.conn.resume(2)
+            ex.upstream_resumed()
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -322,7 +370,7 @@ class UpstreamPool:
         self.closed = False
         self.connecting = 0
         self.max_dials = max_dials
-        self._waiting: deque[Exchange] = deque()
+        self._waiting: deque[UpstreamUser] = deque()
         self._family = ip_family(host)
         hp = f"[{host}]" if ":" in host else host
         self.authority = f"{hp}:{port}".encode()
@@ -381,7 +429,7 @@ class UpstreamPool:
                 up.close()
         self._sweep_handle = self.loop.call_later(1.0, self._sweep) if idle else None
 
-    def connect(self, ex: Exchange) -> None:
+    def connect(self, ex: UpstreamUser) -> None:
         """Get ``ex`` a connection: a new dial, or (when ``max_dials`` are already in flight)
         the next connection released or dialled. Calls ``ex.attach`` or ``ex.connect_failed``.
 
@@ -394,7 +442,7 @@ class UpstreamPool:
         else:
             self._waiting.append(ex)
 
-    def _next_waiter(self) -> Exchange | None:
+    def _next_waiter(self) -> UpstreamUser | None:
         w = self._waiting
         while w:
             ex = w.popleft()
@@ -402,7 +450,7 @@ class UpstreamPool:
                 return ex
         return None
 
-    async def _dial(self, ex: Exchange | None) -> None:
+    async def _dial(self, ex: UpstreamUser | None) -> None:
         try:
             up = await self.dial()
         except DialError as e:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from activator.compose import SCOPE, data_server, new_activator
 from activator.env import ActivatorEnv
+from activator.handler import server_config as activator_server_config
 from autoscaler.compose import AutoscalerFeed, new_autoscaler
 from autoscaler.config import AutoscalerConfig
 from autoscaler.multiscaler import ScaleEvent
@@ -32,7 +33,8 @@ from autoscaler.scraper import Scraper
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
 from dataplane.promtext import CONTENT_TYPE, Registry
-from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.proxy import HTTPServer, ServerConfig
+from dataplane.request import Request
 from dataplane.telemetry import (
     Identity,
     flush_traces,
@@ -128,7 +130,7 @@ class Runner:
             if spec.port:
                 server = HTTPServer(
                     self.activator.handler_for(spec.key),
-                    ServerConfig(timeout_body=b"activator request timeout"),
+                    activator_server_config(),
                     loop=loop,
                 )
                 self.h2c.enable(server)
@@ -239,7 +241,7 @@ class Runner:
             self._last_status = text
             self._line(text)
 
-    def _admin(self, ex: Exchange) -> None:
+    def _admin(self, ex: Request) -> None:
         if ex.path == b"/status":
             body = json.dumps({"services": self.status()}, indent=1).encode() + b"\n"
             ex.respond(200, body, b"Content-Type: application/json\r\n")

@@ -12,10 +12,11 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dataplane.breaker import Breaker, QueueFullError, Waiter
-from dataplane.proxy import Exchange
+from dataplane.proxy import ServerConfig
+from dataplane.request import Request
 from dataplane.stats import RequestStats
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.upstream import UpstreamPool
@@ -28,9 +29,44 @@ if TYPE_CHECKING:
     from dataplane.reqlog import RequestLogTemplate
     from dataplane.tracing import RequestSpans, Tracer
 
-__all__ = ["QueueProxyHandler"]
+__all__ = [
+    "INDEXED_HEADERS",
+    "ORIGINAL_HOST",
+    "STRIPPED_HEADERS",
+    "QueueProxyHandler",
+    "server_config",
+]
 
 log = logging.getLogger("queueproxy")
+
+# The request headers this handler (and its tracer and request log) reads, declared to the
+# engine in the server's config (ServerConfig(index_headers=..., strip_headers=...)).
+INDEXED_HEADERS = (
+    b"user-agent",
+    b"k-network-probe",
+    b"k-network-hash",
+    b"k-kubelet-probe",
+    b"k-proxy-request",
+    b"traceparent",
+    b"x-b3-traceid",
+    b"referer",
+)
+# Knative's routing headers end at the queue-proxy (never reach the user container).
+STRIPPED_HEADERS = (b"knative-serving-revision", b"knative-serving-namespace")
+# Set by the activator/ingress: the Host the user container must see (ServerConfig.host_from).
+ORIGINAL_HOST = b"k-original-host"
+
+
+def server_config(**limits: Any) -> ServerConfig:
+    """The config of a server running this handler: the headers above, K-Original-Host as the
+    upstream Host, and ``limits`` (any other :class:`~dataplane.proxy.ServerConfig` field)."""
+    return ServerConfig(
+        host_from=ORIGINAL_HOST,
+        index_headers=INDEXED_HEADERS,
+        strip_headers=STRIPPED_HEADERS,
+        **limits,
+    )
+
 
 _HEALTH_UAS = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
 _TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
@@ -47,9 +83,7 @@ class _Queued:
 
     __slots__ = ("ex", "granted", "handler", "probe", "proxied", "spans", "waiter")
 
-    def __init__(
-        self, handler: QueueProxyHandler, ex: Exchange, proxied: bool, probe: bool
-    ) -> None:
+    def __init__(self, handler: QueueProxyHandler, ex: Request, proxied: bool, probe: bool) -> None:
         self.handler = handler
         self.ex = ex
         self.proxied = proxied
@@ -104,7 +138,7 @@ class QueueProxyHandler:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- entry -----------------------------------------------------------------------------
-    def __call__(self, ex: Exchange) -> None:
+    def __call__(self, ex: Request) -> None:
         hdr = ex.hdr
         ua = hdr.get(b"user-agent")
         netprobe = hdr.get(b"k-network-probe")
@@ -179,7 +213,7 @@ class QueueProxyHandler:
         q.waiter = b.enqueue(q.grant)
 
     # -- probes ----------------------------------------------------------------------------
-    def _health(self, ex: Exchange, netprobe: bytes | None) -> None:
+    def _health(self, ex: Request, netprobe: bytes | None) -> None:
         if self.drainer.draining:
             ex.error(503, "shutting down")
         elif netprobe != b"queue":
@@ -192,7 +226,7 @@ class QueueProxyHandler:
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
 
-    async def _run_probe(self, ex: Exchange) -> None:
+    async def _run_probe(self, ex: Request) -> None:
         try:
             ok = await self.prober.probe()
         except Exception:
@@ -207,7 +241,7 @@ class QueueProxyHandler:
         else:
             ex.respond(503)
 
-    def _network_probe(self, ex: Exchange) -> None:
+    def _network_probe(self, ex: Request) -> None:
         if self.drainer.draining:
             ex.error(503, "shutting down")
             return
@@ -218,7 +252,7 @@ class QueueProxyHandler:
         ex.respond(200, b"", b"K-Network-Hash: " + h + b"\r\n")
 
     # -- completion ------------------------------------------------------------------------
-    def _done(self, ex: Exchange) -> None:
+    def _done(self, ex: Request) -> None:
         code = ex.ctx
         now = self.loop.time()
         if code & _PROXIED:
@@ -231,7 +265,7 @@ class QueueProxyHandler:
         if self._needs_done:
             self._observe(ex, now, ex.start, bool(code & _PROBE))
 
-    def _done_queued(self, ex: Exchange) -> None:
+    def _done_queued(self, ex: Request) -> None:
         q: _Queued = ex.ctx
         now = self.loop.time()
         if q.proxied:
@@ -246,11 +280,11 @@ class QueueProxyHandler:
         if self._needs_done:
             self._observe(ex, now, ex.start, q.probe)
 
-    def _log_only(self, ex: Exchange) -> None:
+    def _log_only(self, ex: Request) -> None:
         if self.request_log is not None:
             self._log_request(ex, self.loop.time())
 
-    def _observe(self, ex: Exchange, now: float, start: float, probe: bool) -> None:
+    def _observe(self, ex: Request, now: float, start: float, probe: bool) -> None:
         if probe:
             if self.request_log is not None and self.log_probes:
                 self._log_request(ex, now)
@@ -264,7 +298,7 @@ class QueueProxyHandler:
         if self.request_log is not None:
             self._log_request(ex, now)
 
-    def _log_request(self, ex: Exchange, now: float) -> None:
+    def _log_request(self, ex: Request, now: float) -> None:
         from dataplane.reqlog import (
             LogContext,
             LogRequest,
@@ -283,9 +317,8 @@ class QueueProxyHandler:
             clen = int(clen_raw)
         else:
             clen = 0
-        conn = ex.conn
-        ip = conn.peer.decode()
-        remote = f"[{ip}]:{conn.peer_port}" if ":" in ip else f"{ip}:{conn.peer_port}"
+        ip = ex.peer.decode()
+        remote = f"[{ip}]:{ex.peer_port}" if ":" in ip else f"{ip}:{ex.peer_port}"
         method = ex.method.decode("latin-1")
         uri = ex.target.decode("utf-8", "surrogateescape")
         code = ex.resp_status or 200

@@ -25,7 +25,8 @@ from dataplane.h2c import H2Hub
 from dataplane.listen import listen
 from dataplane.logs import setup_logging
 from dataplane.probespec import ProbeConfigError, parse_readiness_probe
-from dataplane.proxy import Exchange, HTTPServer, ServerConfig
+from dataplane.proxy import HTTPServer, ServerConfig
+from dataplane.request import Request
 from dataplane.statpb import Stat, encode_stat
 from dataplane.stats import RequestStats
 from dataplane.telemetry import (
@@ -40,7 +41,7 @@ from dataplane.upstream import UpstreamPool
 
 from .drain import Drainer
 from .env import Env, parse_env
-from .handler import QueueProxyHandler
+from .handler import QueueProxyHandler, server_config
 from .probes import auto_detect_attempt
 from .readiness import ReadinessProber
 
@@ -61,7 +62,7 @@ _PROTOBUF = b"Content-Type: application/protobuf\r\n"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
-def _not_found(ex: Exchange) -> None:
+def _not_found(ex: Request) -> None:
     ex.error(404, "404 page not found")
 
 
@@ -100,12 +101,11 @@ class QueueProxy:
         base = {"max_header_bytes": env.max_header_bytes, "header_timeout": env.header_timeout}
         self.main_server = HTTPServer(
             self.handler,
-            ServerConfig(
+            server_config(
                 timeout_body=b"request timeout",
-                restore_original_host=True,
                 forwarded_shim=True,
                 tunnel_drain_timeout=env.hijack_drain_timeout,
-                **base,  # type: ignore[arg-type]
+                **base,
             ),
             loop=loop,
         )
@@ -198,13 +198,13 @@ class QueueProxy:
         self._report_handle = self.loop.call_later(1.0, self._report)
 
     # -- small servers ---------------------------------------------------------------------
-    def _metrics(self, ex: Exchange) -> None:
+    def _metrics(self, ex: Request) -> None:
         if ex.path == b"/metrics":
             ex.respond(200, self.stat_bytes, _PROTOBUF)
         else:
             _not_found(ex)
 
-    def _user_metrics(self, ex: Exchange) -> None:
+    def _user_metrics(self, ex: Request) -> None:
         if ex.path == b"/metrics" and self.registry is not None:
             from dataplane.promtext import CONTENT_TYPE
 
@@ -212,7 +212,7 @@ class QueueProxy:
         else:
             _not_found(ex)
 
-    def _admin(self, ex: Exchange) -> None:
+    def _admin(self, ex: Request) -> None:
         if ex.path != b"/wait-for-drain":
             _not_found(ex)
             return
@@ -220,7 +220,7 @@ class QueueProxy:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _wait_for_drain(self, ex: Exchange) -> None:
+    async def _wait_for_drain(self, ex: Request) -> None:
         # The user container's preStop hook. If no SIGTERM reaches us within a second, the
         # preStop came from a liveness-probe restart of the user container: undo the drain.
         def check() -> None:

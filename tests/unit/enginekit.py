@@ -169,6 +169,12 @@ class FakeTransport(asyncio.Transport):
         self.calls.append("write_eof")
         self.eof = True
 
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
     def pause_reading(self) -> None:
         self.calls.append("pause_reading")
         self.reading = False

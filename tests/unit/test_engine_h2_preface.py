@@ -29,9 +29,8 @@ def _kit_with_h2c() -> tuple[Kit, list[bytes]]:
     def handover(conn: ServerConnection, data: bytes) -> bool:
         assert not taken, "handed over twice"
         taken.append(data)
-        conn.server.connections.discard(conn)
-        conn.closed = True
-        conn.transport.protocol = H2Side()  # type: ignore[attr-defined]
+        conn.hand_over(H2Side())  # type: ignore[arg-type]
+        assert conn not in conn.server.connections and conn.closed
         return True
 
     kit.server.h2c = handover
@@ -63,6 +62,15 @@ def test_http1_request_is_not_held_by_the_sniff() -> None:
     c = kit.client()
     c.feed(request(b"/x"))
     assert taken == [] and len(kit.exchanges) == 1
+
+
+def test_the_retired_connection_counts_nothing_and_the_new_protocol_reads() -> None:
+    kit, taken = _kit_with_h2c()
+    c = kit.client()
+    c.feed(H2_PREFACE)
+    assert kit.server.inflight == 0 and kit.server.connections == set()
+    c.feed(SETTINGS)  # delivered to the new protocol, not parsed as HTTP/1
+    assert taken == [H2_PREFACE + SETTINGS] and c.take() == b""
 
 
 def test_p_then_not_the_preface_is_an_http1_request() -> None:

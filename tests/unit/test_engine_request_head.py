@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from dataplane.proxy import Exchange, ServerConfig
+from queueproxy.handler import server_config as qp_config
 
 from .enginekit import (
     DATE,
@@ -176,7 +177,7 @@ class TestHead:
         assert forward(req, mode) == upstream_head(b"/", b"X-Forwarded-Proto: https")
 
     def test_k_original_host_restored(self, mode: str) -> None:
-        cfg = ServerConfig(restore_original_host=True)
+        cfg = ServerConfig(host_from=b"K-Original-Host")
         req = request(b"/", b"K-Original-Host: orig.example", b"X-A: 1")
         assert forward(req, mode, cfg) == upstream_head(b"/", b"X-A: 1", host=b"orig.example")
 
@@ -193,9 +194,18 @@ class TestHead:
             b"Knative-Serving-Tag: canary",
             b"Knative-Serving-Default-Route: true",
         )
-        assert forward(req, mode) == upstream_head(
+        assert forward(req, mode, qp_config()) == upstream_head(
             b"/", b"Knative-Serving-Tag: canary", b"Knative-Serving-Default-Route: true"
         )
+
+    def test_engine_alone_strips_no_knative_header(self, mode: str) -> None:
+        lines = (b"Knative-Serving-Revision: rev-1", b"K-Original-Host: orig.example")
+        assert forward(request(b"/", *lines), mode) == upstream_head(b"/", *lines)
+
+    def test_declared_strip_header_is_not_forwarded(self, mode: str) -> None:
+        cfg = ServerConfig(strip_headers=(b"X-Secret",), index_headers=(b"X-Seen",))
+        req = request(b"/", b"X-Secret: s", b"X-Seen: 1", b"X-A: 1")
+        assert forward(req, mode, cfg) == upstream_head(b"/", b"X-Seen: 1", b"X-A: 1")
 
     def test_content_length_preserved(self, mode: str) -> None:
         req = request(
@@ -311,7 +321,7 @@ def test_chunked_request_streamed_as_it_arrives() -> None:
 def test_host_override_and_extra_headers() -> None:
     k = Kit(
         lambda ex: ex.proxy(k.pool, host=b"svc.local", extra_headers=b"X-Extra: 1\r\n"),
-        ServerConfig(restore_original_host=True),
+        ServerConfig(host_from=b"k-original-host"),
     )
     up = k.idle_upstream()
     c = k.client()
@@ -331,7 +341,7 @@ def test_handler_sees_stripped_and_tracked_headers() -> None:
         seen.append(ex)
         ex.respond(200)
 
-    k = Kit(handler)
+    k = Kit(handler, qp_config())
     c: FakeTransport = k.client()
     c.feed(
         request(
@@ -352,6 +362,27 @@ def test_handler_sees_stripped_and_tracked_headers() -> None:
     assert ex.find_header(b"x-missing") is None
     assert c.take() == b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + DATE + b"\r\n"
     k.done_once(ex)
+
+
+def test_handler_sees_only_declared_headers() -> None:
+    seen: list[Exchange] = []
+
+    def handler(ex: Exchange) -> None:
+        seen.append(ex)
+        ex.respond(200)
+
+    k = Kit(handler, ServerConfig(index_headers=(b"X-Custom",)))
+    k.client().feed(request(b"/", b"X-Custom: v", b"User-Agent: curl"))
+    ex = seen[0]
+    assert ex.header(b"x-custom") == b"v"
+    assert ex.header(b"user-agent") is None  # not declared: only find_header sees it
+    assert ex.find_header(b"user-agent") == b"curl"
+    k.done_once(ex)
+
+
+def test_engine_headers_cannot_be_stripped() -> None:
+    with pytest.raises(ValueError, match="content-length"):
+        ServerConfig(strip_headers=(b"Content-Length",))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -187,6 +187,27 @@ class TestActionTables:
         assert name in RESP_ACTIONS
         assert REQ_ACTIONS[name] != http1.H_KEEP
 
-    def test_knative_routing_headers_stripped(self) -> None:
-        assert REQ_ACTIONS[b"knative-serving-revision"] == http1.H_STRIP
-        assert REQ_ACTIONS[b"knative-serving-namespace"] == http1.H_STRIP
+    def test_engine_table_knows_no_knative_header(self) -> None:
+        assert not [k for k in REQ_ACTIONS if k.startswith((b"k-", b"knative-"))]
+
+    def test_component_headers_merged(self) -> None:
+        table = http1.request_actions([b"User-Agent"], [b"Knative-Serving-Revision"])
+        assert table[b"user-agent"] == http1.H_KEEP
+        assert table[b"knative-serving-revision"] == http1.H_STRIP
+        assert table[b"host"] == http1.H_HOST
+        assert b"user-agent" not in REQ_ACTIONS  # the engine's table is left alone
+
+    def test_indexing_an_engine_header_keeps_its_action(self) -> None:
+        assert http1.request_actions([b"X-Forwarded-For"])[b"x-forwarded-for"] == http1.H_XFF
+
+    def test_components_declare_their_knative_headers(self) -> None:
+        from activator.handler import server_config as act_config
+        from queueproxy.handler import server_config as qp_config
+
+        for cfg in (qp_config(), act_config()):
+            acts = cfg.req_actions
+            assert acts[b"knative-serving-revision"] == http1.H_STRIP
+            assert acts[b"knative-serving-namespace"] == http1.H_STRIP
+            assert acts[b"k-original-host"] == http1.H_STRIP
+            assert acts[b"k-network-probe"] == http1.H_KEEP
+            assert acts[b"user-agent"] == http1.H_KEEP

@@ -1,0 +1,227 @@
+"""The sans-I/O decisions of the HTTP/1.1 proxy: plain values in, a decision or bytes out.
+
+:mod:`dataplane.proxy` (the ``asyncio.Protocol`` side) asks these functions what to do and
+moves the bytes; nothing here touches a transport, a loop or a connection object, so each rule
+is tested with byte strings alone (tests/unit/test_h1core.py). What lives here so far:
+
+- request checks at dispatch (:func:`request_line_error`, :func:`framing_error`);
+- how a response is framed towards the client, and its head (:func:`response_start`);
+- the request head sent upstream (:func:`request_head`);
+- keep-alive (:func:`must_close`);
+- chunked framing pieces (:func:`last_chunk`).
+
+Parsing itself stays with httptools (llhttp); pipelining order, body buffering and the upstream
+reuse decision stay on the connection for now (h11's ``_connection.py`` is the model for the
+next step). On the interpreted build a call costs about what its work does, so the common
+request skips the checks (see ``ServerConnection._dispatch``) and the hot decisions are few,
+wide functions.
+Compiled with mypyc with the engine.
+"""
+
+from __future__ import annotations
+
+from .forwarded import forwarded_value
+from .http1 import connection_tokens, status_line
+
+__all__ = [
+    "M_CHUNKED",
+    "M_CLOSE",
+    "M_NONE",
+    "M_RAW",
+    "framing_error",
+    "last_chunk",
+    "must_close",
+    "request_head",
+    "request_line_error",
+    "response_start",
+]
+
+# Response framing towards the client.
+M_NONE = 0  # no body (HEAD, 1xx, 204, 304)
+M_RAW = 1  # Content-Length passthrough
+M_CHUNKED = 2  # re-chunked
+M_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients)
+
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_BASIC_CONN_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
+#: hdr key: the first X-Forwarded-For line when there were several (the Forwarded shim's).
+XFF_FIRST = b":xff-first"
+#: Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
+HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
+
+
+# -- requests ----------------------------------------------------------------------------------
+def request_line_error(version: str, method: bytes) -> tuple[int, str] | None:
+    """A request line the proxy refuses (status, reason), before its target is looked at."""
+    if version != "1.1" and version != "1.0":
+        if version == "0.9":
+            return 400, "malformed HTTP request"
+        return 505, "unsupported protocol version"
+    if method == b"CONNECT":
+        return 405, "CONNECT is not supported"
+    return None
+
+
+def framing_error(
+    version: str, host: bytes | None, chunked: bool, te: bytes | None
+) -> tuple[int, str] | None:
+    """Host and Transfer-Encoding checks (status, reason) once the target is in origin form;
+    ``te``: the Transfer-Encoding value (None without one)."""
+    if not host:
+        if version == "1.1":
+            return 400, "missing required Host header"
+    elif host.translate(None, HOST_BYTES):  # any byte left is not allowed in a Host
+        return 400, "malformed Host header"
+    if chunked:
+        if version == "1.0":
+            # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (Go ignores it,
+            # llhttp honours it: a front end and we could disagree on where the body ends).
+            return 400, "Transfer-Encoding in an HTTP/1.0 request"
+        if te is None or te.strip().lower() != b"chunked":
+            return 501, "unsupported transfer encoding"
+    return None
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    host: bytes,
+    hdr: dict[bytes, bytes],
+    hdr_out: list[bytes],
+    peer: bytes,
+    forwarded_shim: bool = False,
+    chunked: bool = False,
+    upgrade: bool = False,
+    extra_headers: bytes = b"",
+) -> bytes:
+    """The head of the request as sent upstream (Go ReverseProxy's rewrite): ``hdr`` holds the
+    indexed headers, ``hdr_out`` the pass-through lines as (name, ": ", value, CRLF) groups;
+    headers the Connection header names are dropped, TE only as ``trailers``, the peer appended
+    to X-Forwarded-For, the body framing re-declared."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
+    ctoks = hdr.get(b"connection")
+    listed: set[bytes] = set()
+    if ctoks is not None and ctoks.lower() not in _BASIC_CONN_TOKENS:
+        extra = listed = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
+        if extra:
+            for i in range(0, len(hdr_out), 4):
+                if hdr_out[i].lower() not in extra:
+                    parts += hdr_out[i : i + 4]
+        else:
+            parts += hdr_out
+    else:
+        parts += hdr_out
+    if b"te" in hdr and b"te" not in listed:
+        parts.append(b"TE: trailers\r\n")
+    prior = hdr.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
+    if peer:
+        parts += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
+    elif prior is not None:
+        parts += (b"X-Forwarded-For: ", prior, _CRLF)
+    if forwarded_shim and b"forwarded" not in hdr:
+        fwd = forwarded_value(
+            hdr.get(XFF_FIRST, prior),
+            hdr.get(b"x-forwarded-host"),
+            hdr.get(b"x-forwarded-proto"),
+        )
+        if fwd is not None:
+            parts += (b"Forwarded: ", fwd, _CRLF)
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+        trailer = hdr.get(b"trailer")
+        if trailer:  # Go's transport announces the declared trailers again
+            parts += (b"Trailer: ", trailer, _CRLF)
+    else:
+        clen = hdr.get(b"content-length")
+        if clen is not None:
+            parts += (b"Content-Length: ", clen, _CRLF)
+    if upgrade:
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", hdr.get(b"upgrade", b""), _CRLF)
+    if extra_headers:
+        parts.append(extra_headers)
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def last_chunk(trailers: list[bytes] | None) -> bytes:
+    """The end of a chunked body, with its trailer lines (name, ": ", value, CRLF groups)."""
+    if trailers:
+        return b"0\r\n" + b"".join(trailers) + _CRLF
+    return _LAST_CHUNK
+
+
+# -- responses ---------------------------------------------------------------------------------
+def must_close(
+    keep_alive: bool,
+    shutting_down: bool,
+    upgrade: bool,
+    expect_continue: bool,
+    sent_continue: bool,
+    body_done: bool,
+) -> bool:
+    """The client connection ends after this response: the client asked (or spoke HTTP/1.0
+    without keep-alive), the server drains, an upgrade was refused, or a body announced with
+    ``Expect: 100-continue`` was neither invited nor received (its bytes may still come)."""
+    return (
+        not keep_alive
+        or shutting_down
+        or upgrade
+        or (expect_continue and not sent_continue and not body_done)
+    )
+
+
+def response_start(
+    method: bytes,
+    status: int,
+    version: str,
+    chunked: bool,
+    clen: bytes | None,
+    resp_out: list[bytes],
+    resp_conn: bytes | None,
+    resp_extra: bytes,
+    date_line: bytes,
+    close: bool,
+) -> tuple[int, bool, bytes]:
+    """How a proxied response goes to the client: its framing mode (no body, as received with
+    Content-Length, re-chunked, or delimited by close for an HTTP/1.0 client), whether the
+    connection ends after it, and its head.
+
+    ``chunked``/``clen``: the upstream's framing (``clen`` its Content-Length value);
+    ``resp_out``: its pass-through lines (name, ": ", value, CRLF groups); ``resp_conn``: its
+    Connection value (the headers it names are dropped); ``date_line``: ``Date:`` when the
+    upstream sent none (else empty); ``close``: :func:`must_close` said so. One function, not
+    three: on the interpreted build each call costs as much as the work."""
+    if method == b"HEAD" or status == 204 or status == 304:
+        mode = M_NONE
+    elif chunked or clen is None:
+        mode = M_CHUNKED if version == "1.1" else M_CLOSE
+    else:
+        mode = M_RAW
+    parts = [status_line(status)]
+    if (
+        resp_conn is not None
+        and resp_conn.lower() not in _BASIC_CONN_TOKENS
+        and (connection_tokens(resp_conn) - _BASIC_CONN_TOKENS)
+    ):
+        extra = connection_tokens(resp_conn)
+        for i in range(0, len(resp_out), 4):
+            if resp_out[i].lower() not in extra:
+                parts += resp_out[i : i + 4]
+    else:
+        parts += resp_out
+    if resp_extra:
+        parts.append(resp_extra)
+    if clen is not None and mode in (M_RAW, M_NONE):
+        parts += (b"Content-Length: ", clen, _CRLF)
+    elif mode == M_CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if date_line:
+        parts.append(date_line)
+    if close or mode == M_CLOSE:
+        close = True
+        parts.append(b"Connection: close\r\n")
+    elif version == "1.0":
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(_CRLF)
+    return mode, close, b"".join(parts)
