@@ -302,9 +302,10 @@ _MAX_CONTINUATIONS: Final = 256  # frames in one header block
 _RESET_MEMORY: Final = 1024  # ids of streams we reset lately: their late frames are ignored
 # Rapid reset (CVE-2023-44487): a client that opens streams and resets them at once makes the
 # server start work that MAX_CONCURRENT_STREAMS never bounds. Streams the client resets before
-# they are over draw on a token bucket (a burst, refilled per second); past it the connection
-# gets GOAWAY ENHANCE_YOUR_CALM, as Go's and nginx's servers answer it. A gRPC client whose
-# deadlines expire at a few hundred calls per second stays well within it.
+# they are over draw on a token bucket (a burst, refilled per second and by each stream that
+# completes); past it the connection gets GOAWAY ENHANCE_YOUR_CALM, as Go's and nginx's servers
+# answer it. The refill by completed streams keeps a busy shared connection (the activator's to
+# a pod, carrying every client's cancellations) within budget as long as most streams complete.
 _RESET_BURST: Final = 1000
 _RESET_RATE: Final = 200.0
 # Longer than any content-length a request can carry (2**63 has 19 digits); int() of more than
@@ -486,6 +487,8 @@ class H2Conn:
         st.local_closed = True
         if st.remote_closed:
             del self.streams[st.sid]
+            if self.reset_tokens < _RESET_BURST:
+                self.reset_tokens += 1.0  # a completed stream earns back a reset
 
     def reset_stream(self, sid: int, error_code: int = 0) -> None:
         st = self.streams.pop(sid, None)
@@ -787,6 +790,8 @@ class H2Conn:
         st.remote_closed = True
         if st.local_closed:
             del self.streams[st.sid]
+            if self.reset_tokens < _RESET_BURST:
+                self.reset_tokens += 1.0
         events.append(StreamEnded(st.sid))
 
     def _headers(self, events: list[Event], flags: int, sid: int, payload: bytes) -> None:

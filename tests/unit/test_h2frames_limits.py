@@ -133,3 +133,23 @@ def test_priority_frame_depending_on_its_own_stream_is_a_stream_error() -> None:
     assert rst_codes(s) == []
     evs = s.receive_data(headers_frame(9, REQ, ("END_HEADERS", "END_STREAM")))
     assert isinstance(evs[0], F.RequestReceived)
+
+
+def test_completed_streams_earn_resets_back() -> None:
+    # A shared connection (the activator's to a pod) where many clients cancel: most streams
+    # complete, so however many are reset, the budget holds. The clock never moves here.
+    s = clocked_server(Clock())
+    sid = 1
+    for i in range(4 * F._RESET_BURST):
+        s.receive_data(headers_frame(sid, REQ, ("END_HEADERS", "END_STREAM")))
+        if i % 3:
+            s.send_headers(sid, [(b":status", b"200")], end_stream=True)
+        else:
+            assert isinstance(
+                s.receive_data(hf.RstStreamFrame(sid, 8).serialize())[0], F.StreamReset
+            )
+        sid += 2
+    assert not s.dead
+    # ...but resets alone still run out.
+    with pytest.raises(ProtocolError):
+        s.receive_data(open_and_reset(range(sid, sid + 2 * F._RESET_BURST + 2, 2)))
