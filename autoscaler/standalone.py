@@ -60,7 +60,6 @@ __all__ = ["AutoscalerEnv", "AutoscalerProcess", "main", "parse_env", "read_conf
 log = logging.getLogger("autoscaler")
 
 CONFIG_PREFIX = "KND_AUTOSCALER_"
-SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _PORT = {"minimum": 0, "maximum": 65535}
 
 
@@ -130,9 +129,14 @@ def read_config(env: Mapping[str, str]) -> AutoscalerConfig:
         raise ConfigError(f"{where}: {msg}" if where else msg) from None
 
 
-def _sa_namespace() -> str:
+def _sa_namespace(env: Mapping[str, str]) -> str:
+    """The pod's namespace from its service account (``KND_SERVICE_ACCOUNT_DIR``, as the
+    in-cluster client reads its token and CA), or ""."""
+    from platforms.kubernetes.config import SERVICE_ACCOUNT_DIR
+
+    sa_dir = env.get("KND_SERVICE_ACCOUNT_DIR", "").strip() or SERVICE_ACCOUNT_DIR
     try:
-        with open(SA_NAMESPACE_FILE, encoding="utf-8") as f:
+        with open(os.path.join(sa_dir, "namespace"), encoding="utf-8") as f:
             return f.read().strip()
     except OSError:
         return ""
@@ -146,7 +150,7 @@ def parse_env(env: Mapping[str, str]) -> AutoscalerEnv:
     pod_name = env.get("POD_NAME")
     if pod_name is not None and not pod_name.strip():
         raise ConfigError("POD_NAME: must not be empty (it is this replica's Lease identity)")
-    lease_ns = env.get("POD_NAMESPACE", "").strip() or _sa_namespace() or "knd-system"
+    lease_ns = env.get("POD_NAMESPACE", "").strip() or _sa_namespace(env) or "knd-system"
     e = AutoscalerEnv(
         namespace=namespace,
         pod_name=(pod_name or socket.gethostname()).strip(),

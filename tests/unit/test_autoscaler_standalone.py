@@ -44,6 +44,17 @@ def test_namespace_and_lease_settings() -> None:
     assert parse_env({"KND_WATCH_NAMESPACE": "web"}).namespace == "web"
 
 
+def test_lease_namespace_from_the_service_account_directory(tmp_path: Path) -> None:
+    (tmp_path / "namespace").write_text("team-a\n")
+    e = parse_env({"KND_SERVICE_ACCOUNT_DIR": str(tmp_path)})
+    assert e.lease_namespace == "team-a"
+    e = parse_env({"KND_SERVICE_ACCOUNT_DIR": str(tmp_path), "POD_NAMESPACE": "knd-system"})
+    assert e.lease_namespace == "knd-system"  # the Downward API's value wins
+    assert parse_env({"KND_SERVICE_ACCOUNT_DIR": str(tmp_path / "none")}).lease_namespace == (
+        "knd-system"
+    )
+
+
 def test_config_from_directory_and_variables(tmp_path: Path) -> None:
     d = tmp_path / "config-autoscaler"
     d.mkdir()
