@@ -62,7 +62,8 @@ compiled: $(STAMP)
 NOT_COMPILED := test_fakekube test_k8s_informer test_k8s_lease test_k8s_scale test_k8s_standalone \
 	test_k8s_standalone_activator test_k8s_autoscaler test_kubernetes_knative test_knd \
 	test_local_platform test_observability_aiohttp test_observability_knd test_scraper \
-	test_statserver test_statsink
+	test_statserver test_statsink test_knd_newcomer test_k8s_incluster test_k8s_manifests \
+	test_httpget
 test-compiled: compiled
 	PYTHONPATH=$(CURDIR)/build/compiled $(BIN)/python -m pytest tests/integration -q \
 		$(foreach t,$(NOT_COMPILED),--ignore=tests/integration/$(t).py) $(PYTEST_ARGS)
