@@ -32,6 +32,7 @@ COMPILED = [
     "activator/lb_policy.py",
     "activator/reporter.py",
     "activator/handler.py",
+    "activator/revisions.py",
 ]
 
 ext_modules = []

@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from dataplane.proxy import ServerConfig
 from dataplane.request import Request
-from dataplane.timeouts import TimeoutPolicy
 from dataplane.tracing import set_upstream_traceparent
-from dataplane.upstream import UpstreamPool
-from platforms.base import Endpoints, Revision, RevisionKey
+from platforms.base import RevisionKey
 
-from .backends import ProbeFn, RevisionBackends, probe_queue_proxy
-from .reporter import ConcurrencyReporter
-from .throttler import Lease, QueueFullError, RevisionThrottler, Ticket
+from .backends import ProbeFn, probe_queue_proxy
+from .reporter import ConcurrencyReporter, ReportTicker
+from .revisions import Revisions, RevisionState
+from .throttler import Lease, QueueFullError, Ticket
 
 if TYPE_CHECKING:
     from dataplane.promtext import Histogram
@@ -41,7 +40,6 @@ __all__ = [
     "STRIPPED_HEADERS",
     "WAIT_HEADER",
     "Activator",
-    "RevisionState",
     "server_config",
 ]
 
@@ -73,98 +71,6 @@ _PROXY_HEADERS = b"K-Proxy-Request: activator\r\nK-Original-Host: "
 _FAILED_HEADERS = _TEXT + b"X-Content-Type-Options: nosniff\r\n"
 
 
-class RevisionState:
-    """Everything the activator keeps per revision."""
-
-    def __init__(self, act: Activator, rev: Revision) -> None:
-        self.act = act
-        self.rev = rev
-        self.key = rev.key
-        self.throttler = RevisionThrottler(rev.container_concurrency, queue_depth=act.queue_depth)
-        self.backends = RevisionBackends(
-            rev.key,
-            self._healthy,
-            probe=act.probe,
-            frequency=act.probe_frequency,
-            timeout=act.probe_timeout,
-            mesh_mode=act.mesh_mode,
-            on_cluster=self._cluster,
-        )
-        self.pools: dict[str, UpstreamPool] = {}
-        self.queued = 0
-        self.active = 0
-        self.deleted = False
-        self.configure(rev)
-
-    def configure(self, rev: Revision) -> None:
-        self.rev = rev
-        self.timeouts = TimeoutPolicy(
-            rev.timeout_seconds, rev.response_start_timeout_seconds, rev.idle_timeout_seconds
-        )
-        qw = rev.queue_wait_seconds if rev.queue_wait_seconds is not None else self.act.queue_wait
-        self.queue_wait = qw if qw is not None and qw > 0 else None
-        self.labels = (rev.namespace, rev.name)
-        # Why the revision cannot start (None: it can): while no pod has capacity, requests
-        # are answered with 503 and this body at once instead of being held.
-        self.failure: bytes | None = rev.failure.encode() + b"\n" if rev.failure else None
-
-    def enqueue(self) -> None:
-        """A request starts waiting for capacity."""
-        self.queued += 1
-        if self.queued == 1:
-            self.backends.set_demand(True)
-        on_held = self.act.on_held
-        if on_held is not None:
-            on_held(self.key, self.queued)
-
-    def unqueue(self) -> None:
-        """A waiting request was granted, answered or went away."""
-        self.queued -= 1
-        if self.queued == 0:
-            self.backends.set_demand(False)
-        on_held = self.act.on_held
-        if on_held is not None:
-            on_held(self.key, self.queued)
-
-    def pool(self, dest: str) -> UpstreamPool:
-        p = self.pools.get(dest)
-        if p is None:
-            host, _, port = dest.rpartition(":")
-            tls = self.act.upstream_tls  # internal TLS: the pod's TLS port, our namespace's SAN
-            p = UpstreamPool(
-                host.strip("[]"),
-                int(port) if tls is None else tls.port,
-                max_idle=self.act.max_idle_per_host,
-                loop=self.act.loop,
-                tls=None if tls is None else tls.for_namespace(self.rev.namespace),
-            )
-            self.pools[dest] = p
-        return p
-
-    def _healthy(self, dests: list[str]) -> None:
-        # Pools of pods that left: idle connections closed, busy ones finish their exchange.
-        keep = set(dests)
-        if self.throttler.cluster is not None:
-            keep.add(self.throttler.cluster)
-        for dest in list(self.pools):
-            if dest not in keep:
-                self.pools.pop(dest).close()
-        self.throttler.update_backends(dests)
-
-    def _cluster(self, dest: str | None, ready: int) -> None:
-        # The ClusterIP fallback (activator/backends.py): through the private service, or not.
-        old = self.throttler.cluster
-        if old is not None and old != dest and old in self.pools:
-            self.pools.pop(old).close()
-        self.throttler.update_cluster(dest, ready)
-
-    def close(self) -> None:
-        self.backends.close()
-        for p in self.pools.values():
-            p.close()
-        self.pools.clear()
-
-
 class _Request:
     """Per-request state of a proxied request (``Request.ctx``)."""
 
@@ -179,8 +85,8 @@ class _Request:
         self.wait_start = 0.0
         self.wait_timer: asyncio.TimerHandle | None = None
 
-    def grant(self, lease: Lease) -> None:
-        """The throttler gave this waiting request a pod."""
+    def __call__(self, lease: Lease) -> None:
+        """The throttler gave this waiting request a pod (a :class:`HeldRequest`)."""
         rs = self.rs
         self.ticket = None
         rs.unqueue()
@@ -233,7 +139,8 @@ class _Request:
 
 
 class Activator:
-    """Request handler plus platform-event receiver for one activator process."""
+    """The request path of one activator process, and its stats tick; the revisions it knows
+    are in ``registry`` (activator/revisions.py), which the platform's events update."""
 
     def __init__(
         self,
@@ -268,12 +175,10 @@ class Activator:
         self.tracer = tracer
         self.upstream_tls: ClientTLS | None = None  # set by main with system-internal-tls
         self.reporter = ConcurrencyReporter(pod_name, loop.time())
-        self.revisions: dict[RevisionKey, RevisionState] = {}
-        self.hosts: dict[bytes, RevisionKey] = {}
-        self._pending_eps: dict[RevisionKey, Endpoints] = {}
-        self._pending_acts: dict[RevisionKey, tuple[int, int]] = {}
+        # The platform-event receiver: pass ``registry`` to a platform's ``start``.
+        self.registry = Revisions(self)
         self.sigterm = False
-        self._tick: asyncio.TimerHandle | None = None
+        self.ticker = ReportTicker(loop, self.reporter, send_stats)  # stats every second
         # Requests whose Host names no revision go here when set (knd run with one service).
         self.default_key: RevisionKey | None = None
         # Called with (revision, milliseconds, pod address) whenever a request waited for
@@ -285,84 +190,13 @@ class Activator:
         # Why kubelet probes fail while ``connected()`` is False (default: Knative's text).
         self.unready_reason: Callable[[], str] | None = None
 
-    # -- platform events -------------------------------------------------------------------
-    def revision_updated(self, rev: Revision) -> None:
-        rs = self.revisions.get(rev.key)
-        if rs is None:
-            rs = self.revisions[rev.key] = RevisionState(self, rev)
-            eps = self._pending_eps.pop(rev.key, None)
-            if eps is not None:
-                rs.backends.update(eps)
-            acts = self._pending_acts.pop(rev.key, None)
-            if acts is not None:
-                rs.throttler.update_activators(*acts)
-        else:
-            if rev.container_concurrency != rs.rev.container_concurrency:
-                log.warning(
-                    "containerConcurrency of %s/%s changed; it applies to new revisions only",
-                    rev.namespace,
-                    rev.name,
-                )
-            rs.configure(rev)
-        if rs.failure is not None and rs.throttler.capacity == 0:
-            self.fail_waiting(rev.key, rs.failure)
-        self._reindex_hosts()
-
-    def fail_waiting(self, key: RevisionKey, body: bytes) -> int:
-        """Answer every request held for ``key`` with 503 ``body`` (its pods cannot start);
-        returns how many were answered."""
-        rs = self.revisions.get(key)
-        if rs is None:
-            return 0
-        n = 0
-        for on_grant in rs.throttler.cancel_waiting():
-            req = getattr(on_grant, "__self__", None)
-            if isinstance(req, _Request):
-                req.fail(body)
-                n += 1
-        return n
-
-    def revision_deleted(self, key: RevisionKey) -> None:
-        rs = self.revisions.pop(key, None)
-        if rs is not None:
-            rs.deleted = True
-            rs.close()
-        self._pending_eps.pop(key, None)
-        self._reindex_hosts()
-
-    def endpoints_updated(self, key: RevisionKey, eps: Endpoints) -> None:
-        rs = self.revisions.get(key)
-        if rs is None:
-            self._pending_eps[key] = eps
-        else:
-            rs.backends.update(eps)
-
-    def activators_updated(self, key: RevisionKey, index: int, count: int) -> None:
-        rs = self.revisions.get(key)
-        if rs is None:
-            self._pending_acts[key] = (index, count)
-        else:
-            rs.throttler.update_activators(index, count)
-
-    def _reindex_hosts(self) -> None:
-        self.hosts = {h.encode(): rs.key for rs in self.revisions.values() for h in rs.rev.hosts}
-
-    # -- stats -----------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        self._tick = self.loop.call_later(1.0, self._report)
+        self.ticker.start()
 
     def stop(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
-        for rs in self.revisions.values():
-            rs.close()
-
-    def _report(self) -> None:
-        self._tick = self.loop.call_later(1.0, self._report)
-        msgs = self.reporter.report(self.loop.time())
-        if msgs:
-            self.send_stats(msgs)
+        self.ticker.stop()
+        self.registry.close()
 
     def observe_wait(self, rs: RevisionState, waited: float, dest: str) -> None:
         h = self.wait_histogram
@@ -435,7 +269,7 @@ class Activator:
             ex.respond(503, rs.failure, _FAILED_HEADERS)
             return
         try:
-            got = rs.throttler.try_acquire(req.grant)
+            got = rs.throttler.try_acquire(req)
         except QueueFullError:
             if req.spans is not None:
                 req.spans.end_wait("pending request queue full")
@@ -478,7 +312,7 @@ class Activator:
             h = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
             # A platform's own host names first (standalone mode routes a Service's
             # <svc>.<ns>.svc.<domain> to a Deployment of another name), then Knative's rule.
-            key = self.hosts.get(h)
+            key = self.registry.hosts.get(h)
             if key is None:
                 parts = h.split(b".", 3)  # Go's SplitN(host, ".", 4): the domain may have dots
                 if len(parts) == 4 and parts[2] == b"svc" and parts[3] == self.cluster_domain:
@@ -492,7 +326,7 @@ class Activator:
                             f"{h.decode('latin-1')!r}",
                         )
                         return None
-        rs = self.revisions.get(key)
+        rs = self.registry.revisions.get(key)
         if rs is None:
             ex.error(
                 404,
@@ -501,7 +335,7 @@ class Activator:
         return rs
 
     def _bound(self, ex: Request, key: RevisionKey) -> RevisionState | None:
-        rs = self.revisions.get(key)
+        rs = self.registry.revisions.get(key)
         if rs is None:
             ex.error(
                 404,
@@ -527,6 +361,15 @@ class Activator:
         self.reporter.request_out(rs.key, self.loop.time())
 
     # -- introspection (metrics) -----------------------------------------------------------
+    @property
+    def revisions(self) -> dict[RevisionKey, RevisionState]:
+        """The revisions known (read-only view for status and metrics; see ``registry``)."""
+        return self.registry.revisions
+
+    def fail_waiting(self, key: RevisionKey, body: bytes) -> int:
+        """Answer every request held for ``key`` with 503 ``body``; how many were answered."""
+        return self.registry.fail_waiting(key, body)
+
     def gauges(self) -> list[tuple[tuple[str, str], int, int]]:
         """(labels, queued, active) per revision."""
-        return [(rs.labels, rs.queued, rs.active) for rs in self.revisions.values()]
+        return self.registry.gauges()

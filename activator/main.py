@@ -134,7 +134,7 @@ class ActivatorProcess:
         tls = self._load_tls() if env.internal_tls else None  # bad certificates: exit first
         if self.platform is None:  # (an embedding may have set one)
             self.platform = await make_platform(env)
-        await self.platform.start(self.activator)
+        await self.platform.start(self.activator.registry)
         await self.sink.start()
         self.activator.start()
         host = env.bind_host or None

@@ -16,10 +16,13 @@ The activator never sets the proxied fields of ``Stat``, nor ``process_uptime`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from dataplane.statpb import Stat, WireStatMessage
 from dataplane.stats import RequestStats
 
-__all__ = ["ConcurrencyReporter", "RevisionKey"]
+__all__ = ["ConcurrencyReporter", "ReportTicker", "RevisionKey"]
 
 RevisionKey = tuple[str, str]  # (namespace, name)
 
@@ -103,3 +106,35 @@ class ConcurrencyReporter:
     def __len__(self) -> int:
         """Number of revisions currently tracked."""
         return len(self._stats)
+
+
+class ReportTicker:
+    """The 1 s tick that ships a :class:`ConcurrencyReporter`'s batch with ``send`` (the only
+    I/O of the activator's stats: a timer on ``loop``)."""
+
+    __slots__ = ("_handle", "loop", "reporter", "send")
+
+    def __init__(
+        self,
+        loop: Any,
+        reporter: ConcurrencyReporter,
+        send: Callable[[list[WireStatMessage]], None],
+    ) -> None:
+        self.loop = loop
+        self.reporter = reporter
+        self.send = send
+        self._handle: Any = None
+
+    def start(self) -> None:
+        self._handle = self.loop.call_later(1.0, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        self._handle = self.loop.call_later(1.0, self._tick)
+        msgs = self.reporter.report(self.loop.time())
+        if msgs:
+            self.send(msgs)

@@ -273,7 +273,7 @@ class Runner:
         if len(o.services) == 1:
             self.activator.default_key = ("default", f"{o.services[0].name}-00001")
         await self.platform.start(
-            AutoscalerFeed(self.autoscaler, self._invalid, router=self.activator)
+            AutoscalerFeed(self.autoscaler, self._invalid, router=self.activator.registry)
         )
         self.activator.start()
         self.autoscaler.start()

@@ -205,7 +205,7 @@ async def test_scale_from_zero_on_a_held_request_and_back_to_zero(
         KubeAPI(ApiClient(kube.configuration())), owns_api=True, api_wait=5
     )
     server = HTTPServer(act, ServerConfig(timeout_body=b"activator request timeout"), loop=loop)
-    await act_platform.start(act)
+    await act_platform.start(act.registry)
     await sink.start()
     act.start()
     sock = socket.create_server(("127.0.0.1", 0))  # asyncio's loop needs a socket.socket

@@ -228,3 +228,60 @@ class TestSeveralRevisions:
     def test_no_revisions_no_messages(self, cr: ConcurrencyReporter) -> None:
         assert cr.report(1.0) == []
         assert cr.concurrency() == {}
+
+
+class _Timers:
+    """call_later that runs only when the test says (no wall clock)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pending: list[tuple[float, object]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay: float, fn: object) -> _Handle:
+        h = _Handle(self.now + delay, fn)
+        self.pending.append((h.when, h))
+        return h
+
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        due = [h for when, h in self.pending if when <= self.now and not h.cancelled]
+        self.pending = [(w, h) for w, h in self.pending if h not in due]
+        for h in due:
+            h.fn()
+
+
+class _Handle:
+    def __init__(self, when: float, fn: object) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_report_ticker_ships_a_batch_every_second_until_stopped() -> None:
+    from activator.reporter import ConcurrencyReporter, ReportTicker
+
+    loop = _Timers()
+    sent: list[int] = []
+    rep = ConcurrencyReporter("activator-0", 0.0)
+    ticker = ReportTicker(loop, rep, lambda msgs: sent.append(len(msgs)))
+    ticker.start()
+    rep.request_in(("default", "r-1"), 0.1)
+    loop.advance(1.0)
+    assert sent == [1]  # one revision with activity: one message
+    rep.request_out(("default", "r-1"), 1.5)
+    loop.advance(1.0)
+    assert sent == [1, 1]
+    loop.advance(1.0)  # idle for a whole period: its last (zero) report, then it is gone
+    assert sent == [1, 1, 1]
+    loop.advance(1.0)
+    assert sent == [1, 1, 1]  # nothing left to report
+    ticker.stop()
+    rep.request_in(("default", "r-1"), 4.5)
+    loop.advance(5.0)
+    assert sent == [1, 1, 1]  # stopped: no tick
