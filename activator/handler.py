@@ -26,7 +26,7 @@ from platforms.base import RevisionKey
 
 from .backends import ProbeFn, probe_queue_proxy
 from .reporter import ConcurrencyReporter, ReportTicker
-from .revisions import Revisions, RevisionState
+from .revisions import HeldRequest, Revisions, RevisionState
 from .throttler import Lease, QueueFullError, Ticket
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ _PROXY_HEADERS = b"K-Proxy-Request: activator\r\nK-Original-Host: "
 _FAILED_HEADERS = _TEXT + b"X-Content-Type-Options: nosniff\r\n"
 
 
-class _Request:
+class _Request(HeldRequest):
     """Per-request state of a proxied request (``Request.ctx``)."""
 
     __slots__ = ("ex", "lease", "rs", "spans", "ticket", "wait_start", "wait_timer")

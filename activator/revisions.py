@@ -10,7 +10,7 @@ indexes the platform's host names. The request path (activator/handler.py) only 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 from dataplane.timeouts import TimeoutPolicy
 from dataplane.upstream import UpstreamPool
@@ -27,13 +27,18 @@ __all__ = ["HeldRequest", "RevisionState", "Revisions"]
 log = logging.getLogger("activator")
 
 
-@runtime_checkable
-class HeldRequest(Protocol):
-    """A request waiting in a throttler: granted a lease, or failed with a 503 body."""
+class HeldRequest:
+    """A request waiting in a throttler: granted a lease (called with it), or failed with a 503
+    body. The activator's per-request object derives from it (a base class, not a Protocol:
+    mypyc compiles this module, and an ``isinstance`` check needs a real class)."""
 
-    def __call__(self, lease: Lease) -> None: ...
+    __slots__ = ()
 
-    def fail(self, body: bytes, extra: bytes = b"") -> None: ...
+    def __call__(self, lease: Lease) -> None:
+        raise NotImplementedError
+
+    def fail(self, body: bytes, extra: bytes = b"") -> None:
+        raise NotImplementedError
 
 
 class RevisionState:
