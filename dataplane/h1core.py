@@ -20,6 +20,8 @@ Compiled with mypyc with the engine.
 
 from __future__ import annotations
 
+import re
+
 from .forwarded import forwarded_value
 from .http1 import connection_tokens, status_line
 
@@ -29,11 +31,13 @@ __all__ = [
     "M_NONE",
     "M_RAW",
     "framing_error",
+    "keep_alive_asked",
     "last_chunk",
     "must_close",
     "request_head",
     "request_line_error",
     "response_start",
+    "unsupported_version",
 ]
 
 # Response framing towards the client.
@@ -45,6 +49,7 @@ M_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients)
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _BASIC_CONN_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
+_LENGTH_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 #: hdr key: the first X-Forwarded-For line when there were several (the Forwarded shim's).
 XFF_FIRST = b":xff-first"
 #: Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
@@ -52,6 +57,26 @@ HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%
 
 
 # -- requests ----------------------------------------------------------------------------------
+_VERSION_TOKEN = re.compile(rb" HTTP/([0-9])\.[0-9]\r?\n")
+
+
+def unsupported_version(data: bytes) -> bool:
+    """The parser refused a request in ``data``: does its request line carry a well-formed
+    ``HTTP/x.y`` with a major version other than 1? Go answers those 505, other bad versions
+    400."""
+    m = _VERSION_TOKEN.search(data)
+    return m is not None and m.group(1) != b"1"
+
+
+def keep_alive_asked(version: str, connection: bytes | None) -> bool:
+    """Whether a request asks to keep its connection, read as Go reads it: from Connection
+    only (llhttp also honours ``Proxy-Connection``, which Go ignores)."""
+    tokens = connection_tokens(connection) if connection else set()
+    if version == "1.0":
+        return b"keep-alive" in tokens
+    return b"close" not in tokens
+
+
 def request_line_error(version: str, method: bytes) -> tuple[int, str] | None:
     """A request line the proxy refuses (status, reason), before its target is looked at."""
     if version != "1.1" and version != "1.0":
@@ -136,6 +161,10 @@ def request_head(
         clen = hdr.get(b"content-length")
         if clen is not None:
             parts += (b"Content-Length: ", clen, _CRLF)
+        elif method in _LENGTH_METHODS:
+            # Go's transport declares an empty body for these methods ("many servers expect
+            # a Content-Length"), and apps behind Knative see it.
+            parts.append(b"Content-Length: 0\r\n")
     if upgrade:
         parts += (b"Connection: Upgrade\r\nUpgrade: ", hdr.get(b"upgrade", b""), _CRLF)
     if extra_headers:
@@ -182,6 +211,7 @@ def response_start(
     resp_extra: bytes,
     date_line: bytes,
     close: bool,
+    trailer: bytes | None = None,
 ) -> tuple[int, bool, bytes]:
     """How a proxied response goes to the client: its framing mode (no body, as received with
     Content-Length, re-chunked, or delimited by close for an HTTP/1.0 client), whether the
@@ -190,8 +220,11 @@ def response_start(
     ``chunked``/``clen``: the upstream's framing (``clen`` its Content-Length value);
     ``resp_out``: its pass-through lines (name, ": ", value, CRLF groups); ``resp_conn``: its
     Connection value (the headers it names are dropped); ``date_line``: ``Date:`` when the
-    upstream sent none (else empty); ``close``: :func:`must_close` said so. One function, not
-    three: on the interpreted build each call costs as much as the work."""
+    upstream sent none (else empty); ``close``: :func:`must_close` said so; ``trailer``: the
+    trailer names a chunked upstream announced, announced again. An HTTP/1.0 client gets no
+    ``Connection: close`` (the end of the connection is HTTP/1.0's default; Go writes none
+    either). One function, not three: on the interpreted build each call costs as much as the
+    work."""
     if method == b"HEAD" or status == 204 or status == 304:
         mode = M_NONE
     elif chunked or clen is None:
@@ -216,11 +249,14 @@ def response_start(
         parts += (b"Content-Length: ", clen, _CRLF)
     elif mode == M_CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
+    if trailer is not None:
+        parts += (b"Trailer: ", trailer, _CRLF)
     if date_line:
         parts.append(date_line)
     if close or mode == M_CLOSE:
         close = True
-        parts.append(b"Connection: close\r\n")
+        if version != "1.0":
+            parts.append(b"Connection: close\r\n")
     elif version == "1.0":
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(_CRLF)

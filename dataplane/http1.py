@@ -18,8 +18,8 @@ __all__ = [
     "escape_high_bytes",
     "go_request_target",
     "request_actions",
-    "request_trailer_names",
     "status_line",
+    "trailer_names",
 ]
 
 # Go's net/http status texts (the queue-proxy writes Go's reason phrases, not the upstream's).
@@ -76,13 +76,14 @@ H_UPGRADE = 8  # Upgrade: remembered; re-emitted only on upgrade requests
 H_CLEN = 9  # Content-Length: remembered; re-emitted by the framing logic
 H_TENC = 10  # Transfer-Encoding: remembered; re-framed by us
 H_TRAILER = 12  # Trailer: remembered (all lines joined); re-announced on chunked requests
+H_PROXY_CONN = 13  # Proxy-Connection: remembered (llhttp reads it as Connection; Go does not)
 
 #: The engine's table: what HTTP itself (and the proxy's forwarding logic) needs.
 REQ_ACTIONS: dict[bytes, int] = {
     b"host": H_HOST,
     b"connection": H_CONNECTION,
     b"keep-alive": H_DROP,
-    b"proxy-connection": H_DROP,
+    b"proxy-connection": H_PROXY_CONN,
     b"proxy-authenticate": H_DROP,
     b"proxy-authorization": H_DROP,
     b"te": H_TE,
@@ -121,6 +122,7 @@ R_TENC = 3
 R_CONNECTION = 4
 R_UPGRADE = 5
 R_DATE = 6
+R_TRAILER = 7  # Trailer: remembered; re-announced for a chunked response (Go ReverseProxy)
 
 RESP_ACTIONS: dict[bytes, int] = {
     b"connection": R_CONNECTION,
@@ -129,7 +131,7 @@ RESP_ACTIONS: dict[bytes, int] = {
     b"proxy-authenticate": R_DROP,
     b"proxy-authorization": R_DROP,
     b"te": R_DROP,
-    b"trailer": R_DROP,
+    b"trailer": R_TRAILER,
     b"transfer-encoding": R_TENC,
     b"upgrade": R_UPGRADE,
     b"content-length": R_CLEN,
@@ -292,9 +294,11 @@ def _canonical_key(name: bytes) -> bytes:
     return b"-".join(part[:1].upper() + part[1:].lower() for part in name.split(b"-"))
 
 
-def request_trailer_names(value: bytes) -> bytes | None:
-    """The ``Trailer:`` line value Go's transport announces for a chunked request declaring
-    ``value`` (canonical names, sorted, comma-joined); None for a forbidden name (Go: 400)."""
+def trailer_names(value: bytes, sep: bytes = b",") -> bytes | None:
+    """The ``Trailer:`` line value Go announces again for a chunked message declaring ``value``
+    (canonical names, sorted, joined by ``sep``: its transport joins a request's with ``,``, its
+    ReverseProxy a response's with ``, ``); None for a forbidden name (Go refuses the message:
+    400 for a request, 502 for a response)."""
     names = set()
     for part in value.split(b","):
         name = part.strip(b" \t")
@@ -304,4 +308,4 @@ def request_trailer_names(value: bytes) -> bytes | None:
         if key in _BAD_TRAILER_KEYS:
             return None
         names.add(key)
-    return b",".join(sorted(names))
+    return sep.join(sorted(names))

@@ -32,11 +32,13 @@ from .h1core import (
     M_NONE,
     XFF_FIRST,
     framing_error,
+    keep_alive_asked,
     last_chunk,
     must_close,
     request_head,
     request_line_error,
     response_start,
+    unsupported_version,
 )
 from .handle import RequestHandle
 from .http1 import (
@@ -54,9 +56,9 @@ from .http1 import (
     escape_high_bytes,
     go_request_target,
     request_actions,
-    request_trailer_names,
     restore_high_bytes,
     status_line,
+    trailer_names,
 )
 from .sockets import listen_socket
 from .upstream import UpstreamConnection, UpstreamPool
@@ -95,8 +97,9 @@ class _ParseLimit(Exception):
         self.status = status
 
 
-class _LimitReached(httptools.HttpParserError):
-    """A head limit found on the raw bytes (handled like a parse error)."""
+class _Refusal(httptools.HttpParserError):
+    """A refusal found on the raw bytes (a head limit, an unsupported HTTP version), handled
+    like a parse error."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -154,6 +157,13 @@ class ServerConfig:
         self.req_actions = request_actions(self.index_headers, strip)
         self.forwarded_shim = forwarded_shim
         self.tunnel_drain_timeout = tunnel_drain_timeout
+
+
+#: How long an ``Expect: 100-continue`` request waits for the app's own ``100 Continue`` before
+#: the proxy invites the body itself (Go's http.Transport ExpectContinueTimeout, which
+#: Knative's transports keep).
+EXPECT_CONTINUE_TIMEOUT = 1.0
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Exchange(RequestHandle):
@@ -238,7 +248,8 @@ class Exchange(RequestHandle):
             self.body_done,
         ):
             self.closing = True
-            parts.append(b"Connection: close\r\n")
+            if self.version != "1.0":  # (HTTP/1.0's default; Go writes none either)
+                parts.append(b"Connection: close\r\n")
         elif self.version == "1.0":
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(_CRLF)
@@ -249,6 +260,16 @@ class Exchange(RequestHandle):
         self.resp_started = True
         conn.transport.write(b"".join(parts))
         self._finish()
+
+    def refuse(self, status: int, reason: str) -> None:
+        """Refuse the request before any handler sees it, as Go's server does (its answer to
+        these always says ``Connection: close``, to an HTTP/1.0 client too)."""
+        self.keep_alive = False
+        body = reason.encode() + b"\n"
+        headers = error_body_headers(body)
+        if self.version == "1.0":
+            headers += b"Connection: close\r\n"
+        self.respond(status, body, headers, content_length=False)
 
     # -- proxying --------------------------------------------------------------------------
     def proxy(
@@ -323,11 +344,25 @@ class Exchange(RequestHandle):
             parts.append(self._last_chunk())
         self.head_sent = True
         up.transport.write(b"".join(parts))
+        if self.expect_continue and not self.body_done and not self.sent_continue:
+            conn.loop.call_later(EXPECT_CONTINUE_TIMEOUT, self._continue_anyway)
         if conn.write_paused and not up.read_paused:
             up.read_paused = True
             up.transport.pause_reading()
         if up.write_paused:
             conn.pause(P_UPSTREAM)
+
+    def _continue_anyway(self) -> None:
+        """The app said nothing within EXPECT_CONTINUE_TIMEOUT of an ``Expect: 100-continue``
+        request: invite the body ourselves (a client that waits for the invitation would
+        otherwise wait until a timeout; Go's transport gives up waiting after the same second
+        and starts reading the body, which makes its server send ``100 Continue``)."""
+        if self.done or self.resp_started or self.sent_continue or self.body_done:
+            return
+        if self.version == "1.1" and self.upstream is not None:
+            self.sent_continue = True
+            self.out.append(_CONTINUE)
+            self.flush_out()
 
     def upstream_paused(self) -> None:
         """The upstream cannot take more: stop reading the client."""
@@ -381,6 +416,8 @@ class Exchange(RequestHandle):
         if self.version != "1.1" or self.resp_started:
             return
         if status == 100:
+            if self.sent_continue:
+                return  # said already (the app was late: see _continue_anyway)
             self.sent_continue = True
         self.out += (status_line(status), *up.resp_out, _CRLF)
 
@@ -409,6 +446,7 @@ class Exchange(RequestHandle):
                 self.sent_continue,
                 self.body_done,
             ),
+            up.resp_trailer,
         )
         self.resp_mode = mode
         if close:
@@ -750,6 +788,8 @@ class ServerConnection(asyncio.Protocol):
                 preface = self.h2_preface(data)
                 if preface is not None and h2c(self, preface):
                     return  # the connection now belongs to the h2c protocol
+            if in_head and str(e) == "Invalid HTTP version" and unsupported_version(data):
+                e = _Refusal(505, "unsupported protocol version")  # Go's status and words
             self._parse_error(e)
             return
         if self._ready is not None:
@@ -760,9 +800,9 @@ class ServerConnection(asyncio.Protocol):
                 # A head still unfinished past both limits: httptools keeps accumulating an
                 # unterminated line (on_url/on_header only see it once it ends), so stop here.
                 if self._hdr_count == self._max_hdrs:  # no header line yet
-                    self._parse_error(_LimitReached(414, "request URI too long"))
+                    self._parse_error(_Refusal(414, "request URI too long"))
                 else:
-                    self._parse_error(_LimitReached(431, "request header fields too large"))
+                    self._parse_error(_Refusal(431, "request header fields too large"))
 
     def _track_line(self, before: Exchange | None, data: bytes) -> None:
         """After a read that left a head unfinished: is its request line still open? (Only
@@ -991,6 +1031,8 @@ class ServerConnection(asyncio.Protocol):
         ex.version = p.get_http_version()
         ex.method = p.get_method()
         ex.keep_alive = p.should_keep_alive()
+        if b"proxy-connection" in ex.hdr:  # (rare: the common request skips the call)
+            ex.keep_alive = keep_alive_asked(ex.version, ex.hdr.get(b"connection"))
         ex.upgrade = p.should_upgrade()
         ex.req_chunked = b"transfer-encoding" in ex.hdr
         self._head_seen = 0
@@ -1046,19 +1088,19 @@ class ServerConnection(asyncio.Protocol):
             else None
         )
         if bad is not None:
-            ex.keep_alive = False
-            ex.error(*bad)
+            ex.refuse(*bad)
             return
         t = ex.target
-        if t[:1] != b"/" and t != b"*" and not _absolute_form(ex):
-            ex.keep_alive = False
-            ex.error(400, "malformed request target")
-            return
+        star = False
+        if t[:1] != b"/":
+            star = t == b"*"
+            if not star and not _absolute_form(ex):
+                ex.refuse(400, "malformed request target")
+                return
         if 1 in ex.target.translate(TARGET_MARKS):  # the common target skips the call
             fwd = go_request_target(ex.target)
             if fwd is None:
-                ex.keep_alive = False
-                ex.error(400, "malformed request target: invalid URL escape")
+                ex.refuse(400, "malformed request target: invalid URL escape")
                 return
             ex.target = fwd
         hdr = ex.hdr
@@ -1070,17 +1112,20 @@ class ServerConnection(asyncio.Protocol):
             else None
         )
         if bad is not None:
-            ex.keep_alive = False
-            ex.error(*bad)
+            ex.refuse(*bad)
             return
         trailer = ex.hdr.get(b"trailer") if ex.req_chunked else None
         if trailer is not None:
-            names = request_trailer_names(trailer)
+            names = trailer_names(trailer)
             if names is None:
-                ex.keep_alive = False
-                ex.error(400, "bad trailer key")
+                ex.refuse(400, "bad trailer key")
                 return
             ex.hdr[b"trailer"] = names
+        if star and ex.method == b"OPTIONS":
+            # The server's own question (RFC 9110 9.3.7): Go's server answers it before any
+            # handler (200, empty), so the app never sees it and no stats count it.
+            ex.respond(200)
+            return
         try:
             server.handler(ex)
         except Exception:
@@ -1158,7 +1203,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _parse_error(self, e: Exception) -> None:
         cause = e.__context__
-        if isinstance(e, _LimitReached):
+        if isinstance(e, _Refusal):
             status, reason = e.status, str(e)
         elif isinstance(cause, _ParseLimit):
             status, reason = cause.status, str(cause)

@@ -28,8 +28,10 @@ from .http1 import (
     R_CONNECTION,
     R_DATE,
     R_TENC,
+    R_TRAILER,
     R_UPGRADE,
     RESP_ACTIONS,
+    trailer_names,
 )
 from .sockets import ip_family
 
@@ -116,6 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
         "resp_complete",
         "resp_conn",
         "resp_out",
+        "resp_trailer",
         "resp_upgrade",
         "reused",
         "saw_date",
@@ -149,6 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.resp_chunked = False
         self.resp_conn: bytes | None = None
         self.resp_upgrade: bytes | None = None
+        self.resp_trailer: bytes | None = None
         self.saw_date = False
         self.interim = False
         self.in_trailers = False
@@ -249,6 +253,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.resp_conn = value if self.resp_conn is None else self.resp_conn + b"," + value
         elif act == R_UPGRADE:
             self.resp_upgrade = value
+        elif act == R_TRAILER:
+            prior = self.resp_trailer
+            self.resp_trailer = value if prior is None else prior + b"," + value
         # R_DROP: hop-by-hop, not forwarded
 
     def on_headers_complete(self) -> None:
@@ -261,6 +268,16 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.relay_interim(self, status)
             return
         self.in_trailers = True
+        if self.resp_trailer is not None:
+            # Go's client reads a Trailer announcement only on a chunked response, and its
+            # ReverseProxy announces those names again (Trailer itself is hop-by-hop).
+            if self.resp_chunked:
+                names = trailer_names(self.resp_trailer, b", ")
+                if names is None:
+                    raise _BadResponse("bad trailer key")
+                self.resp_trailer = names or None
+            else:
+                self.resp_trailer = None
         # Read now: once the message completes the parser state is reset.
         self.keep_alive = self.parser.should_keep_alive()
         ex.response_head(self, status)

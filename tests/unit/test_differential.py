@@ -76,3 +76,36 @@ def test_generated_requests_are_reproducible(diff: ModuleType) -> None:
     assert [g.data for g in first] == [g.data for g in diff.generate(60, 7)]
     assert len({g.data for g in first}) > 40
     assert any(b"\xc3" in g.data.split(b"\r\n")[0] for g in diff.generate(300, 1))
+
+
+def test_known_difference_explained(diff: ModuleType) -> None:
+    a = obs(diff)
+    b = obs(diff, headers=[("Date", "x"), ("Content-Type", "text/plain; charset=utf-8")])
+    assert diff.explain(a, b) == (["Content-Type guessed by Go"], [])
+
+
+def test_refusals_with_the_same_status_explained(diff: ModuleType) -> None:
+    a = obs(diff, status=400, app=None, body="malformed request target: invalid URL escape\n")
+    b = obs(diff, status=400, app=None, body="400 Bad Request", headers=[("Connection", "close")])
+    assert diff.explain(a, b) == (["refusal body names the reason"], [])
+    # a different status is not a known difference
+    c = obs(diff, status=505, app=None, body="505 HTTP Version Not Supported")
+    reasons, left = diff.explain(a, c)
+    assert reasons == []
+    assert left == ["client status: 400 vs 505", "client body"]
+
+
+def test_unknown_difference_left_with_known_ones_taken_out(diff: ModuleType) -> None:
+    a = obs(diff, app=diff.AppView("GET", "/a", [("Host", "h")], "", [("X-T", "1")]))
+    b = obs(
+        diff,
+        headers=[("Date", "x"), ("Content-Type", "text/html")],
+        app=diff.AppView("GET", "/b", [("Host", "h")], "", []),
+    )
+    reasons, left = diff.explain(a, b)
+    assert reasons == ["Content-Type guessed by Go", "request trailers reach the app"]
+    assert left == ["app target"]
+
+
+def test_no_known_difference_between_identical_sides(diff: ModuleType) -> None:
+    assert diff.explain(obs(diff), obs(diff)) == ([], [])

@@ -281,12 +281,16 @@ def test_chunked_request_rechunked_with_trailers() -> None:
         (b"http://h.example", b"/", b"h.example"),
         (b"http://h.example?x=1", b"/?x=1", b"h.example"),
         (b"HTTPS://h.example/a", b"/a", b"h.example"),
-        (b"*", b"*", b"example.com"),
     ],
 )
 def test_request_target_forms(target: bytes, sent: bytes, host: bytes) -> None:
     req = request(target, method=b"OPTIONS")
     assert forward(req, "packet") == upstream_head(sent, method=b"OPTIONS", host=host)
+
+
+def test_asterisk_form_other_than_options_is_forwarded() -> None:
+    # (OPTIONS * is the server's own: tests/unit/test_engine_go_parity.py)
+    assert forward(request(b"*"), "packet") == upstream_head(b"*")
 
 
 def test_absolute_form_userinfo_not_in_host() -> None:
