@@ -51,6 +51,7 @@ from .scraper import Scraper
 from .statserver import StatServer
 
 if TYPE_CHECKING:  # kubernetes-asyncio is imported when the process starts
+    from dataplane.tracing import Tracer
     from platforms.kubernetes.api import KubeAPI
     from platforms.kubernetes.lease import LeaderElector
     from platforms.kubernetes.standalone import App
@@ -488,7 +489,8 @@ def _deployment_metrics(
     return errors, changes
 
 
-async def _serve(env: AutoscalerEnv) -> int:
+async def _serve(env: AutoscalerEnv, tracer: Tracer | None = None) -> int:
+    from dataplane.telemetry import flush_traces
     from platforms.kubernetes.config import connect
 
     loop = asyncio.get_running_loop()
@@ -524,11 +526,12 @@ async def _serve(env: AutoscalerEnv) -> int:
     await stop
     await proc.stop()
     await api.close()
+    await flush_traces(tracer, loop)  # the spans still batched (up to 10 s, as Knative)
     log.info("shutdown complete")
     return 0
 
 
-def _start_tracing(environ: Mapping[str, str], pod: str) -> None:
+def _start_tracing(environ: Mapping[str, str], pod: str) -> Tracer | None:
     """With tracing configured (``OBSERVABILITY_CONFIG`` or ``OTEL_*``, as the activator), the
     aiohttp servers (stat websocket, metrics) are traced by the OpenTelemetry aiohttp-server
     instrumentation; it must patch aiohttp before the applications are created."""
@@ -536,7 +539,7 @@ def _start_tracing(environ: Mapping[str, str], pod: str) -> None:
 
     who = Identity("autoscaler", {"k8s.pod.name": pod, "service.instance.id": pod})
     cfg = tracing_settings(observability(environ), environ, who)
-    start_tracer(cfg, "knative.dev/serving/pkg/autoscaler", aiohttp_server=True)
+    return start_tracer(cfg, "knative.dev/serving/pkg/autoscaler", aiohttp_server=True)
 
 
 def run(environ: Mapping[str, str]) -> int:
@@ -558,13 +561,13 @@ def run(environ: Mapping[str, str]) -> int:
 
     setup_logging(env.log_level, {"knd.dev/pod": env.pod_name})
     try:
-        _start_tracing(environ, env.pod_name)
+        tracer = _start_tracing(environ, env.pod_name)
     except ConfigError as e:
         print(f"knd-autoscaler: {e}", file=sys.stderr)
         return 1
     import uvloop
 
-    return int(uvloop.run(_serve(env)))
+    return int(uvloop.run(_serve(env, tracer)))
 
 
 def main() -> None:

@@ -332,7 +332,12 @@ def _dial_error_text(host: str, port: int, exc: BaseException) -> str:
             "EADDRNOTAVAIL": "cannot assign requested address",
         }.get(reason) or (exc.strerror or str(exc)).lower()
         return f"dial tcp {host}:{port}: connect: {text}"
-    return f"dial tcp {host}:{port}: {exc}"
+    # e.g. the peer closing the connection during a TLS handshake: asyncio raises an error with
+    # no text (Go says EOF)
+    text = str(exc) or (
+        "EOF" if isinstance(exc, (ConnectionError, EOFError)) else type(exc).__name__
+    )
+    return f"dial tcp {host}:{port}: {text}"
 
 
 class UpstreamPool:

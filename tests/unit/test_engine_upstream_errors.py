@@ -220,3 +220,19 @@ class TestFailures:
         assert c.lost
         assert len(k.exchanges) == 1
         assert not k.pool.dialing
+
+
+def test_dial_error_without_text_says_eof() -> None:
+    # uvloop raises a bare ConnectionResetError() when the peer closes during a TLS handshake
+    from dataplane.upstream import _dial_error_text
+
+    assert _dial_error_text("10.0.0.1", 8112, ConnectionResetError()) == (
+        "dial tcp 10.0.0.1:8112: EOF"
+    )
+    assert _dial_error_text("10.0.0.1", 8112, TimeoutError()) == (
+        "dial tcp 10.0.0.1:8112: TimeoutError"
+    )
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert _dial_error_text("10.0.0.1", 80, refused) == (
+        "dial tcp 10.0.0.1:80: connect: connection refused"
+    )
