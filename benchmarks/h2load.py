@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         args.rounds, args.requests = 1, 4000
     if args.codec:
         return _codec(args)
+    _gobaseline.go_path(args.go)  # a bad --go fails before anything is installed or started
     _tools.PACKAGES.setdefault("h2load", "nghttp2-client")
     tools = _tools.ensure_tools(["nginx", "h2load", "taskset"])
     qp_bin = args.queue_proxy or str(Path(sys.executable).with_name("queue-proxy"))
