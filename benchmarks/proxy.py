@@ -1078,12 +1078,13 @@ def run(args: argparse.Namespace) -> int:
         bench = Bench(args, procs, Path(tmp), tools)
         background = background_load([args.proxy_cpu, args.load_cpu])
         bench.start_upstream()
+        lw = max([20, *(len(t.label) + 2 for t in targets)])
         for t in targets:
             bench.start_target(t)
             state = t.error or f"listening on {t.port}"
             if t.start_ms:
                 state += f", exec->listening {statistics.median(t.start_ms):.1f} ms"
-            print(f"  {t.label:<20}{state}", flush=True)
+            print(f"  {t.label:<{lw}}{state}", flush=True)
         for rep in range(args.repeat):
             for w in workloads:
                 for t in targets:
@@ -1097,7 +1098,7 @@ def run(args: argparse.Namespace) -> int:
                         else f"{last[-1].rps:,.0f} req/s, p99 {last[-1].p99_ms:.2f} ms"
                     )
                     print(
-                        f"  [{rep + 1}/{args.repeat}] {w.name:<8}{t.label:<20}{shown}", flush=True
+                        f"  [{rep + 1}/{args.repeat}] {w.name:<8}{t.label:<{lw}}{shown}", flush=True
                     )
     ratios = compute_ratios(targets, workloads)
     goals = compute_goals(targets, ratios, workloads)
