@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -127,7 +128,18 @@ def _start_go(
     with _gobaseline.installed_certs(*certs):
         proc = procs.start(["taskset", "-c", str(cpu), go], env=env, log_path=log)
         _procs.wait_listening(tls_port, proc, 10, log_path=log)
+    check_serves(tls_port, certs[0], "go")
     return port, tls_port, proc
+
+
+def check_serves(port: int, cert: Path, name: str) -> None:
+    """StartError unless the TLS port presents exactly this certificate (the same pair for all)."""
+    try:
+        pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=5)
+    except OSError as exc:
+        raise _procs.StartError(f"{name}: no TLS handshake on port {port}: {exc}") from exc
+    if ssl.PEM_cert_to_DER_cert(pem) != ssl.PEM_cert_to_DER_cert(cert.read_text()):
+        raise _procs.StartError(f"{name}: port {port} presents another certificate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,6 +181,7 @@ def _run(
             log_path=tmp / "qp.log",
         )  # fmt: skip
         _procs.wait_listening(tls_port, qp, 10, log_path=tmp / "qp.log")
+        check_serves(tls_port, cert, "queue-proxy")
         targets.append(("queue-proxy plain", f"http://127.0.0.1:{port}/1k", qp))
         targets.append(("queue-proxy TLS", f"https://127.0.0.1:{tls_port}/1k", qp))
         if go_bin is not None:
