@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         "(the client's CPU counts too: compare ratios, and expect noise on a shared machine)"
     )
     results: dict[str, dict[str, Any]] = {}
+    go_error = None
     with _procs.ProcessSet() as procs, tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         app_port, qp_port, act_port, act_metrics = (_procs.free_port() for _ in range(4))
@@ -157,14 +158,18 @@ def run(args: argparse.Namespace) -> int:
                 _load(port, args.concurrency, args.warmup, args.duration, authority)
             )
         if go_bin is not None:
-            _gobaseline.check_fixed_ports()
             go_port = _procs.free_port()
-            go = procs.start([go_bin], env=_qp_env(go_port, app_port), log_path=logs / "go.log")
-            _procs.wait_listening(go_port, go, 10.0, 0.01, logs / "go.log")
-            results["go queue-proxy"] = asyncio.run(
-                _load(go_port, args.concurrency, args.warmup, args.duration)
-            )
-            procs.stop(go, graceful=False)  # its SIGTERM drain waits a 30 s quiet period
+            try:
+                _gobaseline.check_fixed_ports()
+                go = procs.start([go_bin], env=_qp_env(go_port, app_port), log_path=logs / "go.log")
+                _procs.wait_listening(go_port, go, 10.0, 0.01, logs / "go.log")
+            except _procs.StartError as exc:
+                go_error = f"go queue-proxy: failed to start: {exc}"
+            else:
+                results["go queue-proxy"] = asyncio.run(
+                    _load(go_port, args.concurrency, args.warmup, args.duration)
+                )
+                procs.stop(go, graceful=False)  # its SIGTERM drain waits a 30 s quiet period
     base = results["direct"]["calls_per_s"] or float("nan")
     print(f"{'target':<26}{'calls/s':>10}{'x direct':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, r in results.items():
@@ -177,14 +182,21 @@ def run(args: argparse.Namespace) -> int:
             results["go queue-proxy"]["calls_per_s"] or float("nan")
         )
         print(f"queue-proxy / go queue-proxy (same run, same client load): calls/s {ratio:.2f}")
+    if go_error:
+        print(go_error)
     if args.results_dir is not None:
         now = dt.datetime.now().astimezone()
         args.results_dir.mkdir(parents=True, exist_ok=True)
         out = args.results_dir / f"grpc-{now:%Y%m%d-%H%M%S}.json"
-        doc = {"scenario": "grpc", "started": now.isoformat(), "results": results}
+        doc = {
+            "scenario": "grpc",
+            "started": now.isoformat(),
+            "results": results,
+            "go_error": go_error,
+        }
         out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"results: {out}")
-    return 0
+    return 1 if go_error else 0
 
 
 async def _serve(port: int) -> None:

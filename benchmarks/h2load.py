@@ -152,19 +152,30 @@ def run(args: argparse.Namespace) -> int:
         conf = upstream._UPSTREAM_SERVER.format(port=up_port, prefix=prefix, body_1k="x" * 1024)
         upstream.write_nginx_conf(prefix, conf.replace(" backlog=4096;", " http2 backlog=4096;"))
         upstream.start_nginx(procs, tools["nginx"], prefix, up_port, args.load_cpu)
+        start_errors: list[str] = []
         for rnd in range(args.rounds):
             for t in targets:
                 port = up_port
                 proc = None
                 if t.argv is not None:
-                    if t.go:
-                        _gobaseline.check_fixed_ports()
                     port = _procs.free_port()
                     log = Path(tmp) / f"{t.name}-{rnd}.log"
                     argv = ["taskset", "-c", str(args.proxy_cpu), *t.argv]
                     env = {**_qp_env(port, up_port), **t.env}
-                    proc = procs.start(argv, env=env, log_path=log)
-                    _procs.wait_listening(port, proc, 15.0, 0.01, log)
+                    try:
+                        if t.go:
+                            _gobaseline.check_fixed_ports()
+                        proc = procs.start(argv, env=env, log_path=log)
+                        _procs.wait_listening(port, proc, 15.0, 0.01, log)
+                    except _procs.StartError as exc:
+                        if not t.go:
+                            raise _procs.BenchError(f"{t.name}: {exc}") from exc
+                        # The baseline only: the round goes on without it, the exit status is 1.
+                        start_errors.append(f"round {rnd + 1} {t.name}: failed to start: {exc}")
+                        print(f"  {start_errors[-1]}", flush=True)
+                        if proc is not None:
+                            procs.stop(proc, graceful=False)
+                        continue
                 _h2load(tools["h2load"], args.load_cpu, port, min(n, 2000), c, m)  # warm-up
                 cpu0 = _procs.tree_cpu_seconds(proc.pid) if proc is not None else 0.0
                 got = _h2load(tools["h2load"], args.load_cpu, port, n, c, m)
@@ -176,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                     procs.stop(proc, graceful=False)
                 t.runs.append(got)
                 print(f"  round {rnd + 1} {t.name:<14} {_line(got)}", flush=True)
-    results = {t.name: _summary(t.runs) for t in targets}
+    results = {t.name: _summary(t.runs) for t in targets if t.runs}
     ours = results["queue-proxy"].get("cpu_us_per_req", float("nan"))
     print(f"{'target':<16}{'req/s':>10}{'CPU us/req':>12}{'CPU x ours':>12}{'errors':>8}")
     for name, r in results.items():
@@ -198,12 +209,13 @@ def run(args: argparse.Namespace) -> int:
             "options": {"connections": c, "streams": m, "requests": n, "rounds": args.rounds},
             "results": results,
             "ratios_queue_proxy_vs": ratios,
+            "start_errors": start_errors,
             "runs": {t.name: t.runs for t in targets},
         }
         out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"results: {out}")
     failed = sum(r["errors"] for r in results.values())
-    return 1 if failed else 0
+    return 1 if failed or start_errors else 0
 
 
 def build_targets(args: argparse.Namespace, qp_bin: str, env: dict[str, str]) -> list[Target]:
