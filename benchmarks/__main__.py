@@ -53,6 +53,11 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
 
         return mod
 
+    def tls() -> ModuleType:
+        from benchmarks import tls as mod
+
+        return mod
+
     def soak() -> ModuleType:
         from benchmarks import soak as mod
 
@@ -72,6 +77,7 @@ def _scenarios() -> dict[str, tuple[str, Callable[[], ModuleType]]]:
         "locust": ("locust shapes: dataplane probe per hop, stepped load, burst from zero", locust),
         "grpc": ("gRPC unary calls/s, p50/p99: direct, queue-proxy, activator (h2c)", grpc),
         "h2load": ("h2c CPU per request through the queue-proxy under h2load (nginx h2c)", h2load),
+        "tls": ("queue-proxy TLS port vs its plain port and nginx TLS (--go: Knative's too)", tls),
         "soak": ("RSS of activator and queue-proxy over a steady load: slope per minute", soak),
         "all": ("every other scenario once, in turn (--quick: the CI smoke)", all_),
     }

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import _gobaseline
 from benchmarks._procs import BenchError
 from benchmarks.proxy import RESULTS_DIR
 
@@ -77,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=240.0,
         help="seconds before a scenario is stopped and counted as failed (240)",
+    )
+    parser.add_argument(
+        "--go",
+        metavar="PATH",
+        default=None,
+        help="path of a Knative queue-proxy binary you built: passed as --go PATH to every "
+        "scenario that takes it (proxy, h2load, grpc, tls)",
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where JSON goes")
 
@@ -133,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise BenchError(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     names = [n for n in capable if (not only or n in only) and n not in skip]
+    if args.go:
+        _gobaseline.go_path(args.go)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now().astimezone()
     rows: list[dict[str, Any]] = []
@@ -142,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
             argv.append("--quick")
         if args.smoke:
             argv += SMOKE_ARGS.get(name, [])
+        if args.go and "--go" in options[name]:
+            argv += ["--go", args.go]
         if "--results-dir" in options[name]:
             argv += ["--results-dir", str(args.results_dir)]
         before = set(args.results_dir.glob("*.json"))

@@ -6,6 +6,10 @@ app; the load generator is a grpcio asyncio client in this process running ``--c
 calls at a time on one channel for ``--duration`` seconds per target after a short warm-up. The
 Python gRPC client costs CPU too, so on a small machine the figures are a floor of what the
 proxies can do, and the ratios to direct are the point. Prints calls/s and p50/p99 per target.
+
+``--go PATH`` adds Knative's Go queue-proxy (a binary you built from Knative's source) in front
+of the same app with the same env as ours, measured with the same client load as the target
+``go queue-proxy``; the table then ends with ours over Go's calls/s.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _activator, _procs
+from benchmarks import _activator, _gobaseline, _procs
 
 METHOD = "/bench.Echo/Unary"
 PAYLOAD = b"x" * 100
@@ -34,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-proxy", default="", help="queue-proxy executable")
     parser.add_argument("--activator", default="", help="activator executable")
     parser.add_argument("--quick", action="store_true", help="2 s per target")
+    _gobaseline.add_go_argument(
+        parser, "measured as 'go queue-proxy' in front of the same app, same client load"
+    )
     parser.add_argument(
         "--results-dir", type=Path, default=None, help="write grpc-<time>.json there too"
     )
@@ -110,12 +117,14 @@ def run(args: argparse.Namespace) -> int:
         args.duration, args.warmup = 2.0, 0.5
     qp_bin = args.queue_proxy or str(Path(sys.executable).with_name("queue-proxy"))
     act_bin = _activator.activator_path(args.activator or None)
+    go_bin = _gobaseline.go_path(getattr(args, "go", None))
     print(
         f"grpc: unary echo of {len(PAYLOAD)} B, {args.concurrency} in flight on one h2c "
         f"connection, {args.duration:g} s per target; grpcio client in this process "
         "(the client's CPU counts too: compare ratios, and expect noise on a shared machine)"
     )
     results: dict[str, dict[str, Any]] = {}
+    go_error = None
     with _procs.ProcessSet() as procs, tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         app_port, qp_port, act_port, act_metrics = (_procs.free_port() for _ in range(4))
@@ -148,6 +157,19 @@ def run(args: argparse.Namespace) -> int:
             results[name] = asyncio.run(
                 _load(port, args.concurrency, args.warmup, args.duration, authority)
             )
+        if go_bin is not None:
+            go_port = _procs.free_port()
+            try:
+                _gobaseline.check_fixed_ports()
+                go = procs.start([go_bin], env=_qp_env(go_port, app_port), log_path=logs / "go.log")
+                _procs.wait_listening(go_port, go, 10.0, 0.01, logs / "go.log")
+            except _procs.StartError as exc:
+                go_error = f"go queue-proxy: failed to start: {exc}"
+            else:
+                results["go queue-proxy"] = asyncio.run(
+                    _load(go_port, args.concurrency, args.warmup, args.duration)
+                )
+                procs.stop(go, graceful=False)  # its SIGTERM drain waits a 30 s quiet period
     base = results["direct"]["calls_per_s"] or float("nan")
     print(f"{'target':<26}{'calls/s':>10}{'x direct':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for name, r in results.items():
@@ -155,14 +177,26 @@ def run(args: argparse.Namespace) -> int:
             f"{name:<26}{r['calls_per_s']:>10.0f}{r['calls_per_s'] / base:>10.2f}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
         )
+    if "go queue-proxy" in results:
+        ratio = results["queue-proxy"]["calls_per_s"] / (
+            results["go queue-proxy"]["calls_per_s"] or float("nan")
+        )
+        print(f"queue-proxy / go queue-proxy (same run, same client load): calls/s {ratio:.2f}")
+    if go_error:
+        print(go_error)
     if args.results_dir is not None:
         now = dt.datetime.now().astimezone()
         args.results_dir.mkdir(parents=True, exist_ok=True)
         out = args.results_dir / f"grpc-{now:%Y%m%d-%H%M%S}.json"
-        doc = {"scenario": "grpc", "started": now.isoformat(), "results": results}
+        doc = {
+            "scenario": "grpc",
+            "started": now.isoformat(),
+            "results": results,
+            "go_error": go_error,
+        }
         out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"results: {out}")
-    return 0
+    return 1 if go_error else 0
 
 
 async def _serve(port: int) -> None:

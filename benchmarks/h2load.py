@@ -18,7 +18,11 @@ the ratio; run it under ``valgrind --tool=callgrind`` for instruction counts.
 Targets: ``nginx`` (h2load straight at the upstream: the floor), ``queue-proxy`` (this
 checkout's; ``--compiled`` runs the mypyc build, as the image ships), and any ``--extra
 NAME=COMMAND``: a queue-proxy started by COMMAND with Knative's environment contract (e.g. an
-older build of ours, or Knative's own queue-proxy built from its source), compared with ours.
+older build of ours), compared with ours. ``--go PATH`` adds Knative's Go queue-proxy (a binary
+you built from Knative's source) as the target ``go``, with the same env: h2load speaks h2c
+with prior knowledge to its serving port, as to ours, and it forwards h2c to nginx. The table
+ends with same-run ratios: our CPU per request and req/s over each other queue-proxy's. Only
+2xx responses count (req/s and CPU per request); any other answer is an error.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _procs, _tools, upstream
+from benchmarks import _gobaseline, _procs, _tools, upstream
 from benchmarks.grpc import _qp_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=COMMAND",
         help="another queue-proxy to compare (repeatable)",
+    )
+    _gobaseline.add_go_argument(
+        parser, "measured as the target 'go' beside ours, with the ratio of CPU per request"
     )
     parser.add_argument(
         "--codec",
@@ -83,6 +90,7 @@ class Target:
     argv: list[str] | None  # None: h2load straight at nginx
     env: dict[str, str] = field(default_factory=dict)
     runs: list[dict[str, float]] = field(default_factory=list)
+    go: bool = False  # Knative's Go queue-proxy: its fixed ports are checked before each start
 
 
 _FINISHED = re.compile(r"finished in [\d.]+m?s, ([\d.]+) req/s")
@@ -94,10 +102,21 @@ def _h2load(h2load: str, cpu: int, port: int, n: int, c: int, m: int) -> dict[st
     argv = ["taskset", "-c", str(cpu), h2load, "-c", str(c), "-m", str(m), "-n", str(n)]
     argv.append(f"http://127.0.0.1:{port}/1k")
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False).stdout
+    return parse_h2load(out)
+
+
+def parse_h2load(out: str) -> dict[str, float]:
+    """req/s of 2xx responses, their count, and errors (every request without a 2xx answer)."""
     rps, req, ok = _FINISHED.search(out), _REQUESTS.search(out), _STATUS.search(out)
     if rps is None or req is None or ok is None:
         raise _procs.BenchError(f"h2load output not understood:\n{out[-800:]}")
-    return {"rps": float(rps.group(1)), "errors": float(int(req.group(1)) - int(ok.group(1)))}
+    total, succeeded, ok_2xx = int(req.group(1)), int(req.group(2)), int(ok.group(1))
+    valid = min(succeeded, ok_2xx)
+    return {
+        "rps": float(rps.group(1)) * valid / total if total else 0.0,
+        "valid": float(valid),
+        "errors": float(total - valid),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         args.rounds, args.requests = 1, 4000
     if args.codec:
         return _codec(args)
+    _gobaseline.go_path(args.go)  # a bad --go fails before anything is installed or started
     _tools.PACKAGES.setdefault("h2load", "nghttp2-client")
     tools = _tools.ensure_tools(["nginx", "h2load", "taskset"])
     qp_bin = args.queue_proxy or str(Path(sys.executable).with_name("queue-proxy"))
@@ -115,12 +135,7 @@ def run(args: argparse.Namespace) -> int:
         from tools.build_compiled import build
 
         env_extra["PYTHONPATH"] = str(build())
-    targets = [Target("nginx", None), Target("queue-proxy", [qp_bin], env_extra)]
-    for spec in args.extra:
-        name, sep, command = spec.partition("=")
-        if not sep or not name or not command:
-            raise _procs.BenchError(f"--extra {spec!r}: expected NAME=COMMAND")
-        targets.append(Target(name, shlex.split(command)))
+    targets = build_targets(args, qp_bin, env_extra)
     n, c, m = args.requests, args.connections, args.streams
     started = dt.datetime.now().astimezone()
     print(
@@ -137,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         conf = upstream._UPSTREAM_SERVER.format(port=up_port, prefix=prefix, body_1k="x" * 1024)
         upstream.write_nginx_conf(prefix, conf.replace(" backlog=4096;", " http2 backlog=4096;"))
         upstream.start_nginx(procs, tools["nginx"], prefix, up_port, args.load_cpu)
+        start_errors: list[str] = []
         for rnd in range(args.rounds):
             for t in targets:
                 port = up_port
@@ -146,24 +162,44 @@ def run(args: argparse.Namespace) -> int:
                     log = Path(tmp) / f"{t.name}-{rnd}.log"
                     argv = ["taskset", "-c", str(args.proxy_cpu), *t.argv]
                     env = {**_qp_env(port, up_port), **t.env}
-                    proc = procs.start(argv, env=env, log_path=log)
-                    _procs.wait_listening(port, proc, 15.0, 0.01, log)
+                    try:
+                        if t.go:
+                            _gobaseline.check_fixed_ports()
+                        proc = procs.start(argv, env=env, log_path=log)
+                        _procs.wait_listening(port, proc, 15.0, 0.01, log)
+                    except _procs.StartError as exc:
+                        if not t.go:
+                            raise _procs.BenchError(f"{t.name}: {exc}") from exc
+                        # The baseline only: the round goes on without it, the exit status is 1.
+                        start_errors.append(f"round {rnd + 1} {t.name}: failed to start: {exc}")
+                        print(f"  {start_errors[-1]}", flush=True)
+                        if proc is not None:
+                            procs.stop(proc, graceful=False)
+                        continue
                 _h2load(tools["h2load"], args.load_cpu, port, min(n, 2000), c, m)  # warm-up
                 cpu0 = _procs.tree_cpu_seconds(proc.pid) if proc is not None else 0.0
                 got = _h2load(tools["h2load"], args.load_cpu, port, n, c, m)
                 if proc is not None:
                     cpu = _procs.tree_cpu_seconds(proc.pid) - cpu0
-                    got["cpu_us_per_req"] = cpu / n * 1e6
-                    procs.stop(proc)
+                    got["cpu_us_per_req"] = cpu / max(1.0, got["valid"]) * 1e6
+                    # Nothing is measured after the run: no drain (Knative's Go queue-proxy
+                    # would wait out its 30 s quiet period on SIGTERM).
+                    procs.stop(proc, graceful=False)
                 t.runs.append(got)
                 print(f"  round {rnd + 1} {t.name:<14} {_line(got)}", flush=True)
-    results = {t.name: _summary(t.runs) for t in targets}
+    results = {t.name: _summary(t.runs) for t in targets if t.runs}
     ours = results["queue-proxy"].get("cpu_us_per_req", float("nan"))
     print(f"{'target':<16}{'req/s':>10}{'CPU us/req':>12}{'CPU x ours':>12}{'errors':>8}")
     for name, r in results.items():
         cpu = r.get("cpu_us_per_req")
         cpu_s = f"{cpu:>12.1f}{cpu / ours:>12.2f}" if cpu is not None else f"{'-':>12}{'-':>12}"
         print(f"{name:<16}{r['rps']:>10.0f}{cpu_s}{r['errors']:>8.0f}")
+    ratios = same_run_ratios(results)
+    for name, ratio in ratios.items():
+        print(
+            f"queue-proxy / {name} (same run): CPU per request {_fmt(ratio['cpu_per_req'])} "
+            f"(< 1: ours cheaper), req/s {_fmt(ratio['rps'])}"
+        )
     if args.results_dir is not None:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         out = args.results_dir / f"h2load-{started:%Y%m%d-%H%M%S}.json"
@@ -172,12 +208,49 @@ def run(args: argparse.Namespace) -> int:
             "started": started.isoformat(),
             "options": {"connections": c, "streams": m, "requests": n, "rounds": args.rounds},
             "results": results,
+            "ratios_queue_proxy_vs": ratios,
+            "start_errors": start_errors,
             "runs": {t.name: t.runs for t in targets},
         }
         out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"results: {out}")
     failed = sum(r["errors"] for r in results.values())
-    return 1 if failed else 0
+    return 1 if failed or start_errors else 0
+
+
+def build_targets(args: argparse.Namespace, qp_bin: str, env: dict[str, str]) -> list[Target]:
+    """nginx, ours, then --go (as ``go``) and each --extra, in table order."""
+    targets = [Target("nginx", None), Target("queue-proxy", [qp_bin], env)]
+    go = _gobaseline.go_path(getattr(args, "go", None))
+    if go is not None:
+        targets.append(Target("go", [go], go=True))
+    for spec in args.extra:
+        name, sep, command = spec.partition("=")
+        if not sep or not name or not command:
+            raise _procs.BenchError(f"--extra {spec!r}: expected NAME=COMMAND")
+        if any(t.name == name for t in targets):
+            raise _procs.BenchError(f"--extra {name}: name already used by another target")
+        targets.append(Target(name, shlex.split(command)))
+    return targets
+
+
+def same_run_ratios(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """Ours over each other queue-proxy (not nginx): CPU per request and req/s."""
+    ours = results.get("queue-proxy", {})
+    out: dict[str, dict[str, float | None]] = {}
+    for name, r in results.items():
+        if name in ("nginx", "queue-proxy"):
+            continue
+        out[name] = {
+            key: (ours[key] / r[key] if ours.get(key) is not None and r.get(key) else None)
+            for key in ("cpu_us_per_req", "rps")
+        }
+        out[name]["cpu_per_req"] = out[name].pop("cpu_us_per_req")
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 _REQUEST = [

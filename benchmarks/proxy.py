@@ -6,6 +6,13 @@ and wrk's errors, as medians over --repeat runs; for queue-proxies also idle and
 exec-to-listening time. Ratios against nginx (and queue-proxy against each --extra) are computed
 in the same run. Results: a table on the terminal and JSON under benchmarks/results/.
 
+``--go PATH`` adds Knative's Go queue-proxy (a binary you built from Knative's source) as the
+extra target ``go``, with the same env as ours at CONTAINER_CONCURRENCY=0 (as ``--extra
+go=PATH`` does, plus a check that its fixed ports 8022 and 9090 are free). req/s and CPU per
+request count valid responses only: wrk's completed responses minus those with a status >= 400,
+and each target must answer one request of the workload with 200 and the full body before and
+after every measured run.
+
 The activator targets chain wrk -> activator -> queue-proxy -> upstream, both proxies on the
 proxy CPU, requests carrying ``Host: bench.example.com`` (the revision's host in the platform
 file); their CPU per request is reported in total and per process.
@@ -30,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _activator, _procs, _tools, upstream
+from benchmarks import _activator, _gobaseline, _procs, _tools, upstream
 from benchmarks._procs import BenchError, ProcessSet, StartError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -75,7 +82,7 @@ class Run:
     p99_ms: float
     requests: int
     duration_s: float
-    non2xx: int
+    non2xx: int  # responses with a status >= 400 (wrk's status errors): not counted in rps
     socket_errors: int
     cpu_us_per_req: float | None
     proxy_core_pct: float | None
@@ -114,6 +121,7 @@ class Target:
     qp_port: int = 0
     qp_log: Path | None = None
     platform_file: Path | None = None
+    go: bool = False  # Knative's Go queue-proxy (--go): check its fixed ports before each start
 
     @property
     def has_footprint(self) -> bool:
@@ -149,8 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subset: direct, nginx, aiohttp-proxy, queue-proxy (both), "
         "queue-proxy-cc0, queue-proxy-cc10, queue-proxy-mypyc (both), queue-proxy-mypyc-cc0, "
         "queue-proxy-mypyc-cc10, activator-qp (both), activator-qp-cc0, activator-qp-cc10, "
-        "activator-qp-mypyc (both), activator-qp-mypyc-cc0, activator-qp-mypyc-cc10, or an "
-        "--extra NAME (default: all)",
+        "activator-qp-mypyc (both), activator-qp-mypyc-cc0, activator-qp-mypyc-cc10, go (with "
+        "--go), or an --extra NAME (default: all)",
     )
     parser.add_argument(
         "--workloads",
@@ -164,6 +172,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=COMMAND",
         help="another Knative-compatible queue-proxy, started with the same env at "
         "CONTAINER_CONCURRENCY=0 (repeatable), e.g. go=/path/to/queue",
+    )
+    _gobaseline.add_go_argument(
+        parser,
+        "measured as the target 'go' with the same env at CONTAINER_CONCURRENCY=0, with "
+        "ratios queue-proxy / go (the same as --extra go=PATH)",
     )
     parser.add_argument(
         "--queue-proxy",
@@ -262,6 +275,9 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         # PYTHONPATH it runs on the compiled engine (dataplane.proxy, .upstream, ...).
         env_act = ["env", f"PYTHONPATH={compiled}", act]
         targets += _activator_targets("activator-qp-mypyc", "activator+qp mypyc", env_act, env_qp)
+    go = _gobaseline.go_path(getattr(args, "go", None))
+    if go is not None:
+        targets.append(Target("go", "go", "extra", [go], cc=0, go=True))
     for spec in args.extra:
         name, sep, command = spec.partition("=")
         name = name.strip()
@@ -321,7 +337,9 @@ def queue_proxy_env(cc: int, port: int, user_port: int) -> dict[str, str]:
     env.update(
         CONTAINER_CONCURRENCY=str(cc),
         QUEUE_SERVING_PORT=str(port),
-        QUEUE_SERVING_TLS_PORT="8112",
+        # A free port, not Knative's 8112: a queue-proxy serves TLS there only when certificates
+        # exist, and two at once must not collide if they do.
+        QUEUE_SERVING_TLS_PORT=str(_procs.free_port()),
         USER_PORT=str(user_port),
         REVISION_TIMEOUT_SECONDS="300",
         SERVING_LOGGING_CONFIG="",
@@ -457,6 +475,8 @@ class Bench:
         argv, env = self._command(target)
         target.log = self.tmp / f"{target.id}.log"
         target.log.write_bytes(b"")
+        if target.go:
+            _gobaseline.check_fixed_ports()
         begin = time.perf_counter()
         target.proc = self.procs.start(
             self.pinned(self.args.proxy_cpu, argv), env=env, log_path=target.log
@@ -511,8 +531,18 @@ class Bench:
         if result is None or result["requests"] == 0:
             target.error = f"wrk got no responses for {workload.name}{_procs.log_tail(target.log)}"
             return
-        requests = int(result["requests"])
+        # Only valid responses count: wrk's "requests" are complete responses, of which
+        # "status" had a status >= 400 (a 502/503 is cheap and would flatter req/s and CPU/req).
+        requests = int(result["requests"]) - int(result["status"])
         duration = result["duration_us"] / 1e6
+        if requests <= 0:
+            target.error = f"no valid responses for {workload.name}{_procs.log_tail(target.log)}"
+            return
+        try:  # still answering 200 with the full body after the load
+            check_response(target.port, workload, deadline=2.0, host=target.host)
+        except StartError as exc:
+            target.error = f"after the {workload.name} run: {exc}{_procs.log_tail(target.log)}"
+            return
         peak = None
         if pid is not None and target.has_footprint and workload.name == PEAK_WORKLOAD:
             peak = _procs.tree_hwm_mib(pid)
@@ -667,7 +697,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str, Any]:
-    """Ratios to nginx and direct per target, cc=10/cc=0, and queue-proxy cc=0 / each extra."""
+    """Ratios to nginx and direct per target, cc=10/cc=0, and each queue-proxy build's cc=0
+    against each extra (``vs_extra[variant][extra]``)."""
     by_id = {t.id: t for t in targets if not t.error}
     out: dict[str, Any] = {
         "vs_nginx": {},
@@ -700,16 +731,18 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
             chain, alone = by_id.get(f"{variant}-cc{cc}"), by_id.get(f"{qp_variant}-cc{cc}")
             if chain and alone:
                 out["activator_vs_qp"][f"{variant}-cc{cc}"] = compare(chain, alone)
-    cc0 = by_id.get("queue-proxy-cc0") or by_id.get("queue-proxy-mypyc-cc0")
-    for extra in (t for t in by_id.values() if t.kind == "extra"):
-        if cc0:
+    for variant in VARIANTS:
+        cc0 = by_id.get(f"{variant}-cc0")
+        for extra in (t for t in by_id.values() if t.kind == "extra"):
+            if cc0 is None or not cc0.runs or not extra.runs:
+                continue
             entry: dict[str, Any] = compare(cc0, extra)
             entry["footprint"] = {
                 "idle_rss": _ratio(cc0.idle_rss_mib, extra.idle_rss_mib),
                 "peak_rss": _ratio(cc0.peak_rss_mib(), extra.peak_rss_mib()),
                 "start": _ratio(cc0.start_median_ms(), extra.start_median_ms()),
             }
-            out["vs_extra"][extra.id] = entry
+            out["vs_extra"].setdefault(variant, {})[extra.id] = entry
     return out
 
 
@@ -747,7 +780,7 @@ def _variant_goals(
         if f"{variant}-cc10" in selected:
             cc = ratios["cc10_vs_cc0"].get(variant, {}).get(wl, {})
             goal(f"{wl}: cc=10 throughput >= 0.9 x cc=0", cc.get("rps"), 0.9, True)
-        for name, entry in ratios["vs_extra"].items():
+        for name, entry in ratios["vs_extra"].get(variant, {}).items():
             goal(f"{wl}: throughput >= 2 x {name}", entry.get(wl, {}).get("rps"), 2.0, True)
             goal(f"{wl}: p99 <= 0.5 x {name}", entry.get(wl, {}).get("p99"), 0.5, False)
     goal("idle RSS <= 23 MiB", qp.idle_rss_mib, 23.0, False)
@@ -859,8 +892,9 @@ def render(
     for variant, entry in ratios["cc10_vs_cc0"].items():
         name = labels.get(f"{variant}-cc0", variant).removesuffix(" cc=0")
         pairs.append((f"{name} cc=10 / cc=0", entry))
-    for name, entry in ratios["vs_extra"].items():
-        pairs.append((f"queue-proxy cc=0 / {name}", entry))
+    for variant, extras in ratios["vs_extra"].items():
+        for name, entry in extras.items():
+            pairs.append((f"{labels.get(f'{variant}-cc0', variant)} / {name}", entry))
     for tid, entry in ratios["activator_vs_qp"].items():
         variant, cc = tid.rsplit("-cc", 1)
         alone = labels.get(f"{ACTIVATOR_VARIANTS[variant]}-cc{cc}", "queue-proxy")
@@ -1044,12 +1078,13 @@ def run(args: argparse.Namespace) -> int:
         bench = Bench(args, procs, Path(tmp), tools)
         background = background_load([args.proxy_cpu, args.load_cpu])
         bench.start_upstream()
+        lw = max([20, *(len(t.label) + 2 for t in targets)])
         for t in targets:
             bench.start_target(t)
             state = t.error or f"listening on {t.port}"
             if t.start_ms:
                 state += f", exec->listening {statistics.median(t.start_ms):.1f} ms"
-            print(f"  {t.label:<20}{state}", flush=True)
+            print(f"  {t.label:<{lw}}{state}", flush=True)
         for rep in range(args.repeat):
             for w in workloads:
                 for t in targets:
@@ -1063,7 +1098,7 @@ def run(args: argparse.Namespace) -> int:
                         else f"{last[-1].rps:,.0f} req/s, p99 {last[-1].p99_ms:.2f} ms"
                     )
                     print(
-                        f"  [{rep + 1}/{args.repeat}] {w.name:<8}{t.label:<20}{shown}", flush=True
+                        f"  [{rep + 1}/{args.repeat}] {w.name:<8}{t.label:<{lw}}{shown}", flush=True
                     )
     ratios = compute_ratios(targets, workloads)
     goals = compute_goals(targets, ratios, workloads)
