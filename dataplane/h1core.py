@@ -2,19 +2,26 @@
 
 :mod:`dataplane.proxy` (the ``asyncio.Protocol`` side) asks these functions what to do and
 moves the bytes; nothing here touches a transport, a loop or a connection object, so each rule
-is tested with byte strings alone (tests/unit/test_h1core.py). What lives here so far:
+is tested with byte strings alone (tests/unit/test_h1core.py). What lives here:
 
-- request checks at dispatch (:func:`request_line_error`, :func:`framing_error`);
-- how a response is framed towards the client, and its head (:func:`response_start`);
-- the request head sent upstream (:func:`request_head`);
-- keep-alive (:func:`must_close`);
-- chunked framing pieces (:func:`last_chunk`).
+- request checks at dispatch (:func:`request_line_error`, :func:`framing_error`,
+  :func:`unsupported_version`) and keep-alive as Go reads it (:func:`keep_alive_asked`);
+- how a response is framed towards the client, and its head (:func:`response_start`), when the
+  connection ends after it (:func:`must_close`), which 1xx go through (:func:`interim_relayed`);
+- the request head sent upstream (:func:`request_head`) and chunked framing pieces
+  (:func:`last_chunk`);
+- the upstream connection: reuse after a response (:func:`upstream_reusable`), a close that
+  ends a response (:func:`ends_with_close`), the one transparent retry (:func:`may_retry`), the
+  502 reason (:func:`upstream_error_text`);
+- requests on one client connection, answered in order: the step after an exchange
+  (:func:`after_exchange`) and on an idle connection (:func:`when_idle`); whether a parsed
+  request is served at once or queued is one test inline in ``on_headers_complete``, where a
+  call would cost more than the test on every request.
 
-Parsing itself stays with httptools (llhttp); pipelining order, body buffering and the upstream
-reuse decision stay on the connection for now (h11's ``_connection.py`` is the model for the
-next step). On the interpreted build a call costs about what its work does, so the common
-request skips the checks (see ``ServerConnection._dispatch``) and the hot decisions are few,
-wide functions.
+Parsing itself stays with httptools (llhttp), whose callbacks fill the request on the
+connection; body buffering and flow control are the connection's, as they are I/O. On the
+interpreted build a call costs about what its work does, so the common request skips the
+checks (see ``ServerConnection._dispatch``) and the hot decisions are few, wide functions.
 Compiled with mypyc with the engine.
 """
 
@@ -26,18 +33,32 @@ from .forwarded import forwarded_value
 from .http1 import connection_tokens, status_line
 
 __all__ = [
+    "IDLE_CLOSE",
+    "IDLE_READ",
+    "IDLE_REFUSE",
     "M_CHUNKED",
     "M_CLOSE",
     "M_NONE",
     "M_RAW",
+    "NEXT_CLOSE",
+    "NEXT_DRAIN",
+    "NEXT_READ",
+    "NEXT_RUN",
+    "after_exchange",
+    "ends_with_close",
     "framing_error",
+    "interim_relayed",
     "keep_alive_asked",
     "last_chunk",
+    "may_retry",
     "must_close",
     "request_head",
     "request_line_error",
     "response_start",
     "unsupported_version",
+    "upstream_error_text",
+    "upstream_reusable",
+    "when_idle",
 ]
 
 # Response framing towards the client.
@@ -261,3 +282,82 @@ def response_start(
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(_CRLF)
     return mode, close, b"".join(parts)
+
+
+def interim_relayed(version: str, resp_started: bool, status: int, sent_continue: bool) -> bool:
+    """Whether an interim (1xx) response from the upstream goes to the client: only an
+    HTTP/1.1 client understands one, never after the final head, and ``100 Continue`` once."""
+    return version == "1.1" and not resp_started and not (status == 100 and sent_continue)
+
+
+# -- the upstream connection -------------------------------------------------------------------
+def upstream_reusable(
+    keep_alive: bool, framed: bool, mode: int, body_sent: bool, upgrade: bool
+) -> bool:
+    """After a complete response: whether the upstream connection can carry another request.
+    The upstream keeps it alive, the response had a length (``framed``: Content-Length or
+    chunked) or no body (a body ended by the upstream closing cannot be followed), the whole
+    request body went up (an answer before the end of the body leaves the rest unsent), and the
+    request did not ask to switch protocols."""
+    return keep_alive and body_sent and not upgrade and (framed or mode == M_NONE)
+
+
+def ends_with_close(failed: bool, resp_started: bool, framed: bool, mode: int) -> bool:
+    """The upstream closed its connection: whether that ends the response (a body delimited by
+    the close: no Content-Length, not chunked) rather than breaking it."""
+    return not failed and resp_started and not framed and mode != M_NONE
+
+
+def may_retry(reused: bool, got_bytes: bool, replayable: bool, retried: bool) -> bool:
+    """A pooled connection failed before any response byte: the upstream closed it as we reused
+    it, so the request was never processed. One transparent retry on a fresh connection, for a
+    request that can be sent again (no body; idempotent or with an Idempotency-Key)."""
+    return reused and not got_bytes and replayable and not retried
+
+
+def upstream_error_text(exc: BaseException | None) -> str:
+    """The 502 reason for an upstream connection lost mid-exchange (Go's words)."""
+    if isinstance(exc, ConnectionResetError):
+        return "read: connection reset by peer"
+    if exc is None:
+        return "EOF"
+    return str(exc) or type(exc).__name__
+
+
+# -- requests on one client connection (pipelining) --------------------------------------------
+# What the connection does once a request's exchange has ended (:func:`after_exchange`).
+NEXT_CLOSE = 1  # close it (lingering): the response said so, or a tunnel ended
+NEXT_DRAIN = 2  # the request's body still arrives: read it to its end, then go on
+NEXT_RUN = 3  # run what waits: a pipelined request, a refusal held back, the server's drain
+NEXT_READ = 4  # nothing waits: read the next request
+
+# What a connection with no active request does once the queue is empty (:func:`when_idle`).
+IDLE_READ = 1  # read on
+IDLE_REFUSE = 2  # write the refusal held back for bad bytes after the answered requests, close
+IDLE_CLOSE = 3  # the server drains and no request is under way: close
+
+
+def after_exchange(
+    closing: bool, upgrade: bool, body_pending: bool, queued: bool, refusal: bool, draining: bool
+) -> int:
+    """The step after an exchange ended: ``closing`` (its response ends the connection),
+    ``upgrade`` (it was a tunnel), ``body_pending`` (its request body is still arriving),
+    ``queued`` (pipelined requests wait), ``refusal`` (a refusal is held back for bad bytes read
+    after them), ``draining`` (the server shuts down)."""
+    if closing or upgrade:
+        return NEXT_CLOSE
+    if body_pending:
+        return NEXT_DRAIN
+    if queued or refusal or draining:
+        return NEXT_RUN
+    return NEXT_READ
+
+
+def when_idle(refusal: bool, parsing: bool, draining: bool) -> int:
+    """No request is active and none waits: write the held-back refusal, close a draining
+    connection between requests, or read on."""
+    if refusal:
+        return IDLE_REFUSE
+    if draining and not parsing:
+        return IDLE_CLOSE
+    return IDLE_READ

@@ -27,18 +27,30 @@ import httptools
 
 from .h1core import (
     HOST_BYTES,
+    IDLE_CLOSE,
+    IDLE_REFUSE,
     M_CHUNKED,
     M_CLOSE,
     M_NONE,
+    NEXT_CLOSE,
+    NEXT_DRAIN,
+    NEXT_RUN,
     XFF_FIRST,
+    after_exchange,
+    ends_with_close,
     framing_error,
+    interim_relayed,
     keep_alive_asked,
     last_chunk,
+    may_retry,
     must_close,
     request_head,
     request_line_error,
     response_start,
     unsupported_version,
+    upstream_error_text,
+    upstream_reusable,
+    when_idle,
 )
 from .handle import RequestHandle
 from .http1 import (
@@ -413,11 +425,9 @@ class Exchange(RequestHandle):
 
     # -- response (from UpstreamConnection) ------------------------------------------------
     def relay_interim(self, up: UpstreamConnection, status: int) -> None:
-        if self.version != "1.1" or self.resp_started:
-            return
+        if not interim_relayed(self.version, self.resp_started, status, self.sent_continue):
+            return  # (a late 100 Continue: said already, see _continue_anyway)
         if status == 100:
-            if self.sent_continue:
-                return  # said already (the app was late: see _continue_anyway)
             self.sent_continue = True
         self.out += (status_line(status), *up.resp_out, _CRLF)
 
@@ -484,12 +494,12 @@ class Exchange(RequestHandle):
         self.upstream = None
         pool = self.pool
         assert pool is not None
-        if (
-            up.keep_alive
-            and self.body_done
-            and not self.upgrade
-            and not up.closed
-            and (up.resp_clen is not None or up.resp_chunked or self.resp_mode == M_NONE)
+        if not up.closed and upstream_reusable(
+            up.keep_alive,
+            up.resp_clen is not None or up.resp_chunked,
+            self.resp_mode,
+            self.body_done,
+            self.upgrade,
         ):
             pool.release(up)
         else:
@@ -500,25 +510,13 @@ class Exchange(RequestHandle):
         """The upstream connection closed while this exchange was using it."""
         if self.done:
             return
-        if (
-            exc is None
-            and self.resp_started
-            and up.resp_clen is None
-            and not up.resp_chunked
-            and self.resp_mode != M_NONE
-        ):
-            # Body delimited by close: EOF is the end of the response.
+        framed = up.resp_clen is not None or up.resp_chunked
+        if ends_with_close(exc is not None, self.resp_started, framed, self.resp_mode):
             self.flush_out()
             up.resp_complete = True
             self.upstream_complete(up)
             return
-        if isinstance(exc, ConnectionResetError):
-            reason = "read: connection reset by peer"
-        elif exc is None:
-            reason = "EOF"
-        else:
-            reason = str(exc) or type(exc).__name__
-        self.upstream_failed(up, reason)
+        self.upstream_failed(up, upstream_error_text(exc))
 
     def upstream_failed(self, up: UpstreamConnection, reason: str) -> None:
         if self.done:
@@ -526,15 +524,9 @@ class Exchange(RequestHandle):
             return
         self.upstream = None
         up.abort()
-        if (
-            up.reused
-            and not up.got_bytes
-            and self.replay is not None
-            and not self.retried
-            and self.pool is not None
+        if self.pool is not None and may_retry(
+            up.reused, up.got_bytes, self.replay is not None, self.retried
         ):
-            # The pooled connection was closed by the server as we reused it: the request
-            # was not processed, so one transparent retry on a fresh connection is safe.
             self.retried = True
             self.head_sent = False
             self.pool.connect(self)
@@ -1040,6 +1032,8 @@ class ServerConnection(asyncio.Protocol):
         if expect is not None and expect.lower() == b"100-continue":
             ex.expect_continue = True
         self.header_tick = 0
+        # Served at once on an idle connection, else queued behind the requests before it
+        # (answers go out in request order; pipelined requests never go upstream together).
         if (
             self.active is None
             and self._ready is None
@@ -1141,20 +1135,25 @@ class ServerConnection(asyncio.Protocol):
             self.server.inflight -= 1
         if self.closed:
             return
-        if ex.closing or ex.upgrade:
+        nxt = self.parsing
+        step = after_exchange(
+            ex.closing,
+            ex.upgrade,
+            ex is nxt,
+            bool(self.pending),
+            self.failed is not None,
+            self.server.shutting_down,
+        )
+        if step == NEXT_CLOSE:
             self.close_lingering()
             return
         if self.paused:
             self.resume(P_BODY | P_UPSTREAM)
-        nxt = self.parsing
         if nxt is not None and nxt is not ex and not nxt.headers_complete:
             self.header_tick = self.server.tick or 1  # its turn: the header clock starts
-        if ex is self.parsing:
-            # Response complete while the request body still arrives: drain it (bounded),
-            # then carry on with the next request.
-            self.discarded = 0
-            return
-        if self.pending or self.failed is not None or self.server.shutting_down:
+        if step == NEXT_DRAIN:
+            self.discarded = 0  # the rest of the body is read and dropped (bounded)
+        elif step == NEXT_RUN:
             self._run_pending()
 
     def _run_pending(self) -> None:
@@ -1169,15 +1168,14 @@ class ServerConnection(asyncio.Protocol):
                 self.resume(P_PIPELINE)
         finally:
             self._dispatching = False
-        if self.active is None and not self.pending and self.failed is not None:
-            self._write_error_and_close(*self.failed)
+        if self.active is not None or self.pending:
             return
-        if (
-            self.active is None
-            and self.parsing is None
-            and not self.pending
-            and self.server.shutting_down
-        ):
+        failed = self.failed
+        step = when_idle(failed is not None, self.parsing is not None, self.server.shutting_down)
+        if step == IDLE_REFUSE:
+            assert failed is not None
+            self._write_error_and_close(*failed)
+        elif step == IDLE_CLOSE:
             self.close()
 
     def _upgrade_request(self, rest: bytes) -> None:

@@ -5,17 +5,31 @@ from __future__ import annotations
 import pytest
 
 from dataplane.h1core import (
+    IDLE_CLOSE,
+    IDLE_READ,
+    IDLE_REFUSE,
     M_CHUNKED,
     M_CLOSE,
     M_NONE,
     M_RAW,
+    NEXT_CLOSE,
+    NEXT_DRAIN,
+    NEXT_READ,
+    NEXT_RUN,
     XFF_FIRST,
+    after_exchange,
+    ends_with_close,
     framing_error,
+    interim_relayed,
     last_chunk,
+    may_retry,
     must_close,
     request_head,
     request_line_error,
     response_start,
+    upstream_error_text,
+    upstream_reusable,
+    when_idle,
 )
 
 DATE = b"Date: Mon, 07 Dec 2026 11:00:00 GMT\r\n"
@@ -161,3 +175,96 @@ class TestResponse:
         assert must_close(True, False, False, True, False, False)
         assert not must_close(True, False, False, True, True, False)
         assert not must_close(True, False, False, True, False, True)
+
+
+# -- interim responses -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("version", "started", "status", "sent", "relayed"),
+    [
+        ("1.1", False, 103, False, True),
+        ("1.1", False, 100, False, True),
+        ("1.1", False, 100, True, False),  # 100 Continue once
+        ("1.1", False, 103, True, True),  # other 1xx are not limited
+        ("1.1", True, 103, False, False),  # never after the final head
+        ("1.0", False, 100, False, False),  # HTTP/1.0 has no 1xx
+    ],
+)
+def test_interim_relayed(
+    version: str, started: bool, status: int, sent: bool, relayed: bool
+) -> None:
+    assert interim_relayed(version, started, status, sent) is relayed
+
+
+# -- the upstream connection -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("keep_alive", "framed", "mode", "body_sent", "upgrade", "reusable"),
+    [
+        (True, True, M_RAW, True, False, True),
+        (True, False, M_NONE, True, False, True),  # HEAD / 204 / 304: no body to delimit
+        (True, False, M_CHUNKED, True, False, False),  # body ended by the close
+        (False, True, M_RAW, True, False, False),  # the upstream said close
+        (True, True, M_RAW, False, False, False),  # request body not all sent
+        (True, True, M_RAW, True, True, False),  # an upgrade request
+    ],
+)
+def test_upstream_reusable(
+    keep_alive: bool, framed: bool, mode: int, body_sent: bool, upgrade: bool, reusable: bool
+) -> None:
+    assert upstream_reusable(keep_alive, framed, mode, body_sent, upgrade) is reusable
+
+
+def test_ends_with_close() -> None:
+    assert ends_with_close(False, True, False, M_CHUNKED)  # until-close body, re-chunked
+    assert ends_with_close(False, True, False, M_CLOSE)
+    assert not ends_with_close(True, True, False, M_CLOSE)  # an error, not an end
+    assert not ends_with_close(False, False, False, M_CLOSE)  # no head yet
+    assert not ends_with_close(False, True, True, M_RAW)  # a length was promised
+    assert not ends_with_close(False, True, False, M_NONE)
+
+
+def test_may_retry_once_and_only_unprocessed() -> None:
+    assert may_retry(reused=True, got_bytes=False, replayable=True, retried=False)
+    assert not may_retry(reused=False, got_bytes=False, replayable=True, retried=False)
+    assert not may_retry(reused=True, got_bytes=True, replayable=True, retried=False)
+    assert not may_retry(reused=True, got_bytes=False, replayable=False, retried=False)
+    assert not may_retry(reused=True, got_bytes=False, replayable=True, retried=True)
+
+
+def test_upstream_error_text() -> None:
+    assert upstream_error_text(None) == "EOF"
+    assert upstream_error_text(ConnectionResetError()) == "read: connection reset by peer"
+    assert upstream_error_text(OSError("broken")) == "broken"
+    assert upstream_error_text(TimeoutError()) == "TimeoutError"
+
+
+# -- pipelining --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("flags", "step"),
+    [
+        ({}, NEXT_READ),
+        ({"closing": True, "body_pending": True, "queued": True}, NEXT_CLOSE),
+        ({"upgrade": True}, NEXT_CLOSE),
+        ({"body_pending": True, "queued": True}, NEXT_DRAIN),  # drain first, then the queue
+        ({"queued": True}, NEXT_RUN),
+        ({"refusal": True}, NEXT_RUN),
+        ({"draining": True}, NEXT_RUN),
+    ],
+)
+def test_after_exchange(flags: dict[str, bool], step: int) -> None:
+    args = {
+        "closing": False,
+        "upgrade": False,
+        "body_pending": False,
+        "queued": False,
+        "refusal": False,
+        "draining": False,
+        **flags,
+    }
+    assert after_exchange(**args) == step
+
+
+def test_when_idle() -> None:
+    assert when_idle(refusal=True, parsing=True, draining=True) == IDLE_REFUSE
+    assert when_idle(refusal=False, parsing=False, draining=True) == IDLE_CLOSE
+    assert when_idle(refusal=False, parsing=True, draining=True) == IDLE_READ  # a head arrives
+    assert when_idle(refusal=False, parsing=False, draining=False) == IDLE_READ
