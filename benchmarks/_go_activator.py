@@ -16,8 +16,8 @@ address, its pods (our queue-proxy) too, and the autoscaler name resolves throug
 namespace's ``/etc/netns/<name>/hosts`` (``ip netns exec`` mounts it over ``/etc/hosts``).
 Making the namespace needs root and iproute2.
 
-Nothing of Knative's is in this repository: pass the path of a Go activator binary you built
-(``--go-activator PATH`` or ``KND_GO_ACTIVATOR``).
+Nothing of Knative's is in this repository: pass the path of a Knative activator binary you
+built (``--go-activator PATH``; the integration test reads ``KND_GO_ACTIVATOR``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from tests.integration.netns import NetNS
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV_VAR = "KND_GO_ACTIVATOR"
+ENV_VAR = "KND_GO_ACTIVATOR"  # tests/integration/test_go_activator.py
 SYSTEM_NAMESPACE = "knative-serving"
 NAMESPACE = "default"
 HTTP_PORT = 8012  # Knative's networking.BackendHTTPPort: where the Go activator serves HTTP/1
@@ -53,17 +53,14 @@ CONFIG_MAPS = ("config-network", "config-logging", "config-observability")
 Obj = dict[str, Any]
 
 
-def go_activator_path(option: str | None, environ: dict[str, str] | None = None) -> str | None:
-    """The Go activator to run: ``option``, else ``$KND_GO_ACTIVATOR``, else None (skipped).
-    A path given that is not an executable file is an error."""
-    env = os.environ if environ is None else environ
-    path = option or env.get(ENV_VAR) or None
-    if path is None:
+def go_activator_path(option: str | None) -> str | None:
+    """``--go-activator``: an executable file (resolved), or None when not given (skipped)."""
+    if not option:
         return None
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        what = "--go-activator" if option else ENV_VAR
-        raise BenchError(f"{what} {path}: not an executable file")
-    return path
+    path = Path(option).expanduser()
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise BenchError(f"--go-activator {option}: not an executable file")
+    return str(path.resolve())
 
 
 def go_activator_argv(binary: str, kubeconfig: Path) -> list[str]:
