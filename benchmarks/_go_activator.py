@@ -48,6 +48,7 @@ NAMESPACE = "default"
 HTTP_PORT = 8012  # Knative's networking.BackendHTTPPort: where the Go activator serves HTTP/1
 AUTOSCALER_HOST = f"autoscaler.{SYSTEM_NAMESPACE}.svc.cluster.local"
 AUTOSCALER_PORT = 8080
+METRICS_PORT = 9090  # ours in a namespace: its /metrics port there
 CONFIG_MAPS = ("config-network", "config-logging", "config-observability")
 
 Obj = dict[str, Any]
@@ -218,13 +219,16 @@ class _KubeThread:
         self.loop.close()
 
 
-class GoActivatorCluster:
-    """A network namespace with the Go activator, a stand-in autoscaler inside it, and a fake
-    API server on this side of the veth pair listing one revision whose only pod is
-    ``<host_ip>:<pod_port>`` (a queue-proxy the caller runs in this namespace)."""
+class ActivatorNamespace:
+    """A network namespace for an activator in the benchmark: a stand-in autoscaler inside it
+    (on port 8080, also under the autoscaler's cluster DNS name), the activator's pod (a
+    queue-proxy the caller runs in this namespace) reached at ``host_ip``. The Go activator
+    (:meth:`start_go`) finds its revision through a fake API server on ``host_ip``; ours
+    (:meth:`start`) runs the same way with its platform file, so both cross the same veth pair.
+    """
 
-    def __init__(self, binary: str, procs: ProcessSet, tmp: Path) -> None:
-        self.binary, self.procs, self.tmp = binary, procs, tmp
+    def __init__(self, procs: ProcessSet, tmp: Path) -> None:
+        self.procs, self.tmp = procs, tmp
         self.ns: NetNS | None = None
         self.kube: _KubeThread | None = None
         self.hosts_dir: Path | None = None
@@ -233,7 +237,7 @@ class GoActivatorCluster:
 
     @property
     def ip(self) -> str:
-        """The Go activator's address (it listens on HTTP_PORT there)."""
+        """The activator's address (wrk sends load there)."""
         assert self.ns is not None
         return self.ns.ip
 
@@ -243,26 +247,19 @@ class GoActivatorCluster:
         assert self.ns is not None
         return self.ns.host_ip
 
-    def create_namespace(self) -> None:
+    def create(self) -> None:
+        """The namespace, its hosts file and the stand-in autoscaler."""
         from tests.integration.netns import NetNS, NetnsUnavailable
 
         try:
-            self.ns = NetNS.create()
+            self.ns = ns = NetNS.create()
         except NetnsUnavailable as exc:
-            raise StartError(f"the Go activator needs a network namespace: {exc}") from exc
-
-    def start(
-        self, revision: str, cc: int, pod_port: int, prefix: Sequence[str], log_path: Path
-    ) -> subprocess.Popen[bytes]:
-        """Start everything (``create_namespace`` first); ``prefix`` e.g. a taskset command.
-        Returns the Go activator's process once it listens."""
-        ns = self.ns
-        assert ns is not None
+            raise StartError(f"cannot make a network namespace: {exc}") from exc
         self.hosts_dir = Path("/etc/netns") / ns.name
         self.hosts_dir.mkdir(parents=True, exist_ok=True)
-        (self.hosts_dir / "hosts").write_text(hosts_file(ns.ip))
+        (self.hosts_dir / "hosts").write_text(hosts_file("127.0.0.1"))
         sink_log = self.tmp / f"{ns.name}-autoscaler.log"
-        sink_argv = [sys.executable, "-m", "benchmarks.autoscaler_sink", "--host", ns.ip]
+        sink_argv = [sys.executable, "-m", "benchmarks.autoscaler_sink", "--host", "0.0.0.0"]
         sink_argv += ["--port", str(AUTOSCALER_PORT)]
         self.sink = self.procs.start(
             ns.command(sink_argv),
@@ -271,17 +268,45 @@ class GoActivatorCluster:
             cwd=ROOT,
         )
         wait_tcp(ns.ip, AUTOSCALER_PORT, self.sink, 10.0, sink_log)
+
+    def start(
+        self,
+        prefix: Sequence[str],
+        argv: Sequence[str],
+        env: dict[str, str],
+        port: int,
+        log_path: Path,
+    ) -> subprocess.Popen[bytes]:
+        """Run ``argv`` in the namespace behind ``prefix`` (e.g. a taskset command); return its
+        process once it listens on ``ip:port``."""
+        assert self.ns is not None
+        cmd = [*prefix, *self.ns.command(argv)]
+        self.proc = self.procs.start(cmd, env=env, log_path=log_path)
+        wait_tcp(self.ns.ip, port, self.proc, 20.0, log_path)
+        return self.proc
+
+    def start_go(
+        self,
+        binary: str,
+        revision: str,
+        cc: int,
+        pod_port: int,
+        prefix: Sequence[str],
+        log_path: Path,
+    ) -> subprocess.Popen[bytes]:
+        """Knative's Go activator, ``prefix`` (e.g. taskset) first, with a fake API server
+        listing ``revision`` and its pod ``host_ip:pod_port``."""
+        ns = self.ns
+        assert ns is not None
         objects = config_maps() + revision_objects(revision, cc, ns.host_ip, pod_port, ns.ip)
         self.kube = _KubeThread(ns.host_ip, objects)
         assert self.kube.kube is not None
         kubeconfig = self.kube.kube.write_kubeconfig(self.tmp / f"{ns.name}.kubeconfig")
-        argv = [*prefix, *ns.command(go_activator_argv(self.binary, kubeconfig))]
-        self.proc = self.procs.start(argv, env=go_activator_env(ns.ip), log_path=log_path)
-        wait_tcp(ns.ip, HTTP_PORT, self.proc, 20.0, log_path)
-        return self.proc
+        argv = go_activator_argv(binary, kubeconfig)
+        return self.start(prefix, argv, go_activator_env(ns.ip), HTTP_PORT, log_path)
 
     def close(self) -> None:
-        """Stop the processes started here, the API server; remove the namespace."""
+        """Stop the processes started here and the API server; remove the namespace."""
         for proc in (self.proc, self.sink):
             if proc is not None:
                 self.procs.stop(proc, graceful=False)
@@ -293,4 +318,5 @@ class GoActivatorCluster:
             shutil.rmtree(self.hosts_dir, ignore_errors=True)
             self.hosts_dir = None
         if self.ns is not None:
-            self.ns.close()  # what still runs inside loses its links; ProcessSet stops it
+            self.ns.close()
+            self.ns = None

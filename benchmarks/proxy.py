@@ -127,8 +127,9 @@ class Target:
     qp_log: Path | None = None
     platform_file: Path | None = None
     go: bool = False  # Knative's Go queue-proxy (--go): check its fixed ports before each start
-    address: str = "127.0.0.1"  # where wrk sends load (the Go activator's namespace address)
-    cluster: _go_activator.GoActivatorCluster | None = field(default=None, repr=False)
+    address: str = "127.0.0.1"  # where wrk sends load (an activator namespace's address)
+    netns: bool = False  # our activator in a namespace of its own, as the Go activator runs
+    space: _go_activator.ActivatorNamespace | None = field(default=None, repr=False)
 
     @property
     def has_footprint(self) -> bool:
@@ -298,6 +299,22 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         targets.append(Target("go", "go", "extra", [go], cc=0, go=True))
     go_act = _go_activator.go_activator_path(getattr(args, "go_activator", None))
     if go_act is not None:
+        # Ours the way the Go activator runs (a namespace of its own, both hops over the veth
+        # pair), beside the loopback chains: the ratio to Go is taken on the same topology.
+        for t in [t for t in targets if t.kind == "activator"]:
+            variant, cc = t.id.rsplit("-cc", 1)
+            targets.append(
+                Target(
+                    f"{variant}-ns-cc{cc}",
+                    t.label.replace(" cc=", " netns cc="),
+                    "activator",
+                    t.argv,
+                    cc=t.cc,
+                    qp_argv=t.qp_argv,
+                    host=t.host,
+                    netns=True,
+                )
+            )
         targets += [
             Target(
                 f"{GO_CHAIN}-cc{cc}",
@@ -323,7 +340,8 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         if "queue-proxy" in wanted:
             wanted |= {"queue-proxy-cc0", "queue-proxy-cc10"}
             wanted.discard("queue-proxy")
-        for group in ("queue-proxy-mypyc", *ACTIVATOR_VARIANTS, GO_CHAIN):
+        groups = (*ACTIVATOR_VARIANTS, *(f"{v}-ns" for v in ACTIVATOR_VARIANTS), GO_CHAIN)
+        for group in ("queue-proxy-mypyc", *groups):
             if group in wanted:
                 wanted |= {f"{group}-cc0", f"{group}-cc10"}
                 wanted.discard(group)
@@ -434,8 +452,8 @@ class Bench:
                 target.port = self.upstream_port
             elif target.kind == "nginx":
                 self._start_nginx(target)
-            elif target.kind == "go-activator":
-                self._start_go(target)
+            elif target.kind == "go-activator" or target.netns:
+                self._start_in_namespace(target)
                 time.sleep(0.5)
                 assert target.proc is not None
                 target.idle_rss_mib = _procs.tree_rss_mib(target.proc.pid)
@@ -459,45 +477,57 @@ class Bench:
                 if proc is not None:
                     self.procs.stop(proc, graceful=False)
             target.proc = target.qp_proc = None
-            if target.cluster is not None:
-                target.cluster.close()
-                target.cluster = None
+            if target.space is not None:
+                target.space.close()
+                target.space = None
 
-    def _start_go(self, target: Target) -> None:
-        """Knative's Go activator in front of a queue-proxy like the one behind ours: the
-        queue-proxy listens here (on the namespace's veth address too), the Go activator runs in
-        its namespace, pinned to the proxy CPU (so GOMAXPROCS is 1), finding the pod through the
-        fake API server. Both its hops cross the veth pair where ours use loopback."""
+    def _start_in_namespace(self, target: Target) -> None:
+        """An activator in a network namespace of its own (benchmarks/_go_activator.py), pinned
+        to the proxy CPU (the Go activator's GOMAXPROCS is then 1), in front of a queue-proxy
+        started here as for the loopback chains and reached over the veth pair; wrk sends load
+        over the veth pair too. Knative's Go activator needs this (its ports are fixed) and
+        finds its pod through a fake API server; ours (``netns``) reads its platform file."""
         assert target.argv is not None and target.qp_argv is not None and target.cc is not None
-        target.cluster = cluster = _go_activator.GoActivatorCluster(
-            target.argv[0], self.procs, self.tmp
-        )
-        cluster.create_namespace()
+        target.space = space = _go_activator.ActivatorNamespace(self.procs, self.tmp)
+        space.create()
         target.qp_port = _procs.free_port()
         target.qp_log = self.tmp / f"{target.id}-queue-proxy.log"
         env = queue_proxy_env(target.cc, target.qp_port, self.upstream_port)
-        env["SERVING_POD_IP"] = cluster.host_ip
+        env["SERVING_POD_IP"] = space.host_ip
         target.qp_proc = self.procs.start(
             self.pinned(self.args.proxy_cpu, target.qp_argv), env=env, log_path=target.qp_log
         )
         _procs.wait_listening(target.qp_port, target.qp_proc, START_TIMEOUT, 0.005, target.qp_log)
         target.log = self.tmp / f"{target.id}.log"
-        revision = f"bench-go{target.cc}-00001"
-        target.proc = cluster.start(
-            revision,
-            target.cc,
-            target.qp_port,
-            [self.tools["taskset"], "-c", str(self.args.proxy_cpu)],
-            target.log,
+        prefix = [self.tools["taskset"], "-c", str(self.args.proxy_cpu)]
+        target.address, target.port = space.ip, _go_activator.HTTP_PORT
+        if target.kind == "go-activator":
+            revision = f"bench-go{target.cc}-00001"
+            target.proc = space.start_go(
+                target.argv[0], revision, target.cc, target.qp_port, prefix, target.log
+            )
+            return
+        target.platform_file = self.tmp / f"{target.id}-platform.json"
+        rev = _activator.revision(
+            "bench-00001", ACTIVATOR_HOST, target.cc, ready=[f"{space.host_ip}:{target.qp_port}"]
         )
-        target.address, target.port = cluster.ip, _go_activator.HTTP_PORT
+        _activator.write_platform(target.platform_file, [rev])
+        act_env = _activator.activator_env(
+            target.port,
+            _go_activator.METRICS_PORT,
+            _go_activator.AUTOSCALER_PORT,
+            target.platform_file,
+            POD_IP=space.ip,
+            ACTIVATOR_BIND_ADDRESS=space.ip,
+        )
+        target.proc = space.start(prefix, target.argv, act_env, target.port, target.log)
 
     def close(self) -> None:
-        """Stop what the Go activator targets started outside the process set."""
+        """Stop what the namespaced targets started and remove their namespaces."""
         for target in self.targets_started:
-            if target.cluster is not None:
-                target.cluster.close()
-                target.cluster = None
+            if target.space is not None:
+                target.space.close()
+                target.space = None
 
     def _start_pod(self, target: Target) -> None:
         """The activator's pod: a queue-proxy on the proxy CPU in front of the upstream, listed
@@ -829,7 +859,7 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
                 out["activator_vs_qp"][f"{variant}-cc{cc}"] = compare(chain, alone)
     # Ours against Knative's Go activator, same queue-proxy behind both: the activator process
     # alone (its CPU per request: ours / Go, above 1 is more CPU than Go), and the whole chain.
-    for variant in ACTIVATOR_VARIANTS:
+    for variant in (*ACTIVATOR_VARIANTS, *(f"{v}-ns" for v in ACTIVATOR_VARIANTS)):
         for cc in (0, 10):
             ours, go = by_id.get(f"{variant}-cc{cc}"), by_id.get(f"{GO_CHAIN}-cc{cc}")
             if ours and go:

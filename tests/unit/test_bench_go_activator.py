@@ -56,7 +56,22 @@ def test_the_option_adds_two_chains_in_front_of_our_queue_proxy(fake_binary: Pat
         assert t.qp_argv == ours[f"activator-qp-cc{t.cc}"].qp_argv  # the same queue-proxy
         assert t.host == f"bench-go{t.cc}-00001.default.svc.cluster.local"
         assert t.is_chain and t.has_footprint
-    # "go-activator-qp" selects both, as "activator-qp" does for ours.
+    # Ours again, the way the Go activator runs (a namespace of its own): the same topology.
+    ns = [t for t in targets if t.netns]
+    assert [(t.id, t.label) for t in ns] == [
+        ("activator-qp-ns-cc0", "activator+qp netns cc=0"),
+        ("activator-qp-ns-cc10", "activator+qp netns cc=10"),
+    ]
+    for t in ns:
+        loop = ours[f"activator-qp-cc{t.cc}"]
+        assert (t.kind, t.argv, t.qp_argv, t.host) == (
+            "activator",
+            loop.argv,
+            loop.qp_argv,
+            loop.host,
+        )
+    assert not any(t.netns for t in proxy.build_targets(_args()))
+    # "go-activator-qp" selects both, as "activator-qp" (and "activator-qp-ns") do for ours.
     picked = proxy.build_targets(
         _args("--go-activator", str(fake_binary), "--targets", "activator-qp-cc0,go-activator-qp")
     )
@@ -65,6 +80,10 @@ def test_the_option_adds_two_chains_in_front_of_our_queue_proxy(fake_binary: Pat
         "go-activator-qp-cc0",
         "go-activator-qp-cc10",
     ]
+    picked = proxy.build_targets(
+        _args("--go-activator", str(fake_binary), "--targets", "activator-qp-ns")
+    )
+    assert [t.id for t in picked] == ["activator-qp-ns-cc0", "activator-qp-ns-cc10"]
 
 
 def test_env_and_argv() -> None:
@@ -133,11 +152,17 @@ def _run(cpu: float, act: float, rps: float = 1000.0) -> proxy.Run:
 
 
 def test_ratios_and_report_put_ours_over_go(fake_binary: Path) -> None:
-    args = _args("--go-activator", str(fake_binary), "--targets", "activator-qp,go-activator-qp")
+    args = _args(
+        "--go-activator",
+        str(fake_binary),
+        "--targets",
+        "activator-qp,activator-qp-ns,go-activator-qp",
+    )
     targets = proxy.build_targets(args)
     by_id = {t.id: t for t in targets}
     by_id["activator-qp-cc0"].runs["1k"] = [_run(80.0, 40.0, rps=12000.0)]
     by_id["go-activator-qp-cc0"].runs["1k"] = [_run(160.0, 100.0, rps=6000.0)]
+    by_id["activator-qp-ns-cc0"].runs["1k"] = [_run(78.0, 38.0, rps=12500.0)]
     by_id["go-activator-qp-cc10"].error = "failed to start: no namespace"
     workloads = [proxy.WORKLOADS["1k"]]
     ratios = proxy.compute_ratios(targets, workloads)
@@ -145,8 +170,15 @@ def test_ratios_and_report_put_ours_over_go(fake_binary: Path) -> None:
     assert entry["activator_cpu"] == pytest.approx(0.4)
     assert entry["cpu_per_req"] == pytest.approx(0.5)
     assert entry["rps"] == pytest.approx(2.0)
+    assert ratios["activator_vs_go"]["activator-qp-ns-cc0"]["1k"]["activator_cpu"] == pytest.approx(
+        0.38
+    )
     assert "activator-qp-cc10" not in ratios["activator_vs_go"]  # its Go partner failed
     args.duration, args.repeat, args.warmup = 1, 1, 0
     text = proxy.render(targets, workloads, ratios, [], args)
     assert "ours / Knative's Go activator" in text
-    assert "activator CPU/req 40.0 / 100.0 us = 0.40" in text
+    assert (
+        "activator+qp cc=0 / Go activator+qp cc=0, 1k: activator CPU/req 40.0 / 100.0 us = 0.40"
+        in text
+    )
+    assert "activator+qp netns cc=0 / Go activator+qp cc=0, 1k: activator CPU/req 38.0" in text
