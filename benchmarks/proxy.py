@@ -17,9 +17,9 @@ The activator targets chain wrk -> activator -> queue-proxy -> upstream, both pr
 proxy CPU, requests carrying ``Host: bench.example.com`` (the revision's host in the platform
 file); their CPU per request is reported in total and per process.
 
-With ``--go-activator PATH`` Knative's own Go activator runs beside
-ours in front of the same queue-proxy and upstream (benchmarks/_go_activator.py: a fake API
-server, a network namespace of its own) and the report gives ours / Go per core.
+With ``--go-activator PATH`` Knative's own Go activator runs beside ours in front of the same
+queue-proxy and upstream (benchmarks/_go_activator.py: a fake API server, a network namespace
+of its own), ours runs that way too (the ``-ns`` targets), and the report gives ours / Go.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "queue-proxy-cc0, queue-proxy-cc10, queue-proxy-mypyc (both), queue-proxy-mypyc-cc0, "
         "queue-proxy-mypyc-cc10, activator-qp (both), activator-qp-cc0, activator-qp-cc10, "
         "activator-qp-mypyc (both), activator-qp-mypyc-cc0, activator-qp-mypyc-cc10, go (with "
-        "--go), go-activator-qp (both, with --go-activator), or an --extra NAME (default: all)",
+        "--go), go-activator-qp, activator-qp-ns, activator-qp-mypyc-ns (both each, with "
+        "--go-activator), or an --extra NAME (default: all)",
     )
     parser.add_argument(
         "--workloads",
