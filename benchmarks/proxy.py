@@ -16,11 +16,16 @@ after every measured run.
 The activator targets chain wrk -> activator -> queue-proxy -> upstream, both proxies on the
 proxy CPU, requests carrying ``Host: bench.example.com`` (the revision's host in the platform
 file); their CPU per request is reported in total and per process.
+
+With ``--go-activator PATH`` Knative's own Go activator runs beside ours in front of the same
+queue-proxy and upstream (benchmarks/_go_activator.py: a fake API server, a network namespace
+of its own), ours runs that way too (the ``-ns`` targets), and the report gives ours / Go.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -37,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _activator, _gobaseline, _procs, _tools, upstream
+from benchmarks import _activator, _go_activator, _gobaseline, _procs, _tools, upstream
 from benchmarks._procs import BenchError, ProcessSet, StartError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -105,7 +110,7 @@ class Target:
 
     id: str
     label: str
-    kind: str  # direct | nginx | aiohttp | queue-proxy | extra | activator
+    kind: str  # direct | nginx | aiohttp | queue-proxy | extra | activator | go-activator
     argv: list[str] | None = None
     cc: int | None = None
     qp_argv: list[str] | None = None
@@ -122,10 +127,18 @@ class Target:
     qp_log: Path | None = None
     platform_file: Path | None = None
     go: bool = False  # Knative's Go queue-proxy (--go): check its fixed ports before each start
+    address: str = "127.0.0.1"  # where wrk sends load (an activator namespace's address)
+    netns: bool = False  # our activator in a namespace of its own, as the Go activator runs
+    space: _go_activator.ActivatorNamespace | None = field(default=None, repr=False)
 
     @property
     def has_footprint(self) -> bool:
-        return self.kind in ("queue-proxy", "extra", "activator")
+        return self.kind in ("queue-proxy", "extra", "activator", "go-activator")
+
+    @property
+    def is_chain(self) -> bool:
+        """An activator in front of a queue-proxy (ours or Knative's Go activator)."""
+        return self.kind in ("activator", "go-activator")
 
     def median(self, workload: str, metric: str) -> float | None:
         """Median of one metric over this target's runs of a workload (None if unavailable)."""
@@ -158,7 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "queue-proxy-cc0, queue-proxy-cc10, queue-proxy-mypyc (both), queue-proxy-mypyc-cc0, "
         "queue-proxy-mypyc-cc10, activator-qp (both), activator-qp-cc0, activator-qp-cc10, "
         "activator-qp-mypyc (both), activator-qp-mypyc-cc0, activator-qp-mypyc-cc10, go (with "
-        "--go), or an --extra NAME (default: all)",
+        "--go), go-activator-qp, activator-qp-ns, activator-qp-mypyc-ns (both each, with "
+        "--go-activator), or an --extra NAME (default: all)",
     )
     parser.add_argument(
         "--workloads",
@@ -185,6 +199,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--activator",
         help="activator executable (default: the one next to this Python, else on PATH)",
+    )
+    parser.add_argument(
+        "--go-activator",
+        metavar="PATH",
+        help="also measure Knative's Go activator (the path of a binary you built) in front "
+        "of our queue-proxy, beside ours (needs root: it runs in a network namespace)",
     )
     parser.add_argument(
         "--compiled",
@@ -278,6 +298,36 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
     go = _gobaseline.go_path(getattr(args, "go", None))
     if go is not None:
         targets.append(Target("go", "go", "extra", [go], cc=0, go=True))
+    go_act = _go_activator.go_activator_path(getattr(args, "go_activator", None))
+    if go_act is not None:
+        # Ours the way the Go activator runs (a namespace of its own, both hops over the veth
+        # pair), beside the loopback chains: the ratio to Go is taken on the same topology.
+        for t in [t for t in targets if t.kind == "activator"]:
+            variant, cc = t.id.rsplit("-cc", 1)
+            targets.append(
+                Target(
+                    f"{variant}-ns-cc{cc}",
+                    t.label.replace(" cc=", " netns cc="),
+                    "activator",
+                    t.argv,
+                    cc=t.cc,
+                    qp_argv=t.qp_argv,
+                    host=t.host,
+                    netns=True,
+                )
+            )
+        targets += [
+            Target(
+                f"{GO_CHAIN}-cc{cc}",
+                f"Go activator+qp cc={cc}",
+                "go-activator",
+                [go_act],
+                cc=cc,
+                qp_argv=[qp],
+                host=_go_activator.host_header(f"bench-go{cc}-00001"),
+            )
+            for cc in (0, 10)
+        ]
     for spec in args.extra:
         name, sep, command = spec.partition("=")
         name = name.strip()
@@ -291,7 +341,8 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         if "queue-proxy" in wanted:
             wanted |= {"queue-proxy-cc0", "queue-proxy-cc10"}
             wanted.discard("queue-proxy")
-        for group in ("queue-proxy-mypyc", *ACTIVATOR_VARIANTS):
+        groups = (*ACTIVATOR_VARIANTS, *(f"{v}-ns" for v in ACTIVATOR_VARIANTS), GO_CHAIN)
+        for group in ("queue-proxy-mypyc", *groups):
             if group in wanted:
                 wanted |= {f"{group}-cc0", f"{group}-cc10"}
                 wanted.discard(group)
@@ -374,6 +425,7 @@ class Bench:
         self.upstream_port = 0
         self.upstream_proc: subprocess.Popen[bytes] | None = None
         self.autoscaler_port = 0
+        self.targets_started: list[Target] = []
 
     def pinned(self, cpu: int, argv: list[str]) -> list[str]:
         return [self.tools["taskset"], "-c", str(cpu), *argv]
@@ -395,11 +447,17 @@ class Bench:
 
     def start_target(self, target: Target) -> None:
         """Start a target's process and check it proxies every workload; sets target.error."""
+        self.targets_started.append(target)
         try:
             if target.kind == "direct":
                 target.port = self.upstream_port
             elif target.kind == "nginx":
                 self._start_nginx(target)
+            elif target.kind == "go-activator" or target.netns:
+                self._start_in_namespace(target)
+                time.sleep(0.5)
+                assert target.proc is not None
+                target.idle_rss_mib = _procs.tree_rss_mib(target.proc.pid)
             else:
                 if target.kind == "activator":
                     self._start_pod(target)
@@ -411,13 +469,66 @@ class Bench:
                     target.idle_rss_mib = _procs.tree_rss_mib(target.proc.pid)
             # For the activator the first request also waits until it has probed its pod.
             for workload in self.workloads:
-                check_response(target.port, workload, deadline=5.0, host=target.host)
+                check_response(
+                    target.port, workload, deadline=5.0, host=target.host, address=target.address
+                )
         except StartError as exc:
             target.error = "failed to start: " + " | ".join(str(exc).split("\n"))
             for proc in (target.proc, target.qp_proc):
                 if proc is not None:
                     self.procs.stop(proc, graceful=False)
             target.proc = target.qp_proc = None
+            if target.space is not None:
+                target.space.close()
+                target.space = None
+
+    def _start_in_namespace(self, target: Target) -> None:
+        """An activator in a network namespace of its own (benchmarks/_go_activator.py), pinned
+        to the proxy CPU (the Go activator's GOMAXPROCS is then 1), in front of a queue-proxy
+        started here as for the loopback chains and reached over the veth pair; wrk sends load
+        over the veth pair too. Knative's Go activator needs this (its ports are fixed) and
+        finds its pod through a fake API server; ours (``netns``) reads its platform file."""
+        assert target.argv is not None and target.qp_argv is not None and target.cc is not None
+        target.space = space = _go_activator.ActivatorNamespace(self.procs, self.tmp)
+        space.create()
+        target.qp_port = _procs.free_port()
+        target.qp_log = self.tmp / f"{target.id}-queue-proxy.log"
+        env = queue_proxy_env(target.cc, target.qp_port, self.upstream_port)
+        env["SERVING_POD_IP"] = space.host_ip
+        target.qp_proc = self.procs.start(
+            self.pinned(self.args.proxy_cpu, target.qp_argv), env=env, log_path=target.qp_log
+        )
+        _procs.wait_listening(target.qp_port, target.qp_proc, START_TIMEOUT, 0.005, target.qp_log)
+        target.log = self.tmp / f"{target.id}.log"
+        prefix = [self.tools["taskset"], "-c", str(self.args.proxy_cpu)]
+        target.address, target.port = space.ip, _go_activator.HTTP_PORT
+        if target.kind == "go-activator":
+            revision = f"bench-go{target.cc}-00001"
+            target.proc = space.start_go(
+                target.argv[0], revision, target.cc, target.qp_port, prefix, target.log
+            )
+            return
+        target.platform_file = self.tmp / f"{target.id}-platform.json"
+        rev = _activator.revision(
+            "bench-00001", ACTIVATOR_HOST, target.cc, ready=[f"{space.host_ip}:{target.qp_port}"]
+        )
+        _activator.write_platform(target.platform_file, [rev])
+        act_env = _activator.activator_env(
+            target.port,
+            _go_activator.METRICS_PORT,
+            _go_activator.AUTOSCALER_PORT,
+            target.platform_file,
+            POD_IP=space.ip,
+            ACTIVATOR_BIND_ADDRESS=space.ip,
+        )
+        target.proc = space.start(prefix, target.argv, act_env, target.port, target.log)
+
+    def close(self) -> None:
+        """Stop what the namespaced targets started and remove their namespaces."""
+        for target in self.targets_started:
+            if target.space is not None:
+                target.space.close()
+                target.space = None
 
     def _start_pod(self, target: Target) -> None:
         """The activator's pod: a queue-proxy on the proxy CPU in front of the upstream, listed
@@ -517,12 +628,12 @@ class Bench:
         if pid is not None and target.has_footprint and workload.name == PEAK_WORKLOAD:
             _procs.reset_tree_hwm(pid)
         if self.args.warmup:
-            self.wrk(target.port, workload, self.args.warmup, target.host)
+            self.wrk(target.port, workload, self.args.warmup, target.host, target.address)
         cpu0 = _procs.tree_cpu_seconds(pid) if pid is not None else 0.0
         qp_cpu0 = _procs.tree_cpu_seconds(qp_pid) if qp_pid is not None else 0.0
         busy0 = _procs.cpu_busy_ticks()
         t0 = time.perf_counter()
-        result = self.wrk(target.port, workload, self.args.duration, target.host)
+        result = self.wrk(target.port, workload, self.args.duration, target.host, target.address)
         wall = time.perf_counter() - t0
         own = (_procs.tree_cpu_seconds(pid) - cpu0) if pid is not None else None
         qp_cpu = (_procs.tree_cpu_seconds(qp_pid) - qp_cpu0) if qp_pid is not None else None
@@ -539,7 +650,9 @@ class Bench:
             target.error = f"no valid responses for {workload.name}{_procs.log_tail(target.log)}"
             return
         try:  # still answering 200 with the full body after the load
-            check_response(target.port, workload, deadline=2.0, host=target.host)
+            check_response(
+                target.port, workload, deadline=2.0, host=target.host, address=target.address
+            )
         except StartError as exc:
             target.error = f"after the {workload.name} run: {exc}{_procs.log_tail(target.log)}"
             return
@@ -575,7 +688,12 @@ class Bench:
         )
 
     def wrk(
-        self, port: int, workload: Workload, seconds: int, host: str | None = None
+        self,
+        port: int,
+        workload: Workload,
+        seconds: int,
+        host: str | None = None,
+        address: str = "127.0.0.1",
     ) -> dict[str, float] | None:
         """Run wrk pinned to the load CPU; return the JSON its done() hook prints."""
         script = self.tmp / f"wrk-{workload.name}.lua"
@@ -593,7 +711,7 @@ class Bench:
                 *(["-H", f"Host: {host}"] if host else []),
                 "-s",
                 str(script),
-                f"http://127.0.0.1:{port}{workload.path}",
+                f"http://{address}:{port}{workload.path}",
             ],
         )
         proc = self.procs.start(argv, stdout_pipe=True, log_path=self.tmp / "wrk.log")
@@ -660,7 +778,13 @@ def wrk_script(workload: Workload) -> str:
     return setup + _WRK_DONE
 
 
-def check_response(port: int, workload: Workload, deadline: float, host: str | None = None) -> None:
+def check_response(
+    port: int,
+    workload: Workload,
+    deadline: float,
+    host: str | None = None,
+    address: str = "127.0.0.1",
+) -> None:
     """One request of the workload must come back 200 with the full body (retried until the
     deadline, since a proxy may answer 503 until it has seen its upstream)."""
     end = time.monotonic() + deadline
@@ -668,7 +792,7 @@ def check_response(port: int, workload: Workload, deadline: float, host: str | N
     headers = {"Host": host} if host else {}
     problem = "no answer"
     while time.monotonic() < end:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn = http.client.HTTPConnection(address, port, timeout=5)
         try:
             conn.request(workload.method, workload.path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -690,6 +814,8 @@ def check_response(port: int, workload: Workload, deadline: float, host: str | N
 VARIANTS = ("queue-proxy", "queue-proxy-mypyc")  # interpreted and mypyc-compiled builds
 # activator + queue-proxy chains, each with the queue-proxy variant of the same build.
 ACTIVATOR_VARIANTS = {"activator-qp": "queue-proxy", "activator-qp-mypyc": "queue-proxy-mypyc"}
+GO_CHAIN = "go-activator-qp"  # Knative's Go activator in front of our queue-proxy
+ACT_CPU = "activator_cpu_us_per_req"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -706,6 +832,7 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
         "cc10_vs_cc0": {},
         "vs_extra": {},
         "activator_vs_qp": {},
+        "activator_vs_go": {},
     }
     metrics = {"rps": "rps", "cpu_per_req": "cpu_us_per_req", "p99": "p99_ms"}
 
@@ -731,6 +858,19 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
             chain, alone = by_id.get(f"{variant}-cc{cc}"), by_id.get(f"{qp_variant}-cc{cc}")
             if chain and alone:
                 out["activator_vs_qp"][f"{variant}-cc{cc}"] = compare(chain, alone)
+    # Ours against Knative's Go activator, same queue-proxy behind both: the activator process
+    # alone (its CPU per request: ours / Go, above 1 is more CPU than Go), and the whole chain.
+    for variant in (*ACTIVATOR_VARIANTS, *(f"{v}-ns" for v in ACTIVATOR_VARIANTS)):
+        for cc in (0, 10):
+            ours, go = by_id.get(f"{variant}-cc{cc}"), by_id.get(f"{GO_CHAIN}-cc{cc}")
+            if ours and go:
+                out["activator_vs_go"][f"{variant}-cc{cc}"] = {
+                    w.name: {
+                        key: _ratio(ours.median(w.name, m), go.median(w.name, m))
+                        for key, m in (*metrics.items(), ("activator_cpu", ACT_CPU))
+                    }
+                    for w in workloads
+                }
     for variant in VARIANTS:
         cc0 = by_id.get(f"{variant}-cc0")
         for extra in (t for t in by_id.values() if t.kind == "extra"):
@@ -854,7 +994,7 @@ def render(
             f"* load-bound: the load CPU was >= {LOAD_BOUND_PCT:.0f} % busy while the proxy's CPU "
             "was not; that req/s is a lower bound (compare CPU/request instead)",
         ]
-    chains = [t for t in targets if t.kind == "activator" and t.runs]
+    chains = [t for t in targets if t.is_chain and t.runs]
     if chains:
         cw = max(10, *(len(w.name) + 5 for w in workloads))
         head = f"{'CPU us/req split':<{lw}}" + "".join(
@@ -885,7 +1025,7 @@ def render(
                 f"{_fmt(t.start_median_ms(), '.1f'):>17}"
                 f"  (median of {len(t.start_ms)}: {', '.join(f'{v:.0f}' for v in t.start_ms)})"
             )
-        if any(t.kind == "activator" for t in footprint):
+        if any(t.is_chain for t in footprint):
             lines.append("activator+qp rows: the activator process alone (its pod excluded)")
     pairs = []
     labels = {t.id: t.label for t in targets}
@@ -915,6 +1055,23 @@ def render(
                     f"{_fmt(fp['peak_rss'], '.2f')}, start {_fmt(fp['start'], '.2f')}"
                 )
             lines.append(f"  {label:<{width}}  " + "; ".join(parts))
+    go_lines = []
+    for tid, entry in ratios["activator_vs_go"].items():
+        variant, cc = tid.rsplit("-cc", 1)
+        go = next(t for t in targets if t.id == f"{GO_CHAIN}-cc{cc}")
+        ours = next(t for t in targets if t.id == tid)
+        for w in workloads:
+            r = entry[w.name]
+            go_lines.append(
+                f"  {ours.label} / {go.label}, {w.name}: activator CPU/req "
+                f"{_fmt(ours.median(w.name, ACT_CPU), '.1f')} / "
+                f"{_fmt(go.median(w.name, ACT_CPU), '.1f')} us = "
+                f"{_fmt(r['activator_cpu'], '.2f')}; chain CPU/req "
+                f"{_fmt(r['cpu_per_req'], '.2f')}, "
+                f"req/s {_fmt(r['rps'], '.2f')}, p99 {_fmt(r['p99'], '.2f')}"
+            )
+    if go_lines:
+        lines += ["", "ours / Knative's Go activator (same queue-proxy and upstream)", *go_lines]
     for variant in VARIANTS:
         vgoals = [g for g in goals if g["build"] == variant]
         if not vgoals:
@@ -1074,8 +1231,10 @@ def run(args: argparse.Namespace) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="knd-bench-proxy-") as tmp,
         ProcessSet() as procs,
+        contextlib.ExitStack() as cleanup,
     ):
         bench = Bench(args, procs, Path(tmp), tools)
+        cleanup.callback(bench.close)  # before the process set stops what is left
         background = background_load([args.proxy_cpu, args.load_cpu])
         bench.start_upstream()
         lw = max([20, *(len(t.label) + 2 for t in targets)])

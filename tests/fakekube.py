@@ -1,8 +1,8 @@
 """A fake Kubernetes API server on a real loopback socket, for driving real clients over HTTP.
 
 It speaks the Kubernetes JSON and watch protocol, generically over registered resources
-(core/v1 pods, services, endpoints, configmaps, events; discovery.k8s.io/v1 endpointslices; apps/v1
-deployments with the ``scale`` subresource; coordination.k8s.io/v1 leases;
+(core/v1 pods, services, endpoints, configmaps, secrets, events; discovery.k8s.io/v1
+endpointslices; apps/v1 deployments with the ``scale`` subresource; coordination.k8s.io/v1 leases;
 serving.knative.dev/v1 revisions), so the real ``kubernetes_asyncio`` client can be pointed at it.
 
 Usage::
@@ -40,6 +40,11 @@ Protocol notes (what real clients rely on):
 - ``?watch=1&resourceVersion=R``: events after R; R unset or "0": synthetic ADDED for the current
   objects first; ``allowWatchBookmarks=true``: BOOKMARK events (on :meth:`bookmark` and every
   ``bookmark_interval`` seconds); ``timeoutSeconds``: the stream ends after it;
+- watch lists (client-go's WatchListClient, on by default in recent client-go):
+  ``sendInitialEvents=true`` with ``allowWatchBookmarks=true`` and
+  ``resourceVersionMatch=NotOlderThan``: ADDED for the current objects, then a BOOKMARK annotated
+  ``k8s.io/initial-events-end: "true"``, then the stream goes on as a watch (422 Invalid without
+  the two other parameters, as the real server answers);
 - a watch from a resourceVersion older than the retained history (``history`` events, or
   :meth:`compact`) gets an ``ERROR`` event holding a ``Status`` with code 410, reason Expired
   (as kube-apiserver's watch cache does); with ``gone_as_http=True`` a plain HTTP 410 instead;
@@ -69,7 +74,8 @@ Protocol notes (what real clients rely on):
   resourceVersion on update, server-side apply conflicts), 403 Forbidden, 401 Unauthorized
   (wrong bearer token), 422 Invalid, 410 Expired, 500 InternalError;
 - :meth:`hang`: requests of a verb on a resource get no answer until :meth:`unhang`;
-- discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>/<version>``, ``/version``;
+- discovery: ``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>/<version>``, ``/version``
+  (``gitVersion`` from ``FakeKube(version=...)``, default ``v1.34.0``);
   :meth:`remove_resource` makes a resource unknown (404s, absent from discovery), e.g. a cluster
   without EndpointSlices.
 """
@@ -125,6 +131,7 @@ DEFAULT_RESOURCES = (
     ResourceType("", "v1", "services", "Service"),
     ResourceType("", "v1", "endpoints", "Endpoints", subresources=()),
     ResourceType("", "v1", "configmaps", "ConfigMap", subresources=()),
+    ResourceType("", "v1", "secrets", "Secret", subresources=()),
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False),
     ResourceType("", "v1", "events", "Event", subresources=()),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", subresources=()),
@@ -562,8 +569,10 @@ class FakeKube:
         token: str | None = TOKEN,
         resources: Iterable[ResourceType] = DEFAULT_RESOURCES,
         ssl_context: ssl.SSLContext | None = None,
+        version: str = "v1.34.0",
     ) -> None:
         self.ssl_context = ssl_context  # HTTPS (as a real API server) when given
+        self.version = version  # /version's gitVersion (clients may require a minimum)
         self.history_size = history
         self.bookmark_interval = bookmark_interval
         self.gone_as_http = gone_as_http
@@ -586,22 +595,26 @@ class FakeKube:
         self._snapshots: dict[str, tuple[int, list[Obj]]] = {}
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.host = "127.0.0.1"
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
     @property
     def url(self) -> str:
         scheme = "https" if self.ssl_context is not None else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://{self.host}:{self.port}"
 
-    async def start(self, port: int = 0) -> FakeKube:
+    async def start(self, port: int = 0, host: str = "127.0.0.1") -> FakeKube:
+        """Listen on ``host:port`` (port 0: any free one), e.g. the host side of a network
+        namespace's veth pair for a client running inside the namespace."""
+        self.host = host
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.ssl_context)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context)
         await site.start()
         server = site._server
         assert server is not None
@@ -1216,7 +1229,7 @@ class FakeKube:
         q = dict(request.query)
         # discovery
         if parts == ["version"]:
-            return web.json_response({"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake"})
+            return web.json_response(self._version_info())
         if parts == ["api"]:
             return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
         if parts == ["apis"]:
@@ -1335,6 +1348,21 @@ class FakeKube:
             {"name": name or "", "group": rt.group, "kind": rt.plural},
         )
 
+    def _version_info(self) -> Obj:
+        m = re.match(r"v?(\d+)\.(\d+)", self.version)
+        major, minor = m.groups() if m else ("", "")
+        return {
+            "major": major,
+            "minor": minor,
+            "gitVersion": self.version,
+            "gitCommit": "0" * 40,
+            "gitTreeState": "clean",
+            "buildDate": "2025-01-01T00:00:00Z",
+            "goVersion": "go1.24.0",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }
+
     def _group_list(self) -> Obj:
         groups: dict[str, list[str]] = {}
         for rt in self.types.values():
@@ -1363,13 +1391,20 @@ class FakeKube:
         resources: list[Obj] = []
         for rt in sorted(rts, key=lambda r: r.plural):
             resources.append(
-                {"name": rt.plural, "namespaced": rt.namespaced, "kind": rt.kind, "verbs": verbs}
+                {
+                    "name": rt.plural,
+                    "singularName": rt.kind.lower(),
+                    "namespaced": rt.namespaced,
+                    "kind": rt.kind,
+                    "verbs": verbs,
+                }
             )
             for sub in rt.subresources:
                 kind = "Scale" if sub == "scale" else rt.kind
                 resources.append(
                     {
                         "name": f"{rt.plural}/{sub}",
+                        "singularName": "",
                         "namespaced": rt.namespaced,
                         "kind": kind,
                         "verbs": ["get", "patch", "update"],
@@ -1446,7 +1481,26 @@ class FakeKube:
         initial: list[tuple[str, Obj]] = []
         gone: KubeError | None = None
         w = _Watch(rt, ns, sel, bookmarks)
-        if rv_s in ("", "0"):
+        # A "watch list" (client-go's WatchListClient): the current objects as ADDED events,
+        # then a BOOKMARK annotated k8s.io/initial-events-end, instead of a LIST first.
+        stream_initial = q.get("sendInitialEvents") in ("true", "1", "True")
+        if stream_initial:
+            if not bookmarks or q.get("resourceVersionMatch") != "NotOlderThan":
+                raise KubeError(
+                    422,
+                    "Invalid",
+                    "sendInitialEvents is allowed only with allowWatchBookmarks=true and "
+                    "resourceVersionMatch=NotOlderThan",
+                )
+            if rv_s not in ("", "0"):
+                try:
+                    if int(rv_s) < self.floor:
+                        raise self._gone(int(rv_s))
+                except ValueError:
+                    raise KubeError(
+                        400, "BadRequest", f"invalid resourceVersion {rv_s!r}"
+                    ) from None
+        if rv_s in ("", "0") or stream_initial:
             for (ons, _), o in sorted(self._bucket(rt).items()):
                 if (ns is None or ons == ns) and sel(o):
                     initial.append(("ADDED", copy.deepcopy(o)))
@@ -1478,6 +1532,8 @@ class FakeKube:
         try:
             for t, o in initial:
                 await resp.write(self._line(t, o))
+            if stream_initial:
+                await resp.write(self._line("BOOKMARK", self._initial_events_end(rt)))
             loop = asyncio.get_running_loop()
             timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
             deadline = loop.time() + timeout if timeout else None
@@ -1524,6 +1580,16 @@ class FakeKube:
         except ConnectionResetError:
             pass
         return resp
+
+    def _initial_events_end(self, rt: ResourceType) -> Obj:
+        return {
+            "kind": rt.kind,
+            "apiVersion": rt.api_version,
+            "metadata": {
+                "resourceVersion": str(self.rv),
+                "annotations": {"k8s.io/initial-events-end": "true"},
+            },
+        }
 
     @staticmethod
     def _line(type_: str, obj: Obj) -> bytes:

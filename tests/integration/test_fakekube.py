@@ -369,3 +369,82 @@ async def test_field_ref_is_defaulted_and_atomic(kube: FakeKube, api: ApiClient)
         field_manager="kubectl",
         _content_type=APPLY,
     )
+
+
+async def test_watch_list_streams_the_current_objects_then_the_end_bookmark(
+    kube: FakeKube, api: ApiClient
+) -> None:
+    """client-go's WatchListClient: sendInitialEvents=true replaces the LIST before a watch."""
+    kube.create("secrets", {"metadata": {"name": "a", "namespace": "knative-serving"}})
+    kube.create("secrets", {"metadata": {"name": "b", "namespace": "knative-serving"}})
+    kube.create("secrets", {"metadata": {"name": "c", "namespace": "default"}})
+    at = str(kube.rv)
+    r = await api.call_api(
+        "/api/v1/namespaces/knative-serving/secrets",
+        "GET",
+        query_params=[
+            ("watch", "true"),
+            ("sendInitialEvents", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersionMatch", "NotOlderThan"),
+        ],
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _request_timeout=5,
+    )
+    await kube.wait_watchers("secrets")
+    kube.create("secrets", {"metadata": {"name": "d", "namespace": "knative-serving"}})
+    await kube.close_watches("secrets")
+    lines = [json.loads(x) async for x in r.content]
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in lines] == [
+        ("ADDED", "a"),
+        ("ADDED", "b"),
+        ("BOOKMARK", None),
+        ("ADDED", "d"),
+    ]
+    end = lines[2]["object"]
+    assert end["kind"] == "Secret" and end["apiVersion"] == "v1"
+    assert end["metadata"]["resourceVersion"] == at
+    assert end["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    # Without bookmarks (or without resourceVersionMatch=NotOlderThan) the server refuses it.
+    with pytest.raises(ApiException) as e:
+        await api.call_api(
+            "/api/v1/secrets",
+            "GET",
+            query_params=[("watch", "true"), ("sendInitialEvents", "true")],
+            auth_settings=["BearerToken"],
+            _request_timeout=5,
+        )
+    assert e.value.status == 422 and json.loads(e.value.body)["reason"] == "Invalid"
+
+
+async def test_secrets_are_a_resource(kube: FakeKube, api: ApiClient) -> None:
+    v1 = client.CoreV1Api(api)
+    await v1.create_namespaced_secret(
+        "knative-serving", {"metadata": {"name": "s"}, "data": {"k": "dg=="}}
+    )
+    got = await v1.read_namespaced_secret("s", "knative-serving")
+    assert got.data == {"k": "dg=="}
+    found = {r.name: r.singular_name for r in (await v1.get_api_resources()).resources}
+    assert found["secrets"] == "secret"
+
+
+async def test_version_is_configurable() -> None:
+    async with FakeKube(version="v1.29.3") as kube, ApiClient(kube.configuration()) as a:
+        r = await client.VersionApi(a).get_code()
+        assert (r.major, r.minor, r.git_version) == ("1", "29", "v1.29.3")
+        assert r.platform == "linux/amd64"
+
+
+async def test_listens_on_the_given_host() -> None:
+    """A non-loopback local address (here 127.0.0.2, still this machine) serves as well."""
+    async with FakeKube() as default:
+        assert default.url == f"http://127.0.0.1:{default.port}"
+    kube = await FakeKube().start(host="127.0.0.2")
+    try:
+        assert kube.url == f"http://127.0.0.2:{kube.port}"
+        async with ApiClient(kube.configuration()) as a:
+            r = await client.VersionApi(a).get_code()
+            assert (r.major, r.minor, r.git_version) == ("1", "34", "v1.34.0")
+    finally:
+        await kube.close()
