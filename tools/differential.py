@@ -62,6 +62,7 @@ class Observation:
     headers: Lines
     body: str
     app: AppView | None
+    kept: bool | None = None  # a second request on the connection was answered (None: not tried)
 
 
 _VOLATILE = frozenset({"date"})
@@ -96,6 +97,8 @@ def compare(a: Observation, b: Observation, *, strict_case: bool = False) -> lis
             diffs.append(f"client header values: {changed}")
     if a.body != b.body:
         diffs.append("client body")
+    if a.kept is not None and b.kept is not None and a.kept != b.kept:
+        diffs.append(f"connection kept: {a.kept} vs {b.kept}")
     if (a.app is None) != (b.app is None):
         diffs.append(f"app reached: {a.app is not None} vs {b.app is not None}")
         return diffs
@@ -374,58 +377,82 @@ class Recorder:
 # --------------------------------------------------------------------------- the client
 
 
-async def send(port: int, data: bytes, *, timeout: float = 5.0) -> tuple[int, Lines, str]:
+_AGAIN = b"GET /again HTTP/1.1\r\nHost: diff.example\r\nX-Diff-Id: again\r\n\r\n"
+
+
+async def send(
+    port: int, data: bytes, *, timeout: float = 5.0
+) -> tuple[int, Lines, str, bool | None]:
     """Send ``data`` on a new connection; (status, header lines, body) of the final
-    response (interim 1xx skipped), reading until the peer closes or the framing ends."""
+    response (interim 1xx skipped), reading until the peer closes or the framing ends; then,
+    when the response was framed, whether a second request on the same connection is answered
+    (None when the response ran until close)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(data)
-        head_req = data.split(b" ", 1)[0] == b"HEAD"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
-                if not chunk:
-                    return 0, [], _s(buf)
-                buf += chunk
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            lines = head.split(b"\r\n")
-            status = int(lines[0].split(b" ")[1])
-            headers = []
-            for h in lines[1:]:
-                k, _, v = h.partition(b":")
-                headers.append((_s(k), _s(v.strip())))
-            if 100 <= status < 200 and status != 101:
-                continue
-            break
-        low = {k.lower(): v for k, v in headers}
-        if head_req or status in (204, 304):
-            return status, headers, ""
-        if "content-length" in low:
-            n = int(low["content-length"])
-            while len(buf) < n:
-                chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
-                if not chunk:
-                    break
-                buf += chunk
-            return status, headers, _s(buf[:n])
-        while True:  # chunked (kept raw) or until close
-            if low.get("transfer-encoding") == "chunked" and buf.endswith(b"\r\n\r\n"):
-                break
+        status, headers, body, framed = await _read_response(reader, writer, data, timeout)
+        kept: bool | None = None
+        if framed and status:
+            writer.write(_AGAIN)
             try:
-                chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
-            except TimeoutError:
-                break
+                again = await _read_response(reader, writer, b"", 2.0)
+                kept = again[0] == 200
+            except (TimeoutError, ConnectionError):
+                kept = False
+        return status, headers, body, kept
+    except (TimeoutError, ConnectionError):
+        return 0, [], "", None
+    finally:
+        writer.close()
+
+
+async def _read_response(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes, timeout: float
+) -> tuple[int, Lines, str, bool]:
+    """Write ``data``, read one final response: (status, headers, body, framed)."""
+    writer.write(data)
+    head_req = data.split(b" ", 1)[0] == b"HEAD"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
+            if not chunk:
+                return 0, [], _s(buf), False
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = []
+        for h in lines[1:]:
+            k, _, v = h.partition(b":")
+            headers.append((_s(k), _s(v.strip())))
+        if 100 <= status < 200 and status != 101:
+            continue
+        break
+    low = {k.lower(): v for k, v in headers}
+    if head_req or status in (204, 304):
+        return status, headers, "", True
+    if "content-length" in low:
+        n = int(low["content-length"])
+        while len(buf) < n:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
             if not chunk:
                 break
             buf += chunk
-        return status, headers, _s(buf)
-    except (TimeoutError, ConnectionError):
-        return 0, [], ""
-    finally:
-        writer.close()
+        return status, headers, _s(buf[:n]), True
+    chunked = low.get("transfer-encoding") == "chunked"
+    while True:  # chunked (kept raw) or until close
+        if chunked and buf.endswith(b"\r\n\r\n"):
+            break
+        try:
+            chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return status, headers, _s(buf), chunked
 
 
 # --------------------------------------------------------------------------- the proxies
@@ -505,8 +532,9 @@ class Side:
         await self.rec.close()
 
     async def observe(self, i: int, g: Generated) -> Observation:
-        status, headers, body = await send(self.port, g.data)
-        return Observation(status, headers, body, self.rec.seen.pop(str(i), None))
+        status, headers, body, kept = await send(self.port, g.data)
+        self.rec.seen.pop("again", None)
+        return Observation(status, headers, body, self.rec.seen.pop(str(i), None), kept)
 
 
 async def run(

@@ -109,3 +109,10 @@ def test_unknown_difference_left_with_known_ones_taken_out(diff: ModuleType) -> 
 
 def test_no_known_difference_between_identical_sides(diff: ModuleType) -> None:
     assert diff.explain(obs(diff), obs(diff)) == ([], [])
+
+
+def test_connection_reuse_compared_when_both_sides_tried(diff: ModuleType) -> None:
+    assert diff.compare(obs(diff, kept=True), obs(diff, kept=False)) == [
+        "connection kept: True vs False"
+    ]
+    assert diff.compare(obs(diff, kept=True), obs(diff, kept=None)) == []  # b ran until close
