@@ -655,6 +655,7 @@ class ServerConnection(asyncio.Protocol):
 
     __slots__ = (
         "_actions",
+        "_body_seen",
         "_dispatching",
         "_hdr_bytes",
         "_hdr_count",
@@ -711,6 +712,7 @@ class ServerConnection(asyncio.Protocol):
         self._hdr_count = 0
         self.discarded = 0
         self._head_seen = 0  # raw bytes received for the head being parsed
+        self._body_seen = 0  # body bytes parsed for the request being parsed
         # A head cut across reads: whether its request line is still open (see _feed_8bit).
         self._line_open = False
         self.tunnel: UpstreamConnection | None = None
@@ -764,7 +766,7 @@ class ServerConnection(asyncio.Protocol):
         if in_head:
             self._head_seen += len(data)
         try:
-            if in_head and not data.isascii():
+            if (in_head or self._body_ends_before(len(data))) and not data.isascii():
                 self._feed_8bit(data)
             else:
                 self.parser.feed_data(data)
@@ -804,6 +806,23 @@ class ServerConnection(asyncio.Protocol):
         else:  # the head began in this read
             self._line_open = before is None and b"\n" not in data.lstrip(b"\r\n")
 
+    def _body_left(self) -> int:
+        """Bytes of the Content-Length body being parsed still to come (-1: not known, e.g.
+        chunked)."""
+        ex = self.parsing
+        if ex is None or ex.req_chunked:
+            return -1
+        clen = ex.hdr.get(b"content-length")
+        if clen is None or not clen.isdigit():
+            return -1
+        return int(clen) - self._body_seen
+
+    def _body_ends_before(self, n: int) -> bool:
+        """A read of ``n`` bytes arrives in a body: does the body end within it, so that a
+        pipelined request follows (whose target may hold bytes >= 0x80, which llhttp refuses)?
+        One lookup per read of a body that spans reads; its bytes are scanned only if so."""
+        return 0 <= self._body_left() < n
+
     def _feed_8bit(self, data: bytes) -> None:
         """Feed a read of a head that holds bytes >= 0x80 (rare).
 
@@ -820,9 +839,15 @@ class ServerConnection(asyncio.Protocol):
             ex = self.parsing
             if ex is None:
                 line_open = True  # between messages: a request line comes next
-            elif ex.headers_complete:
-                self._feed_from(data, pos, n)  # a body
-                return
+            elif ex.headers_complete:  # a body
+                left = self._body_left()
+                if left <= 0 or pos + left >= n:
+                    self._feed_from(data, pos, n)
+                    return
+                self._feed_from(data, pos, pos + left)  # its end; a request line follows
+                pos += left
+                line_open = True
+                continue
             end = data.find(b"\n", pos)
             stop = n if end < 0 else end + 1
             seg = data[pos:stop]
@@ -959,6 +984,7 @@ class ServerConnection(asyncio.Protocol):
         self._hdr_bytes = self._max_hdr_bytes
         self._hdr_count = self._max_hdrs
         self._line_open = False  # unknown until the read that began it is parsed
+        self._body_seen = 0
         if self.active is None and self._ready is None:
             # the clock of a pipelined head starts when its turn comes
             self.header_tick = self.server.tick or 1
@@ -1046,6 +1072,7 @@ class ServerConnection(asyncio.Protocol):
             self.pause(P_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
         ex = self.parsing
         if ex is not None:
             ex.feed_body(body)

@@ -508,3 +508,50 @@ def test_8bit_header_value_of_a_head_begun_after_a_body() -> None:
     assert up.take() == upstream_head(b"/2", b"X-V: caf\xc3\xa9")
     up.feed(ok())
     assert c.take() == client_ok() + client_ok()
+
+
+@pytest.mark.parametrize("body", [b"abc", b"\xff\x00\xfe"])
+def test_8bit_target_pipelined_after_a_body_in_the_same_read(body: bytes) -> None:
+    """A POST's Content-Length body and a pipelined request whose target holds bytes >= 0x80,
+    in one read, however the head before them was cut (Go serves both)."""
+    first = request(b"/1", b"Content-Length: 3", method=b"POST", body=body)
+    second = request(b"/\xc3\xbc?\xc3\xbc", b"X-V: \xc3\xa9")
+    head_end = first.index(body)
+    for cut in (0, 5, head_end):  # all in one read, cut in the request line, after the head
+        k = Kit()
+        up = k.idle_upstream()
+        c = k.client()
+        if cut:
+            c.feed(first[:cut])
+        c.feed(first[cut:] + second)
+        sent = up.take()
+        assert sent == upstream_head(b"/1", method=b"POST", tail=(b"Content-Length: 3",)) + body, (
+            cut
+        )
+        up.feed(ok())
+        assert up.take() == upstream_head(b"/%C3%BC?\xc3\xbc", b"X-V: \xc3\xa9"), cut
+        up.feed(ok())
+        assert c.take() == client_ok() + client_ok()
+
+
+def test_8bit_body_bytes_split_across_reads_stay_body() -> None:
+    """Binary body bytes in later reads (the body not ending within them) are body, however
+    many reads they take; the request after them is parsed as usual."""
+    body = bytes(range(256)) * 4
+    first = request(b"/1", b"Content-Length: %d" % len(body), method=b"POST", body=body)
+    k = Kit()
+    up = k.idle_upstream()
+    c = k.client()
+    head_end = first.index(body)
+    c.feed(first[:head_end])
+    for i in range(0, len(body), 100):
+        c.feed(body[i : i + 100] + (request(b"/2") if i + 100 >= len(body) else b""))
+    sent = up.take()
+    assert (
+        sent
+        == upstream_head(b"/1", method=b"POST", tail=(b"Content-Length: %d" % len(body),)) + body
+    )
+    up.feed(ok())
+    assert up.take() == upstream_head(b"/2")
+    up.feed(ok())
+    assert c.take() == client_ok() + client_ok()
