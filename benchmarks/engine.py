@@ -105,7 +105,7 @@ def _activator(loop: asyncio.AbstractEventLoop, cc: int) -> tuple[Any, UpstreamP
         )  # fmt: skip
         rev = Revision("default", "hello-00001", cc, hosts=("hello.default.example.com",))
         act.registry.revision_updated(rev)
-        act.endpoints_updated(rev.key, Endpoints(ready=("127.0.0.1:8012",)))
+        act.registry.endpoints_updated(rev.key, Endpoints(ready=("127.0.0.1:8012",)))
         rs = act.revisions[rev.key]
         for _ in range(1000):
             if rs.throttler.capacity:
