@@ -308,24 +308,32 @@ class Activator:
         if ns and name:
             key = (ns.decode("latin-1"), name.decode("latin-1"))
         else:
-            host = (hdr.get(b"host") or b"").lower()
-            h = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
             # A platform's own host names first (standalone mode routes a Service's
             # <svc>.<ns>.svc.<domain> to a Deployment of another name), then Knative's rule.
-            key = self.registry.hosts.get(h)
-            if key is None:
-                parts = h.split(b".", 3)  # Go's SplitN(host, ".", 4): the domain may have dots
-                if len(parts) == 4 and parts[2] == b"svc" and parts[3] == self.cluster_domain:
-                    key = (parts[1].decode("latin-1"), parts[0].decode("latin-1"))
-                else:
-                    key = self.default_key
-                    if key is None:
-                        ex.error(
-                            404,
-                            f"Error getting active endpoint: no revision for host "
-                            f"{h.decode('latin-1')!r}",
-                        )
-                        return None
+            # The index holds lower-case names without a port: a Host sent that way (the
+            # usual case) is found as it is, without normalising it first.
+            hosts = self.registry.hosts
+            raw = hdr.get(b"host") or b""
+            rs = hosts.get(raw)
+            if rs is not None:
+                return rs
+            host = raw.lower()
+            h = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
+            rs = hosts.get(h)
+            if rs is not None:
+                return rs
+            parts = h.split(b".", 3)  # Go's SplitN(host, ".", 4): the domain may have dots
+            if len(parts) == 4 and parts[2] == b"svc" and parts[3] == self.cluster_domain:
+                key = (parts[1].decode("latin-1"), parts[0].decode("latin-1"))
+            else:
+                key = self.default_key
+                if key is None:
+                    ex.error(
+                        404,
+                        f"Error getting active endpoint: no revision for host "
+                        f"{h.decode('latin-1')!r}",
+                    )
+                    return None
         rs = self.registry.revisions.get(key)
         if rs is None:
             ex.error(

@@ -139,7 +139,8 @@ class Revisions:
     def __init__(self, act: Activator) -> None:
         self.act = act
         self.revisions: dict[RevisionKey, RevisionState] = {}
-        self.hosts: dict[bytes, RevisionKey] = {}
+        # The platform's host names (lower case, without a port) -> their revision.
+        self.hosts: dict[bytes, RevisionState] = {}
         self._pending_eps: dict[RevisionKey, Endpoints] = {}
         self._pending_acts: dict[RevisionKey, tuple[int, int]] = {}
 
@@ -202,7 +203,15 @@ class Revisions:
             rs.throttler.update_activators(index, count)
 
     def _reindex_hosts(self) -> None:
-        self.hosts = {h.encode(): rs.key for rs in self.revisions.values() for h in rs.rev.hosts}
+        # A name with upper case or a port is left out: the request path lowers a Host and
+        # drops its port before it looks one up, so such a name could never match, and the
+        # index can be tried with a Host exactly as sent first.
+        self.hosts = {
+            b: rs
+            for rs in self.revisions.values()
+            for b in (h.encode() for h in rs.rev.hosts)
+            if b == b.lower() and b.rfind(b":") <= b.rfind(b"]")
+        }
 
     def gauges(self) -> list[tuple[tuple[str, str], int, int]]:
         """(labels, queued, active) per revision."""
