@@ -17,8 +17,9 @@ import asyncio
 import html
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from dataplane.handle import RequestHandle
 from dataplane.proxy import ServerConfig
 from dataplane.request import Request
 from dataplane.tracing import set_upstream_traceparent
@@ -71,12 +72,21 @@ _PROXY_HEADERS = b"K-Proxy-Request: activator\r\nK-Original-Host: "
 _FAILED_HEADERS = _TEXT + b"X-Content-Type-Options: nosniff\r\n"
 
 
+def _handle(request: Request) -> RequestHandle:
+    """``request`` as the class every request the engine passes derives from (HTTP/1.1's
+    ``Exchange``, HTTP/2's ``H2Stream``). Typed as that class, the compiled handler reads its
+    fields and calls its methods directly; through the ``Request`` Protocol, mypyc goes through
+    Python's attribute lookup and keyword parsing (measured: 2,700 of 80,600 instructions per
+    request). The compiled cast checks the type."""
+    return cast(RequestHandle, request)
+
+
 class _Request(HeldRequest):
     """Per-request state of a proxied request (``Request.ctx``)."""
 
     __slots__ = ("ex", "lease", "rs", "spans", "ticket", "wait_start", "wait_timer")
 
-    def __init__(self, rs: RevisionState, ex: Request) -> None:
+    def __init__(self, rs: RevisionState, ex: RequestHandle) -> None:
         self.rs = rs
         self.ex = ex
         self.spans: RequestSpans | None = None
@@ -218,8 +228,9 @@ class Activator:
     def __call__(self, ex: Request) -> None:
         self.handle(ex, None)
 
-    def handle(self, ex: Request, key: RevisionKey | None) -> None:
+    def handle(self, request: Request, key: RevisionKey | None) -> None:
         """Serve one request, for revision ``key`` or (None) the one it names."""
+        ex = _handle(request)
         hdr = ex.hdr
         ua = hdr.get(b"user-agent")
         if (ua is not None and ua.startswith(b"kube-probe/")) or b"k-kubelet-probe" in hdr:
@@ -287,7 +298,7 @@ class Activator:
         if qw is not None and (not rs.timeouts.total or qw < rs.timeouts.total):
             req.wait_timer = self.loop.call_at(ex.start + qw, req.wait_expired)
 
-    def _network_probe(self, ex: Request, np: bytes) -> None:
+    def _network_probe(self, ex: RequestHandle, np: bytes) -> None:
         if np == b"probe":
             h = ex.hdr.get(b"k-network-hash")
             if not h:
@@ -300,7 +311,7 @@ class Activator:
             value = html.escape(np.decode("latin-1"), quote=True)
             ex.error(400, f'unexpected probe header value: "{value}"')
 
-    def _resolve(self, ex: Request) -> RevisionState | None:
+    def _resolve(self, ex: RequestHandle) -> RevisionState | None:
         hdr = ex.hdr
         ns = hdr.get(b"knative-serving-namespace")
         name = hdr.get(b"knative-serving-revision")
@@ -342,7 +353,7 @@ class Activator:
             )
         return rs
 
-    def _bound(self, ex: Request, key: RevisionKey) -> RevisionState | None:
+    def _bound(self, ex: RequestHandle, key: RevisionKey) -> RevisionState | None:
         rs = self.registry.revisions.get(key)
         if rs is None:
             ex.error(
@@ -351,7 +362,8 @@ class Activator:
             )
         return rs
 
-    def _done(self, ex: Request) -> None:
+    def _done(self, request: Request) -> None:
+        ex = _handle(request)
         req: _Request = ex.ctx
         # The request and its state point at each other: unlinked here, both go with their
         # last reference instead of waiting for the cycle collector (measured: a collection
