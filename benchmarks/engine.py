@@ -109,7 +109,7 @@ def _activator(loop: asyncio.AbstractEventLoop, cc: int) -> tuple[Any, UpstreamP
         rs = act.revisions[rev.key]
         for _ in range(1000):
             if rs.throttler.capacity:
-                return act, rs.pool("127.0.0.1:8012")
+                return act, rs.route("127.0.0.1:8012").pool
             await asyncio.sleep(0.001)
         raise RuntimeError("the activator never saw its pod ready")
 
