@@ -17,8 +17,9 @@ import asyncio
 import html
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from dataplane.handle import RequestHandle
 from dataplane.proxy import ServerConfig
 from dataplane.request import Request
 from dataplane.tracing import set_upstream_traceparent
@@ -76,7 +77,7 @@ class _Request(HeldRequest):
 
     __slots__ = ("ex", "lease", "rs", "spans", "ticket", "wait_start", "wait_timer")
 
-    def __init__(self, rs: RevisionState, ex: Request) -> None:
+    def __init__(self, rs: RevisionState, ex: RequestHandle) -> None:
         self.rs = rs
         self.ex = ex
         self.spans: RequestSpans | None = None
@@ -110,14 +111,10 @@ class _Request(HeldRequest):
         rs.active += 1
         ex = self.ex
         orig = ex.hdr.get(b"k-original-host") or ex.hdr.get(b"host") or b""
-        dest = lease.dest
         if self.spans is not None:
             set_upstream_traceparent(ex, self.spans.start_inner("activator_proxy"))
-        ex.proxy(
-            rs.pool(dest),
-            host=dest.encode(),
-            extra_headers=_PROXY_HEADERS + orig + b"\r\n",
-        )
+        route = rs.route(lease.dest)
+        ex.proxy(route.pool, host=route.host, extra_headers=_PROXY_HEADERS + orig + b"\r\n")
 
     def wait_expired(self) -> None:
         """The queue-wait limit passed before capacity appeared: 503 + Retry-After."""
@@ -189,6 +186,7 @@ class Activator:
         self.on_held: Callable[[RevisionKey, int], None] | None = None
         # Why kubelet probes fail while ``connected()`` is False (default: Knative's text).
         self.unready_reason: Callable[[], str] | None = None
+        self._on_done = self._done  # bound once, not per request
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -211,15 +209,18 @@ class Activator:
         (``knd run``: a service's own port)."""
 
         def handle(ex: Request) -> None:
-            self.handle(ex, key)
+            self(ex, key)
 
         return handle
 
-    def __call__(self, ex: Request) -> None:
-        self.handle(ex, None)
-
-    def handle(self, ex: Request, key: RevisionKey | None) -> None:
+    def __call__(self, request: Request, key: RevisionKey | None = None) -> None:
         """Serve one request, for revision ``key`` or (None) the one it names."""
+        # Every request the engine passes derives from RequestHandle (HTTP/1.1's Exchange,
+        # HTTP/2's H2Stream). Typed so, the compiled handler reads its fields and calls its
+        # methods directly; through the Request Protocol, mypyc goes through Python's attribute
+        # lookup and keyword parsing (measured: 2,700 of 80,600 instructions per request). The
+        # compiled cast checks the type.
+        ex = cast(RequestHandle, request)
         hdr = ex.hdr
         ua = hdr.get(b"user-agent")
         if (ua is not None and ua.startswith(b"kube-probe/")) or b"k-kubelet-probe" in hdr:
@@ -256,10 +257,10 @@ class Activator:
         req = _Request(rs, ex)
         ex.ctx = req
         if spans is None:
-            ex.on_done = self._done
+            ex.on_done = self._on_done
         else:
             req.spans = spans
-            spans.inner_done = self._done  # runs before the spans end
+            spans.inner_done = self._on_done  # runs before the spans end
             spans.start_wait()
         ex.set_timeouts(rs.timeouts)
         if rs.failure is not None and rs.throttler.capacity == 0:
@@ -287,7 +288,7 @@ class Activator:
         if qw is not None and (not rs.timeouts.total or qw < rs.timeouts.total):
             req.wait_timer = self.loop.call_at(ex.start + qw, req.wait_expired)
 
-    def _network_probe(self, ex: Request, np: bytes) -> None:
+    def _network_probe(self, ex: RequestHandle, np: bytes) -> None:
         if np == b"probe":
             h = ex.hdr.get(b"k-network-hash")
             if not h:
@@ -300,7 +301,7 @@ class Activator:
             value = html.escape(np.decode("latin-1"), quote=True)
             ex.error(400, f'unexpected probe header value: "{value}"')
 
-    def _resolve(self, ex: Request) -> RevisionState | None:
+    def _resolve(self, ex: RequestHandle) -> RevisionState | None:
         hdr = ex.hdr
         ns = hdr.get(b"knative-serving-namespace")
         name = hdr.get(b"knative-serving-revision")
@@ -308,24 +309,32 @@ class Activator:
         if ns and name:
             key = (ns.decode("latin-1"), name.decode("latin-1"))
         else:
-            host = (hdr.get(b"host") or b"").lower()
-            h = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
             # A platform's own host names first (standalone mode routes a Service's
             # <svc>.<ns>.svc.<domain> to a Deployment of another name), then Knative's rule.
-            key = self.registry.hosts.get(h)
-            if key is None:
-                parts = h.split(b".", 3)  # Go's SplitN(host, ".", 4): the domain may have dots
-                if len(parts) == 4 and parts[2] == b"svc" and parts[3] == self.cluster_domain:
-                    key = (parts[1].decode("latin-1"), parts[0].decode("latin-1"))
-                else:
-                    key = self.default_key
-                    if key is None:
-                        ex.error(
-                            404,
-                            f"Error getting active endpoint: no revision for host "
-                            f"{h.decode('latin-1')!r}",
-                        )
-                        return None
+            # The index holds lower-case names without a port: a Host sent that way (the
+            # usual case) is found as it is, without normalising it first.
+            hosts = self.registry.hosts
+            raw = hdr.get(b"host") or b""
+            rs = hosts.get(raw)
+            if rs is not None:
+                return rs
+            host = raw.lower()
+            h = host.rpartition(b":")[0] if host.rfind(b":") > host.rfind(b"]") else host
+            rs = hosts.get(h)
+            if rs is not None:
+                return rs
+            parts = h.split(b".", 3)  # Go's SplitN(host, ".", 4): the domain may have dots
+            if len(parts) == 4 and parts[2] == b"svc" and parts[3] == self.cluster_domain:
+                key = (parts[1].decode("latin-1"), parts[0].decode("latin-1"))
+            else:
+                key = self.default_key
+                if key is None:
+                    ex.error(
+                        404,
+                        f"Error getting active endpoint: no revision for host "
+                        f"{h.decode('latin-1')!r}",
+                    )
+                    return None
         rs = self.registry.revisions.get(key)
         if rs is None:
             ex.error(
@@ -334,7 +343,7 @@ class Activator:
             )
         return rs
 
-    def _bound(self, ex: Request, key: RevisionKey) -> RevisionState | None:
+    def _bound(self, ex: RequestHandle, key: RevisionKey) -> RevisionState | None:
         rs = self.registry.revisions.get(key)
         if rs is None:
             ex.error(
@@ -343,8 +352,13 @@ class Activator:
             )
         return rs
 
-    def _done(self, ex: Request) -> None:
+    def _done(self, request: Request) -> None:
+        ex = cast(RequestHandle, request)  # as in __call__
         req: _Request = ex.ctx
+        # The request and its state point at each other: unlinked here, both go with their
+        # last reference instead of waiting for the cycle collector (measured: a collection
+        # every few hundred requests, 5 % of the warm path's instructions).
+        ex.ctx = None
         rs = req.rs
         if req.wait_timer is not None:
             req.wait_timer.cancel()

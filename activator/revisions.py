@@ -22,7 +22,7 @@ from .throttler import Lease, RevisionThrottler
 if TYPE_CHECKING:
     from .handler import Activator
 
-__all__ = ["HeldRequest", "RevisionState", "Revisions"]
+__all__ = ["HeldRequest", "PodRoute", "RevisionState", "Revisions"]
 
 log = logging.getLogger("activator")
 
@@ -39,6 +39,18 @@ class HeldRequest:
 
     def fail(self, body: bytes, extra: bytes = b"") -> None:
         raise NotImplementedError
+
+
+class PodRoute:
+    """How requests reach one pod's queue-proxy (or the ClusterIP): its upstream pool, and its
+    ``ip:port`` as the upstream Host (Knative's activator sends the original Host in
+    K-Original-Host), encoded once."""
+
+    __slots__ = ("host", "pool")
+
+    def __init__(self, pool: UpstreamPool, host: bytes) -> None:
+        self.pool = pool
+        self.host = host
 
 
 class RevisionState:
@@ -58,7 +70,7 @@ class RevisionState:
             mesh_mode=act.mesh_mode,
             on_cluster=self._cluster,
         )
-        self.pools: dict[str, UpstreamPool] = {}
+        self.routes: dict[str, PodRoute] = {}
         self.queued = 0
         self.active = 0
         self.deleted = False
@@ -94,9 +106,9 @@ class RevisionState:
         if on_held is not None:
             on_held(self.key, self.queued)
 
-    def pool(self, dest: str) -> UpstreamPool:
-        p = self.pools.get(dest)
-        if p is None:
+    def route(self, dest: str) -> PodRoute:
+        r = self.routes.get(dest)
+        if r is None:
             host, _, port = dest.rpartition(":")
             tls = self.act.upstream_tls  # internal TLS: the pod's TLS port, our namespace's SAN
             p = UpstreamPool(
@@ -106,31 +118,31 @@ class RevisionState:
                 loop=self.act.loop,
                 tls=None if tls is None else tls.for_namespace(self.rev.namespace),
             )
-            self.pools[dest] = p
-        return p
+            r = self.routes[dest] = PodRoute(p, dest.encode())
+        return r
 
     def _healthy(self, dests: list[str]) -> None:
         # Pools of pods that left: idle connections closed, busy ones finish their exchange.
         keep = set(dests)
         if self.throttler.cluster is not None:
             keep.add(self.throttler.cluster)
-        for dest in list(self.pools):
+        for dest in list(self.routes):
             if dest not in keep:
-                self.pools.pop(dest).close()
+                self.routes.pop(dest).pool.close()
         self.throttler.update_backends(dests)
 
     def _cluster(self, dest: str | None, ready: int) -> None:
         # The ClusterIP fallback (activator/backends.py): through the private service, or not.
         old = self.throttler.cluster
-        if old is not None and old != dest and old in self.pools:
-            self.pools.pop(old).close()
+        if old is not None and old != dest and old in self.routes:
+            self.routes.pop(old).pool.close()
         self.throttler.update_cluster(dest, ready)
 
     def close(self) -> None:
         self.backends.close()
-        for p in self.pools.values():
-            p.close()
-        self.pools.clear()
+        for r in self.routes.values():
+            r.pool.close()
+        self.routes.clear()
 
 
 class Revisions:
@@ -139,7 +151,8 @@ class Revisions:
     def __init__(self, act: Activator) -> None:
         self.act = act
         self.revisions: dict[RevisionKey, RevisionState] = {}
-        self.hosts: dict[bytes, RevisionKey] = {}
+        # The platform's host names (lower case, without a port) -> their revision.
+        self.hosts: dict[bytes, RevisionState] = {}
         self._pending_eps: dict[RevisionKey, Endpoints] = {}
         self._pending_acts: dict[RevisionKey, tuple[int, int]] = {}
 
@@ -202,7 +215,15 @@ class Revisions:
             rs.throttler.update_activators(index, count)
 
     def _reindex_hosts(self) -> None:
-        self.hosts = {h.encode(): rs.key for rs in self.revisions.values() for h in rs.rev.hosts}
+        # A name with upper case or a port is left out: the request path lowers a Host and
+        # drops its port before it looks one up, so such a name could never match, and the
+        # index can be tried with a Host exactly as sent first.
+        self.hosts = {
+            b: rs
+            for rs in self.revisions.values()
+            for b in (h.encode() for h in rs.rev.hosts)
+            if b == b.lower() and b.rfind(b":") <= b.rfind(b"]")
+        }
 
     def gauges(self) -> list[tuple[tuple[str, str], int, int]]:
         """(labels, queued, active) per revision."""

@@ -9,6 +9,14 @@ queue-proxy logic) to see the engine's own share; ``--handler activator`` runs t
 handler instead (one revision, one probed pod, Host routing, stats reporter, throttler).
 
     python -m benchmarks engine [--requests N] [--handler qp|plain|activator] [--cc N]
+                                [--compiled] [--instructions]
+
+Wall-clock microseconds move with the machine's load; ``--instructions`` counts instructions
+per request instead, which do not: it runs the scenario under ``valgrind --tool=callgrind``
+twice (2,000 and 6,000 requests, one round each, ``PYTHONHASHSEED=0``) and divides the
+difference of the two totals by 4,000, so start-up cancels out. ``--compiled`` runs the mypyc
+build (``tools/build_compiled.py``, built first when a source is newer) instead of the source
+tree.
 """
 
 from __future__ import annotations
@@ -16,8 +24,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from dataplane.breaker import Breaker
@@ -77,9 +92,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--handler", choices=("qp", "plain", "activator"), default="qp")
     p.add_argument("--cc", type=int, default=10, help="container concurrency (qp handler)")
     p.add_argument("--quick", action="store_true", help="10,000 requests x 3 rounds")
+    p.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run the mypyc build in build/compiled (built first when a source is newer)",
+    )
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per request under valgrind's callgrind (load-independent) instead "
+        "of microseconds; needs valgrind",
+    )
+
+
+ROOT = Path(__file__).resolve().parent.parent
+_CALLGRIND_RUNS = (2_000, 6_000)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.instructions:
+        return _instructions(args)
+    if args.compiled:
+        return _child(args, [], capture=False).returncode
     if args.quick:
         args.requests, args.rounds = 10_000, 3
     loop = asyncio.new_event_loop()
@@ -87,6 +121,62 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, loop)
     finally:
         loop.close()
+
+
+def _child(
+    args: argparse.Namespace, prefix: list[str], *, requests: int | None = None, capture: bool
+) -> subprocess.CompletedProcess[str]:
+    """This scenario in a new process (after ``prefix``, e.g. valgrind), from the source tree or
+    the compiled build. The compiled run starts in build/compiled: ``python -m`` puts the
+    working directory first on ``sys.path``, so from the source tree it would import the
+    source modules whatever PYTHONPATH says."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    cwd = ROOT
+    path = [str(ROOT)]
+    if args.compiled:
+        build = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "build_compiled.py")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        cwd = Path(build.stdout.strip())
+        path.insert(0, str(cwd))
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    argv = [*prefix, sys.executable, "-m", "benchmarks", "engine"]
+    argv += ["--handler", args.handler, "--cc", str(args.cc)]
+    if requests is not None:
+        argv += ["--requests", str(requests), "--rounds", "1"]
+    elif args.quick:
+        argv.append("--quick")
+    else:
+        argv += ["--requests", str(args.requests), "--rounds", str(args.rounds)]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=capture, text=True, check=True)
+
+
+def _instructions(args: argparse.Namespace) -> int:
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        sys.stderr.write("--instructions needs valgrind (Debian: apt-get install valgrind)\n")
+        return 2
+    totals = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in _CALLGRIND_RUNS:
+            out = Path(tmp) / f"callgrind.{n}"
+            _child(
+                args,
+                [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"],
+                requests=n,
+                capture=True,
+            )
+            m = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
+            if m is None:
+                raise RuntimeError(f"no instruction total in {out}")
+            totals.append(int(m.group(1)))
+    per = (totals[1] - totals[0]) / (_CALLGRIND_RUNS[1] - _CALLGRIND_RUNS[0])
+    build = "compiled" if args.compiled else "interpreted"
+    print(f"engine ({args.handler}, cc={args.cc}, {build}): {per:,.0f} instructions/request")
+    return 0
 
 
 def _activator(loop: asyncio.AbstractEventLoop, cc: int) -> tuple[Any, UpstreamPool]:
@@ -105,11 +195,11 @@ def _activator(loop: asyncio.AbstractEventLoop, cc: int) -> tuple[Any, UpstreamP
         )  # fmt: skip
         rev = Revision("default", "hello-00001", cc, hosts=("hello.default.example.com",))
         act.registry.revision_updated(rev)
-        act.endpoints_updated(rev.key, Endpoints(ready=("127.0.0.1:8012",)))
+        act.registry.endpoints_updated(rev.key, Endpoints(ready=("127.0.0.1:8012",)))
         rs = act.revisions[rev.key]
         for _ in range(1000):
             if rs.throttler.capacity:
-                return act, rs.pool("127.0.0.1:8012")
+                return act, rs.route("127.0.0.1:8012").pool
             await asyncio.sleep(0.001)
         raise RuntimeError("the activator never saw its pod ready")
 

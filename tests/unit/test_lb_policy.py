@@ -49,9 +49,9 @@ class ScriptedRng(random.Random):
 
 
 class TestPodTracker:
-    def test_cc0_has_no_breaker_and_never_refuses(self) -> None:
+    def test_cc0_has_no_limit_and_never_refuses(self) -> None:
         t = PodTracker("a:1", 0)
-        assert t.breaker is None
+        assert t.limit == 0
         assert t.dest == "a:1"
         for i in range(1, 1001):
             assert t.reserve()
@@ -60,12 +60,11 @@ class TestPodTracker:
         t.release()
         assert t.weight == 999
 
-    def test_cc_breaker_parameters(self) -> None:
+    def test_cc_is_the_limit(self) -> None:
         t = PodTracker("a:1", 7)
-        assert t.breaker is not None
-        assert t.breaker.queue_depth == 1
-        assert t.breaker.max_concurrency == 7
-        assert t.breaker.capacity == 7
+        assert t.limit == 7
+        fill(t, 7)
+        assert not t.reserve()
 
     @pytest.mark.parametrize("cc", [1, 2, 3, 10])
     def test_reserve_up_to_cc(self, cc: int) -> None:
@@ -75,7 +74,6 @@ class TestPodTracker:
         assert not available(t)
         assert not t.reserve()
         assert t.weight == cc  # a refused reserve changes nothing
-        assert t.breaker is not None and t.breaker.waiting == 0  # never queues
         t.release()
         assert t.weight == cc - 1
         assert available(t)
