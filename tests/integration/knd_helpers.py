@@ -108,6 +108,9 @@ async def handle(reader, writer):
 
 
 async def main():
+    delay = int(os.environ.get("KND_TEST_START_DELAY_MS", "0"))  # a slower cold start
+    if delay:
+        await asyncio.sleep(delay / 1000)
     server = await asyncio.start_server(handle, "127.0.0.1", int(os.environ["PORT"]))
     save()
     async with server:

@@ -68,7 +68,10 @@ async def test_health_follows_the_autoscaler_connection(
             try:
                 await pod.app.state.wait_for(lambda s: s.in_flight == 1)
                 stub = await autoscaler_stub.start(port=port)
-                await health_is(act, 200, b"", timeout=5)
+                # Knative's dial back-off (100 ms x 1.3 per failed attempt, jitter up to 1.5 x)
+                # has grown while no autoscaler listened: on a slow machine the next attempt
+                # can be several seconds away.
+                await health_is(act, 200, b"", timeout=15)
                 assert await act.metric("kn_activator_stats_conn_reachable", peer="autoscaler") == 1
                 # The 1 s stats now reach the autoscaler, with the request in flight.
                 await eventually(
@@ -81,7 +84,7 @@ async def test_health_follows_the_autoscaler_connection(
                 r = await c.get("/hello", headers=rev_headers(REV))
                 assert (r.status_code, r.text) == (200, "hello")
                 stub = await autoscaler_stub.start(port=port)
-                await health_is(act, 200, b"", timeout=5)
+                await health_is(act, 200, b"", timeout=15)
                 await eventually(
                     lambda: stub_stats(stub, REV),  # type: ignore[arg-type]
                     timeout=3,

@@ -184,11 +184,14 @@ async def test_a_burst_from_zero_gets_its_pods_in_one_step(
 
 
 async def test_cold_start_figure_is_start_to_ready_not_the_queueing(
-    start_knd: StartKnd, app_file: Path
+    start_knd: StartKnd, app_file: Path, records: AppRecords
 ) -> None:
+    # The app listens 400 ms after it starts, so that the first request is seen held (knd's
+    # status is polled) whatever the machine's speed; a fast cold start could be missed.
     k = start_knd(
         "--name", "one", "--concurrency", "1", "--initial-scale", "0", "--max-scale", "1",
         *FAST, "--", "python", str(app_file),
+        env=knd_env(records.directory, KND_TEST_START_DELAY_MS="400"),
     )  # fmt: skip
     await k.wait_up()
     async with client(timeout=30) as c:
