@@ -49,7 +49,16 @@ from .h2frames import (
     goaway_frame,
 )
 from .h2stream import H2Stream
-from .http1 import H_CLEN, H_DROP, H_HOST, H_KEEP, H_TE, H_XFF
+from .http1 import (
+    H_CLEN,
+    H_DROP,
+    H_HOST,
+    H_KEEP,
+    H_TE,
+    H_XFF,
+    TARGET_MARKS,
+    go_request_target,
+)
 from .proxy import Exchange
 
 if TYPE_CHECKING:
@@ -402,6 +411,16 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             elif act == H_CLEN or (act != H_DROP and name not in hdr):
                 hdr[name] = value
         hdr[b"host"] = authority
+        if 1 in st.target.translate(TARGET_MARKS):  # the common :path skips the call
+            # As over HTTP/1.1 (and as Go's queue-proxy): a path that is not a valid encoding
+            # goes re-escaped as Go's transport writes it, bytes >= 0x80 percent-encoded; a '%'
+            # without two hex digits is refused, here as Go's HTTP/2 server refuses it: the
+            # stream reset with PROTOCOL_ERROR (url.ParseRequestURI fails).
+            fwd = go_request_target(st.target)
+            if fwd is None:
+                self.reset_stream(st, ErrorCodes.PROTOCOL_ERROR)
+                return
+            st.target = fwd
         self.dispatch(st, self.server.handler)
 
     def new_stream(self, sid: int) -> H2Stream:

@@ -34,8 +34,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import IO, Any
 
 # --------------------------------------------------------------------------- observations
@@ -204,7 +204,9 @@ KNOWN = (
 )
 
 
-Known = tuple[tuple[str, Callable[[Observation, Observation], tuple[Observation, Observation]]], ...]
+Known = tuple[
+    tuple[str, Callable[[Observation, Observation], tuple[Observation, Observation]]], ...
+]
 
 
 def explain(
@@ -533,7 +535,7 @@ class Side:
         self.port = int(env["QUEUE_SERVING_PORT"])
         # stderr to a file, not a pipe nobody reads: a proxy that logs every failed request
         # (Go's does) would block on a full pipe and stop answering
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [self.exe], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=self.log,

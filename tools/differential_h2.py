@@ -148,7 +148,9 @@ class _AppStream:
 
 def _view(st: _AppStream, reset: str = "") -> AppView:
     pseudo = {k: v for k, v in st.headers if k.startswith(b":")}
-    others = [(_s(k), _s(v)) for k, v in st.headers if k not in (b":method", b":path", b":authority")]
+    others = [
+        (_s(k), _s(v)) for k, v in st.headers if k not in (b":method", b":path", b":authority")
+    ]
     return AppView(
         _s(pseudo.get(b":method", b"")),
         _s(pseudo.get(b":path", b"")),
@@ -315,7 +317,7 @@ def generate(count: int, seed: int) -> list[H2Request]:
             pseudo.append((b":authority", b"diff.example"))
         elif how < 0.95:  # no :authority, a host header instead
             pseudo.append((b"host", b"diff.example"))
-        headers = pseudo + [(b"x-diff-id", b"%d" % i), (b"x-diff-respond", respond.encode())]
+        headers = [*pseudo, (b"x-diff-id", b"%d" % i), (b"x-diff-respond", respond.encode())]
         headers += rnd.choice(_HEADER_SETS)
         kind = rnd.choice(_BODY_KINDS) if method in (b"POST", b"PUT", b"PATCH") else "none"
         payload = rnd.randbytes(rnd.choice([1, 10, 1000])) if kind != "big" else b"z" * 100000
@@ -410,6 +412,7 @@ async def _read(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     g = got[sid]
+    buf = b""
     while g.ended is None:
         try:
             data = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
@@ -421,43 +424,54 @@ async def _read(
         if not data:
             g.ended = "closed" if not goaway else goaway[0]
             return
-        try:
-            events = conn.receive_data(data)
-        except H2Error as e:  # the proxy broke the protocol towards the client
-            g.ended = f"client protocol error: {type(e).__name__}"
-            return
-        for ev in events:
-            s = got.get(getattr(ev, "stream_id", 0) or 0)
-            if isinstance(ev, InformationalResponseReceived) and s is not None:
-                hs = dict(ev.headers)
-                rest = ";".join(f"{_s(k)}={_s(v)}" for k, v in ev.headers if k != b":status")
-                s.interim.append(f"{_s(hs.get(b':status', b''))} {rest}")
-            elif isinstance(ev, ResponseReceived) and s is not None:
-                s.status = int(dict(ev.headers).get(b":status", b"0"))
-                s.headers = _lines(ev.headers)
-            elif isinstance(ev, DataReceived):
-                if s is not None:
-                    s.body += ev.data
-                try:
-                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                except H2Error:
-                    pass
-            elif isinstance(ev, TrailersReceived) and s is not None:
-                s.trailers = _lines(ev.headers)
-            elif isinstance(ev, StreamEnded) and s is not None:
-                s.ended = ""
-            elif isinstance(ev, StreamReset) and s is not None and s.ended is None:
-                # (a reset after the response ended, e.g. NO_ERROR to stop a request body
-                # nobody reads, RFC 9113 8.1, leaves the response whole)
-                s.ended = "RST_STREAM " + _code(ev.error_code)
-            elif isinstance(ev, ConnectionTerminated):
-                goaway.append("GOAWAY " + _code(ev.error_code))
-                for other in got.values():
-                    if other.ended is None:
-                        other.ended = goaway[0]
+        # one frame at a time: h2 refuses any frame after a GOAWAY (e.g. the SETTINGS ack that
+        # Go sends after it) and would lose the GOAWAY event with the rest of the batch
+        buf += data
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = 9 + int.from_bytes(buf[:3], "big")
+            frame, buf = buf[:n], buf[n:]
+            try:
+                events = conn.receive_data(frame)
+            except H2Error as e:
+                if not goaway:  # the proxy broke the protocol towards the client
+                    g.ended = f"client protocol error: {type(e).__name__}"
+                return
+            _events(conn, got, events, goaway)
         if sender is not None:
             sender.pump()
         writer.write(conn.data_to_send())
+
+
+def _events(conn: H2Connection, got: dict[int, _Got], events: list[Any], goaway: list[str]) -> None:
+    for ev in events:
+        s = got.get(getattr(ev, "stream_id", 0) or 0)
+        if isinstance(ev, InformationalResponseReceived) and s is not None:
+            hs = dict(ev.headers)
+            rest = ";".join(f"{_s(k)}={_s(v)}" for k, v in ev.headers if k != b":status")
+            s.interim.append(f"{_s(hs.get(b':status', b''))} {rest}")
+        elif isinstance(ev, ResponseReceived) and s is not None:
+            s.status = int(dict(ev.headers).get(b":status", b"0"))
+            s.headers = _lines(ev.headers)
+        elif isinstance(ev, DataReceived):
+            if s is not None:
+                s.body += ev.data
+            try:
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            except H2Error:
+                pass
+        elif isinstance(ev, TrailersReceived) and s is not None:
+            s.trailers = _lines(ev.headers)
+        elif isinstance(ev, StreamEnded) and s is not None:
+            s.ended = ""
+        elif isinstance(ev, StreamReset) and s is not None and s.ended is None:
+            # (a reset after the response ended, e.g. NO_ERROR to stop a request body
+            # nobody reads, RFC 9113 8.1, leaves the response whole)
+            s.ended = "RST_STREAM " + _code(ev.error_code)
+        elif isinstance(ev, ConnectionTerminated):
+            goaway.append("GOAWAY " + _code(ev.error_code))
+            for other in got.values():
+                if other.ended is None:
+                    other.ended = goaway[0]
 
 
 # --------------------------------------------------------------------------- the sides
