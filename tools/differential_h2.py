@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -477,6 +478,9 @@ def _events(conn: H2Connection, got: dict[int, _Got], events: list[Any], goaway:
 # --------------------------------------------------------------------------- the sides
 
 
+_STREAM_ID = re.compile(r"stream ID \d+")
+
+
 class H2Side(d.Side):
     def __init__(self, name: str, exe: str, extra_env: dict[str, str] | None = None) -> None:
         super().__init__(name, exe, extra_env)
@@ -488,13 +492,114 @@ class H2Side(d.Side):
         except ConnectionError:
             o = Observation(0, [], "", None, reset="closed")
         self.rec.seen.pop("again", None)
-        return replace(o, app=self.rec.seen.pop(str(i), None))
+        # a 502 naming the app's reset names its stream on the proxy's connection to the app
+        body = _STREAM_ID.sub("stream ID <n>", o.body)
+        return replace(o, body=body, app=self.rec.seen.pop(str(i), None))
 
 
 # --------------------------------------------------------------------------- known differences
 # Differences between ours (a) and Knative's Go queue-proxy (b) over HTTP/2 that are on purpose
 # (docs/queue-proxy.md, "Where it differs from Knative's Go queue-proxy").
 
-KNOWN_H2: d.Known = (("Content-Type guessed by Go", d._content_type_guessed),)
+
+def _malformed_answered(a: Observation, b: Observation) -> tuple[Observation, Observation]:
+    """Malformed request headers (a connection-specific field, ``te`` other than ``trailers``):
+    both refuse before the app; we reset the stream with PROTOCOL_ERROR (RFC 9113 8.1.1), Go
+    answers 400 naming the field (the RFC allows a response first)."""
+    if (
+        a.app is None
+        and b.app is None
+        and a.status == 0
+        and a.reset == "RST_STREAM PROTOCOL_ERROR"
+        and b.status == 400
+        and ("in HTTP/2" in b.body or not b.body)  # (no body: the answer to a HEAD)
+    ):
+        b = replace(b, status=0, headers=[], body="", reset=a.reset)
+    return a, b
+
+
+def _go_closes_after_bad_name(a: Observation, b: Observation) -> tuple[Observation, Observation]:
+    """A header name Go's framer refuses (uppercase): both reset that stream; when the request
+    has a body, Go then takes its DATA as on an idle stream (the stream was never opened) and
+    closes the connection (GOAWAY PROTOCOL_ERROR); we keep the connection."""
+    if (
+        a.app is None
+        and b.app is None
+        and a.reset == "RST_STREAM PROTOCOL_ERROR"
+        and b.reset == "GOAWAY PROTOCOL_ERROR"
+    ):
+        b = replace(b, reset=a.reset, kept=a.kept)
+    return a, b
+
+
+def _length_mismatch_reset(a: Observation, b: Observation) -> tuple[Observation, Observation]:
+    """A content-length that does not match the DATA: we reset the client's stream with
+    PROTOCOL_ERROR (RFC 9113 8.1.1: malformed) and cancel the app's stream if it was opened;
+    Go forwards and its transport fails (502 "request declared a Content-Length of N but only
+    wrote M bytes"), or resets the client's stream before the app for a body over the length."""
+    if not (a.status == 0 and a.reset == "RST_STREAM PROTOCOL_ERROR"):
+        return a, b
+    if a.app is not None and a.app.reset != "CANCEL":
+        return a, b
+    go_502 = b.status == 502 and "request declared a Content-Length" in b.body
+    if go_502 or (b.status == 0 and b.reset == a.reset):
+        app = a.app
+        if a.app is not None and b.app is not None:
+            app = replace(b.app, body=a.app.body, reset=a.app.reset)
+        b = replace(b, status=0, headers=[], body="", reset=a.reset, app=app)
+    return a, b
+
+
+def _length_zero_added(a: Observation, b: Observation) -> tuple[Observation, Observation]:
+    """Go adds ``content-length: 0`` to a response without body that has no length (a gRPC
+    trailers-only error, ...) and to a POST, PUT or PATCH without body going to the app (as
+    over HTTP/1.1); over HTTP/2 the END_STREAM flag already says so, we add nothing."""
+    zero = ("content-length", "0")
+    if zero in b.headers and not d._has(a.headers, "content-length") and not b.body:
+        b = replace(b, headers=[h for h in b.headers if h != zero])
+    if (
+        a.app is not None
+        and b.app is not None
+        and zero in b.app.headers
+        and not d._has(a.app.headers, "content-length")
+    ):
+        b = replace(b, app=replace(b.app, headers=[h for h in b.app.headers if h != zero]))
+    return a, b
+
+
+def _head_reset_after_head(a: Observation, b: Observation) -> tuple[Observation, Observation]:
+    """The app resets a HEAD request's stream after its response head: we pass the reset on,
+    Go's transport takes a HEAD response as complete at its head and ends the stream."""
+    if (
+        a.app is not None
+        and a.app.method == "HEAD"
+        and a.reset.startswith("RST_STREAM")
+        and not b.reset
+        and a.status == b.status
+    ):
+        a = replace(a, reset="")
+    return a, b
+
+
+def _header_list_limit(a: Observation, b: Observation) -> tuple[Observation, Observation]:
+    """A request header list over 64 KiB: we advertise 64 KiB (SETTINGS_MAX_HEADER_LIST_SIZE,
+    as over HTTP/1.1) and close the connection of a client that goes past it (GOAWAY
+    ENHANCE_YOUR_CALM); Go takes up to 1 MiB (and here fails towards the app, which advertises
+    64 KiB too: 502)."""
+    if a.app is None and a.reset == "GOAWAY ENHANCE_YOUR_CALM":
+        b = replace(b, status=0, headers=[], body="", reset=a.reset, kept=a.kept, app=None)
+    return a, b
+
+
+KNOWN_H2: d.Known = (
+    ("Content-Type guessed by Go", d._content_type_guessed),
+    ("request trailers reach the app", d._request_trailers_kept),
+    ("malformed request reset, Go answers 400", _malformed_answered),
+    ("Go closes the connection after a bad header name", _go_closes_after_bad_name),
+    ("content-length mismatch reset", _length_mismatch_reset),
+    ("content-length: 0 added by Go", _length_zero_added),
+    ("HEAD reset after its head passed on", _head_reset_after_head),
+    ("header list over 64 KiB closes the connection", _header_list_limit),
+)
 
 MODE: dict[str, Any] = {"side": H2Side, "requests": generate, "known": KNOWN_H2}
