@@ -36,6 +36,7 @@ from .h2frames import (
     ErrorCodes,
     H2Conn,
     H2Error,
+    InformationalReceived,
     ProtocolError,
     RemoteSettingsChanged,
     RequestReceived,
@@ -500,6 +501,21 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         self.flush()
 
     # -- called by H2Upstream --------------------------------------------------------------
+    def response_interim(self, st: H2Stream, headers: list[tuple[bytes, bytes]]) -> None:
+        """An interim (1xx) response from upstream goes to the client, as Go's ReverseProxy
+        relays them (``103 Early Hints`` and the like), before the final head only; 101 has no
+        meaning in HTTP/2 (RFC 9113 8.6) and goes nowhere."""
+        if st.resp_started or st.reset or self.closed:
+            return
+        hs = [(n, v) for n, v in headers if n not in _HOP and (n[:1] != b":" or n == b":status")]
+        if (b":status", b"101") in hs:
+            return
+        try:
+            self.h2.send_headers(st.sid, hs)
+        except H2Error:
+            return
+        self.flush_soon()
+
     def response_head(
         self, st: H2Stream, headers: list[tuple[bytes, bytes]], end: bool = False
     ) -> None:
@@ -901,6 +917,10 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             st = self.streams.get(ev.stream_id)
             if st is not None:
                 st.link.response_head(st, ev.headers or [], ev.stream_ended)
+        elif isinstance(ev, InformationalReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.link.response_interim(st, ev.headers)
         elif isinstance(ev, TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:

@@ -1,6 +1,7 @@
-""":path over h2c goes to the app as over HTTP/1.1 and as Knative's Go queue-proxy sends it
-(found by ``tools/differential.py --h2``): a path that is not a valid encoding re-escaped, a
-'%' without two hex digits refused (Go's HTTP/2 server resets the stream with PROTOCOL_ERROR).
+"""h2c through the queue-proxy as through Knative's Go queue-proxy (differences found by
+``tools/differential.py --h2``): :path goes to the app as over HTTP/1.1, a path that is not a
+valid encoding re-escaped, a '%' without two hex digits refused (Go's HTTP/2 server resets the
+stream with PROTOCOL_ERROR); the app's interim responses (103 Early Hints) reach the client.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset
+from h2.events import (
+    DataReceived,
+    InformationalResponseReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+)
 
 from .conftest import StartQP
 from .helpers import QueueProxy
@@ -21,7 +28,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class PathApp:
-    """An h2c app that records each request's :path and answers 200 ``ok``."""
+    """An h2c app that records each request's :path and answers 200 ``ok``, after ``103`` with
+    a ``link`` (and a ``101``, which has no place in HTTP/2) for ``/early``."""
 
     def __init__(self) -> None:
         self.server: asyncio.Server | None = None
@@ -42,6 +50,10 @@ class PathApp:
                     if isinstance(ev, RequestReceived):
                         self.paths.append(dict(ev.headers or [])[b":path"])
                     elif isinstance(ev, StreamEnded):
+                        if self.paths[-1] == b"/early":
+                            for status in (b"103", b"101"):
+                                hint = [(b":status", status), (b"link", b"</s.css>; rel=preload")]
+                                conn.send_headers(ev.stream_id, hint)
                         conn.send_headers(ev.stream_id, [(b":status", b"200")])
                         conn.send_data(ev.stream_id, b"ok", end_stream=True)
                 w.write(conn.data_to_send())
@@ -65,7 +77,7 @@ async def app() -> AsyncIterator[PathApp]:
 
 async def _get(qp: QueueProxy, paths: list[bytes]) -> list[str]:
     """GET each path on one h2c connection, in turn: how each stream ended ("200 ok" or
-    "reset <code>")."""
+    "reset <code>"), after any interim responses ("103 </s.css>; rel=preload 200 ok")."""
     reader, writer = await asyncio.open_connection("127.0.0.1", qp.port)
     # no validation: a raw byte in :path is what is under test
     conn = H2Connection(
@@ -83,7 +95,7 @@ async def _get(qp: QueueProxy, paths: list[bytes]) -> list[str]:
                 end_stream=True,
             )  # fmt: skip
             writer.write(conn.data_to_send())
-            body, status, ended = b"", b"", ""
+            body, status, interim, ended = b"", b"", b"", ""
             async with asyncio.timeout(10):
                 while not ended:
                     data = await reader.read(65536)
@@ -91,10 +103,13 @@ async def _get(qp: QueueProxy, paths: list[bytes]) -> list[str]:
                     for ev in conn.receive_data(data):
                         if getattr(ev, "stream_id", 0) != sid:
                             continue
-                        if isinstance(ev, DataReceived):
+                        if isinstance(ev, InformationalResponseReceived):
+                            hs = dict(ev.headers)
+                            interim += b"%s %s " % (hs[b":status"], hs.get(b"link", b""))
+                        elif isinstance(ev, DataReceived):
                             body += ev.data
                         elif isinstance(ev, StreamEnded):
-                            ended = f"{status.decode()} {body.decode()}"
+                            ended = f"{interim.decode()}{status.decode()} {body.decode()}"
                         elif isinstance(ev, StreamReset):
                             ended = f"reset {ErrorCodes(ev.error_code).name}"
                         elif hasattr(ev, "headers") and ev.headers:
@@ -133,3 +148,11 @@ async def test_invalid_escape_resets_the_stream_and_keeps_the_connection(
         "200 ok",
     ]
     assert app.paths == [b"/ok"]
+
+
+async def test_early_hints_reach_the_client(app: PathApp, start_qp: StartQP) -> None:
+    qp = await start_qp(user_port=app.port)
+    assert await _get(qp, [b"/early", b"/ok"]) == [
+        "103 </s.css>; rel=preload 200 ok",
+        "200 ok",
+    ]
