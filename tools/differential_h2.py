@@ -526,7 +526,8 @@ def _go_closes_after_bad_name(a: Observation, b: Observation) -> tuple[Observati
         a.app is None
         and b.app is None
         and a.reset == "RST_STREAM PROTOCOL_ERROR"
-        and b.reset == "GOAWAY PROTOCOL_ERROR"
+        # (the GOAWAY comes before the RST_STREAM or after it, ending the next stream)
+        and (b.reset == "GOAWAY PROTOCOL_ERROR" or (b.reset == a.reset and b.kept is False))
     ):
         b = replace(b, reset=a.reset, kept=a.kept)
     return a, b
