@@ -3,6 +3,7 @@ through both; what the client gets and what the app sees are compared, differenc
 
     python tools/differential.py --a queue-proxy --b /path/to/other/queue-proxy [--count 300]
     python tools/differential.py --b queue-proxy --b-env PYTHONPATH=build/compiled
+    python tools/differential.py --h2 --b /path/to/other/queue-proxy   # over h2c
 
 Each side is a queue-proxy executable started with Knative's environment in front of its own
 recording app (a raw TCP server that records each request's target, header lines, body and
@@ -16,6 +17,9 @@ ignoring case unless ``--strict-case``) and body; whether the app saw the reques
 method, target, headers, body and trailers. ``X-Forwarded-For`` is compared as is (both sides
 run on loopback). Differences are grouped by what differs and printed with one example each;
 ``--json`` writes every observation for a closer look. Exit status: 0 when no difference.
+``--h2`` sends HTTP/2 (h2c, prior knowledge) requests to an h2c recording app instead
+(tools/differential_h2.py: its requests, app, client and known differences; the comparison,
+grouping and report are this module's).
 
 Not part of CI (CI has no second implementation). It runs ours against ours in its unit test,
 which exercises the machinery only.
