@@ -492,9 +492,13 @@ class H2Side(d.Side):
         except ConnectionError:
             o = Observation(0, [], "", None, reset="closed")
         self.rec.seen.pop("again", None)
-        # a 502 naming the app's reset names its stream on the proxy's connection to the app
+        # a 502 naming the app's reset names its stream on the proxy's connection to the app:
+        # a number, and the length of the text, that differ between the sides
         body = _STREAM_ID.sub("stream ID <n>", o.body)
-        return replace(o, body=body, app=self.rec.seen.pop(str(i), None))
+        headers = o.headers
+        if body != o.body:
+            headers = [(k, "<n>" if k == "content-length" else v) for k, v in headers]
+        return replace(o, headers=headers, body=body, app=self.rec.seen.pop(str(i), None))
 
 
 # --------------------------------------------------------------------------- known differences
