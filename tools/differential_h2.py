@@ -587,10 +587,10 @@ def _head_reset_after_head(a: Observation, b: Observation) -> tuple[Observation,
 
 
 def _header_list_limit(a: Observation, b: Observation) -> tuple[Observation, Observation]:
-    """A request header list over 64 KiB: we advertise 64 KiB (SETTINGS_MAX_HEADER_LIST_SIZE,
-    as over HTTP/1.1) and close the connection of a client that goes past it (GOAWAY
-    ENHANCE_YOUR_CALM); Go takes up to 1 MiB (and here fails towards the app, which advertises
-    64 KiB too: 502)."""
+    """A request header list over QUEUE_MAX_HEADER_BYTES (64 KiB): we advertise the limit
+    (SETTINGS_MAX_HEADER_LIST_SIZE) and close the connection of a client that goes past it
+    (GOAWAY ENHANCE_YOUR_CALM; HTTP/1.1 gets a 431); Go takes up to 1 MiB (and here fails
+    towards the app, which advertises 64 KiB too: 502)."""
     if a.app is None and a.reset == "GOAWAY ENHANCE_YOUR_CALM":
         b = replace(b, status=0, headers=[], body="", reset=a.reset, kept=a.kept, app=None)
     return a, b
