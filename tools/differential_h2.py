@@ -493,10 +493,12 @@ class H2Side(d.Side):
             o = Observation(0, [], "", None, reset="closed")
         self.rec.seen.pop("again", None)
         # a 502 naming the app's reset names its stream on the proxy's connection to the app:
-        # a number, and the length of the text, that differ between the sides
+        # a number, and the length of the text, that differ between the sides (for a HEAD,
+        # whose 502 has the text's length and no text, the length is not compared)
         body = _STREAM_ID.sub("stream ID <n>", o.body)
         headers = o.headers
-        if body != o.body:
+        head = (b":method", b"HEAD") in g.headers
+        if body != o.body or (head and o.status == 502):
             headers = [(k, "<n>" if k == "content-length" else v) for k, v in headers]
         return replace(o, headers=headers, body=body, app=self.rec.seen.pop(str(i), None))
 
