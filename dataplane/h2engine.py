@@ -36,6 +36,7 @@ from .h2frames import (
     ErrorCodes,
     H2Conn,
     H2Error,
+    InformationalReceived,
     ProtocolError,
     RemoteSettingsChanged,
     RequestReceived,
@@ -49,7 +50,16 @@ from .h2frames import (
     goaway_frame,
 )
 from .h2stream import H2Stream
-from .http1 import H_CLEN, H_DROP, H_HOST, H_KEEP, H_TE, H_XFF
+from .http1 import (
+    H_CLEN,
+    H_DROP,
+    H_HOST,
+    H_KEEP,
+    H_TE,
+    H_XFF,
+    TARGET_MARKS,
+    go_request_target,
+)
 from .proxy import Exchange
 
 if TYPE_CHECKING:
@@ -402,6 +412,16 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             elif act == H_CLEN or (act != H_DROP and name not in hdr):
                 hdr[name] = value
         hdr[b"host"] = authority
+        if 1 in st.target.translate(TARGET_MARKS):  # the common :path skips the call
+            # As over HTTP/1.1 (and as Go's queue-proxy): a path that is not a valid encoding
+            # goes re-escaped as Go's transport writes it, bytes >= 0x80 percent-encoded; a '%'
+            # without two hex digits is refused, here as Go's HTTP/2 server refuses it: the
+            # stream reset with PROTOCOL_ERROR (url.ParseRequestURI fails).
+            fwd = go_request_target(st.target)
+            if fwd is None:
+                self.reset_stream(st, ErrorCodes.PROTOCOL_ERROR)
+                return
+            st.target = fwd
         self.dispatch(st, self.server.handler)
 
     def new_stream(self, sid: int) -> H2Stream:
@@ -481,6 +501,21 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         self.flush()
 
     # -- called by H2Upstream --------------------------------------------------------------
+    def response_interim(self, st: H2Stream, headers: list[tuple[bytes, bytes]]) -> None:
+        """An interim (1xx) response from upstream goes to the client, as Go's ReverseProxy
+        relays them (``103 Early Hints`` and the like), before the final head only; 101 has no
+        meaning in HTTP/2 (RFC 9113 8.6) and goes nowhere."""
+        if st.resp_started or st.reset or self.closed:
+            return
+        hs = [(n, v) for n, v in headers if n not in _HOP and (n[:1] != b":" or n == b":status")]
+        if (b":status", b"101") in hs:
+            return
+        try:
+            self.h2.send_headers(st.sid, hs)
+        except H2Error:
+            return
+        self.flush_soon()
+
     def response_head(
         self, st: H2Stream, headers: list[tuple[bytes, bytes]], end: bool = False
     ) -> None:
@@ -882,6 +917,10 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             st = self.streams.get(ev.stream_id)
             if st is not None:
                 st.link.response_head(st, ev.headers or [], ev.stream_ended)
+        elif isinstance(ev, InformationalReceived):
+            st = self.streams.get(ev.stream_id)
+            if st is not None:
+                st.link.response_interim(st, ev.headers)
         elif isinstance(ev, TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:

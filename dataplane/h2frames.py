@@ -37,6 +37,7 @@ __all__ = [
     "Event",
     "H2Conn",
     "H2Error",
+    "InformationalReceived",
     "ProtocolError",
     "RemoteSettingsChanged",
     "RequestReceived",
@@ -155,6 +156,14 @@ class ResponseReceived(Event):
         self.stream_id = stream_id
         self.headers = headers
         self.stream_ended = ended
+
+
+class InformationalReceived(Event):
+    """An interim (1xx) response head (client side), before the final one."""
+
+    def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.stream_id = stream_id
+        self.headers = headers
 
 
 class TrailersReceived(Event):
@@ -884,7 +893,7 @@ class H2Conn:
         if st.remote_closed:
             self._stream_error(events, sid, ErrorCodes.STREAM_CLOSED)
             return
-        if not st.headers_in:  # a response (client side): 1xx heads are skipped
+        if not st.headers_in:  # a response (client side), after any number of 1xx heads
             status = b""
             for name, value in headers:
                 if name == b":status":
@@ -893,6 +902,8 @@ class H2Conn:
             if status[:1] == b"1" and len(status) == 3:
                 if end:
                     self._stream_error(events, sid, ErrorCodes.PROTOCOL_ERROR)
+                else:
+                    events.append(InformationalReceived(sid, headers))
                 return
             st.headers_in = True
             events.append(ResponseReceived(sid, headers, end))

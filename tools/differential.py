@@ -3,6 +3,7 @@ through both; what the client gets and what the app sees are compared, differenc
 
     python tools/differential.py --a queue-proxy --b /path/to/other/queue-proxy [--count 300]
     python tools/differential.py --b queue-proxy --b-env PYTHONPATH=build/compiled
+    python tools/differential.py --h2 --b /path/to/other/queue-proxy   # over h2c
 
 Each side is a queue-proxy executable started with Knative's environment in front of its own
 recording app (a raw TCP server that records each request's target, header lines, body and
@@ -16,6 +17,9 @@ ignoring case unless ``--strict-case``) and body; whether the app saw the reques
 method, target, headers, body and trailers. ``X-Forwarded-For`` is compared as is (both sides
 run on loopback). Differences are grouped by what differs and printed with one example each;
 ``--json`` writes every observation for a closer look. Exit status: 0 when no difference.
+``--h2`` sends HTTP/2 (h2c, prior knowledge) requests to an h2c recording app instead
+(tools/differential_h2.py: its requests, app, client and known differences; the comparison,
+grouping and report are this module's).
 
 Not part of CI (CI has no second implementation). It runs ours against ours in its unit test,
 which exercises the machinery only.
@@ -31,10 +35,12 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import IO, Any
 
 # --------------------------------------------------------------------------- observations
 
@@ -52,6 +58,8 @@ class AppView:
     headers: Lines
     body: str
     trailers: Lines = field(default_factory=list)
+    authority: str = ""  # HTTP/2's :authority ("" over HTTP/1, where Host is a header)
+    reset: str = ""  # HTTP/2: the stream was reset before it ended (the error code's name)
 
 
 @dataclass
@@ -63,6 +71,12 @@ class Observation:
     body: str
     app: AppView | None
     kept: bool | None = None  # a second request on the connection was answered (None: not tried)
+    # HTTP/2 only (the defaults over HTTP/1): the response's trailers, how the stream ended when
+    # it did not end normally ("RST_STREAM PROTOCOL_ERROR", "GOAWAY ...", "closed", "timeout"),
+    # and the interim (1xx) responses as "103 link=...".
+    trailers: Lines = field(default_factory=list)
+    reset: str = ""
+    interim: list[str] = field(default_factory=list)
 
 
 _VOLATILE = frozenset({"date"})
@@ -86,6 +100,10 @@ def compare(a: Observation, b: Observation, *, strict_case: bool = False) -> lis
     diffs: list[str] = []
     if a.status != b.status:
         diffs.append(f"client status: {a.status} vs {b.status}")
+    if a.reset != b.reset:
+        diffs.append(f"client stream end: {a.reset or 'ended'} vs {b.reset or 'ended'}")
+    if a.interim != b.interim:
+        diffs.append(f"client interim: {a.interim} vs {b.interim}")
     ha, hb = _norm(a.headers, strict_case=strict_case), _norm(b.headers, strict_case=strict_case)
     if ha != hb:
         only_a = sorted({k for k, _ in ha} - {k for k, _ in hb})
@@ -97,6 +115,8 @@ def compare(a: Observation, b: Observation, *, strict_case: bool = False) -> lis
             diffs.append(f"client header values: {changed}")
     if a.body != b.body:
         diffs.append("client body")
+    if _norm(a.trailers, strict_case=strict_case) != _norm(b.trailers, strict_case=strict_case):
+        diffs.append("client trailers")
     if a.kept is not None and b.kept is not None and a.kept != b.kept:
         diffs.append(f"connection kept: {a.kept} vs {b.kept}")
     if (a.app is None) != (b.app is None):
@@ -109,6 +129,8 @@ def compare(a: Observation, b: Observation, *, strict_case: bool = False) -> lis
         diffs.append("app method")
     if x.target != y.target:
         diffs.append("app target")
+    if x.authority != y.authority:
+        diffs.append("app authority")
     hx, hy = _norm(x.headers, strict_case=strict_case), _norm(y.headers, strict_case=strict_case)
     if hx != hy:
         only_a = sorted({k for k, _ in hx} - {k for k, _ in hy})
@@ -122,6 +144,8 @@ def compare(a: Observation, b: Observation, *, strict_case: bool = False) -> lis
         diffs.append("app body")
     if _norm(x.trailers, strict_case=strict_case) != _norm(y.trailers, strict_case=strict_case):
         diffs.append("app trailers")
+    if x.reset != y.reset:
+        diffs.append(f"app stream end: {x.reset or 'ended'} vs {y.reset or 'ended'}")
     return diffs
 
 
@@ -184,13 +208,18 @@ KNOWN = (
 )
 
 
+Known = tuple[
+    tuple[str, Callable[[Observation, Observation], tuple[Observation, Observation]]], ...
+]
+
+
 def explain(
-    a: Observation, b: Observation, *, strict_case: bool = False
+    a: Observation, b: Observation, *, strict_case: bool = False, known: Known = KNOWN
 ) -> tuple[list[str], list[str]]:
     """(known differences that apply, differences they leave unexplained)."""
     reasons = []
     left = compare(a, b, strict_case=strict_case)
-    for name, take_out in KNOWN:
+    for name, take_out in known:
         if not left:
             break
         a2, b2 = take_out(a, b)
@@ -501,20 +530,25 @@ class Side:
         self.extra_env = extra_env or {}
         self.rec = Recorder()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log: IO[bytes] | None = None
         self.port = 0
 
     async def start(self) -> None:
         await self.rec.start()
         env = {**knative_env(self.rec.port), **self.extra_env}
         self.port = int(env["QUEUE_SERVING_PORT"])
+        # stderr to a file, not a pipe nobody reads: a proxy that logs every failed request
+        # (Go's does) would block on a full pipe and stop answering
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             [self.exe], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
         )  # fmt: skip
         deadline = time.monotonic() + 15
         while True:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                self.log.seek(0)
+                err = self.log.read().decode(errors="replace")
                 raise SystemExit(f"{self.name}: {self.exe} exited at start-up:\n{err}")
             try:
                 _, w = await asyncio.open_connection("127.0.0.1", self.port)
@@ -529,6 +563,8 @@ class Side:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.log is not None:
+            self.log.close()
         await self.rec.close()
 
     async def observe(self, i: int, g: Generated) -> Observation:
@@ -545,23 +581,29 @@ async def run(
     strict_case: bool,
     a_env: dict[str, str] | None = None,
     b_env: dict[str, str] | None = None,
+    *,
+    side: type[Side] = Side,
+    requests: Callable[[int, int], list[Any]] = generate,
+    known: Known = KNOWN,
 ) -> dict[str, Any]:
-    a, b = Side("a", a_exe, a_env), Side("b", b_exe, b_env)
+    """Run ``requests(count, seed)`` through both sides; ``side``, ``requests`` and ``known``
+    are the HTTP/1 ones unless a mode (tools/differential_h2.py) passes its own."""
+    a, b = side("a", a_exe, a_env), side("b", b_exe, b_env)
     try:
         await a.start()
         await b.start()
         results = []
-        known: list[tuple[str, list[str]]] = []
+        explained: list[tuple[str, list[str]]] = []
         unexplained: list[tuple[str, list[str]]] = []
         observations = []
-        for i, g in enumerate(generate(count, seed)):
+        for i, g in enumerate(requests(count, seed)):
             oa = await a.observe(i, g)
             ob = await b.observe(i, g)
             diffs = compare(oa, ob, strict_case=strict_case)
             results.append((g.name, diffs))
             if diffs:
-                reasons, left = explain(oa, ob, strict_case=strict_case)
-                known.append((g.name, reasons))
+                reasons, left = explain(oa, ob, strict_case=strict_case, known=known)
+                explained.append((g.name, reasons))
                 if left:
                     unexplained.append((g.name, left))
             observations.append({"request": g.name, "a": asdict(oa), "b": asdict(ob)})
@@ -573,7 +615,7 @@ async def run(
         "count": count,
         "identical": identical,
         "groups": group(results),
-        "known": group(known),
+        "known": group(explained),
         "unexplained": group(unexplained),
         "unexplained_count": len(unexplained),
         "observations": observations,
@@ -592,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
         "--all", action="store_true", help="list every difference, the known ones included"
     )
     p.add_argument("--exact", action="store_true", help="exit 1 on any difference, known or not")
+    p.add_argument(
+        "--h2",
+        action="store_true",
+        help="HTTP/2 cleartext (prior knowledge) requests to an h2c recording app "
+        "(tools/differential_h2.py)",
+    )
     p.add_argument("--a-env", action="append", default=[], metavar="K=V", help="extra env for a")
     p.add_argument(
         "--b-env",
@@ -603,8 +651,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     envs = [dict(kv.split("=", 1) for kv in items) for items in (args.a_env, args.b_env)]
+    mode: dict[str, Any] = {}
+    if args.h2:
+        # the HTTP/2 mode's module imports this one by name: let it find this copy
+        sys.modules.setdefault("differential", sys.modules[__name__])
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import differential_h2
+
+        mode = differential_h2.MODE
     report = asyncio.run(
-        run(args.a, args.b, args.count, args.seed, args.strict_case, envs[0], envs[1])
+        run(args.a, args.b, args.count, args.seed, args.strict_case, envs[0], envs[1], **mode)
     )
     count, identical, left = report["count"], report["identical"], report["unexplained_count"]
     print(

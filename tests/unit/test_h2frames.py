@@ -200,6 +200,31 @@ def test_h2_client_requests_arrive_intact(reqs: list[tuple[list, list, bool]]) -
         sid += 2
 
 
+def test_interim_responses_are_events_before_the_response() -> None:
+    ours = H2Conn(client_side=True)
+    ours.initiate_connection()
+    ref = ref_server()
+    pump(ours, ref)
+    pump(ref, ours)
+    sid = ours.get_next_available_stream_id()
+    ours.send_headers(sid, REQ, end_stream=True)
+    pump(ours, ref)
+    ref.send_headers(sid, [(b":status", b"103"), (b"link", b"</s.css>")])
+    ref.send_headers(sid, [(b":status", b"100")])
+    ref.send_headers(sid, [(b":status", b"200")], end_stream=True)
+    evs = [e for e in pump(ref, ours) if e.stream_id == sid]
+    assert [type(e).__name__ for e in evs] == [
+        "InformationalReceived",
+        "InformationalReceived",
+        "ResponseReceived",
+        "StreamEnded",
+    ]
+    assert [e.headers for e in evs[:2]] == [  # type: ignore[attr-defined]
+        [(b":status", b"103"), (b"link", b"</s.css>")],
+        [(b":status", b"100")],
+    ]
+
+
 def test_large_header_block_goes_in_continuation_frames() -> None:
     client = ref_client()
     server = our_server()
