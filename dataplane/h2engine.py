@@ -314,7 +314,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
                     st.up.pump_request(st)
                     st.up.flush_soon()
         elif isinstance(ev, RequestReceived):
-            self._request(ev.stream_id, ev.headers or [])
+            self._request(ev.stream_id, ev.headers or [], ev.too_large)
         elif isinstance(ev, StreamEnded):
             st = self.streams.get(ev.stream_id)
             if st is not None:
@@ -375,7 +375,9 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             pass
         self.flush_soon()
 
-    def _request(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def _request(
+        self, sid: int, headers: list[tuple[bytes, bytes]], too_large: bool = False
+    ) -> None:
         if self.going_away:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
@@ -422,6 +424,9 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
                 self.reset_stream(st, ErrorCodes.PROTOCOL_ERROR)
                 return
             st.target = fwd
+        if too_large:  # answered here, as over HTTP/1.1: the handler never sees it
+            st.error(431, "request header fields too large")
+            return
         self.dispatch(st, self.server.handler)
 
     def new_stream(self, sid: int) -> H2Stream:

@@ -145,10 +145,20 @@ class Event:
 
 
 class RequestReceived(Event):
-    def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+    """A request head. ``too_large``: its header list passed the size we announced, and
+    ``headers`` holds the fields before the limit (answer 431, RFC 9113 10.5.1)."""
+
+    def __init__(
+        self,
+        stream_id: int,
+        headers: list[tuple[bytes, bytes]],
+        ended: bool,
+        too_large: bool = False,
+    ) -> None:
         self.stream_id = stream_id
         self.headers = headers
         self.stream_ended = ended
+        self.too_large = too_large
 
 
 class ResponseReceived(Event):
@@ -836,15 +846,22 @@ class H2Conn:
         self, events: list[Event], flags: int, sid: int, block: bytes, self_dependent: bool = False
     ) -> None:
         # Decode first, whatever becomes of the stream: the HPACK state is the connection's.
+        too_large = False
         try:
             headers = self.decoder.decode(block)
         # (Distinct names per handler: mypyc types an exception variable by its first use.)
         except OversizedHeaderList as big:
-            raise ProtocolError(str(big), ErrorCodes.ENHANCE_YOUR_CALM) from None
+            # A request head too large is that request's problem (431, as Go's server answers
+            # it): the other streams of the connection (a gRPC channel's calls) go on.
+            headers = big.headers
+            too_large = True
+            big_text = str(big)
         except HPACKError as bad:
             raise ProtocolError(str(bad), ErrorCodes.COMPRESSION_ERROR) from None
         end = bool(flags & F_END_STREAM)
         st = self.streams.get(sid)
+        if too_large and (st is not None or self.client_side):
+            raise ProtocolError(big_text, ErrorCodes.ENHANCE_YOUR_CALM)
         if st is None:
             if sid in self.reset_ids:
                 return  # we reset it: ignore what was in flight
@@ -883,7 +900,7 @@ class H2Conn:
             st.headers_in = True
             st.clen = clen
             self.streams[sid] = st
-            events.append(RequestReceived(sid, headers, end))
+            events.append(RequestReceived(sid, headers, end, too_large))
             if end:
                 self._remote_end(events, st)
             return

@@ -43,7 +43,13 @@ class HPACKDecodingError(HPACKError):
 
 
 class OversizedHeaderList(HPACKError):
-    """The decoded header list exceeds the size we announced."""
+    """The decoded header list exceeds the size we announced. The whole block was decoded (the
+    dynamic table stays in step with the peer's); ``headers`` holds the fields before the
+    limit."""
+
+    def __init__(self, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(message)
+        self.headers = headers
 
 
 # RFC 7541 Appendix A.
@@ -449,9 +455,11 @@ class Decoder:
                         self.entries.append(pair)
                         self.size += entry
             total += len(pair[0]) + len(pair[1]) + ENTRY_OVERHEAD
-            if total > limit:
-                raise OversizedHeaderList(f"header list larger than {limit} bytes")
-            headers.append(pair)
+            if total <= limit:
+                headers.append(pair)
+            # past the limit: decoded on, so that the table follows the peer's, and dropped
+        if total > limit:
+            raise OversizedHeaderList(f"header list larger than {limit} bytes", headers)
         return headers
 
 

@@ -347,10 +347,25 @@ def test_continuation_flood_is_enhance_your_calm() -> None:
     assert goaway_code(s, data) == ErrorCodes.ENHANCE_YOUR_CALM
 
 
-def test_oversized_header_list_is_enhance_your_calm() -> None:
+def test_oversized_request_head_is_that_request_s_problem() -> None:
+    # RFC 9113 10.5.1, as Go's server: the request gets 431 (the engine answers it); the
+    # connection and its other streams go on.
     s, _ = started_server()
     s.decoder.max_header_list_size = 200
-    big = headers_frame(1, [*REQ, (b"x-big", b"v" * 300)], ("END_HEADERS",))
+    big = headers_frame(1, [*REQ, (b"x-big", b"v" * 300)], ("END_HEADERS", "END_STREAM"))
+    (ev, *_rest) = s.receive_data(big)
+    assert isinstance(ev, F.RequestReceived) and ev.too_large
+    assert dict(ev.headers)[b":path"] == dict(REQ)[b":path"]  # the fields before the limit
+    assert b"x-big" not in dict(ev.headers)
+    ok = s.receive_data(headers_frame(3, REQ, ("END_HEADERS", "END_STREAM")))
+    assert isinstance(ok[0], F.RequestReceived) and not ok[0].too_large
+
+
+def test_oversized_trailers_are_enhance_your_calm() -> None:
+    s, _ = started_server()
+    s.decoder.max_header_list_size = 200
+    s.receive_data(headers_frame(1, REQ, ("END_HEADERS",)))
+    big = headers_frame(1, [(b"x-big", b"v" * 300)], ("END_HEADERS", "END_STREAM"))
     assert goaway_code(s, big) == ErrorCodes.ENHANCE_YOUR_CALM
 
 

@@ -102,9 +102,16 @@ def test_malformed_blocks(block: bytes) -> None:
 
 def test_header_list_size_limit() -> None:
     dec = hpack.Decoder(max_header_list_size=100)
-    block = hpack.Encoder().encode([(b"x-a", b"v" * 40), (b"x-b", b"v" * 40)])
-    with pytest.raises(hpack.OversizedHeaderList):
+    enc = hpack.Encoder()
+    block = enc.encode([(b"x-a", b"v" * 40), (b"x-b", b"v" * 40)])
+    with pytest.raises(hpack.OversizedHeaderList) as big:
         dec.decode(block)
+    assert big.value.headers == [(b"x-a", b"v" * 40)]  # the fields before the limit
+    # the whole block was decoded: the dynamic table follows the encoder's, and the next
+    # block (which refers to both fields by index) decodes
+    again = enc.encode([(b"x-b", b"v" * 40)])
+    assert len(again) < 5
+    assert dec.decode(again) == [(b"x-b", b"v" * 40)]
 
 
 def test_repeated_fields_are_indexed_and_credentials_never() -> None:
