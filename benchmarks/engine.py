@@ -91,6 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--handler", choices=("qp", "plain", "activator"), default="qp")
     p.add_argument("--cc", type=int, default=10, help="container concurrency (qp handler)")
+    p.add_argument(
+        "--protocol",
+        choices=("http1", "grpc"),
+        default="http1",
+        help="http1: a GET over HTTP/1.1; grpc: a unary gRPC call over h2c both sides",
+    )
     p.add_argument("--quick", action="store_true", help="10,000 requests x 3 rounds")
     p.add_argument(
         "--compiled",
@@ -144,7 +150,7 @@ def _child(
         path.insert(0, str(cwd))
     env["PYTHONPATH"] = os.pathsep.join(path)
     argv = [*prefix, sys.executable, "-m", "benchmarks", "engine"]
-    argv += ["--handler", args.handler, "--cc", str(args.cc)]
+    argv += ["--handler", args.handler, "--cc", str(args.cc), "--protocol", args.protocol]
     if requests is not None:
         argv += ["--requests", str(requests), "--rounds", "1"]
     elif args.quick:
@@ -175,7 +181,10 @@ def _instructions(args: argparse.Namespace) -> int:
             totals.append(int(m.group(1)))
     per = (totals[1] - totals[0]) / (_CALLGRIND_RUNS[1] - _CALLGRIND_RUNS[0])
     build = "compiled" if args.compiled else "interpreted"
-    print(f"engine ({args.handler}, cc={args.cc}, {build}): {per:,.0f} instructions/request")
+    print(
+        f"engine ({args.handler}, cc={args.cc}, {args.protocol}, {build}): "
+        f"{per:,.0f} instructions/request"
+    )
     return 0
 
 
@@ -240,6 +249,8 @@ def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
 
         config = qp_config(forwarded_shim=True)
     server = HTTPServer(handler, config, loop=loop)
+    if args.protocol == "grpc":
+        return _run_grpc(args, loop, server, pool)
     conn = ServerConnection(server)
     ct = _Transport()
     conn.connection_made(ct)
@@ -265,6 +276,154 @@ def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
     print(
         f"engine ({args.handler}, cc={args.cc}): "
         f"{statistics.median(results):.2f} us/request of Python "
+        f"(rounds: {', '.join(f'{r:.2f}' for r in results)})"
+    )
+    return 0
+
+
+# -- gRPC over h2c: a unary call as grpcio sends and answers it ------------------------------
+GRPC_REQUEST_HEADERS = [
+    (b":scheme", b"http"),
+    (b":method", b"POST"),
+    (b":authority", b"hello.default.example.com"),
+    (b":path", b"/bench.Echo/Unary"),
+    (b"te", b"trailers"),
+    (b"content-type", b"application/grpc"),
+    (b"user-agent", b"grpc-python-asyncio/1.76.0 grpc-c/51.0.0 (linux; chttp2)"),
+    (b"grpc-accept-encoding", b"identity, deflate, gzip"),
+]
+GRPC_RESPONSE_HEADERS = [
+    (b":status", b"200"),
+    (b"content-type", b"application/grpc"),
+    (b"grpc-accept-encoding", b"identity, deflate, gzip"),
+]
+GRPC_TRAILERS = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x64" + b"x" * 100  # length-prefixed 100 B message
+# grpcio opens each call's stream window by 5 bytes (a WINDOW_UPDATE between HEADERS and DATA)
+GRPC_WINDOW_UPDATE = (5).to_bytes(4, "big")
+
+
+def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+    )
+
+
+def _open_windows() -> bytes:
+    """SETTINGS with the largest stream window, its ACK of the peer's, and the largest
+    connection window: flow control never stalls the benchmark."""
+    # (2**30, not the maximum: a WINDOW_UPDATE on a new stream must not overflow it)
+    settings = _frame(0x4, 0, 0, (4).to_bytes(2, "big") + (2**30).to_bytes(4, "big"))
+    ack = _frame(0x4, 0x1, 0, b"")
+    update = _frame(0x8, 0, 0, (2**31 - 1 - 65535).to_bytes(4, "big"))
+    return settings + ack + update
+
+
+def _check_grpc_call(ct: _Transport, call: Any) -> None:
+    """One more call with the client's bytes kept: it must get its response head (``:status``
+    200, the static table's index 8), the message and the trailers, and no RST_STREAM."""
+    got: list[bytes] = []
+    write = ct.write
+    ct.write = got.append  # type: ignore[method-assign]
+    try:
+        call()
+    finally:
+        ct.write = write  # type: ignore[method-assign]
+    data = b"".join(got)
+    frames = []
+    pos = 0
+    while pos + 9 <= len(data):
+        n = int.from_bytes(data[pos : pos + 3], "big")
+        frames.append((data[pos + 3], data[pos + 4], data[pos + 9 : pos + 9 + n]))
+        pos += 9 + n
+    kinds = [(t, f & 0x1) for t, f, _ in frames if t in (0x0, 0x1, 0x3)]
+    heads = [p for t, _, p in frames if t == 0x1]
+    if kinds != [(0x1, 0), (0x0, 0), (0x1, 1)] or heads[0][:1] != b"\x88":
+        raise RuntimeError(f"the benchmark's gRPC call did not get its response: {frames}")
+
+
+def _run_grpc(
+    args: argparse.Namespace, loop: asyncio.AbstractEventLoop, server: HTTPServer, pool: Any
+) -> int:
+    """Unary gRPC calls through the handler over h2c both sides: the client's HEADERS + DATA
+    into a downstream ``H2ServerConnection``, the app's HEADERS + DATA + trailers into the
+    pooled ``H2Upstream``, one call at a time, with the loop run after each side."""
+    from dataplane.h2c import H2Hub
+    from dataplane.h2engine import H2ServerConnection
+    from dataplane.hpack import Encoder
+
+    hub = H2Hub(loop)
+    client_enc, app_enc = Encoder(), Encoder()
+    conn = H2ServerConnection(hub, server, b"127.0.0.1", 40000)
+    ct = _Transport()
+    conn.start(ct, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _open_windows())
+    up = hub.upstream(pool)
+    dial = up._dial
+    if dial is not None:
+        dial.cancel()
+    ut = _Transport()
+    up.connection_made(ut)
+    up.data_received(_open_windows())
+    sids = {"client": 1, "app": 1}
+    # The callbacks the engine scheduled (flush_soon) run as the loop's next iteration would
+    # run them, without the cost of a loop iteration in pure-Python asyncio (uvloop's is C).
+    ready = loop._ready  # type: ignore[attr-defined]
+
+    def tick() -> None:
+        while ready:
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+
+    # A client's and an app's header blocks: literals the first time, then (every field now in
+    # the peer's dynamic table) the same bytes for every call.
+    blocks = {
+        "request": client_enc.encode(GRPC_REQUEST_HEADERS),
+        "head": app_enc.encode(GRPC_RESPONSE_HEADERS),
+        "trailers": app_enc.encode(GRPC_TRAILERS),
+    }
+
+    def call() -> None:
+        sid = sids["client"]
+        sids["client"] = sid + 2
+        conn.data_received(
+            _frame(0x1, 0x4, sid, blocks["request"])
+            + _frame(0x8, 0, sid, GRPC_WINDOW_UPDATE)
+            + _frame(0x0, 0x1, sid, GRPC_MESSAGE)
+        )
+        tick()
+        sid = sids["app"]
+        sids["app"] = sid + 2
+        up.data_received(
+            _frame(0x1, 0x4, sid, blocks["head"])
+            + _frame(0x0, 0, sid, GRPC_MESSAGE)
+            + _frame(0x1, 0x5, sid, blocks["trailers"])
+        )
+        tick()
+        if sid == 1:
+            blocks.update(
+                request=client_enc.encode(GRPC_REQUEST_HEADERS),
+                head=app_enc.encode(GRPC_RESPONSE_HEADERS),
+                trailers=app_enc.encode(GRPC_TRAILERS),
+            )
+
+    def one_round(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    one_round(2000)  # warm up
+    expect = ct.written
+    results = []
+    for _ in range(args.rounds):
+        gc.collect()
+        results.append(one_round(args.requests))
+    assert ct.written > expect and not conn.streams and not up.streams, "calls did not complete"
+    _check_grpc_call(ct, call)
+    print(
+        f"engine ({args.handler}, cc={args.cc}, grpc): "
+        f"{statistics.median(results):.2f} us/call of Python "
         f"(rounds: {', '.join(f'{r:.2f}' for r in results)})"
     )
     return 0

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-proxy", default="", help="queue-proxy executable")
     parser.add_argument("--activator", default="", help="activator executable")
     parser.add_argument("--quick", action="store_true", help="2 s per target")
+    parser.add_argument(
+        "--compiled", action="store_true", help="run ours from the mypyc build (as the image ships)"
+    )
     _gobaseline.add_go_argument(
         parser, "measured as 'go queue-proxy' in front of the same app, same client load"
     )
@@ -47,7 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _load(
-    port: int, concurrency: int, warmup: float, duration: float, authority: str = ""
+    port: int,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    authority: str = "",
+    pids: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     import grpc
 
@@ -61,6 +69,16 @@ async def _load(
         loop = asyncio.get_running_loop()
         measure_from = loop.time() + warmup
         end = measure_from + duration
+        cpu_from: dict[str, float] = {}
+        cpu_to: dict[str, float] = {}
+
+        async def cpu_mark() -> None:
+            # CPU of each process on the path (and of this client) over the measured window.
+            await asyncio.sleep(warmup)
+            cpu_from.update({name: _procs.tree_cpu_seconds(pid) for name, pid in pids.items()})
+            cpu_from["client"] = _own_cpu()
+
+        mark = loop.create_task(cpu_mark()) if pids is not None else None
 
         async def worker() -> None:
             nonlocal errors
@@ -77,13 +95,29 @@ async def _load(
                     latencies.append(loop.time() - t0)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if mark is not None:
+            await mark
+            cpu_to.update({name: _procs.tree_cpu_seconds(pid) for name, pid in pids.items()})
+            cpu_to["client"] = _own_cpu()
     latencies.sort()
     n = len(latencies)
+    cpu_us = {name: (cpu_to[name] - start) / n * 1e6 for name, start in cpu_from.items() if n}
 
     def pct(p: float) -> float:
         return latencies[min(n - 1, int(p * n))] * 1000 if n else float("nan")
 
-    return {"calls_per_s": n / duration, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "errors": errors}
+    return {
+        "calls_per_s": n / duration,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "errors": errors,
+        "cpu_us_per_call": cpu_us,
+    }
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _qp_env(port: int, user_port: int) -> dict[str, str]:
@@ -118,6 +152,12 @@ def run(args: argparse.Namespace) -> int:
     qp_bin = args.queue_proxy or str(Path(sys.executable).with_name("queue-proxy"))
     act_bin = _activator.activator_path(args.activator or None)
     go_bin = _gobaseline.go_path(getattr(args, "go", None))
+    ours_env: dict[str, str] = {}
+    if args.compiled:
+        sys.path.insert(0, str(_activator.ROOT))
+        from tools.build_compiled import build
+
+        ours_env["PYTHONPATH"] = str(build())
     print(
         f"grpc: unary echo of {len(PAYLOAD)} B, {args.concurrency} in flight on one h2c "
         f"connection, {args.duration:g} s per target; grpcio client in this process "
@@ -135,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
             cwd=_activator.ROOT,
         )
         _procs.wait_listening(app_port, app, 10.0, 0.01, logs / "app.log")
-        qp = procs.start([qp_bin], env=_qp_env(qp_port, app_port), log_path=logs / "qp.log")
+        qp = procs.start(
+            [qp_bin], env={**_qp_env(qp_port, app_port), **ours_env}, log_path=logs / "qp.log"
+        )
         _procs.wait_listening(qp_port, qp, 10.0, 0.01, logs / "qp.log")
         sink_port, _ = _activator.start_autoscaler_sink(procs, logs / "sink.log")
         platform = logs / "platform.json"
@@ -145,17 +187,25 @@ def run(args: argparse.Namespace) -> int:
         )
         act = procs.start(
             [act_bin],
-            env=_activator.activator_env(act_port, act_metrics, sink_port, platform),
+            env={
+                **_activator.activator_env(act_port, act_metrics, sink_port, platform),
+                **ours_env,
+            },
             log_path=logs / "act.log",
         )
         _procs.wait_listening(act_port, act, 10.0, 0.01, logs / "act.log")
-        for name, port, authority in (
-            ("direct", app_port, ""),
-            ("queue-proxy", qp_port, ""),
-            ("activator + queue-proxy", act_port, "bench.example.com"),
+        for name, port, authority, pids in (
+            ("direct", app_port, "", {"app": app.pid}),
+            ("queue-proxy", qp_port, "", {"app": app.pid, "queue-proxy": qp.pid}),
+            (
+                "activator + queue-proxy",
+                act_port,
+                "bench.example.com",
+                {"app": app.pid, "queue-proxy": qp.pid, "activator": act.pid},
+            ),
         ):
             results[name] = asyncio.run(
-                _load(port, args.concurrency, args.warmup, args.duration, authority)
+                _load(port, args.concurrency, args.warmup, args.duration, authority, pids)
             )
         if go_bin is not None:
             go_port = _procs.free_port()
@@ -167,15 +217,27 @@ def run(args: argparse.Namespace) -> int:
                 go_error = f"go queue-proxy: failed to start: {exc}"
             else:
                 results["go queue-proxy"] = asyncio.run(
-                    _load(go_port, args.concurrency, args.warmup, args.duration)
+                    _load(
+                        go_port,
+                        args.concurrency,
+                        args.warmup,
+                        args.duration,
+                        pids={"app": app.pid, "queue-proxy": go.pid},
+                    )
                 )
                 procs.stop(go, graceful=False)  # its SIGTERM drain waits a 30 s quiet period
     base = results["direct"]["calls_per_s"] or float("nan")
-    print(f"{'target':<26}{'calls/s':>10}{'x direct':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    cols = ("client", "app", "queue-proxy", "activator")
+    print(
+        f"{'target':<26}{'calls/s':>10}{'x direct':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        "  CPU us/call: " + " ".join(f"{c:>11}" for c in cols)
+    )
     for name, r in results.items():
+        cpu = r.get("cpu_us_per_call", {})
         print(
             f"{name:<26}{r['calls_per_s']:>10.0f}{r['calls_per_s'] / base:>10.2f}"
-            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}"
+            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}               "
+            + " ".join(f"{cpu[c]:>11.1f}" if c in cpu else f"{'-':>11}" for c in cols)
         )
     if "go queue-proxy" in results:
         ratio = results["queue-proxy"]["calls_per_s"] / (
