@@ -34,6 +34,7 @@ from .h2frames import (
     ConnectionTerminated,
     DataReceived,
     ErrorCodes,
+    Event,
     H2Conn,
     H2Error,
     InformationalReceived,
@@ -102,9 +103,10 @@ def _header_lines(raw: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _send_within_window(h2: H2Conn, sid: int, buf: list[bytes]) -> int:
+def _send_within_window(h2: H2Conn, sid: int, buf: list[bytes], end: bool = False) -> int:
     """Queue DATA frames of stream ``sid`` from ``buf`` while its send window and the frame size
-    allow (sent bytes leave ``buf``); returns how many bytes were queued."""
+    allow (sent bytes leave ``buf``); returns how many bytes were queued. ``end``: the last
+    frame, if ``buf`` empties, carries END_STREAM (no empty DATA frame after it)."""
     sent = 0
     while buf:
         window = h2.local_flow_control_window(sid)
@@ -116,8 +118,8 @@ def _send_within_window(h2: H2Conn, sid: int, buf: list[bytes]) -> int:
             h2.send_data(sid, chunk[:n])
             buf[0] = chunk[n:]
         else:
-            h2.send_data(sid, chunk)
             buf.pop(0)
+            h2.send_data(sid, chunk, end and not buf)
         sent += n
     return sent
 
@@ -177,6 +179,7 @@ class _H2Output:
     closed: bool
     loop: asyncio.AbstractEventLoop
     _flush_pending: bool
+    _reading: bool  # in data_received, which flushes when it is done
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -184,8 +187,9 @@ class _H2Output:
             self.transport.write(data)
 
     def flush_soon(self) -> None:
-        """Flush once at the end of this loop iteration (coalesces frames into one write)."""
-        if not self._flush_pending:
+        """Flush once at the end of this loop iteration (coalesces frames into one write), or
+        at the end of the read being handled on this connection."""
+        if not self._flush_pending and not self._reading:
             self._flush_pending = True
             self.loop.call_soon(self._flush_later)
 
@@ -212,6 +216,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         self.last_sid = 0
         self.blocked: set[H2Stream] = set()  # streams with response data waiting for window
         self._flush_pending = False
+        self._reading = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def start(self, transport: asyncio.Transport, data: bytes, upgraded: bool = False) -> None:
@@ -244,11 +249,15 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             self.flush()
             self.close()
             return
-        for ev in events:
-            try:
-                self._event(ev)
-            except H2Error as skipped:  # a stream that closed under us: drop that event only
-                log.debug("h2c event %r skipped: %s", ev, skipped)
+        self._reading = True
+        try:
+            for ev in events:
+                try:
+                    self._event(ev)
+                except H2Error as skipped:  # a stream that closed under us: drop that event
+                    log.debug("h2c event %r skipped: %s", ev, skipped)
+        finally:
+            self._reading = False
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -298,7 +307,7 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             self.close()
 
     # -- events ----------------------------------------------------------------------------
-    def _event(self, ev: object) -> None:
+    def _event(self, ev: Event) -> None:
         if isinstance(ev, DataReceived):
             st = self.streams.get(ev.stream_id)
             n = ev.flow_controlled_length
@@ -308,6 +317,8 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             data = ev.data
             if n > len(data):
                 self._ack(ev.stream_id, n - len(data))  # padding
+            if ev.ends:  # (StreamEnded follows) the body's last frame goes on with END_STREAM
+                st.req_ended = True
             if data:
                 st.req_buf.append(data)
                 if st.up is not None:
@@ -562,7 +573,9 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             st.resp_ended = True
             self._sent(st)
 
-    def response_data(self, st: H2Stream, data: bytes) -> None:
+    def response_data(self, st: H2Stream, data: bytes, ends: bool = False) -> None:
+        """Response body from upstream; ``ends``: its last frame (no trailers: they would
+        come in a HEADERS frame after it), so END_STREAM goes out on the last DATA frame."""
         st.resp_size += len(data)
         if st.reset or self.closed:
             up = st.up
@@ -571,6 +584,8 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
             return
         st.out_buf.append(data)
         st.out_size += len(data)
+        if ends:
+            st.out_end = True
         self._pump(st)
 
     def response_end(self, st: H2Stream, trailers: list[tuple[bytes, bytes]] | None) -> None:
@@ -606,7 +621,12 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         sent = 0
         try:
             if not self.write_paused:
-                sent = _send_within_window(h2, sid, buf)
+                end = st.out_end and not st.out_trailers
+                sent = _send_within_window(h2, sid, buf, end)
+                if end and sent and not buf:  # END_STREAM went on the last DATA frame
+                    st.out_end = False
+                    st.resp_ended = True
+                    self._sent(st)
             if not buf and st.out_end:
                 st.out_end = False
                 st.resp_ended = True
@@ -669,6 +689,7 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         self._dirty: set[H2ServerConnection] = set()  # downstream connections to flush
         self.blocked: set[H2Stream] = set()  # streams with request data waiting for window
         self._flush_pending = False
+        self._reading = False
         self._dial: asyncio.Task[None] | None = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -730,11 +751,15 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             self._lost(f"h2c protocol error from upstream: {e}")
             return
         dirty = self._dirty
-        for ev in events:
-            try:
-                self._event(ev)
-            except H2Error as skipped:  # (not "e": mypyc typed that as ProtocolError above)
-                log.debug("h2c upstream event %r skipped: %s", ev, skipped)
+        self._reading = True
+        try:
+            for ev in events:
+                try:
+                    self._event(ev)
+                except H2Error as skipped:  # (not "e": mypyc typed that as ProtocolError)
+                    log.debug("h2c upstream event %r skipped: %s", ev, skipped)
+        finally:
+            self._reading = False
         self.flush()
         if dirty:
             for c in dirty:
@@ -816,10 +841,19 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             (b":authority", host),
             (b":path", st.target),
         ]
-        for line in b"".join(st.hdr_out).split(b"\r\n"):
-            name, sep, value = line.partition(b": ")
-            if sep:
-                hs.append((name.lower(), value))
+        # The pass-through lines: (name, ": ", value, CRLF) groups as _request and handlers
+        # add them, read as pairs; from the first other shape on, parsed as lines.
+        out = st.hdr_out
+        i = 0
+        n = len(out)
+        while i + 3 < n and out[i + 1] == b": " and out[i + 3] == b"\r\n":
+            hs.append((out[i].lower(), out[i + 2]))
+            i += 4
+        if i < n:
+            for line in b"".join(out[i:]).split(b"\r\n"):
+                name, sep, value = line.partition(b": ")
+                if sep:
+                    hs.append((name.lower(), value))
         if b"te" in hdr:
             hs.append((b"te", b"trailers"))
         clen = hdr.get(b"content-length")
@@ -856,7 +890,10 @@ class H2Upstream(_H2Output, asyncio.Protocol):
         sent = 0
         try:
             if not self.write_paused:
-                sent = _send_within_window(h2, sid, buf)
+                end = st.req_ended and not st.req_end_sent and st.req_h2_trailers is None
+                sent = _send_within_window(h2, sid, buf, end)
+                if end and sent and not buf:
+                    st.req_end_sent = True  # (on the last DATA frame)
             if not buf and st.req_ended and not st.req_end_sent:
                 st.req_end_sent = True
                 if st.req_h2_trailers:
@@ -902,8 +939,8 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             pass
 
     # -- events ----------------------------------------------------------------------------
-    def _event(self, ev: object) -> None:
-        sid = getattr(ev, "stream_id", 0)
+    def _event(self, ev: Event) -> None:
+        sid = ev.stream_id
         if sid:
             st0 = self.streams.get(sid)
             if st0 is not None:
@@ -917,7 +954,7 @@ class H2Upstream(_H2Output, asyncio.Protocol):
             if n > len(ev.data):
                 self._ack_raw(ev.stream_id, n - len(ev.data))
             if ev.data:
-                st.link.response_data(st, ev.data)
+                st.link.response_data(st, ev.data, ev.ends)
         elif isinstance(ev, ResponseReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:

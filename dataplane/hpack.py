@@ -248,6 +248,10 @@ class Encoder:
         self.pairs: dict[tuple[bytes, bytes], int] = {}
         self.names: dict[bytes, int] = {}
         self.pending_size: int = -1  # a table size update to announce in the next block
+        # Header lists encoded while the table stayed as it is now: a proxy sends the same
+        # few lists over and over (a gRPC call's request head, response head and trailers).
+        self.generation = 0  # bumped at every change of the table
+        self.blocks: dict[tuple[tuple[bytes, bytes], ...], tuple[int, bytes]] = {}
 
     @property
     def header_table_size(self) -> int:
@@ -260,6 +264,7 @@ class Encoder:
         if value != self.max_size:
             self.max_size = value
             self.pending_size = value
+            self.generation += 1
             self._evict(0)
 
     def _evict(self, room: int) -> None:
@@ -285,18 +290,32 @@ class Encoder:
             return 0
         return STATIC_LEN + self.inserted - number + 1
 
-    def encode(self, headers: object, huffman: bool = False) -> bytes:
-        """Encode an iterable of (name, value) byte pairs (``huffman`` is accepted and ignored:
-        see the module's notes)."""
+    def encode(self, headers: list[tuple[bytes, bytes]], huffman: bool = False) -> bytes:
+        """Encode a list of (name, value) byte pairs (``huffman`` is accepted and ignored: see
+        the module's notes)."""
+        key = tuple(headers)
+        gen = self.generation
+        blocks = self.blocks
+        hit = blocks.get(key)
+        if hit is not None and hit[0] == gen and self.pending_size < 0:
+            return hit[1]
         out = bytearray()
-        if self.pending_size >= 0:
+        cacheable = self.pending_size < 0
+        if not cacheable:
             _encode_int(out, 0x20, self.pending_size, 5)
             self.pending_size = -1
-        for header in headers:  # type: ignore[attr-defined]
+        for header in key:
             name: bytes = header[0]
             value: bytes = header[1]
             self.add(out, name, value)
-        return bytes(out)
+        block = bytes(out)
+        if cacheable and self.generation == gen and len(block) <= _BLOCK_CACHE_LEN:
+            # Only blocks of indices (every field already in a table) and short literals: the
+            # same list gives the same bytes until the table changes.
+            if len(blocks) >= _BLOCK_CACHE_MAX:
+                blocks.clear()
+            blocks[key] = (gen, block)
+        return block
 
     def add(self, out: bytearray, name: bytes, value: bytes) -> None:
         """Append one field's representation to ``out``."""
@@ -329,6 +348,7 @@ class Encoder:
             _encode_int(out, 0x00, name_idx, 4)  # literal without indexing
         else:
             _encode_int(out, 0x40, name_idx, 6)  # literal with incremental indexing
+            self.generation += 1
             self._evict(entry)
             self.entries.append(pair)
             self.size += entry
@@ -342,6 +362,10 @@ class Encoder:
         out += value
 
 
+# Whole header blocks kept per encoder and per decoder (see Encoder.blocks, Decoder.blocks): at
+# most this many, each at most this long (so at most a few KiB per connection).
+_BLOCK_CACHE_MAX: Final = 32
+_BLOCK_CACHE_LEN: Final = 64
 _CACHE_MAX: Final = 256  # Huffman-decoded strings kept per decoder
 # Only strings this short (Huffman-coded length) are cached: at most 256 x (64 + 102) bytes per
 # connection. Caching any string let a client park 26 MB per connection in distinct long values.
@@ -358,6 +382,10 @@ class Decoder:
         self.max_allowed_table_size = DEFAULT_TABLE_SIZE  # what we announced
         self.max_header_list_size = max_header_list_size
         self.cache: dict[bytes, bytes] = {}
+        # Blocks that left the table as it was, with what they decoded to: a client sends the
+        # same few heads over and over, all indices once their fields are in the table.
+        self.generation = 0  # bumped at every change of the table
+        self.blocks: dict[bytes, tuple[int, int, list[tuple[bytes, bytes]]]] = {}
 
     @property
     def header_table_size(self) -> int:
@@ -366,6 +394,7 @@ class Decoder:
     @header_table_size.setter
     def header_table_size(self, value: int) -> None:
         self.max_size = value
+        self.generation += 1
         self._evict(0)
 
     def _evict(self, room: int) -> None:
@@ -413,12 +442,19 @@ class Decoder:
         return s, pos + n
 
     def decode(self, data: bytes, raw: bool = True) -> list[tuple[bytes, bytes]]:
-        """Decode one header block (``raw`` is accepted for ``h2``: values stay bytes)."""
+        """Decode one header block (``raw`` is accepted for ``h2``: values stay bytes).
+
+        The list may be shared with earlier and later calls (a block seen before, decoded
+        against the same table): callers must not modify it."""
+        limit = self.max_header_list_size
+        gen = self.generation
+        hit = self.blocks.get(data)
+        if hit is not None and hit[0] == gen and hit[1] <= limit:
+            return hit[2]
         headers: list[tuple[bytes, bytes]] = []
         pos = 0
         end = len(data)
         total = 0
-        limit = self.max_header_list_size
         while pos < end:
             b = data[pos]
             if b & 0x80:  # indexed field
@@ -434,6 +470,7 @@ class Decoder:
                         "we allow"
                     )
                 self.max_size = size
+                self.generation += 1
                 self._evict(0)
                 continue
             else:
@@ -446,6 +483,7 @@ class Decoder:
                 value, pos = self._string(data, pos)
                 pair = (name, value)
                 if index:
+                    self.generation += 1
                     entry = len(name) + len(value) + ENTRY_OVERHEAD
                     if entry > self.max_size:
                         self.entries.clear()
@@ -460,6 +498,11 @@ class Decoder:
             # past the limit: decoded on, so that the table follows the peer's, and dropped
         if total > limit:
             raise OversizedHeaderList(f"header list larger than {limit} bytes", headers)
+        if self.generation == gen and end <= _BLOCK_CACHE_LEN:
+            blocks = self.blocks
+            if len(blocks) >= _BLOCK_CACHE_MAX:
+                blocks.clear()
+            blocks[data] = (gen, total, headers)
         return headers
 
 
