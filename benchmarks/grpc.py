@@ -37,7 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight (32)")
     parser.add_argument("--queue-proxy", default="", help="queue-proxy executable")
     parser.add_argument("--activator", default="", help="activator executable")
-    parser.add_argument("--quick", action="store_true", help="2 s per target")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every target; the median is shown (3)"
+    )
+    parser.add_argument("--quick", action="store_true", help="2 s per target, one round")
     parser.add_argument(
         "--compiled", action="store_true", help="run ours from the mypyc build (as the image ships)"
     )
@@ -71,11 +74,14 @@ async def _load(
         end = measure_from + duration
         cpu_from: dict[str, float] = {}
         cpu_to: dict[str, float] = {}
+        procs_on_path = pids or {}
 
         async def cpu_mark() -> None:
             # CPU of each process on the path (and of this client) over the measured window.
             await asyncio.sleep(warmup)
-            cpu_from.update({name: _procs.tree_cpu_seconds(pid) for name, pid in pids.items()})
+            cpu_from.update(
+                {name: _procs.tree_cpu_seconds(pid) for name, pid in procs_on_path.items()}
+            )
             cpu_from["client"] = _own_cpu()
 
         mark = loop.create_task(cpu_mark()) if pids is not None else None
@@ -97,7 +103,9 @@ async def _load(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         if mark is not None:
             await mark
-            cpu_to.update({name: _procs.tree_cpu_seconds(pid) for name, pid in pids.items()})
+            cpu_to.update(
+                {name: _procs.tree_cpu_seconds(pid) for name, pid in procs_on_path.items()}
+            )
             cpu_to["client"] = _own_cpu()
     latencies.sort()
     n = len(latencies)
@@ -148,7 +156,7 @@ def _qp_env(port: int, user_port: int) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     """Start app, queue-proxy and activator; measure each hop; print the table."""
     if args.quick:
-        args.duration, args.warmup = 2.0, 0.5
+        args.duration, args.warmup, args.rounds = 2.0, 0.5, 1
     qp_bin = args.queue_proxy or str(Path(sys.executable).with_name("queue-proxy"))
     act_bin = _activator.activator_path(args.activator or None)
     go_bin = _gobaseline.go_path(getattr(args, "go", None))
@@ -160,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         ours_env["PYTHONPATH"] = str(build())
     print(
         f"grpc: unary echo of {len(PAYLOAD)} B, {args.concurrency} in flight on one h2c "
-        f"connection, {args.duration:g} s per target; grpcio client in this process "
+        f"connection, {args.duration:g} s per target, median of {args.rounds} round(s); grpcio "
+        "client in this process "
         "(the client's CPU counts too: compare ratios, and expect noise on a shared machine)"
     )
     results: dict[str, dict[str, Any]] = {}
@@ -194,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             log_path=logs / "act.log",
         )
         _procs.wait_listening(act_port, act, 10.0, 0.01, logs / "act.log")
-        for name, port, authority, pids in (
+        targets: list[tuple[str, int, str, dict[str, int]]] = [
             ("direct", app_port, "", {"app": app.pid}),
             ("queue-proxy", qp_port, "", {"app": app.pid, "queue-proxy": qp.pid}),
             (
@@ -203,10 +212,8 @@ def run(args: argparse.Namespace) -> int:
                 "bench.example.com",
                 {"app": app.pid, "queue-proxy": qp.pid, "activator": act.pid},
             ),
-        ):
-            results[name] = asyncio.run(
-                _load(port, args.concurrency, args.warmup, args.duration, authority, pids)
-            )
+        ]
+        go = None
         if go_bin is not None:
             go_port = _procs.free_port()
             try:
@@ -216,16 +223,23 @@ def run(args: argparse.Namespace) -> int:
             except _procs.StartError as exc:
                 go_error = f"go queue-proxy: failed to start: {exc}"
             else:
-                results["go queue-proxy"] = asyncio.run(
-                    _load(
-                        go_port,
-                        args.concurrency,
-                        args.warmup,
-                        args.duration,
-                        pids={"app": app.pid, "queue-proxy": go.pid},
+                targets.append(
+                    ("go queue-proxy", go_port, "", {"app": app.pid, "queue-proxy": go.pid})
+                )
+        # Rounds interleave the targets (every target, then again), so drift hits them alike.
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in targets}
+        for _ in range(args.rounds):
+            for name, port, authority, pids in targets:
+                runs[name].append(
+                    asyncio.run(
+                        _load(port, args.concurrency, args.warmup, args.duration, authority, pids)
                     )
                 )
-                procs.stop(go, graceful=False)  # its SIGTERM drain waits a 30 s quiet period
+        if go is not None:
+            procs.stop(go, graceful=False)  # its SIGTERM drain waits a 30 s quiet period
+        for name, got in runs.items():  # the median round by calls/s
+            results[name] = sorted(got, key=lambda r: r["calls_per_s"])[len(got) // 2]
+            results[name]["rounds_calls_per_s"] = [r["calls_per_s"] for r in got]
     base = results["direct"]["calls_per_s"] or float("nan")
     cols = ("client", "app", "queue-proxy", "activator")
     print(
