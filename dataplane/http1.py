@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 
 __all__ = [
+    "RAW_NAMES_MAX",
     "REQ_ACTIONS",
     "RESP_ACTIONS",
     "TARGET_MARKS",
@@ -97,6 +98,11 @@ REQ_ACTIONS: dict[bytes, int] = {
     b"forwarded": H_KEEP,
     b"expect": H_KEEP,
 }
+
+
+#: Header names (as received) whose classification a server or the upstream side remembers:
+#: a client that sends ever new names costs a lower() each, never memory beyond this.
+RAW_NAMES_MAX = 512
 
 
 def request_actions(index: Iterable[bytes] = (), strip: Iterable[bytes] = ()) -> dict[bytes, int]:

@@ -61,6 +61,7 @@ from .http1 import (
     H_TE,
     H_TRAILER,
     H_XFF,
+    RAW_NAMES_MAX,
     TARGET_MARKS,
     DateCache,
     connection_tokens,
@@ -129,6 +130,7 @@ class ServerConfig:
         "index_headers",
         "max_header_bytes",
         "max_headers",
+        "raw_actions",
         "req_actions",
         "strip_headers",
         "timeout_body",
@@ -167,6 +169,10 @@ class ServerConfig:
         self.strip_headers = strip
         # The merged classification table, built once per server (one dict lookup per header).
         self.req_actions = request_actions(self.index_headers, strip)
+        # The same, by header name as clients spell it ("User-Agent"): (lower-case name,
+        # action or -1), learnt as names arrive; bounded (RAW_NAMES_MAX). A hit skips the
+        # lower() and gives the lower-case name whose hash is already known.
+        self.raw_actions: dict[bytes, tuple[bytes, int]] = {}
         self.forwarded_shim = forwarded_shim
         self.tunnel_drain_timeout = tunnel_drain_timeout
 
@@ -664,6 +670,7 @@ class ServerConnection(asyncio.Protocol):
         "_max_hdr_bytes",
         "_max_hdrs",
         "_max_head_bytes",
+        "_raw_actions",
         "_ready",
         "_sniffed",
         "_sniffing",
@@ -705,6 +712,7 @@ class ServerConnection(asyncio.Protocol):
         cfg = server.config
         self._max_hdr_bytes = cfg.max_header_bytes
         self._actions = cfg.req_actions
+        self._raw_actions = cfg.raw_actions
         self._max_hdrs = cfg.max_headers
         # request line and header block are limited separately; their sum bounds a raw head
         self._max_head_bytes = 2 * cfg.max_header_bytes + 64
@@ -1008,9 +1016,14 @@ class ServerConnection(asyncio.Protocol):
                 ex.req_trailers = []
             ex.req_trailers += (name, _SEP, value, _CRLF)
             return
-        lname = name.lower()
-        act = self._actions.get(lname)
-        if act is None:
+        known = self._raw_actions.get(name)
+        if known is None:
+            lname = name.lower()
+            known = (lname, self._actions.get(lname, -1))
+            if len(self._raw_actions) < RAW_NAMES_MAX:
+                self._raw_actions[name] = known
+        lname, act = known
+        if act < 0:
             ex.hdr_out += (name, _SEP, value, _CRLF)
             return
         hdr = ex.hdr

@@ -30,6 +30,7 @@ from .http1 import (
     R_TENC,
     R_TRAILER,
     R_UPGRADE,
+    RAW_NAMES_MAX,
     RESP_ACTIONS,
     trailer_names,
 )
@@ -43,6 +44,10 @@ __all__ = ["DialError", "UpstreamConnection", "UpstreamPool", "UpstreamUser"]
 
 _SEP = b": "
 _CRLF = b"\r\n"
+
+# RESP_ACTIONS by response header name as upstreams spell it ("Content-Length"), -1 for a
+# name passed through: learnt as names arrive, bounded (RAW_NAMES_MAX); saves a lower() a header.
+_RESP_RAW: dict[bytes, int] = {}
 
 
 class _BadResponse(Exception):
@@ -237,8 +242,12 @@ class UpstreamConnection(asyncio.Protocol):
                 self.trailers = []
             self.trailers += (name, _SEP, value, _CRLF)
             return
-        act = RESP_ACTIONS.get(name.lower())
-        if act is None:
+        act = _RESP_RAW.get(name, -2)
+        if act == -2:  # a name not seen yet (as spelt)
+            act = RESP_ACTIONS.get(name.lower(), -1)
+            if len(_RESP_RAW) < RAW_NAMES_MAX:
+                _RESP_RAW[name] = act
+        if act < 0:
             self.resp_out += (name, _SEP, value, _CRLF)
         elif act == R_CLEN:
             self.resp_clen = value
