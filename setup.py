@@ -12,33 +12,47 @@ from setuptools import setup
 
 # The per-request code: engine, upstream pool, breaker, stats, timeouts, header tables, and
 # the queue-proxy's and the activator's request handling. Everything else stays interpreted
-# (start-up and config code).
-COMPILED = [
-    "dataplane/proxy.py",
-    "dataplane/upstream.py",
-    "dataplane/http1.py",
-    "dataplane/breaker.py",
-    "dataplane/stats.py",
-    "dataplane/timeouts.py",
-    "dataplane/forwarded.py",
-    "dataplane/h1core.py",
-    "dataplane/handle.py",
-    "dataplane/h2stream.py",
-    "dataplane/hpack.py",
-    "dataplane/h2frames.py",
-    "dataplane/h2engine.py",
-    "queueproxy/handler.py",
-    "activator/throttler.py",
-    "activator/lb_policy.py",
-    "activator/reporter.py",
-    "activator/handler.py",
-    "activator/revisions.py",
-]
+# (start-up and config code). Each group is one shared library: a process maps only the groups
+# it imports (the queue-proxy never loads the activator's, and neither loads HTTP/2's until a
+# client speaks it), which keeps the compiled build's idle memory near the interpreted one's.
+COMPILED_GROUPS = {
+    "knd_engine": [
+        "dataplane/proxy.py",
+        "dataplane/upstream.py",
+        "dataplane/http1.py",
+        "dataplane/breaker.py",
+        "dataplane/stats.py",
+        "dataplane/timeouts.py",
+        "dataplane/forwarded.py",
+        "dataplane/h1core.py",
+        "dataplane/handle.py",
+        "queueproxy/handler.py",
+    ],
+    "knd_h2": [
+        "dataplane/h2stream.py",
+        "dataplane/hpack.py",
+        "dataplane/h2frames.py",
+        "dataplane/h2engine.py",
+    ],
+    "knd_activator": [
+        "activator/throttler.py",
+        "activator/lb_policy.py",
+        "activator/reporter.py",
+        "activator/handler.py",
+        "activator/revisions.py",
+    ],
+}
+COMPILED = [path for group in COMPILED_GROUPS.values() for path in group]
 
 ext_modules = []
 if os.environ.get("KND_MYPYC") == "1":
     from mypyc.build import mypycify
 
-    ext_modules = mypycify(COMPILED, opt_level="3", debug_level="0")
+    ext_modules = mypycify(
+        COMPILED,
+        separate=[(paths, name) for name, paths in COMPILED_GROUPS.items()],
+        opt_level="3",
+        debug_level="0",
+    )
 
 setup(ext_modules=ext_modules)

@@ -1,14 +1,14 @@
 """Build the mypyc-compiled variant into ``build/compiled`` (not the source tree).
 
 ``python tools/build_compiled.py`` copies the packages there and compiles the modules listed in
-``setup.py`` (COMPILED) in that copy, so ``PYTHONPATH=build/compiled`` runs the compiled code
+``setup.py`` (COMPILED_GROUPS, one shared library per group, as ``KND_MYPYC=1 pip install``
+builds them) in that copy, so ``PYTHONPATH=build/compiled`` runs the compiled code
 while the source tree stays pure Python (no stale extension can shadow an edited module).
 Prints the directory. Rebuilds only when a source file is newer than the last build.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -19,18 +19,39 @@ OUT = ROOT / "build" / "compiled"
 PACKAGES = ("dataplane", "queueproxy", "activator", "platforms")
 
 
-def _compiled_list() -> list[str]:
+def _compiled_groups() -> dict[str, list[str]]:
     ns: dict[str, object] = {}
     src = (ROOT / "setup.py").read_text()
-    start = src.index("COMPILED = [")
-    exec(src[start : src.index("]", start) + 1], ns)  # the list literal only
-    compiled = ns["COMPILED"]
-    assert isinstance(compiled, list)
-    return [str(x) for x in compiled]
+    start = src.index("COMPILED_GROUPS = {")
+    exec(src[start : src.index("\n}\n", start) + 2], ns)  # the dict literal only
+    groups = ns["COMPILED_GROUPS"]
+    assert isinstance(groups, dict)
+    return {str(k): [str(p) for p in v] for k, v in groups.items()}
+
+
+# setup.py's mypycify call, run in the copy (what the ``mypyc`` command does, with groups).
+_SETUP = """\
+from setuptools import setup
+from mypyc.build import mypycify
+
+groups = {groups!r}
+paths = [p for g in groups.values() for p in g]
+setup(
+    name="knd-compiled",
+    ext_modules=mypycify(
+        paths,
+        separate=[(g, name) for name, g in groups.items()],
+        opt_level="3",
+        debug_level="0",
+    ),
+    script_args=["build_ext", "--inplace"],
+)
+"""
 
 
 def _newest_source() -> float:
-    return max(p.stat().st_mtime for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    newest = max(p.stat().st_mtime for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    return max(newest, (ROOT / "setup.py").stat().st_mtime)  # (its groups)
 
 
 def build() -> Path:
@@ -42,11 +63,10 @@ def build() -> Path:
     OUT.mkdir(parents=True)
     for pkg in PACKAGES:
         shutil.copytree(ROOT / pkg, OUT / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    mypyc = Path(sys.executable).with_name("mypyc")
-    env = dict(os.environ, MYPYC_OPT_LEVEL="3", MYPYC_DEBUG_LEVEL="0")
-    proc = subprocess.run(
-        [str(mypyc), *_compiled_list()], cwd=OUT, env=env, capture_output=True, text=True
-    )
+    script = OUT / "_build_compiled_setup.py"
+    script.write_text(_SETUP.format(groups=_compiled_groups()))
+    proc = subprocess.run([sys.executable, str(script)], cwd=OUT, capture_output=True, text=True)
+    script.unlink()
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"mypyc build failed (exit {proc.returncode})")
