@@ -543,13 +543,16 @@ def _length_mismatch_reset(a: Observation, b: Observation) -> tuple[Observation,
     """A content-length that does not match the DATA: we reset the client's stream with
     PROTOCOL_ERROR (RFC 9113 8.1.1: malformed) and cancel the app's stream if it was opened;
     Go forwards and its transport fails (502 "request declared a Content-Length of N but only
-    wrote M bytes"), or resets the client's stream before the app for a body over the length."""
+    wrote M bytes"), or resets the client's stream before the app for a body over the length.
+    A request the queue-proxy answers itself (a probe) gets Go's answer, written before the
+    body is read; ours resets as it reads the frames, before the answer is written."""
     if not (a.status == 0 and a.reset == "RST_STREAM PROTOCOL_ERROR"):
         return a, b
     if a.app is not None and a.app.reset != "CANCEL":
         return a, b
     go_502 = b.status == 502 and "request declared a Content-Length" in b.body
-    if go_502 or (b.status == 0 and b.reset == a.reset):
+    go_answered_itself = a.app is None and b.app is None and b.status not in (0, 502)
+    if go_502 or go_answered_itself or (b.status == 0 and b.reset == a.reset):
         app = a.app
         if a.app is not None and b.app is not None:
             app = replace(b.app, body=a.app.body, reset=a.app.reset)
