@@ -296,12 +296,21 @@ class Encoder:
         key = tuple(headers)
         gen = self.generation
         blocks = self.blocks
-        hit = blocks.get(key)
-        if hit is not None and hit[0] == gen and self.pending_size < 0:
-            return hit[1]
+        # A list too large to encode to a short block (a bearer token, a cookie) is not looked
+        # up: hashing it would cost more than the lookup could save.
+        raw = 0
+        if len(key) <= _BLOCK_CACHE_FIELDS:
+            for header in key:
+                raw += len(header[0]) + len(header[1])
+        else:
+            raw = _BLOCK_CACHE_RAW + 1
+        cacheable = self.pending_size < 0 and raw <= _BLOCK_CACHE_RAW
+        if cacheable:
+            hit = blocks.get(key)
+            if hit is not None and hit[0] == gen:
+                return hit[1]
         out = bytearray()
-        cacheable = self.pending_size < 0
-        if not cacheable:
+        if self.pending_size >= 0:
             _encode_int(out, 0x20, self.pending_size, 5)
             self.pending_size = -1
         for header in key:
@@ -366,6 +375,9 @@ class Encoder:
 # most this many, each at most this long (so at most a few KiB per connection).
 _BLOCK_CACHE_MAX: Final = 32
 _BLOCK_CACHE_LEN: Final = 64
+# The encoder looks a list up only when it is this small (fields, and bytes of names and values).
+_BLOCK_CACHE_FIELDS: Final = 32
+_BLOCK_CACHE_RAW: Final = 1024
 _CACHE_MAX: Final = 256  # Huffman-decoded strings kept per decoder
 # Only strings this short (Huffman-coded length) are cached: at most 256 x (64 + 102) bytes per
 # connection. Caching any string let a client park 26 MB per connection in distinct long values.
@@ -448,9 +460,10 @@ class Decoder:
         against the same table): callers must not modify it."""
         limit = self.max_header_list_size
         gen = self.generation
-        hit = self.blocks.get(data)
-        if hit is not None and hit[0] == gen and hit[1] <= limit:
-            return hit[2]
+        if len(data) <= _BLOCK_CACHE_LEN:  # (only short blocks are kept: see below)
+            hit = self.blocks.get(data)
+            if hit is not None and hit[0] == gen and hit[1] <= limit:
+                return hit[2]
         headers: list[tuple[bytes, bytes]] = []
         pos = 0
         end = len(data)
