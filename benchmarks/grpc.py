@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _activator, _gobaseline, _procs
+from benchmarks import _activator, _gobaseline, _procs, _tools
 
 METHOD = "/bench.Echo/Unary"
 PAYLOAD = b"x" * 100
@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activator", default="", help="activator executable")
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of every target; the median is shown (3)"
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="the proxies on CPU 0, the grpcio client and app on CPU 1 (as the proxy and h2load "
+        "scenarios run them): what the hops cost in calls/s when they do not take the client's "
+        "and the app's CPU; unpinned (the default) all share the cores",
     )
     parser.add_argument("--quick", action="store_true", help="2 s per target, one round")
     parser.add_argument(
@@ -123,6 +130,16 @@ async def _load(
     }
 
 
+def _pin_this_process(cpu: int) -> None:
+    """Every thread of this process (the grpcio client's included) on ``cpu``; threads started
+    later inherit it."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {cpu})
+        except OSError:  # a thread that has just ended
+            pass
+
+
 def _own_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -174,18 +191,26 @@ def run(args: argparse.Namespace) -> int:
     )
     results: dict[str, dict[str, Any]] = {}
     go_error = None
+    on_proxy_cpu: list[str] = []
+    on_load_cpu: list[str] = []
+    if args.pin:
+        taskset = _tools.ensure_tools(["taskset"])["taskset"]
+        on_proxy_cpu, on_load_cpu = [taskset, "-c", "0"], [taskset, "-c", "1"]
+        print("pinned: queue-proxy, activator (and Go's) on CPU 0; the client and the app on CPU 1")
     with _procs.ProcessSet() as procs, tempfile.TemporaryDirectory() as tmp:
         logs = Path(tmp)
         app_port, qp_port, act_port, act_metrics = (_procs.free_port() for _ in range(4))
         app = procs.start(
-            [sys.executable, "-m", "benchmarks.grpc", "--serve", str(app_port)],
+            [*on_load_cpu, sys.executable, "-m", "benchmarks.grpc", "--serve", str(app_port)],
             env=dict(os.environ, PYTHONPATH=str(_activator.ROOT)),
             log_path=logs / "app.log",
             cwd=_activator.ROOT,
         )
         _procs.wait_listening(app_port, app, 10.0, 0.01, logs / "app.log")
         qp = procs.start(
-            [qp_bin], env={**_qp_env(qp_port, app_port), **ours_env}, log_path=logs / "qp.log"
+            [*on_proxy_cpu, qp_bin],
+            env={**_qp_env(qp_port, app_port), **ours_env},
+            log_path=logs / "qp.log",
         )
         _procs.wait_listening(qp_port, qp, 10.0, 0.01, logs / "qp.log")
         sink_port, _ = _activator.start_autoscaler_sink(procs, logs / "sink.log")
@@ -195,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             [_activator.revision("bench-00001", "bench.example.com", 0, [f"127.0.0.1:{qp_port}"])],
         )
         act = procs.start(
-            [act_bin],
+            [*on_proxy_cpu, act_bin],
             env={
                 **_activator.activator_env(act_port, act_metrics, sink_port, platform),
                 **ours_env,
@@ -218,7 +243,11 @@ def run(args: argparse.Namespace) -> int:
             go_port = _procs.free_port()
             try:
                 _gobaseline.check_fixed_ports()
-                go = procs.start([go_bin], env=_qp_env(go_port, app_port), log_path=logs / "go.log")
+                go = procs.start(
+                    [*on_proxy_cpu, go_bin],
+                    env=_qp_env(go_port, app_port),
+                    log_path=logs / "go.log",
+                )
                 _procs.wait_listening(go_port, go, 10.0, 0.01, logs / "go.log")
             except _procs.StartError as exc:
                 go_error = f"go queue-proxy: failed to start: {exc}"
@@ -228,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
                 )
         # Rounds interleave the targets (every target, then again), so drift hits them alike.
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in targets}
+        if args.pin:
+            _pin_this_process(1)
         for _ in range(args.rounds):
             for name, port, authority, pids in targets:
                 runs[name].append(
