@@ -291,8 +291,8 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
                     cc=cc,
                 )
             )
-        # The activator's own modules are not compiled (setup.py COMPILED); with this
-        # PYTHONPATH it runs on the compiled engine (dataplane.proxy, .upstream, ...).
+        # With this PYTHONPATH the activator runs its compiled modules (setup.py
+        # COMPILED_GROUPS: its handler, throttler, ... and the engine they call).
         env_act = ["env", f"PYTHONPATH={compiled}", act]
         targets += _activator_targets("activator-qp-mypyc", "activator+qp mypyc", env_act, env_qp)
     go = _gobaseline.go_path(getattr(args, "go", None))
