@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,7 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
     ]
     targets += _activator_targets("activator-qp", "activator+qp", [act], [qp])
     compiled = _compiled_dir(args)
+    env_qp: list[str] | None = None
     if compiled is not None:
         env_qp = ["env", f"PYTHONPATH={compiled}", qp]
         for cc in (0, 10):
@@ -303,10 +305,10 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         # Ours the way the Go activator runs (a namespace of its own, both hops over the veth
         # pair), beside the loopback chains: the ratio to Go is taken on the same topology.
         for t in [t for t in targets if t.kind == "activator"]:
-            variant, cc = t.id.rsplit("-cc", 1)
+            variant, cc_text = t.id.rsplit("-cc", 1)
             targets.append(
                 Target(
-                    f"{variant}-ns-cc{cc}",
+                    f"{variant}-ns-cc{cc_text}",
                     t.label.replace(" cc=", " netns cc="),
                     "activator",
                     t.argv,
@@ -316,16 +318,22 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
                     netns=True,
                 )
             )
+        # In front of our interpreted queue-proxy and, with a compiled build, of the compiled
+        # one (what the image ships): our compiled chains are compared with the latter.
+        go_qps = [(GO_CHAIN, "Go activator+qp", [qp])]
+        if env_qp is not None:
+            go_qps.append((f"{GO_CHAIN}-mypyc", "Go activator+qp mypyc", env_qp))
         targets += [
             Target(
-                f"{GO_CHAIN}-cc{cc}",
-                f"Go activator+qp cc={cc}",
+                f"{chain}-cc{cc}",
+                f"{label} cc={cc}",
                 "go-activator",
                 [go_act],
                 cc=cc,
-                qp_argv=[qp],
+                qp_argv=qp_argv,
                 host=_go_activator.host_header(f"bench-go{cc}-00001"),
             )
+            for chain, label, qp_argv in go_qps
             for cc in (0, 10)
         ]
     for spec in args.extra:
@@ -341,7 +349,12 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         if "queue-proxy" in wanted:
             wanted |= {"queue-proxy-cc0", "queue-proxy-cc10"}
             wanted.discard("queue-proxy")
-        groups = (*ACTIVATOR_VARIANTS, *(f"{v}-ns" for v in ACTIVATOR_VARIANTS), GO_CHAIN)
+        groups = (
+            *ACTIVATOR_VARIANTS,
+            *(f"{v}-ns" for v in ACTIVATOR_VARIANTS),
+            GO_CHAIN,
+            f"{GO_CHAIN}-mypyc",
+        )
         for group in ("queue-proxy-mypyc", *groups):
             if group in wanted:
                 wanted |= {f"{group}-cc0", f"{group}-cc10"}
@@ -815,6 +828,17 @@ VARIANTS = ("queue-proxy", "queue-proxy-mypyc")  # interpreted and mypyc-compile
 # activator + queue-proxy chains, each with the queue-proxy variant of the same build.
 ACTIVATOR_VARIANTS = {"activator-qp": "queue-proxy", "activator-qp-mypyc": "queue-proxy-mypyc"}
 GO_CHAIN = "go-activator-qp"  # Knative's Go activator in front of our queue-proxy
+
+
+def go_partner(variant: str, cc: int, ran: Container[str]) -> str:
+    """The Go activator chain an activator variant of ours is compared with: the one in front
+    of the same queue-proxy build (the compiled one for ``*-mypyc*``, when it ran: its id is
+    in ``ran``)."""
+    if "mypyc" in variant and f"{GO_CHAIN}-mypyc-cc{cc}" in ran:
+        return f"{GO_CHAIN}-mypyc-cc{cc}"
+    return f"{GO_CHAIN}-cc{cc}"
+
+
 ACT_CPU = "activator_cpu_us_per_req"
 
 
@@ -862,7 +886,7 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
     # alone (its CPU per request: ours / Go, above 1 is more CPU than Go), and the whole chain.
     for variant in (*ACTIVATOR_VARIANTS, *(f"{v}-ns" for v in ACTIVATOR_VARIANTS)):
         for cc in (0, 10):
-            ours, go = by_id.get(f"{variant}-cc{cc}"), by_id.get(f"{GO_CHAIN}-cc{cc}")
+            ours, go = by_id.get(f"{variant}-cc{cc}"), by_id.get(go_partner(variant, cc, by_id))
             if ours and go:
                 out["activator_vs_go"][f"{variant}-cc{cc}"] = {
                     w.name: {
@@ -1058,7 +1082,8 @@ def render(
     go_lines = []
     for tid, entry in ratios["activator_vs_go"].items():
         variant, cc = tid.rsplit("-cc", 1)
-        go = next(t for t in targets if t.id == f"{GO_CHAIN}-cc{cc}")
+        ran = {t.id for t in targets if not t.error}
+        go = next(t for t in targets if t.id == go_partner(variant, int(cc), ran))
         ours = next(t for t in targets if t.id == tid)
         for w in workloads:
             r = entry[w.name]

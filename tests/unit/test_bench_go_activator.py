@@ -182,3 +182,43 @@ def test_ratios_and_report_put_ours_over_go(fake_binary: Path) -> None:
         in text
     )
     assert "activator+qp netns cc=0 / Go activator+qp cc=0, 1k: activator CPU/req 38.0" in text
+
+
+def test_with_a_compiled_build_the_go_activator_also_fronts_the_compiled_queue_proxy(
+    fake_binary: Path, tmp_path: Path
+) -> None:
+    build = tmp_path / "compiled"
+    build.mkdir()
+    parser = argparse.ArgumentParser()
+    proxy.add_arguments(parser)
+    args = parser.parse_args(["--compiled", str(build), "--go-activator", str(fake_binary)])
+    targets = proxy.build_targets(args)
+    by_id = {t.id: t for t in targets}
+    mypyc = [t for t in targets if t.id.startswith("go-activator-qp-mypyc")]
+    assert [(t.id, t.cc, t.label) for t in mypyc] == [
+        ("go-activator-qp-mypyc-cc0", 0, "Go activator+qp mypyc cc=0"),
+        ("go-activator-qp-mypyc-cc10", 10, "Go activator+qp mypyc cc=10"),
+    ]
+    for t in mypyc:  # the same compiled queue-proxy as our compiled chain
+        assert t.qp_argv == by_id[f"activator-qp-mypyc-cc{t.cc}"].qp_argv
+        assert t.qp_argv[:2] == ["env", f"PYTHONPATH={build.resolve()}"]
+    # Our compiled chains are compared with the Go chain in front of the compiled queue-proxy,
+    # the interpreted ones with the other; without the compiled Go chain, with the other.
+    ran = set(by_id)
+    assert proxy.go_partner("activator-qp-mypyc-ns", 0, ran) == "go-activator-qp-mypyc-cc0"
+    assert proxy.go_partner("activator-qp-ns", 10, ran) == "go-activator-qp-cc10"
+    ran.discard("go-activator-qp-mypyc-cc0")
+    assert proxy.go_partner("activator-qp-mypyc-ns", 0, ran) == "go-activator-qp-cc0"
+    by_id["activator-qp-mypyc-ns-cc0"].runs["1k"] = [_run(50.0, 25.0, rps=20000.0)]
+    by_id["go-activator-qp-cc0"].runs["1k"] = [_run(160.0, 100.0, rps=6000.0)]
+    by_id["go-activator-qp-mypyc-cc0"].runs["1k"] = [_run(125.0, 100.0, rps=6500.0)]
+    ratios = proxy.compute_ratios(targets, [proxy.WORKLOADS["1k"]])
+    entry = ratios["activator_vs_go"]["activator-qp-mypyc-ns-cc0"]["1k"]
+    assert entry["cpu_per_req"] == pytest.approx(50.0 / 125.0)  # against the compiled Go chain
+    picked = proxy.build_targets(
+        parser.parse_args(
+            ["--compiled", str(build), "--go-activator", str(fake_binary), "--targets",
+             "go-activator-qp-mypyc"]
+        )
+    )  # fmt: skip
+    assert [t.id for t in picked] == ["go-activator-qp-mypyc-cc0", "go-activator-qp-mypyc-cc10"]
