@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,27 @@ def _activator(loop: asyncio.AbstractEventLoop, cc: int) -> tuple[Any, UpstreamP
     return loop.run_until_complete(setup())
 
 
+def _timed_rounds(
+    args: argparse.Namespace, step: Callable[[], None], ct: _Transport
+) -> tuple[int, list[float]]:
+    """``step`` 2,000 times to warm up, then ``args.rounds`` rounds of ``args.requests``: (bytes
+    written to the client before the rounds, microseconds per step of each round)."""
+
+    def one_round(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    one_round(2000)  # warm up
+    expect = ct.written
+    results = []
+    for _ in range(args.rounds):
+        gc.collect()
+        results.append(one_round(args.requests))
+    return expect, results
+
+
 def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
     pool = UpstreamPool("127.0.0.1", 8080, loop=loop)
     handler: Any
@@ -259,19 +281,11 @@ def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
     up.connection_made(ut)
     pool.release(up)
 
-    def one_round(n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            conn.data_received(REQUEST)
-            up.data_received(RESPONSE)
-        return (time.perf_counter() - t0) / n * 1e6
+    def one_request() -> None:
+        conn.data_received(REQUEST)
+        up.data_received(RESPONSE)
 
-    one_round(2000)  # warm up
-    expect = ct.written
-    results = []
-    for _ in range(args.rounds):
-        gc.collect()
-        results.append(one_round(args.requests))
+    expect, results = _timed_rounds(args, one_request, ct)
     assert ct.written > expect and pool.idle_count == 1, "requests did not complete"
     print(
         f"engine ({args.handler}, cc={args.cc}): "
@@ -407,18 +421,7 @@ def _run_grpc(
                 trailers=app_enc.encode(GRPC_TRAILERS),
             )
 
-    def one_round(n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            call()
-        return (time.perf_counter() - t0) / n * 1e6
-
-    one_round(2000)  # warm up
-    expect = ct.written
-    results = []
-    for _ in range(args.rounds):
-        gc.collect()
-        results.append(one_round(args.requests))
+    expect, results = _timed_rounds(args, call, ct)
     assert ct.written > expect and not conn.streams and not up.streams, "calls did not complete"
     _check_grpc_call(ct, call)
     print(

@@ -620,19 +620,15 @@ class H2ServerConnection(_H2Output, asyncio.Protocol):
         buf = st.out_buf
         sent = 0
         try:
+            end = st.out_end and not st.out_trailers
             if not self.write_paused:
-                end = st.out_end and not st.out_trailers
                 sent = _send_within_window(h2, sid, buf, end)
-                if end and sent and not buf:  # END_STREAM went on the last DATA frame
-                    st.out_end = False
-                    st.resp_ended = True
-                    self._sent(st)
             if not buf and st.out_end:
                 st.out_end = False
                 st.resp_ended = True
                 if st.out_trailers:
                     h2.send_headers(sid, st.out_trailers, end_stream=True)
-                else:
+                elif not (end and sent):  # (else END_STREAM went on the last DATA frame)
                     h2.end_stream(sid)
                 self._sent(st)
         except H2Error:
