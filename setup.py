@@ -25,6 +25,7 @@ COMPILED_GROUPS = {
         "dataplane/timeouts.py",
         "dataplane/forwarded.py",
         "dataplane/h1core.py",
+        "dataplane/h1reader.py",
         "dataplane/handle.py",
         "queueproxy/handler.py",
     ],

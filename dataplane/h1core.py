@@ -15,11 +15,11 @@ is tested with byte strings alone (tests/unit/test_h1core.py). What lives here:
   502 reason (:func:`upstream_error_text`);
 - requests on one client connection, answered in order: the step after an exchange
   (:func:`after_exchange`) and on an idle connection (:func:`when_idle`); whether a parsed
-  request is served at once or queued is one test inline in ``on_headers_complete``, where a
-  call would cost more than the test on every request.
+  request is served at once or queued is one test inline in ``ServerConnection.head_parsed``,
+  where a call would cost more than the test on every request.
 
-Parsing itself stays with httptools (llhttp), whose callbacks fill the request on the
-connection; body buffering and flow control are the connection's, as they are I/O. On the
+Reading requests from bytes is :mod:`dataplane.h1reader`'s (also sans I/O); body buffering and
+flow control are the connection's, as they are I/O. On the
 interpreted build a call costs about what its work does, so the common request skips the
 checks (see ``ServerConnection._dispatch``) and the hot decisions are few, wide functions.
 Compiled with mypyc with the engine.

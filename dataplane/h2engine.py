@@ -139,7 +139,7 @@ def upgrade(hub: H2Hub, ex: Request, handler: Handler) -> bool:
         return False
     conn = ex.conn
     settings = ex.find_header(b"http2-settings")
-    if settings is None or conn.closed or conn.pending or conn.parsing not in (None, ex):
+    if settings is None or conn.closed or conn.pending or conn.reader.parsing not in (None, ex):
         return False
     h2conn = H2ServerConnection(hub, conn.server, conn.peer, conn.peer_port)
     try:

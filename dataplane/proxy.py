@@ -1,7 +1,8 @@
 """The HTTP/1.1 proxy engine: downstream connections, per-request exchanges, the server.
 
-Design (see STYLE.md): callback-driven ``asyncio.Protocol``s on uvloop with httptools parsers,
-no Task or Future per request. A :class:`ServerConnection` owns connection state only; each
+Design (see STYLE.md): callback-driven ``asyncio.Protocol``s on uvloop, no Task or Future per
+request. A :class:`ServerConnection` feeds what it reads to a sans-I/O
+:class:`~dataplane.h1reader.RequestReader` and is its sink; it owns connection state only; each
 request gets an :class:`Exchange` that owns request state and, while proxying, one pooled
 :class:`~dataplane.upstream.UpstreamConnection`. Bodies stream both ways with back-pressure:
 a peer that cannot take more data pauses reading on the other side. Pipelined requests are
@@ -21,9 +22,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
-
-import httptools
+from typing import TYPE_CHECKING, Any, cast
 
 from .h1core import (
     HOST_BYTES,
@@ -35,41 +34,34 @@ from .h1core import (
     NEXT_CLOSE,
     NEXT_DRAIN,
     NEXT_RUN,
-    XFF_FIRST,
     after_exchange,
     ends_with_close,
     framing_error,
     interim_relayed,
-    keep_alive_asked,
     last_chunk,
     may_retry,
     must_close,
     request_head,
     request_line_error,
     response_start,
-    unsupported_version,
     upstream_error_text,
     upstream_reusable,
     when_idle,
 )
+from .h1reader import (
+    FEED_OK,
+    FEED_UPGRADE,
+    FEED_WAIT,
+    H1Request,
+    RequestReader,
+)
 from .handle import RequestHandle
 from .http1 import (
-    H_CONNECTION,
-    H_DROP,
-    H_HOST,
-    H_KEEP,
-    H_TE,
-    H_TRAILER,
-    H_XFF,
-    RAW_NAMES_MAX,
     TARGET_MARKS,
     DateCache,
-    connection_tokens,
     error_body_headers,
-    escape_high_bytes,
     go_request_target,
     request_actions,
-    restore_high_bytes,
     status_line,
     trailer_names,
 )
@@ -83,7 +75,6 @@ __all__ = ["Exchange", "HTTPServer", "ServerConfig", "ServerConnection"]
 
 log = logging.getLogger("dataplane.proxy")
 
-_SEP = b": "
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -98,25 +89,6 @@ _DISCARD_LIMIT = 256 * 1024
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 _LINGER = 0.5  # seconds to keep reading (and discarding) after closing our side
 _SWEEP_INTERVAL = 0.05
-
-#: The client connection preface of HTTP/2 (RFC 9113 §3.4).
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_PREFACE_HEAD = H2_PREFACE[:18]  # the part httptools parses as a request head
-
-
-class _ParseLimit(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-class _Refusal(httptools.HttpParserError):
-    """A refusal found on the raw bytes (a head limit, an unsupported HTTP version), handled
-    like a parse error."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 class ServerConfig:
@@ -184,7 +156,7 @@ EXPECT_CONTINUE_TIMEOUT = 1.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class Exchange(RequestHandle):
+class Exchange(H1Request):
     """One HTTP/1.1 request/response exchange on a downstream connection (a
     :class:`~dataplane.request.Request`; its wire state: framing, body buffers, pipelining,
     the upstream connection and the tunnel)."""
@@ -195,13 +167,9 @@ class Exchange(RequestHandle):
         "closing",
         "conn",
         "early",
-        "expect_continue",
         "head_sent",
-        "headers_complete",
-        "keep_alive",
         "out",
         "replay",
-        "req_trailers",
         "resp_mode",
         "retried",
         "sent_continue",
@@ -212,12 +180,8 @@ class Exchange(RequestHandle):
     def __init__(self, conn: ServerConnection) -> None:
         super().__init__(conn.server, conn.peer, conn.peer_port)
         self.conn = conn
-        self.keep_alive = True
-        self.headers_complete = False
-        self.req_trailers: list[bytes] | None = None
         self.body_buf: list[bytes] | None = None
         self.body_buf_size = 0
-        self.expect_continue = False
         self.sent_continue = False
         self.upstream: UpstreamConnection | None = None
         self.head_sent = False
@@ -660,20 +624,8 @@ class ServerConnection(asyncio.Protocol):
     """One downstream HTTP/1.1 connection."""
 
     __slots__ = (
-        "_actions",
-        "_body_seen",
         "_dispatching",
-        "_hdr_bytes",
-        "_hdr_count",
-        "_head_seen",
-        "_line_open",
-        "_max_hdr_bytes",
-        "_max_hdrs",
-        "_max_head_bytes",
-        "_raw_actions",
         "_ready",
-        "_sniffed",
-        "_sniffing",
         "active",
         "closed",
         "discarded",
@@ -681,12 +633,11 @@ class ServerConnection(asyncio.Protocol):
         "header_tick",
         "lingering",
         "loop",
-        "parser",
-        "parsing",
         "paused",
         "peer",
         "peer_port",
         "pending",
+        "reader",
         "server",
         "transport",
         "tunnel",
@@ -698,31 +649,24 @@ class ServerConnection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = httptools.HttpRequestParser(self)
+        cfg = server.config
+        self.reader = RequestReader(
+            self,
+            actions=cfg.req_actions,
+            raw_actions=cfg.raw_actions,
+            max_header_bytes=cfg.max_header_bytes,
+            max_headers=cfg.max_headers,
+        )
         self.peer = b""
         self.peer_port = 0
         self.lingering: asyncio.TimerHandle | None = None
-        self.parsing: Exchange | None = None
         self.active: Exchange | None = None
         self.pending: deque[Exchange] = deque()
         self.closed = False
         self.paused = 0
         self.write_paused = False
         self.header_tick = 0
-        cfg = server.config
-        self._max_hdr_bytes = cfg.max_header_bytes
-        self._actions = cfg.req_actions
-        self._raw_actions = cfg.raw_actions
-        self._max_hdrs = cfg.max_headers
-        # request line and header block are limited separately; their sum bounds a raw head
-        self._max_head_bytes = 2 * cfg.max_header_bytes + 64
-        self._hdr_bytes = 0  # budgets left for the head being parsed
-        self._hdr_count = 0
         self.discarded = 0
-        self._head_seen = 0  # raw bytes received for the head being parsed
-        self._body_seen = 0  # body bytes parsed for the request being parsed
-        # A head cut across reads: whether its request line is still open (see _feed_8bit).
-        self._line_open = False
         self.tunnel: UpstreamConnection | None = None
         self.upgrade_pending = False
         self._dispatching = False
@@ -730,10 +674,6 @@ class ServerConnection(asyncio.Protocol):
         # of them are parsed, so that bad bytes read with it keep it from ever going upstream.
         self._ready: Exchange | None = None
         self.failed: tuple[int, str] | None = None
-        # With h2c on: the first bytes of a connection, held while they could still be the
-        # start of the 24-byte HTTP/2 preface (whose first 18 bytes parse as an HTTP/1 head).
-        self._sniffing = False
-        self._sniffed = b""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -746,7 +686,9 @@ class ServerConnection(asyncio.Protocol):
             self.peer = ip.encode()
             self.peer_port = peer[1]
         self.server.connections.add(self)
-        self._sniffing = self.server.h2c is not None
+        # With h2c on, the first bytes are held while they could still be the start of the
+        # 24-byte HTTP/2 preface (whose first 18 bytes parse as an HTTP/1 head).
+        self.reader.sniffing = self.server.h2c is not None
         # Like Go's ReadHeaderTimeout, a new connection must send its first request in time.
         self.header_tick = self.server.tick
 
@@ -762,129 +704,26 @@ class ServerConnection(asyncio.Protocol):
             return
         if self.failed is not None:
             return
-        if self._sniffing:
-            data = self._sniffed + data
-            if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
-                self._sniffed = data  # maybe HTTP/2 cut short: wait for the rest
-                return
-            self._sniffing = False
-            self._sniffed = b""
-        ex = self.parsing
-        in_head = ex is None or not ex.headers_complete
-        if in_head:
-            self._head_seen += len(data)
-        try:
-            if (in_head or self._body_ends_before(len(data))) and not data.isascii():
-                self._feed_8bit(data)
-            else:
-                self.parser.feed_data(data)
-                if in_head and self.parsing is not None and not self.parsing.headers_complete:
-                    self._track_line(ex, data)
-        except httptools.HttpParserUpgrade as e:
+        reader = self.reader
+        step = reader.feed(data)
+        if step == FEED_OK:
+            if self._ready is not None:
+                self._dispatch_ready()
+        elif step == FEED_UPGRADE:
             self._dispatch_ready()
-            self._upgrade_request(data[e.args[0] :])
-            return
-        except httptools.HttpParserError as e:
+            self._upgrade_request(reader.rest)
+        elif step != FEED_WAIT:  # FEED_ERROR
             h2c = self.server.h2c
-            if h2c is not None and self.active is None and not self.pending:
-                preface = self.h2_preface(data)
-                if preface is not None and h2c(self, preface):
-                    return  # the connection now belongs to the h2c protocol
-            if in_head and str(e) == "Invalid HTTP version" and unsupported_version(data):
-                e = _Refusal(505, "unsupported protocol version")  # Go's status and words
-            self._parse_error(e)
-            return
-        if self._ready is not None:
-            self._dispatch_ready()
-        if in_head and self._head_seen > self._max_head_bytes:
-            ex = self.parsing
-            if ex is not None and not ex.headers_complete:
-                # A head still unfinished past both limits: httptools keeps accumulating an
-                # unterminated line (on_url/on_header only see it once it ends), so stop here.
-                if self._hdr_count == self._max_hdrs:  # no header line yet
-                    self._parse_error(_Refusal(414, "request URI too long"))
-                else:
-                    self._parse_error(_Refusal(431, "request header fields too large"))
-
-    def _track_line(self, before: Exchange | None, data: bytes) -> None:
-        """After a read that left a head unfinished: is its request line still open? (Only
-        a later read with bytes >= 0x80 asks; "unknown" answers no, which refuses them.)"""
-        if self.parsing is before:
-            self._line_open = self._line_open and b"\n" not in data
-        else:  # the head began in this read
-            self._line_open = before is None and b"\n" not in data.lstrip(b"\r\n")
-
-    def _body_left(self) -> int:
-        """Bytes of the Content-Length body being parsed still to come (-1: not known, e.g.
-        chunked)."""
-        ex = self.parsing
-        if ex is None or ex.req_chunked:
-            return -1
-        clen = ex.hdr.get(b"content-length")
-        if clen is None or not clen.isdigit():
-            return -1
-        return int(clen) - self._body_seen
-
-    def _body_ends_before(self, n: int) -> bool:
-        """A read of ``n`` bytes arrives in a body: does the body end within it, so that a
-        pipelined request follows (whose target may hold bytes >= 0x80, which llhttp refuses)?
-        One lookup per read of a body that spans reads; its bytes are scanned only if so."""
-        return 0 <= self._body_left() < n
-
-    def _feed_8bit(self, data: bytes) -> None:
-        """Feed a read of a head that holds bytes >= 0x80 (rare).
-
-        Go accepts them in a request target, llhttp refuses them. So each request line is fed
-        with those bytes percent-encoded, and the target llhttp reports gets its original
-        bytes back (Go keeps a query as received and re-escapes the path: see
-        ``go_request_target``, applied at dispatch). Header lines and bodies are fed as they
-        are: llhttp accepts such bytes in header values (obs-text) and bodies."""
-        parser = self.parser
-        n = len(data)
-        pos = 0
-        line_open = self._line_open
-        while pos < n:
-            ex = self.parsing
-            if ex is None:
-                line_open = True  # between messages: a request line comes next
-            elif ex.headers_complete:  # a body
-                left = self._body_left()
-                if left <= 0 or pos + left >= n:
-                    self._feed_from(data, pos, n)
-                    return
-                self._feed_from(data, pos, pos + left)  # its end; a request line follows
-                pos += left
-                line_open = True
-                continue
-            end = data.find(b"\n", pos)
-            stop = n if end < 0 else end + 1
-            seg = data[pos:stop]
-            if line_open and not seg.isascii():
-                before = len(ex.target) if ex is not None else 0
-                esc, runs = escape_high_bytes(seg)
-                parser.feed_data(esc)
-                ex = self.parsing
-                if ex is not None:
-                    piece = ex.target[before:]
-                    start = esc.find(piece) if piece else -1
-                    while start > 0 and esc[start - 1] != 0x20:  # the target follows a space
-                        start = esc.find(piece, start + 1)
-                    if start >= 0:
-                        ex.target = ex.target[:before] + restore_high_bytes(
-                            esc, start, start + len(piece), runs
-                        )
-            else:
-                self._feed_from(data, pos, stop)
-            if end >= 0 and self.parsing is not None:
-                line_open = False
-            pos = stop
-        self._line_open = line_open
-
-    def _feed_from(self, data: bytes, start: int, stop: int) -> None:
-        try:
-            self.parser.feed_data(data[start:stop])
-        except httptools.HttpParserUpgrade as e:  # its offset is into the whole read
-            raise httptools.HttpParserUpgrade(start + e.args[0]) from None
+            preface = reader.preface
+            if (
+                h2c is not None
+                and preface is not None
+                and self.active is None
+                and not self.pending
+                and h2c(self, preface)
+            ):
+                return  # the connection now belongs to the h2c protocol
+            self._parse_error(*reader.error)
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None and self.active is not None:
@@ -900,7 +739,7 @@ class ServerConnection(asyncio.Protocol):
         if ex is not None:
             ex.abort()
         self.pending.clear()
-        self.parsing = None
+        self.reader.parsing = None
         self._ready = None
 
     def pause_writing(self) -> None:
@@ -954,15 +793,6 @@ class ServerConnection(asyncio.Protocol):
             t.resume_reading()
 
     # -- protocol switch -------------------------------------------------------------------
-    def h2_preface(self, data: bytes) -> bytes | None:
-        """After a parse error on ``data``: if this connection opened with the HTTP/2 preface,
-        the bytes from the preface on (what an HTTP/2 protocol must be fed), else None."""
-        seen_before = self._head_seen - len(data)  # preface bytes fed by earlier reads
-        cut = len(_PREFACE_HEAD) - seen_before
-        if seen_before < 0 or cut < 0 or not data.startswith(_PREFACE_HEAD[seen_before:]):
-            return None
-        return _PREFACE_HEAD + data[cut:]
-
     def hand_over(self, protocol: asyncio.Protocol) -> asyncio.Transport:
         """Give the transport to ``protocol`` (h2c) and retire: this connection never reads,
         writes or counts a request again. The request being served, if any (an ``Upgrade:
@@ -976,7 +806,7 @@ class ServerConnection(asyncio.Protocol):
             server.inflight -= 1
             ex.retire()
         self.pending.clear()
-        self.parsing = None
+        self.reader.parsing = None
         self._ready = None
         self.closed = True
         transport = self.transport
@@ -986,90 +816,15 @@ class ServerConnection(asyncio.Protocol):
             transport.resume_reading()
         return transport
 
-    # -- httptools callbacks ---------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.parsing = Exchange(self)
-        self._hdr_bytes = self._max_hdr_bytes
-        self._hdr_count = self._max_hdrs
-        self._line_open = False  # unknown until the read that began it is parsed
-        self._body_seen = 0
+    # -- what the reader parsed (RequestSink) ---------------------------------------------
+    def request_begun(self) -> Exchange:
         if self.active is None and self._ready is None:
             # the clock of a pipelined head starts when its turn comes
             self.header_tick = self.server.tick or 1
+        return Exchange(self)
 
-    def on_url(self, url: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.target += url
-        if len(ex.target) > self._max_hdr_bytes:
-            raise _ParseLimit(414, "request URI too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        self._hdr_count -= 1
-        self._hdr_bytes -= len(name) + len(value) + 4
-        if (self._hdr_count | self._hdr_bytes) < 0:  # either budget spent
-            raise _ParseLimit(431, "request header fields too large")
-        if ex.headers_complete:  # chunked-body trailer
-            if ex.req_trailers is None:
-                ex.req_trailers = []
-            ex.req_trailers += (name, _SEP, value, _CRLF)
-            return
-        known = self._raw_actions.get(name)
-        if known is None:
-            lname = name.lower()
-            known = (lname, self._actions.get(lname, -1))
-            if len(self._raw_actions) < RAW_NAMES_MAX:
-                self._raw_actions[name] = known
-        lname, act = known
-        if act < 0:
-            ex.hdr_out += (name, _SEP, value, _CRLF)
-            return
-        hdr = ex.hdr
-        if act == H_KEEP:
-            if lname not in hdr:
-                hdr[lname] = value
-            ex.hdr_out += (name, _SEP, value, _CRLF)
-        elif act == H_HOST:
-            if lname in hdr:
-                raise _ParseLimit(400, "too many Host headers")
-            hdr[lname] = value
-        elif act == H_XFF:
-            prior = hdr.get(lname)
-            if prior is None:
-                hdr[lname] = value
-            else:
-                hdr.setdefault(XFF_FIRST, prior)  # the shim reads the first header line
-                hdr[lname] = prior + b", " + value
-        elif act == H_CONNECTION:
-            prior = hdr.get(lname)
-            hdr[lname] = value if prior is None else prior + b"," + value
-        elif act == H_TE:
-            if b"trailers" in connection_tokens(value):
-                hdr[lname] = b"trailers"
-        elif act == H_TRAILER:
-            prior = hdr.get(lname)
-            hdr[lname] = value if prior is None else prior + b"," + value
-        elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing
-            hdr[lname] = value
-
-    def on_headers_complete(self) -> None:
-        ex = self.parsing
-        assert ex is not None
-        p = self.parser
-        ex.headers_complete = True
-        ex.version = p.get_http_version()
-        ex.method = p.get_method()
-        ex.keep_alive = p.should_keep_alive()
-        if b"proxy-connection" in ex.hdr:  # (rare: the common request skips the call)
-            ex.keep_alive = keep_alive_asked(ex.version, ex.hdr.get(b"connection"))
-        ex.upgrade = p.should_upgrade()
-        ex.req_chunked = b"transfer-encoding" in ex.hdr
-        self._head_seen = 0
-        expect = ex.hdr.get(b"expect")
-        if expect is not None and expect.lower() == b"100-continue":
-            ex.expect_continue = True
+    def head_parsed(self, req: H1Request) -> None:
+        ex: Exchange = req  # type: ignore[assignment]  # (what request_begun made)
         self.header_tick = 0
         # Served at once on an idle connection, else queued behind the requests before it
         # (answers go out in request order; pipelined requests never go upstream together).
@@ -1084,24 +839,14 @@ class ServerConnection(asyncio.Protocol):
             self.pending.append(ex)
             self.pause(P_PIPELINE)
 
-    def on_body(self, body: bytes) -> None:
-        self._body_seen += len(body)
-        ex = self.parsing
-        if ex is not None:
-            ex.feed_body(body)
-
-    def on_message_complete(self) -> None:
-        ex = self.parsing
-        self.parsing = None
-        if ex is not None:
-            ex.body_complete()
-            if ex.done and self.active is None and not self.closed:
-                # The response went out before the body ended; the body is now drained.
-                self.discarded = 0
-                if ex.closing:
-                    self.close_lingering()
-                else:
-                    self._run_pending()
+    def drained(self, req: H1Request) -> None:
+        if self.active is None and not self.closed:
+            # The response went out before the body ended; the body is now drained.
+            self.discarded = 0
+            if cast(Exchange, req).closing:
+                self.close_lingering()
+            else:
+                self._run_pending()
 
     # -- request lifecycle -----------------------------------------------------------------
     def _dispatch_ready(self) -> None:
@@ -1175,7 +920,7 @@ class ServerConnection(asyncio.Protocol):
             self.server.inflight -= 1
         if self.closed:
             return
-        nxt = self.parsing
+        nxt = self.reader.parsing
         step = after_exchange(
             ex.closing,
             ex.upgrade,
@@ -1211,7 +956,9 @@ class ServerConnection(asyncio.Protocol):
         if self.active is not None or self.pending:
             return
         failed = self.failed
-        step = when_idle(failed is not None, self.parsing is not None, self.server.shutting_down)
+        step = when_idle(
+            failed is not None, self.reader.parsing is not None, self.server.shutting_down
+        )
         if step == IDLE_REFUSE:
             assert failed is not None
             self._write_error_and_close(*failed)
@@ -1239,16 +986,12 @@ class ServerConnection(asyncio.Protocol):
         if ex.body_buf_size > self.server.config.body_buffer:
             self.pause(P_BODY)
 
-    def _parse_error(self, e: Exception) -> None:
-        cause = e.__context__
-        if isinstance(e, _Refusal):
-            status, reason = e.status, str(e)
-        elif isinstance(cause, _ParseLimit):
-            status, reason = cause.status, str(cause)
-        else:
-            status, reason = 400, "malformed request: " + str(e)
-        ex = self.parsing
-        self.parsing = None
+    def _parse_error(self, status: int, reason: str) -> None:
+        """The reader refused the bytes read (``status``, ``reason``): answer what came before
+        them, then refuse and close."""
+        reader = self.reader
+        ex = cast("Exchange | None", reader.parsing)
+        reader.parsing = None
         ready = self._ready
         if ready is not None:
             self._ready = None
@@ -1430,7 +1173,7 @@ class HTTPServer:
         self.shutting_down = True
         self.stop_accepting()
         for c in list(self.connections):
-            if c.active is None and c.parsing is None and not c.pending:
+            if c.active is None and c.reader.parsing is None and not c.pending:
                 c.close()
         loop = self.loop
         start = loop.time()
@@ -1443,7 +1186,7 @@ class HTTPServer:
             if timeout is not None and elapsed >= timeout:
                 break
             for c in list(self.connections):
-                if c.active is None and c.parsing is None and not c.pending:
+                if c.active is None and c.reader.parsing is None and not c.pending:
                     c.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)

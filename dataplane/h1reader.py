@@ -1,0 +1,409 @@
+"""Reading HTTP/1.1 requests, sans I/O: bytes in, parsed requests and their bodies out.
+
+A :class:`RequestReader` is fed what a client connection reads (:meth:`RequestReader.feed`)
+and tells its sink what the bytes held: a request begun (the sink makes its object), its head
+parsed, its body in pieces and its end; :meth:`~RequestReader.feed` returns whether the bytes
+were all taken (:data:`FEED_OK`), held as a possible HTTP/2 preface (:data:`FEED_WAIT`), ended
+an upgrade request's head (:data:`FEED_UPGRADE`, the rest in ``reader.rest``) or were refused
+(:data:`FEED_ERROR`, ``reader.error`` the status and reason; ``reader.preface`` the HTTP/2
+bytes when the connection opened with the HTTP/2 preface). It never touches a transport, a
+loop or a timer, so a test is byte strings in and the sink's record out
+(tests/unit/test_h1reader.py); :class:`dataplane.proxy.ServerConnection` is the sink on a real
+socket and decides what to do with each request (serve it, queue it behind the one being
+answered, refuse the connection).
+
+Parsing is llhttp's (httptools), whose callbacks land here; the reader adds what Go's server
+does and llhttp does not: limits on the request line and header block, header names indexed as
+their component declared them (the ``actions`` table of :func:`dataplane.http1.request_actions`),
+request targets with bytes >= 0x80, trailers, and the 505 for an HTTP major version other
+than 1. Compiled with mypyc with the engine.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import httptools
+
+from .h1core import XFF_FIRST, keep_alive_asked, unsupported_version
+from .handle import RequestHandle
+from .http1 import (
+    H_CONNECTION,
+    H_DROP,
+    H_HOST,
+    H_KEEP,
+    H_TE,
+    H_TRAILER,
+    H_XFF,
+    RAW_NAMES_MAX,
+    connection_tokens,
+    escape_high_bytes,
+    restore_high_bytes,
+)
+
+if TYPE_CHECKING:
+    from .proxy import HTTPServer
+
+__all__ = [
+    "FEED_ERROR",
+    "FEED_OK",
+    "FEED_UPGRADE",
+    "FEED_WAIT",
+    "H2_PREFACE",
+    "H1Request",
+    "RequestReader",
+    "RequestSink",
+]
+
+#: The client connection preface of HTTP/2 (RFC 9113 §3.4).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_PREFACE_HEAD = H2_PREFACE[:18]  # the part httptools parses as a request head
+
+FEED_OK = 0  # every byte parsed
+FEED_WAIT = 1  # the bytes so far may be the HTTP/2 preface cut short: held until more arrive
+FEED_UPGRADE = 2  # an upgrade request's head ended; ``rest``: the bytes after it
+FEED_ERROR = 3  # refused: ``error`` is (status, reason); parse nothing more
+
+_SEP = b": "
+_CRLF = b"\r\n"
+
+
+class _ParseLimit(Exception):
+    """Raised from a callback to stop llhttp; it surfaces as the ``__context__`` of its
+    HttpParserError."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class H1Request(RequestHandle):
+    """A request as the reader fills it: the request line and headers (the handle's), and
+    what only HTTP/1.1's wire says (keep-alive, ``Expect: 100-continue``, trailers)."""
+
+    __slots__ = ("expect_continue", "headers_complete", "keep_alive", "req_trailers")
+
+    def __init__(self, server: HTTPServer, peer: bytes, peer_port: int) -> None:
+        super().__init__(server, peer, peer_port)
+        self.keep_alive = True
+        self.headers_complete = False
+        self.req_trailers: list[bytes] | None = None
+        self.expect_continue = False
+
+    def feed_body(self, data: bytes) -> None:
+        """A piece of the request body, as parsed (chunked framing removed)."""
+
+    def body_complete(self) -> None:
+        """The request body ended (trailers, if any, are in ``req_trailers``)."""
+        self.body_done = True
+
+
+class RequestSink(Protocol):
+    """What a :class:`RequestReader` tells (the connection, or a test's recorder)."""
+
+    def request_begun(self) -> H1Request:
+        """A request line starts: return the object the reader fills."""
+
+    def head_parsed(self, req: H1Request) -> None:
+        """``req``'s head is complete (its body, if any, follows through ``feed_body``)."""
+
+    def drained(self, req: H1Request) -> None:
+        """``req``'s body ended after ``req`` was done (answered before its body was read)."""
+
+
+class RequestReader:
+    """Parses the requests of one connection (see the module docstring)."""
+
+    __slots__ = (
+        "_actions",
+        "_body_seen",
+        "_hdr_bytes",
+        "_hdr_count",
+        "_head_seen",
+        "_line_open",
+        "_max_hdr_bytes",
+        "_max_hdrs",
+        "_max_head_bytes",
+        "_parser",
+        "_raw_actions",
+        "_sink",
+        "_sniffed",
+        "error",
+        "parsing",
+        "preface",
+        "rest",
+        "sniffing",
+    )
+
+    def __init__(
+        self,
+        sink: RequestSink,
+        *,
+        actions: dict[bytes, int],
+        raw_actions: dict[bytes, tuple[bytes, int]],
+        max_header_bytes: int,
+        max_headers: int,
+        sniff_h2: bool = False,
+    ) -> None:
+        """``actions``: lower-case header name → action (:mod:`dataplane.http1`'s ``H_*``;
+        names not in it are passed through); ``raw_actions``: the same by the name as clients
+        spell it, learnt here (shared by a server's connections, bounded). ``sniff_h2``: hold
+        the first bytes while they may be the HTTP/2 preface."""
+        self._sink = sink
+        self._parser = httptools.HttpRequestParser(self)
+        self._actions = actions
+        self._raw_actions = raw_actions
+        self._max_hdr_bytes = max_header_bytes
+        self._max_hdrs = max_headers
+        # request line and header block are limited separately; their sum bounds a raw head
+        self._max_head_bytes = 2 * max_header_bytes + 64
+        self._hdr_bytes = 0  # budgets left for the head being parsed
+        self._hdr_count = 0
+        self._head_seen = 0  # raw bytes received for the head being parsed
+        self._body_seen = 0  # body bytes parsed for the request being parsed
+        # A head cut across reads: whether its request line is still open (see _feed_8bit).
+        self._line_open = False
+        self.sniffing = sniff_h2
+        self._sniffed = b""
+        #: The request being parsed (its head, or its body), if any.
+        self.parsing: H1Request | None = None
+        #: After FEED_ERROR: the status and reason to answer with.
+        self.error: tuple[int, str] = (400, "")
+        #: After FEED_ERROR: the bytes an HTTP/2 protocol must be fed when the connection
+        #: opened with the HTTP/2 preface, else None.
+        self.preface: bytes | None = None
+        #: After FEED_UPGRADE: the bytes that followed the upgrade request's head.
+        self.rest = b""
+
+    # -- feeding -----------------------------------------------------------------------------
+    def feed(self, data: bytes) -> int:
+        """Parse the bytes of one read; returns FEED_OK, FEED_WAIT, FEED_UPGRADE or FEED_ERROR."""
+        if self.sniffing:
+            data = self._sniffed + data
+            if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+                self._sniffed = data  # maybe HTTP/2 cut short: wait for the rest
+                return FEED_WAIT
+            self.sniffing = False
+            self._sniffed = b""
+        ex = self.parsing
+        in_head = ex is None or not ex.headers_complete
+        if in_head:
+            self._head_seen += len(data)
+        try:
+            if (in_head or self._body_ends_before(len(data))) and not data.isascii():
+                self._feed_8bit(data)
+            else:
+                self._parser.feed_data(data)
+                if in_head and self.parsing is not None and not self.parsing.headers_complete:
+                    self._track_line(ex, data)
+        except httptools.HttpParserUpgrade as e:
+            self.rest = data[e.args[0] :]
+            return FEED_UPGRADE
+        except httptools.HttpParserError as e:
+            self.preface = self._h2_preface(data)
+            cause = e.__context__
+            if isinstance(cause, _ParseLimit):
+                self.error = (cause.status, str(cause))
+            elif in_head and str(e) == "Invalid HTTP version" and unsupported_version(data):
+                self.error = (505, "unsupported protocol version")  # Go's status and words
+            else:
+                self.error = (400, "malformed request: " + str(e))
+            return FEED_ERROR
+        if in_head and self._head_seen > self._max_head_bytes:
+            ex = self.parsing
+            if ex is not None and not ex.headers_complete:
+                # A head still unfinished past both limits: httptools keeps accumulating an
+                # unterminated line (on_url/on_header only see it once it ends), so stop here.
+                self.preface = None
+                if self._hdr_count == self._max_hdrs:  # no header line yet
+                    self.error = (414, "request URI too long")
+                else:
+                    self.error = (431, "request header fields too large")
+                return FEED_ERROR
+        return FEED_OK
+
+    def _h2_preface(self, data: bytes) -> bytes | None:
+        """After a parse error on ``data``: if the connection opened with the HTTP/2 preface,
+        the bytes from the preface on (what an HTTP/2 protocol must be fed), else None."""
+        seen_before = self._head_seen - len(data)  # preface bytes fed by earlier reads
+        cut = len(_PREFACE_HEAD) - seen_before
+        if seen_before < 0 or cut < 0 or not data.startswith(_PREFACE_HEAD[seen_before:]):
+            return None
+        return _PREFACE_HEAD + data[cut:]
+
+    def _track_line(self, before: H1Request | None, data: bytes) -> None:
+        """After a read that left a head unfinished: is its request line still open? (Only
+        a later read with bytes >= 0x80 asks; "unknown" answers no, which refuses them.)"""
+        if self.parsing is before:
+            self._line_open = self._line_open and b"\n" not in data
+        else:  # the head began in this read
+            self._line_open = before is None and b"\n" not in data.lstrip(b"\r\n")
+
+    def _body_left(self) -> int:
+        """Bytes of the Content-Length body being parsed still to come (-1: not known, e.g.
+        chunked)."""
+        ex = self.parsing
+        if ex is None or ex.req_chunked:
+            return -1
+        clen = ex.hdr.get(b"content-length")
+        if clen is None or not clen.isdigit():
+            return -1
+        return int(clen) - self._body_seen
+
+    def _body_ends_before(self, n: int) -> bool:
+        """A read of ``n`` bytes arrives in a body: does the body end within it, so that a
+        pipelined request follows (whose target may hold bytes >= 0x80, which llhttp refuses)?
+        One lookup per read of a body that spans reads; its bytes are scanned only if so."""
+        return 0 <= self._body_left() < n
+
+    def _feed_8bit(self, data: bytes) -> None:
+        """Feed a read of a head that holds bytes >= 0x80 (rare).
+
+        Go accepts them in a request target, llhttp refuses them. So each request line is fed
+        with those bytes percent-encoded, and the target llhttp reports gets its original
+        bytes back (Go keeps a query as received and re-escapes the path: see
+        ``go_request_target``, applied at dispatch). Header lines and bodies are fed as they
+        are: llhttp accepts such bytes in header values (obs-text) and bodies."""
+        parser = self._parser
+        n = len(data)
+        pos = 0
+        line_open = self._line_open
+        while pos < n:
+            ex = self.parsing
+            if ex is None:
+                line_open = True  # between messages: a request line comes next
+            elif ex.headers_complete:  # a body
+                left = self._body_left()
+                if left <= 0 or pos + left >= n:
+                    self._feed_from(data, pos, n)
+                    return
+                self._feed_from(data, pos, pos + left)  # its end; a request line follows
+                pos += left
+                line_open = True
+                continue
+            end = data.find(b"\n", pos)
+            stop = n if end < 0 else end + 1
+            seg = data[pos:stop]
+            if line_open and not seg.isascii():
+                before = len(ex.target) if ex is not None else 0
+                esc, runs = escape_high_bytes(seg)
+                parser.feed_data(esc)
+                ex = self.parsing
+                if ex is not None:
+                    piece = ex.target[before:]
+                    start = esc.find(piece) if piece else -1
+                    while start > 0 and esc[start - 1] != 0x20:  # the target follows a space
+                        start = esc.find(piece, start + 1)
+                    if start >= 0:
+                        ex.target = ex.target[:before] + restore_high_bytes(
+                            esc, start, start + len(piece), runs
+                        )
+            else:
+                self._feed_from(data, pos, stop)
+            if end >= 0 and self.parsing is not None:
+                line_open = False
+            pos = stop
+        self._line_open = line_open
+
+    def _feed_from(self, data: bytes, start: int, stop: int) -> None:
+        try:
+            self._parser.feed_data(data[start:stop])
+        except httptools.HttpParserUpgrade as e:  # its offset is into the whole read
+            raise httptools.HttpParserUpgrade(start + e.args[0]) from None
+
+    # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.parsing = self._sink.request_begun()
+        self._hdr_bytes = self._max_hdr_bytes
+        self._hdr_count = self._max_hdrs
+        self._line_open = False  # unknown until the read that began it is parsed
+        self._body_seen = 0
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.target += url
+        if len(ex.target) > self._max_hdr_bytes:
+            raise _ParseLimit(414, "request URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self._hdr_count -= 1
+        self._hdr_bytes -= len(name) + len(value) + 4
+        if (self._hdr_count | self._hdr_bytes) < 0:  # either budget spent
+            raise _ParseLimit(431, "request header fields too large")
+        if ex.headers_complete:  # chunked-body trailer
+            if ex.req_trailers is None:
+                ex.req_trailers = []
+            ex.req_trailers += (name, _SEP, value, _CRLF)
+            return
+        known = self._raw_actions.get(name)
+        if known is None:
+            lname = name.lower()
+            known = (lname, self._actions.get(lname, -1))
+            if len(self._raw_actions) < RAW_NAMES_MAX:
+                self._raw_actions[name] = known
+        lname, act = known
+        if act < 0:
+            ex.hdr_out += (name, _SEP, value, _CRLF)
+            return
+        hdr = ex.hdr
+        if act == H_KEEP:
+            if lname not in hdr:
+                hdr[lname] = value
+            ex.hdr_out += (name, _SEP, value, _CRLF)
+        elif act == H_HOST:
+            if lname in hdr:
+                raise _ParseLimit(400, "too many Host headers")
+            hdr[lname] = value
+        elif act == H_XFF:
+            prior = hdr.get(lname)
+            if prior is None:
+                hdr[lname] = value
+            else:
+                hdr.setdefault(XFF_FIRST, prior)  # the shim reads the first header line
+                hdr[lname] = prior + b", " + value
+        elif act == H_CONNECTION:
+            prior = hdr.get(lname)
+            hdr[lname] = value if prior is None else prior + b"," + value
+        elif act == H_TE:
+            if b"trailers" in connection_tokens(value):
+                hdr[lname] = b"trailers"
+        elif act == H_TRAILER:
+            prior = hdr.get(lname)
+            hdr[lname] = value if prior is None else prior + b"," + value
+        elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing
+            hdr[lname] = value
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        p = self._parser
+        ex.headers_complete = True
+        ex.version = p.get_http_version()
+        ex.method = p.get_method()
+        ex.keep_alive = p.should_keep_alive()
+        if b"proxy-connection" in ex.hdr:  # (rare: the common request skips the call)
+            ex.keep_alive = keep_alive_asked(ex.version, ex.hdr.get(b"connection"))
+        ex.upgrade = p.should_upgrade()
+        ex.req_chunked = b"transfer-encoding" in ex.hdr
+        self._head_seen = 0
+        expect = ex.hdr.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue":
+            ex.expect_continue = True
+        self._sink.head_parsed(ex)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        ex = self.parsing
+        if ex is not None:
+            ex.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.body_complete()
+            if ex.done:
+                self._sink.drained(ex)

@@ -1,0 +1,300 @@
+"""Reading HTTP/1.1 requests sans I/O (dataplane/h1reader.py): byte strings in, the sink's
+record of parsed requests out. No transport, loop or server is involved."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataplane.h1core import XFF_FIRST
+from dataplane.h1reader import (
+    FEED_ERROR,
+    FEED_OK,
+    FEED_UPGRADE,
+    FEED_WAIT,
+    H2_PREFACE,
+    H1Request,
+    RequestReader,
+)
+from dataplane.http1 import request_actions
+
+
+class Req(H1Request):
+    """A request that records its body as the reader delivers it."""
+
+    __slots__ = ("ended", "pieces", "sink")
+
+    def __init__(self, sink: Sink) -> None:
+        super().__init__(None, b"192.0.2.1", 4000)  # type: ignore[arg-type]  # (no server)
+        self.sink = sink
+        self.pieces: list[bytes] = []
+        self.ended = False
+
+    def feed_body(self, data: bytes) -> None:
+        self.pieces.append(data)
+        self.sink.events.append(("body", len(self.sink.begun) - 1, data))
+
+    def body_complete(self) -> None:
+        super().body_complete()
+        self.ended = True
+        self.sink.events.append(("end", self.sink.begun.index(self)))
+
+
+class Sink:
+    """Records what the reader reports; ``answer_early`` marks each request done as its head is
+    parsed (a handler that answered before reading the body)."""
+
+    def __init__(self, *, answer_early: bool = False) -> None:
+        self.begun: list[Req] = []
+        self.events: list[tuple[object, ...]] = []
+        self.answer_early = answer_early
+
+    def request_begun(self) -> H1Request:
+        req = Req(self)
+        self.begun.append(req)
+        self.events.append(("begin", len(self.begun) - 1))
+        return req
+
+    def head_parsed(self, req: H1Request) -> None:
+        self.events.append(("head", self.begun.index(req)))  # type: ignore[arg-type]
+        if self.answer_early:
+            req.done = True
+
+    def drained(self, req: H1Request) -> None:
+        self.events.append(("drained", self.begun.index(req)))  # type: ignore[arg-type]
+
+
+def reader(
+    sink: Sink,
+    *,
+    max_header_bytes: int = 64 * 1024,
+    max_headers: int = 256,
+    sniff_h2: bool = False,
+    index: tuple[bytes, ...] = (b"k-proxy-request",),
+) -> RequestReader:
+    return RequestReader(
+        sink,
+        actions=request_actions(index),
+        raw_actions={},
+        max_header_bytes=max_header_bytes,
+        max_headers=max_headers,
+        sniff_h2=sniff_h2,
+    )
+
+
+def feed_all(r: RequestReader, data: bytes, step: int = 0) -> list[int]:
+    if not step:
+        return [r.feed(data)]
+    return [r.feed(data[i : i + step]) for i in range(0, len(data), step)]
+
+
+GET = (
+    b"GET /a?b=c HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n"
+    b"K-Proxy-Request: activator\r\nX-Forwarded-For: 10.0.0.1\r\n"
+    b"X-Forwarded-For: 10.0.0.2\r\nKeep-Alive: 5\r\n\r\n"
+)
+
+
+class TestHeads:
+    @pytest.mark.parametrize("step", [0, 1, 7])
+    def test_get_is_parsed_however_it_is_cut(self, step: int) -> None:
+        sink = Sink()
+        r = reader(sink)
+        assert set(feed_all(r, GET, step)) == {FEED_OK}
+        assert sink.events == [("begin", 0), ("head", 0), ("end", 0)]
+        req = sink.begun[0]
+        assert (req.method, req.target, req.version) == (b"GET", b"/a?b=c", "1.1")
+        assert req.keep_alive and not req.upgrade and not req.req_chunked
+        assert req.hdr[b"host"] == b"example.com"
+        assert req.hdr[b"k-proxy-request"] == b"activator"  # declared by the component
+        assert b"user-agent" not in req.hdr  # not declared: passed through only
+        assert req.hdr[b"x-forwarded-for"] == b"10.0.0.1, 10.0.0.2"
+        assert req.hdr[XFF_FIRST] == b"10.0.0.1"
+        # pass-through lines keep the client's spelling; hop-by-hop ones are not among them
+        assert b"".join(req.hdr_out) == (b"User-Agent: t\r\nK-Proxy-Request: activator\r\n")
+        assert r.parsing is None
+
+    def test_pipelined_requests_in_one_read_come_out_in_order(self) -> None:
+        sink = Sink()
+        r = reader(sink)
+        post = b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+        assert r.feed(post + GET + b"GET /third HTTP/1.1\r\nHost: h\r\n\r\n") == FEED_OK
+        assert [e for e in sink.events if e[0] in ("head", "body", "end")] == [
+            ("head", 0),
+            ("body", 0, b"hello"),
+            ("end", 0),
+            ("head", 1),
+            ("end", 1),
+            ("head", 2),
+            ("end", 2),
+        ]
+        assert [q.target for q in sink.begun] == [b"/p", b"/a?b=c", b"/third"]
+
+    @pytest.mark.parametrize(
+        ("head", "keep_alive"),
+        [
+            (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False),
+            (b"GET / HTTP/1.0\r\n\r\n", False),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+        ],
+    )
+    def test_keep_alive(self, head: bytes, keep_alive: bool) -> None:
+        sink = Sink()
+        assert reader(sink).feed(head) == FEED_OK
+        assert sink.begun[0].keep_alive is keep_alive
+
+    def test_bytes_after_connection_close_are_refused(self) -> None:
+        sink = Sink()
+        r = reader(sink)
+        head = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        assert r.feed(head + b"GET / HTTP/1.1\r\n\r\n") == FEED_ERROR
+        assert r.error[0] == 400 and len(sink.begun) == 1 and sink.begun[0].ended
+
+    def test_proxy_connection_does_not_decide_keep_alive(self) -> None:
+        # llhttp reads Proxy-Connection as Connection; Go's server ignores it.
+        sink = Sink()
+        reader(sink).feed(b"GET / HTTP/1.1\r\nHost: h\r\nProxy-Connection: close\r\n\r\n")
+        assert sink.begun[0].keep_alive
+
+    def test_expect_continue(self) -> None:
+        sink = Sink()
+        r = reader(sink)
+        r.feed(b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n")
+        assert sink.begun[0].expect_continue and not sink.begun[0].body_done
+        assert r.parsing is sink.begun[0]  # its body still to come
+        r.feed(b"ok")
+        assert sink.begun[0].pieces == [b"ok"] and sink.begun[0].body_done
+
+    def test_raw_target_bytes_above_0x7f_come_back_as_sent(self) -> None:
+        # llhttp refuses them in a target; Go accepts them.
+        sink = Sink()
+        r = reader(sink)
+        assert r.feed(b"GET /caf\xc3\xa9?q=\xff HTTP/1.1\r\nHost: h\r\n\r\n") == FEED_OK
+        assert sink.begun[0].target == b"/caf\xc3\xa9?q=\xff"
+
+    def test_raw_target_after_a_body_in_the_same_read(self) -> None:
+        sink = Sink()
+        r = reader(sink)
+        data = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET /\xe9 HTTP/1.1\r\n"
+        assert r.feed(data + b"Host: h\r\n\r\n") == FEED_OK
+        assert [q.target for q in sink.begun] == [b"/", b"/\xe9"]
+        assert sink.begun[0].pieces == [b"abc"]
+
+
+class TestBodies:
+    @pytest.mark.parametrize("step", [0, 1, 3])
+    def test_chunked_body_and_trailers(self, step: int) -> None:
+        sink = Sink()
+        r = reader(sink)
+        data = (
+            b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n"
+        )
+        assert set(feed_all(r, data, step)) == {FEED_OK}
+        req = sink.begun[0]
+        assert req.req_chunked and req.hdr[b"trailer"] == b"X-Sum"
+        assert b"".join(req.pieces) == b"abcde"
+        assert req.req_trailers == [b"X-Sum", b": ", b"5", b"\r\n"]
+        assert req.ended
+
+    def test_body_ending_after_the_answer_is_reported_drained(self) -> None:
+        sink = Sink(answer_early=True)
+        r = reader(sink)
+        r.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab")
+        assert ("drained", 0) not in sink.events
+        r.feed(b"cd")
+        assert sink.events[-2:] == [("end", 0), ("drained", 0)]
+
+    def test_body_ending_before_the_answer_is_not_reported_drained(self) -> None:
+        sink = Sink()
+        reader(sink).feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nx")
+        assert not any(e[0] == "drained" for e in sink.events)
+
+
+class TestRefusals:
+    def feed_error(self, r: RequestReader, data: bytes) -> tuple[int, str]:
+        steps = [r.feed(data)]
+        assert steps == [FEED_ERROR]
+        return r.error
+
+    def test_long_request_line(self) -> None:
+        r = reader(Sink(), max_header_bytes=64)
+        status, _ = self.feed_error(r, b"GET /" + b"a" * 100 + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert status == 414
+
+    def test_too_many_headers(self) -> None:
+        r = reader(Sink(), max_headers=3)
+        head = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(4)) + b"\r\n"
+        assert self.feed_error(r, head) == (431, "request header fields too large")
+
+    def test_header_block_too_large(self) -> None:
+        r = reader(Sink(), max_header_bytes=100)
+        head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"v" * 120 + b"\r\n\r\n"
+        assert self.feed_error(r, head) == (431, "request header fields too large")
+
+    @pytest.mark.parametrize(
+        ("tail", "want"),
+        [(b"", (414, "request URI too long")), (b" HTTP/1.1\r\nHost: h\r\nX: ", (431, None))],
+    )
+    def test_unfinished_head_past_both_limits(self, tail: bytes, want: tuple[int, object]) -> None:
+        # llhttp holds an unterminated line without calling back: the raw size stops it.
+        r = reader(Sink(), max_header_bytes=100)
+        assert r.feed(b"GET /" + tail) == FEED_OK
+        assert r.feed(b"a" * 300) == FEED_ERROR
+        assert r.error[0] == want[0] and r.preface is None
+
+    def test_two_hosts(self) -> None:
+        r = reader(Sink())
+        got = self.feed_error(r, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        assert got == (400, "too many Host headers")
+
+    def test_http_major_version_llhttp_refuses_is_505(self) -> None:
+        # (HTTP/2.0 parses: its 505 is h1core.request_line_error's, at dispatch)
+        r = reader(Sink())
+        got = self.feed_error(r, b"GET / HTTP/3.0\r\nHost: h\r\n\r\n")
+        assert got == (505, "unsupported protocol version")
+
+    def test_bad_minor_version_is_400(self) -> None:
+        got = self.feed_error(reader(Sink()), b"GET / HTTP/1.2\r\nHost: h\r\n\r\n")
+        assert got == (400, "malformed request: Invalid HTTP version")
+
+    def test_garbage_is_400_with_llhttp_reason(self) -> None:
+        status, reason = self.feed_error(reader(Sink()), b"GET / HTTP/1.1\r\nHo st: h\r\n\r\n")
+        assert status == 400 and reason.startswith("malformed request: ")
+
+    def test_requests_before_bad_bytes_were_parsed(self) -> None:
+        sink = Sink()
+        r = reader(sink)
+        assert r.feed(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n\x01\x02 nonsense\r\n\r\n") == FEED_ERROR
+        assert [q.target for q in sink.begun if q.headers_complete] == [b"/ok"]
+        assert sink.begun[0].ended
+
+
+class TestSwitching:
+    def test_upgrade_hands_back_the_bytes_after_the_head(self) -> None:
+        sink = Sink()
+        r = reader(sink)
+        head = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        assert r.feed(head + b"\x81\x05hello") == FEED_UPGRADE
+        assert r.rest == b"\x81\x05hello"
+        assert sink.begun[0].upgrade and sink.begun[0].hdr[b"upgrade"] == b"websocket"
+
+    @pytest.mark.parametrize("cut", [1, 17, 18, 23])
+    def test_h2_preface_is_held_then_refused_with_its_bytes(self, cut: int) -> None:
+        sink = Sink()
+        r = reader(sink, sniff_h2=True)
+        data = H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        assert r.feed(data[:cut]) == FEED_WAIT
+        assert r.feed(data[cut:]) == FEED_ERROR
+        assert r.preface == data
+        assert not any(e[0] == "head" for e in sink.events)
+
+    def test_h2_preface_without_sniffing_is_still_recognised(self) -> None:
+        r = reader(Sink())
+        assert r.feed(H2_PREFACE) == FEED_ERROR
+        assert r.preface == H2_PREFACE
+
+    def test_http1_after_sniffing_is_parsed_at_once(self) -> None:
+        sink = Sink()
+        r = reader(sink, sniff_h2=True)
+        assert r.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") == FEED_OK
+        assert sink.events == [("begin", 0), ("head", 0), ("end", 0)]
