@@ -17,7 +17,7 @@ import asyncio
 import html
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from dataplane.handle import RequestHandle
 from dataplane.proxy import ServerConfig
@@ -46,10 +46,10 @@ __all__ = [
 
 log = logging.getLogger("activator")
 
-WAIT_HEADER = b"Knd-Activator-Wait-Ms"
+WAIT_HEADER: Final = b"Knd-Activator-Wait-Ms"
 # The request headers this handler (and its tracer) reads, declared to the engine in the
 # server's config (ServerConfig(index_headers=..., strip_headers=...)).
-INDEXED_HEADERS = (
+INDEXED_HEADERS: Final = (
     b"user-agent",
     b"k-network-probe",
     b"k-network-hash",
@@ -58,7 +58,11 @@ INDEXED_HEADERS = (
     b"traceparent",
 )
 # Routing headers consumed here: the activator sets its own K-Original-Host upstream.
-STRIPPED_HEADERS = (b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host")
+STRIPPED_HEADERS: Final = (
+    b"knative-serving-revision",
+    b"knative-serving-namespace",
+    b"k-original-host",
+)
 
 
 def server_config(**limits: Any) -> ServerConfig:
@@ -67,9 +71,9 @@ def server_config(**limits: Any) -> ServerConfig:
     return ServerConfig(index_headers=INDEXED_HEADERS, strip_headers=STRIPPED_HEADERS, **limits)
 
 
-_TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
-_PROXY_HEADERS = b"K-Proxy-Request: activator\r\nK-Original-Host: "
-_FAILED_HEADERS = _TEXT + b"X-Content-Type-Options: nosniff\r\n"
+_TEXT: Final = b"Content-Type: text/plain; charset=utf-8\r\n"
+_PROXY_HEADERS: Final = b"K-Proxy-Request: activator\r\nK-Original-Host: "
+_FAILED_HEADERS: Final = _TEXT + b"X-Content-Type-Options: nosniff\r\n"
 
 
 class _Request(HeldRequest):

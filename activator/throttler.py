@@ -42,7 +42,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from activator.lb_policy import PodTracker, RoundRobin, first_available, random_choice_2
 from dataplane.breaker import MAX_BREAKER_CAPACITY, QueueFullError
@@ -56,14 +56,14 @@ __all__ = [
     "assign_slice",
 ]
 
-DEFAULT_QUEUE_DEPTH = 10_000  # Knative's breakerQueueDepth
+DEFAULT_QUEUE_DEPTH: Final = 10_000  # Knative's breakerQueueDepth
 
 _T = TypeVar("_T")
 
 # Ticket states
-_WAITING = 0
-_GRANTED = 1
-_CANCELLED = 2
+_WAITING: Final = 0
+_GRANTED: Final = 1
+_CANCELLED: Final = 2
 
 
 def assign_slice(items: Sequence[_T], index: int, count: int) -> list[_T]:

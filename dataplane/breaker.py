@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 __all__ = ["MAX_BREAKER_CAPACITY", "Breaker", "BreakerParamsError", "QueueFullError", "Waiter"]
 
-MAX_BREAKER_CAPACITY = 2**31 - 1
+MAX_BREAKER_CAPACITY: Final = 2**31 - 1
 
 
 class BreakerParamsError(ValueError):

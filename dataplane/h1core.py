@@ -28,6 +28,7 @@ Compiled with mypyc with the engine.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from .forwarded import forwarded_value
 from .http1 import connection_tokens, status_line
@@ -62,23 +63,25 @@ __all__ = [
 ]
 
 # Response framing towards the client.
-M_NONE = 0  # no body (HEAD, 1xx, 204, 304)
-M_RAW = 1  # Content-Length passthrough
-M_CHUNKED = 2  # re-chunked
-M_CLOSE = 3  # delimited by closing the connection (HTTP/1.0 clients)
+M_NONE: Final = 0  # no body (HEAD, 1xx, 204, 304)
+M_RAW: Final = 1  # Content-Length passthrough
+M_CHUNKED: Final = 2  # re-chunked
+M_CLOSE: Final = 3  # delimited by closing the connection (HTTP/1.0 clients)
 
-_CRLF = b"\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-_BASIC_CONN_TOKENS = frozenset((b"keep-alive", b"close", b"upgrade"))
-_LENGTH_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+_CRLF: Final = b"\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_BASIC_CONN_TOKENS: Final = frozenset((b"keep-alive", b"close", b"upgrade"))
+_LENGTH_METHODS: Final = frozenset((b"POST", b"PUT", b"PATCH"))
 #: hdr key: the first X-Forwarded-For line when there were several (the Forwarded shim's).
-XFF_FIRST = b":xff-first"
+XFF_FIRST: Final = b":xff-first"
 #: Bytes Go's httpguts.ValidHostHeader allows in a Host (Go answers others with 400).
-HOST_BYTES = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
+HOST_BYTES: Final = (
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
+)
 
 
 # -- requests ----------------------------------------------------------------------------------
-_VERSION_TOKEN = re.compile(rb" HTTP/([0-9])\.[0-9]\r?\n")
+_VERSION_TOKEN: Final = re.compile(rb" HTTP/([0-9])\.[0-9]\r?\n")
 
 
 def unsupported_version(data: bytes) -> bool:
@@ -326,15 +329,17 @@ def upstream_error_text(exc: BaseException | None) -> str:
 
 # -- requests on one client connection (pipelining) --------------------------------------------
 # What the connection does once a request's exchange has ended (:func:`after_exchange`).
-NEXT_CLOSE = 1  # close it (lingering): the response said so, or a tunnel ended
-NEXT_DRAIN = 2  # the request's body still arrives: read it to its end, then go on
-NEXT_RUN = 3  # run what waits: a pipelined request, a refusal held back, the server's drain
-NEXT_READ = 4  # nothing waits: read the next request
+NEXT_CLOSE: Final = 1  # close it (lingering): the response said so, or a tunnel ended
+NEXT_DRAIN: Final = 2  # the request's body still arrives: read it to its end, then go on
+NEXT_RUN: Final = 3  # run what waits: a pipelined request, a refusal held back, the server's drain
+NEXT_READ: Final = 4  # nothing waits: read the next request
 
 # What a connection with no active request does once the queue is empty (:func:`when_idle`).
-IDLE_READ = 1  # read on
-IDLE_REFUSE = 2  # write the refusal held back for bad bytes after the answered requests, close
-IDLE_CLOSE = 3  # the server drains and no request is under way: close
+IDLE_READ: Final = 1  # read on
+IDLE_REFUSE: Final = (
+    2  # write the refusal held back for bad bytes after the answered requests, close
+)
+IDLE_CLOSE: Final = 3  # the server drains and no request is under way: close
 
 
 def after_exchange(

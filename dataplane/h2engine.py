@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .forwarded import forwarded_value
 from .h2frames import (
@@ -75,14 +75,14 @@ log = logging.getLogger("dataplane.h2")
 
 # What we let a peer send before acknowledging it: per stream and per connection. The buffers
 # of a stream never exceed its window, so these bound memory.
-STREAM_WINDOW = 256 * 1024
-CONNECTION_WINDOW = 4 * 1024 * 1024
-MAX_STREAMS = 1000
-MAX_STREAM_ID = 2**31 - 1
-_HOP = frozenset(
+STREAM_WINDOW: Final = 256 * 1024
+CONNECTION_WINDOW: Final = 4 * 1024 * 1024
+MAX_STREAMS: Final = 1000
+MAX_STREAM_ID: Final = 2**31 - 1
+_HOP: Final = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
-_STATUS_FAMILY = {101}
+_STATUS_FAMILY: Final = {101}
 
 
 def _connection(client: bool) -> H2Conn:

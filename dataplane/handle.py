@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from .http1 import error_body_headers
 from .timeouts import RequestDeadlines, TimeoutPolicy
@@ -27,7 +27,7 @@ __all__ = ["RequestHandle"]
 
 log = logging.getLogger("dataplane.proxy")
 
-_CRLF = b"\r\n"
+_CRLF: Final = b"\r\n"
 
 
 class RequestHandle:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from .h1core import (
     HOST_BYTES,
@@ -54,6 +54,7 @@ from .h1reader import (
     FEED_WAIT,
     H1Request,
     RequestReader,
+    ResponseReader,
 )
 from .handle import RequestHandle
 from .http1 import (
@@ -75,20 +76,20 @@ __all__ = ["Exchange", "HTTPServer", "ServerConfig", "ServerConnection"]
 
 log = logging.getLogger("dataplane.proxy")
 
-_CRLF = b"\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
+_CRLF: Final = b"\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
 
 # Reasons for pausing reads on a downstream connection (bit mask).
-P_BODY = 1  # request body buffered while waiting for an upstream
-P_UPSTREAM = 2  # upstream cannot take more (its transport paused writing)
-P_PIPELINE = 4  # a pipelined request waits for the current one
+P_BODY: Final = 1  # request body buffered while waiting for an upstream
+P_UPSTREAM: Final = 2  # upstream cannot take more (its transport paused writing)
+P_PIPELINE: Final = 4  # a pipelined request waits for the current one
 
-_DISCARD_LIMIT = 256 * 1024
+_DISCARD_LIMIT: Final = 256 * 1024
 # Go's transport replays a request on a fresh connection only for these methods (or with an
 # Idempotency-Key header), and only when the reused connection failed before any response.
-_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
-_LINGER = 0.5  # seconds to keep reading (and discarding) after closing our side
-_SWEEP_INTERVAL = 0.05
+_IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
+_LINGER: Final = 0.5  # seconds to keep reading (and discarding) after closing our side
+_SWEEP_INTERVAL: Final = 0.05
 
 
 class ServerConfig:
@@ -152,8 +153,8 @@ class ServerConfig:
 #: How long an ``Expect: 100-continue`` request waits for the app's own ``100 Continue`` before
 #: the proxy invites the body itself (Go's http.Transport ExpectContinueTimeout, which
 #: Knative's transports keep).
-EXPECT_CONTINUE_TIMEOUT = 1.0
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+EXPECT_CONTINUE_TIMEOUT: Final = 1.0
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Exchange(H1Request):
@@ -394,30 +395,29 @@ class Exchange(H1Request):
             up.transport.write(self._last_chunk())
 
     # -- response (from UpstreamConnection) ------------------------------------------------
-    def relay_interim(self, up: UpstreamConnection, status: int) -> None:
+    def relay_interim(self, r: ResponseReader, status: int) -> None:
         if not interim_relayed(self.version, self.resp_started, status, self.sent_continue):
             return  # (a late 100 Continue: said already, see _continue_anyway)
         if status == 100:
             self.sent_continue = True
-        self.out += (status_line(status), *up.resp_out, _CRLF)
+        self.out += (status_line(status), *r.resp_out, _CRLF)
 
-    def response_head(self, up: UpstreamConnection, status: int) -> None:
+    def response_head(self, r: ResponseReader, status: int) -> None:
         self.resp_status = status
         conn = self.conn
         method = self.method
         if method == b"HEAD":
-            up.stale_parser = True
-            up.resp_complete = True
+            r.head_only()
         mode, close, head = response_start(
             method,
             status,
             self.version,
-            up.resp_chunked,
-            up.resp_clen,
-            up.resp_out,
-            up.resp_conn,
+            r.resp_chunked,
+            r.resp_clen,
+            r.resp_out,
+            r.resp_conn,
             self.resp_extra,
-            b"" if up.saw_date else conn.server.date.line(),
+            b"" if r.saw_date else conn.server.date.line(),
             must_close(
                 self.keep_alive,
                 self.server.shutting_down,
@@ -426,7 +426,7 @@ class Exchange(H1Request):
                 self.sent_continue,
                 self.body_done,
             ),
-            up.resp_trailer,
+            r.resp_trailer,
         )
         self.resp_mode = mode
         if close:
@@ -455,9 +455,10 @@ class Exchange(H1Request):
 
     def upstream_complete(self, up: UpstreamConnection) -> None:
         """The upstream response is complete: finish the client response, pool the connection."""
+        r = up.reader
         if self.resp_mode == M_CHUNKED:
-            if up.trailers:
-                self.out += (b"0\r\n", *up.trailers, _CRLF)
+            if r.trailers:
+                self.out += (b"0\r\n", *r.trailers, _CRLF)
             else:
                 self.out.append(_LAST_CHUNK)
         self.flush_out()
@@ -465,8 +466,8 @@ class Exchange(H1Request):
         pool = self.pool
         assert pool is not None
         if not up.closed and upstream_reusable(
-            up.keep_alive,
-            up.resp_clen is not None or up.resp_chunked,
+            r.keep_alive,
+            r.resp_clen is not None or r.resp_chunked,
             self.resp_mode,
             self.body_done,
             self.upgrade,
@@ -480,10 +481,11 @@ class Exchange(H1Request):
         """The upstream connection closed while this exchange was using it."""
         if self.done:
             return
-        framed = up.resp_clen is not None or up.resp_chunked
+        r = up.reader
+        framed = r.resp_clen is not None or r.resp_chunked
         if ends_with_close(exc is not None, self.resp_started, framed, self.resp_mode):
             self.flush_out()
-            up.resp_complete = True
+            r.resp_complete = True
             self.upstream_complete(up)
             return
         self.upstream_failed(up, upstream_error_text(exc))
@@ -516,7 +518,8 @@ class Exchange(H1Request):
     def start_tunnel(self, up: UpstreamConnection, rest: bytes) -> None:
         """The upstream answered 101: relay the head, then copy bytes both ways."""
         conn = self.conn
-        if not self.upgrade or up.parser.get_status_code() != 101:
+        r = up.reader
+        if not self.upgrade or r.status != 101:
             self.upstream_failed(up, "unexpected protocol switch from upstream")
             return
         if self.deadline:
@@ -526,10 +529,10 @@ class Exchange(H1Request):
         self.deadlines = None
         self.resp_status = 101
         self.resp_started = True
-        head = [status_line(101), *up.resp_out]
+        head = [status_line(101), *r.resp_out]
         if self.resp_extra:  # the handler's lines (the activator's wait header) are on a 101 too
             head.append(self.resp_extra)
-        head += (b"Connection: Upgrade\r\nUpgrade: ", up.resp_upgrade or b"", _CRLF, _CRLF)
+        head += (b"Connection: Upgrade\r\nUpgrade: ", r.resp_upgrade or b"", _CRLF, _CRLF)
         if rest:
             head.append(rest)
         conn.transport.write(b"".join(head))

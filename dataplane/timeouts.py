@@ -9,11 +9,11 @@ and asks :meth:`RequestDeadlines.expired` when it fires; writes only update a ti
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = ["RequestDeadlines", "TimeoutPolicy"]
 
-_INF = float("inf")
+_INF: Final = float("inf")
 
 
 class TimeoutPolicy(NamedTuple):

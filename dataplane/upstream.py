@@ -1,10 +1,11 @@
 """Upstream side of the proxy engine: one keep-alive pool per destination.
 
-A pooled :class:`UpstreamConnection` is an ``asyncio.Protocol`` with an httptools response
-parser; while it serves an exchange it feeds that exchange's callbacks directly (no Task, no
-queue). Idle connections live on a LIFO stack, so the least recently used ones age out first;
-a once-a-second sweep closes those idle longer than ``idle_timeout`` (shorter than the idle
-timeouts of common app servers, so we close first and rarely race a server-side close).
+A pooled :class:`UpstreamConnection` is an ``asyncio.Protocol`` that feeds what it reads to
+a sans-I/O :class:`~dataplane.h1reader.ResponseReader`; while it serves an exchange, the reader
+reports the response to that exchange directly (no Task, no queue). Idle connections live on a
+LIFO stack, so the least recently used ones age out first; a once-a-second sweep closes those
+idle longer than ``idle_timeout`` (shorter than the idle timeouts of common app servers, so we
+close first and rarely race a server-side close).
 
 New connections dial with Knative's back-off (``DialWithBackOff``): only *timeouts* are
 retried, 50 ms first, x1.4 per step with +-10 % jitter, 30-60 ms pauses, 16 attempts in all;
@@ -21,19 +22,7 @@ import sys
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-import httptools
-
-from .http1 import (
-    R_CLEN,
-    R_CONNECTION,
-    R_DATE,
-    R_TENC,
-    R_TRAILER,
-    R_UPGRADE,
-    RAW_NAMES_MAX,
-    RESP_ACTIONS,
-    trailer_names,
-)
+from .h1reader import FEED_ERROR, FEED_UPGRADE, ResponseReader
 from .sockets import ip_family
 
 if TYPE_CHECKING:
@@ -41,17 +30,6 @@ if TYPE_CHECKING:
     from .tls import UpstreamTLS
 
 __all__ = ["DialError", "UpstreamConnection", "UpstreamPool", "UpstreamUser"]
-
-_SEP = b": "
-_CRLF = b"\r\n"
-
-# RESP_ACTIONS by response header name as upstreams spell it ("Content-Length"), -1 for a
-# name passed through: learnt as names arrive, bounded (RAW_NAMES_MAX); saves a lower() a header.
-_RESP_RAW: dict[bytes, int] = {}
-
-
-class _BadResponse(Exception):
-    """Raised from a parser callback to stop parsing an unacceptable response."""
 
 
 class DialError(Exception):
@@ -71,11 +49,11 @@ class UpstreamUser(Protocol):
     def connect_failed(self, reason: str) -> None:
         """No connection could be made."""
 
-    def relay_interim(self, up: UpstreamConnection, status: int) -> None:
+    def relay_interim(self, r: ResponseReader, status: int) -> None:
         """A 1xx response head (other than 101) arrived."""
 
-    def response_head(self, up: UpstreamConnection, status: int) -> None:
-        """The final response head arrived (``up.resp_*`` describe it)."""
+    def response_head(self, r: ResponseReader, status: int) -> None:
+        """The final response head arrived (``r.resp_*`` describe it)."""
 
     def response_body(self, data: bytes) -> None: ...
 
@@ -112,23 +90,10 @@ class UpstreamConnection(asyncio.Protocol):
         "exchange",
         "got_bytes",
         "idle_since",
-        "in_trailers",
-        "interim",
-        "keep_alive",
-        "parser",
         "pool",
         "read_paused",
-        "resp_chunked",
-        "resp_clen",
-        "resp_complete",
-        "resp_conn",
-        "resp_out",
-        "resp_trailer",
-        "resp_upgrade",
+        "reader",
         "reused",
-        "saw_date",
-        "stale_parser",
-        "trailers",
         "transport",
         "tunnel",
         "write_paused",
@@ -137,7 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = httptools.HttpResponseParser(self)
+        self.reader = ResponseReader()
         # Typed as the one UpstreamUser there is: mypyc then calls it natively (through the
         # Protocol: +860 instructions per proxied request, measured with callgrind).
         self.exchange: Exchange | None = None
@@ -148,22 +113,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.tunnel = False
-        self.stale_parser = False
-        self._reset_response()
-
-    def _reset_response(self) -> None:
-        self.resp_out: list[bytes] = []
-        self.resp_clen: bytes | None = None
-        self.resp_chunked = False
-        self.resp_conn: bytes | None = None
-        self.resp_upgrade: bytes | None = None
-        self.resp_trailer: bytes | None = None
-        self.saw_date = False
-        self.interim = False
-        self.in_trailers = False
-        self.trailers: list[bytes] | None = None
-        self.resp_complete = False
-        self.keep_alive = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -179,25 +128,14 @@ class UpstreamConnection(asyncio.Protocol):
             ex.tunnel_from_upstream(data)
             return
         self.got_bytes = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as up:
+        reader = self.reader
+        step = reader.feed(data, ex)
+        if step == FEED_UPGRADE:
             ex.flush_out()
-            ex.start_tunnel(self, data[up.args[0] :])
-            return
-        except httptools.HttpParserError as e:
-            # (distinct names per clause: mypyc types an ``except ... as`` name by its first
-            # clause, and this clause catches errors that are not upgrades)
-            if self.resp_complete:
-                # Bytes after the complete response (a second response, junk): the response
-                # stands, the connection is not reused.
-                self.keep_alive = False
-            else:
-                cause = e.__context__
-                reason = str(cause) if isinstance(cause, _BadResponse) else str(e)
-                ex.upstream_failed(self, f"malformed response from upstream: {reason}")
-                return
-        if self.resp_complete:
+            ex.start_tunnel(self, reader.rest)
+        elif step == FEED_ERROR:
+            ex.upstream_failed(self, f"malformed response from upstream: {reader.error}")
+        elif reader.resp_complete:
             ex.upstream_complete(self)  # flushes the client-bound bytes with the last chunk
         else:
             ex.flush_out()
@@ -230,78 +168,6 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is not None:
             ex.upstream_resumed()
 
-    # -- httptools callbacks ---------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self.resp_complete:
-            raise _BadResponse("more than one response")  # stops the parser here
-        self._reset_response()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_trailers:
-            if self.trailers is None:
-                self.trailers = []
-            self.trailers += (name, _SEP, value, _CRLF)
-            return
-        act = _RESP_RAW.get(name, -2)
-        if act == -2:  # a name not seen yet (as spelt)
-            act = RESP_ACTIONS.get(name.lower(), -1)
-            if len(_RESP_RAW) < RAW_NAMES_MAX:
-                _RESP_RAW[name] = act
-        if act < 0:
-            self.resp_out += (name, _SEP, value, _CRLF)
-        elif act == R_CLEN:
-            self.resp_clen = value
-        elif act == R_TENC:
-            if value.strip().lower() != b"chunked":
-                raise _BadResponse(f"unsupported transfer encoding: {value.decode('latin-1')}")
-            self.resp_chunked = True
-        elif act == R_DATE:
-            self.saw_date = True
-            self.resp_out += (name, _SEP, value, _CRLF)
-        elif act == R_CONNECTION:
-            self.resp_conn = value if self.resp_conn is None else self.resp_conn + b"," + value
-        elif act == R_UPGRADE:
-            self.resp_upgrade = value
-        elif act == R_TRAILER:
-            prior = self.resp_trailer
-            self.resp_trailer = value if prior is None else prior + b"," + value
-        # R_DROP: hop-by-hop, not forwarded
-
-    def on_headers_complete(self) -> None:
-        ex = self.exchange
-        assert ex is not None
-        status = self.parser.get_status_code()
-        if status < 200:
-            self.interim = True
-            if status != 101:
-                ex.relay_interim(self, status)
-            return
-        self.in_trailers = True
-        if self.resp_trailer is not None:
-            # Go's client reads a Trailer announcement only on a chunked response, and its
-            # ReverseProxy announces those names again (Trailer itself is hop-by-hop).
-            if self.resp_chunked:
-                names = trailer_names(self.resp_trailer, b", ")
-                if names is None:
-                    raise _BadResponse("bad trailer key")
-                self.resp_trailer = names or None
-            else:
-                self.resp_trailer = None
-        # Read now: once the message completes the parser state is reset.
-        self.keep_alive = self.parser.should_keep_alive()
-        ex.response_head(self, status)
-
-    def on_body(self, body: bytes) -> None:
-        ex = self.exchange
-        if ex is not None:
-            ex.response_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            return
-        self.resp_complete = True
-
     # -- pool side -------------------------------------------------------------------------
     def close(self) -> None:
         if not self.closed:
@@ -317,12 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def prepare_reuse(self) -> None:
         self.got_bytes = False
-        self.resp_complete = False
-        if self.stale_parser:
-            # A HEAD response left the parser expecting a body that never comes.
-            self.parser = httptools.HttpResponseParser(self)
-            self.stale_parser = False
-        # (response state is reset by on_message_begin when the response starts)
+        self.reader.next_response()
 
 
 def _dial_error_text(host: str, port: int, exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from dataplane.breaker import Breaker, QueueFullError, Waiter
 from dataplane.proxy import ServerConfig
@@ -41,7 +41,7 @@ log = logging.getLogger("queueproxy")
 
 # The request headers this handler (and its tracer and request log) reads, declared to the
 # engine in the server's config (ServerConfig(index_headers=..., strip_headers=...)).
-INDEXED_HEADERS = (
+INDEXED_HEADERS: Final = (
     b"user-agent",
     b"k-network-probe",
     b"k-network-hash",
@@ -52,9 +52,9 @@ INDEXED_HEADERS = (
     b"referer",
 )
 # Knative's routing headers end at the queue-proxy (never reach the user container).
-STRIPPED_HEADERS = (b"knative-serving-revision", b"knative-serving-namespace")
+STRIPPED_HEADERS: Final = (b"knative-serving-revision", b"knative-serving-namespace")
 # Set by the activator/ingress: the Host the user container must see (ServerConfig.host_from).
-ORIGINAL_HOST = b"k-original-host"
+ORIGINAL_HOST: Final = b"k-original-host"
 
 
 def server_config(**limits: Any) -> ServerConfig:
@@ -68,14 +68,16 @@ def server_config(**limits: Any) -> ServerConfig:
     )
 
 
-_HEALTH_UAS = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
-_TEXT = b"Content-Type: text/plain; charset=utf-8\r\n"
+_HEALTH_UAS: Final = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
+_TEXT: Final = b"Content-Type: text/plain; charset=utf-8\r\n"
 
 # ctx codes of an exchange on the fast path
-_DIRECT = 0
-_PROXIED = 1
-_SLOT = 2  # holds a breaker slot
-_PROBE = 4  # a probe (any K-Network-Probe value): proxied and counted, but not logged/measured
+_DIRECT: Final = 0
+_PROXIED: Final = 1
+_SLOT: Final = 2  # holds a breaker slot
+_PROBE: Final = (
+    4  # a probe (any K-Network-Probe value): proxied and counted, but not logged/measured
+)
 
 
 class _Queued:

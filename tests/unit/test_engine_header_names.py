@@ -3,7 +3,7 @@ spellings seen (ServerConfig.raw_actions for requests, the upstream side's for r
 
 from __future__ import annotations
 
-from dataplane import upstream
+from dataplane import h1reader
 from dataplane.http1 import RAW_NAMES_MAX
 from dataplane.proxy import ServerConfig
 
@@ -48,6 +48,6 @@ def test_response_header_spellings_are_classified_and_bounded() -> None:
     up.feed(response(b"200 OK", b"CONTENT-LENGTH: 2", b"X-Odd: 1") + b"ok")
     got = c.take()
     assert b"Content-Length: 2\r\n" in got and got.endswith(b"\r\n\r\nok")
-    assert upstream._RESP_RAW[b"CONTENT-LENGTH"] >= 0
-    assert upstream._RESP_RAW[b"X-Odd"] == -1
-    assert len(upstream._RESP_RAW) <= RAW_NAMES_MAX
+    assert h1reader._RESP_RAW[b"CONTENT-LENGTH"] >= 0
+    assert h1reader._RESP_RAW[b"X-Odd"] == -1
+    assert len(h1reader._RESP_RAW) <= RAW_NAMES_MAX

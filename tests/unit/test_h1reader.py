@@ -1,5 +1,6 @@
-"""Reading HTTP/1.1 requests sans I/O (dataplane/h1reader.py): byte strings in, the sink's
-record of parsed requests out. No transport, loop or server is involved."""
+"""Reading HTTP/1.1 requests and responses sans I/O (dataplane/h1reader.py): byte strings in,
+the sink's record of what was parsed out. No transport, loop or server is involved. (The sinks
+here are the tests' own: this runs on the interpreted build, where any sink will do.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataplane.h1reader import (
     H2_PREFACE,
     H1Request,
     RequestReader,
+    ResponseReader,
 )
 from dataplane.http1 import request_actions
 
@@ -298,3 +300,148 @@ class TestSwitching:
         r = reader(sink, sniff_h2=True)
         assert r.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") == FEED_OK
         assert sink.events == [("begin", 0), ("head", 0), ("end", 0)]
+
+
+# -- responses -----------------------------------------------------------------------------------
+class Answer:
+    """Records what a ResponseReader reports to the request it answers."""
+
+    def __init__(self, method: bytes = b"GET") -> None:
+        self.method = method
+        self.events: list[tuple[object, ...]] = []
+
+    def relay_interim(self, r: ResponseReader, status: int) -> None:
+        self.events.append(("interim", status, b"".join(r.resp_out)))
+
+    def response_head(self, r: ResponseReader, status: int) -> None:
+        self.events.append(("head", status))
+        if self.method == b"HEAD":
+            r.head_only()
+
+    def response_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+
+def feed_response(r: ResponseReader, data: bytes, sink: Answer, step: int = 0) -> list[int]:
+    if not step:
+        return [r.feed(data, sink)]  # type: ignore[arg-type]
+    return [r.feed(data[i : i + step], sink) for i in range(0, len(data), step)]  # type: ignore[arg-type]
+
+
+OK_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 07 Dec 2026 19:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nhello"
+)
+
+
+class TestResponses:
+    @pytest.mark.parametrize("step", [0, 1, 9])
+    def test_content_length_response(self, step: int) -> None:
+        r, a = ResponseReader(), Answer()
+        assert set(feed_response(r, OK_RESPONSE, a, step)) == {FEED_OK}
+        assert a.events[0] == ("head", 200)
+        assert b"".join(e[1] for e in a.events[1:]) == b"hello"  # type: ignore[misc]
+        assert r.resp_complete and r.keep_alive and r.status == 200
+        assert r.resp_clen == b"5" and not r.resp_chunked and r.saw_date
+        # passed through as spelt; Content-Length and hop-by-hop Keep-Alive kept apart
+        assert b"".join(r.resp_out) == (
+            b"Server: nginx\r\nDate: Mon, 07 Dec 2026 19:00:00 GMT\r\nContent-Type: text/plain\r\n"
+        )
+
+    def test_chunked_with_announced_trailers(self) -> None:
+        r, a = ResponseReader(), Answer()
+        data = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status, x-sum\r\n\r\n"
+            b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-sum: 3\r\n\r\n"
+        )
+        assert r.feed(data, a) == FEED_OK  # type: ignore[arg-type]
+        assert r.resp_chunked and r.resp_complete
+        assert r.resp_trailer == b"Grpc-Status, X-Sum"  # canonical, as Go announces them
+        assert r.trailers == [b"grpc-status", b": ", b"0", b"\r\n", b"x-sum", b": ", b"3", b"\r\n"]
+        assert ("body", b"abc") in a.events
+
+    def test_trailer_announced_without_chunking_is_dropped(self) -> None:
+        r, a = ResponseReader(), Answer()
+        r.feed(b"HTTP/1.1 200 OK\r\nTrailer: x-sum\r\nContent-Length: 0\r\n\r\n", a)  # type: ignore[arg-type]
+        assert r.resp_trailer is None and r.resp_complete
+
+    def test_interim_responses_come_before_the_final_one(self) -> None:
+        r, a = ResponseReader(), Answer()
+        data = (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 204 No Content\r\n\r\n"
+        )
+        assert r.feed(data, a) == FEED_OK  # type: ignore[arg-type]
+        assert a.events == [
+            ("interim", 100, b""),
+            ("interim", 103, b"Link: </s.css>; rel=preload\r\n"),
+            ("head", 204),
+        ]
+        assert r.resp_complete
+
+    def test_switching_protocols_hands_back_the_rest(self) -> None:
+        r, a = ResponseReader(), Answer()
+        data = (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        assert r.feed(data + b"\x81\x02hi", a) == FEED_UPGRADE  # type: ignore[arg-type]
+        assert r.rest == b"\x81\x02hi" and r.status == 101 and r.resp_upgrade == b"websocket"
+        assert a.events == []  # a 101 is neither relayed as interim nor a final head
+
+    def test_connection_close_ends_keep_alive(self) -> None:
+        r, a = ResponseReader(), Answer()
+        r.feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", a)  # type: ignore[arg-type]
+        assert not r.keep_alive and r.resp_conn == b"close"
+
+    def test_bytes_after_the_response_keep_it_but_end_reuse(self) -> None:
+        r, a = ResponseReader(), Answer()
+        assert r.feed(OK_RESPONSE + b"HTTP/1.1 200 OK\r\n\r\n", a) == FEED_OK  # type: ignore[arg-type]
+        assert r.resp_complete and not r.keep_alive
+        assert [e for e in a.events if e[0] == "head"] == [("head", 200)]
+
+    @pytest.mark.parametrize(
+        ("data", "reason"),
+        [
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "unsupported transfer encoding: gzip",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Content-Length\r\n\r\n",
+                "bad trailer key",
+            ),
+        ],
+    )
+    def test_refused_responses(self, data: bytes, reason: str) -> None:
+        r, a = ResponseReader(), Answer()
+        assert r.feed(data, a) == FEED_ERROR  # type: ignore[arg-type]
+        assert r.error == reason
+
+    def test_garbage_is_refused_with_llhttp_reason(self) -> None:
+        r = ResponseReader()
+        assert r.feed(b"HTTP/1.1 2x0 OK\r\n\r\n", Answer()) == FEED_ERROR  # type: ignore[arg-type]
+        assert r.error
+
+    def test_head_response_then_reuse(self) -> None:
+        # A HEAD response has a Content-Length but no body: the reader ends it at its head and
+        # a reused connection's next response parses from a clean state.
+        r = ResponseReader()
+        head = Answer(b"HEAD")
+        assert r.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", head) == FEED_OK  # type: ignore[arg-type]
+        assert r.resp_complete and head.events == [("head", 200)]
+        r.next_response()
+        assert not r.resp_complete
+        get = Answer()
+        assert r.feed(OK_RESPONSE, get) == FEED_OK  # type: ignore[arg-type]
+        assert get.events[0] == ("head", 200) and r.resp_complete
+        assert b"".join(e[1] for e in get.events[1:]) == b"hello"  # type: ignore[misc]
+
+    def test_reused_connection_parses_the_next_response(self) -> None:
+        r = ResponseReader()
+        r.feed(OK_RESPONSE, Answer())  # type: ignore[arg-type]
+        r.next_response()
+        second = Answer()
+        assert r.feed(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", second) == FEED_OK  # type: ignore[arg-type]
+        assert second.events == [("head", 404)] and r.resp_complete
+        assert r.resp_out == [] and r.resp_clen == b"0" and not r.saw_date  # nothing left over
