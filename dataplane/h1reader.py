@@ -519,6 +519,8 @@ class ResponseReader:
             # Bytes after the complete response (a second response, junk): the response
             # stands, the connection is not reused.
             self.keep_alive = False
+        finally:
+            self._sink = None  # (a pooled connection keeps no finished request alive)
         return FEED_OK
 
     def head_only(self) -> None:

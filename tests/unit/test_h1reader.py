@@ -4,6 +4,8 @@ here are the tests' own: this runs on the interpreted build, where any sink will
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 from dataplane.h1core import XFF_FIRST
@@ -445,3 +447,11 @@ class TestResponses:
         assert r.feed(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", second) == FEED_OK  # type: ignore[arg-type]
         assert second.events == [("head", 404)] and r.resp_complete
         assert r.resp_out == [] and r.resp_clen == b"0" and not r.saw_date  # nothing left over
+
+    def test_the_reader_keeps_no_request_alive_after_a_read(self) -> None:
+        # A pooled connection's reader outlives the request it last answered.
+        r, a = ResponseReader(), Answer()
+        r.feed(OK_RESPONSE, a)  # type: ignore[arg-type]
+        gone = weakref.ref(a)
+        del a
+        assert gone() is None
