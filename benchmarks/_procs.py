@@ -218,13 +218,20 @@ def process_tree(root: int) -> list[int]:
 
 def tree_cpu_seconds(root: int) -> float:
     """utime+stime (and reaped children's cutime+cstime) summed over the process tree."""
-    ticks = 0
+    return sum(tree_cpu_split(root))
+
+
+def tree_cpu_split(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process tree (reaped children's included): the
+    system part is the kernel's work for it (socket reads and writes, polling)."""
+    user = system = 0
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is not None:
             # After the name: state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14.
-            ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return ticks / CLK_TCK
+            user += int(fields[11]) + int(fields[13])
+            system += int(fields[12]) + int(fields[14])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def _status_kib(pid: int, key: str) -> int:

@@ -99,6 +99,8 @@ class Run:
     # Activator targets: the two processes' shares of cpu_us_per_req.
     activator_cpu_us_per_req: float | None = None
     qp_cpu_us_per_req: float | None = None
+    # The kernel's part of cpu_us_per_req (system time of the measured processes).
+    sys_us_per_req: float | None = None
 
 
 @dataclass
@@ -642,15 +644,20 @@ class Bench:
             _procs.reset_tree_hwm(pid)
         if self.args.warmup:
             self.wrk(target.port, workload, self.args.warmup, target.host, target.address)
-        cpu0 = _procs.tree_cpu_seconds(pid) if pid is not None else 0.0
-        qp_cpu0 = _procs.tree_cpu_seconds(qp_pid) if qp_pid is not None else 0.0
+        split0 = _procs.tree_cpu_split(pid) if pid is not None else (0.0, 0.0)
+        qp_split0 = _procs.tree_cpu_split(qp_pid) if qp_pid is not None else (0.0, 0.0)
         busy0 = _procs.cpu_busy_ticks()
         t0 = time.perf_counter()
         result = self.wrk(target.port, workload, self.args.duration, target.host, target.address)
         wall = time.perf_counter() - t0
-        own = (_procs.tree_cpu_seconds(pid) - cpu0) if pid is not None else None
-        qp_cpu = (_procs.tree_cpu_seconds(qp_pid) - qp_cpu0) if qp_pid is not None else None
+        split = _procs.tree_cpu_split(pid) if pid is not None else None
+        qp_split = _procs.tree_cpu_split(qp_pid) if qp_pid is not None else None
+        own = None if split is None else sum(split) - sum(split0)
+        qp_cpu = None if qp_split is None else sum(qp_split) - sum(qp_split0)
         cpu = None if own is None else own + (qp_cpu or 0.0)
+        system = None
+        if split is not None:
+            system = split[1] - split0[1] + (qp_split[1] - qp_split0[1] if qp_split else 0.0)
         busy = _procs.cpu_busy_percent(busy0, _procs.cpu_busy_ticks())
         if result is None or result["requests"] == 0:
             target.error = f"wrk got no responses for {workload.name}{_procs.log_tail(target.log)}"
@@ -697,6 +704,7 @@ class Bench:
                     1e6 * own / requests if own is not None and qp_cpu is not None else None
                 ),
                 qp_cpu_us_per_req=1e6 * qp_cpu / requests if qp_cpu is not None else None,
+                sys_us_per_req=1e6 * system / requests if system is not None else None,
             )
         )
 
@@ -979,8 +987,8 @@ def render(
     lw = max(len(t.label) for t in targets) + 2 if targets else 20
     runs = f"{args.duration} s x {args.repeat}, median; warm-up {args.warmup} s"
     head = (
-        f"{'target':<{lw}}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>11}{'proxy%':>7}"
-        f"{'other%':>7}{'load%':>6}{'errors':>7}{'xdirect':>8}{'xnginx':>7}{'CPUxng':>7}"
+        f"{'target':<{lw}}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>11}{'sys us':>7}"
+        f"{'proxy%':>7}{'other%':>7}{'load%':>6}{'errors':>7}{'xdirect':>8}{'xnginx':>7}{'CPUxng':>7}"
         f"{'p99xng':>7}"
     )
     for w in workloads:
@@ -998,6 +1006,7 @@ def render(
                 f"{_fmt(t.median(w.name, 'p50_ms'), '.2f'):>8}"
                 f"{_fmt(t.median(w.name, 'p99_ms'), '.2f'):>8}"
                 f"{_fmt(t.median(w.name, 'cpu_us_per_req'), '.1f'):>11}"
+                f"{_fmt(t.median(w.name, 'sys_us_per_req'), '.1f'):>7}"
                 f"{_fmt(t.median(w.name, 'proxy_core_pct'), '.0f'):>7}"
                 f"{_fmt(t.median(w.name, 'proxy_cpu_other_pct'), '.0f'):>7}"
                 f"{_fmt(t.median(w.name, 'load_core_pct'), '.0f'):>6}"
@@ -1171,6 +1180,7 @@ def to_json(
         "load_core_pct",
         "activator_cpu_us_per_req",
         "qp_cpu_us_per_req",
+        "sys_us_per_req",
     )
     return {
         "scenario": "proxy",

@@ -6,14 +6,17 @@ in where only the path matters, and the Go targets are absent when ``--go`` is n
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import __main__ as bench_main
-from benchmarks import _gobaseline, h2load, proxy
+from benchmarks import _gobaseline, _procs, h2load, proxy
 from benchmarks._procs import BenchError, StartError
 
 # Knative's queue-proxy refuses to start without these (envconfig `required:"true"`).
@@ -264,3 +267,32 @@ def test_proxy_ratios_per_build_against_go() -> None:
     # A Go target that failed to start gives no ratio line instead of a broken one.
     go.error, go.runs = "failed to start: port 8022 in use", {}
     assert proxy.compute_ratios([qp, go], wl)["vs_extra"] == {}
+
+
+def test_proxy_table_shows_the_kernel_share() -> None:
+    wl = [proxy.WORKLOADS["1k"]]
+    qp = proxy.Target("queue-proxy-cc0", "queue-proxy cc=0", "queue-proxy", ["qp"], cc=0)
+    run = _run(10000, 50, 2.0)
+    run.sys_us_per_req = 21.5
+    qp.runs["1k"] = [run]
+    ratios = proxy.compute_ratios([qp], wl)
+    goals = proxy.compute_goals([qp], ratios, wl)
+    args = argparse.Namespace(duration=3, repeat=1, warmup=1)
+    lines = proxy.render([qp], wl, ratios, goals, args).splitlines()
+    head = next(line for line in lines if line.startswith("target"))
+    row = next(line for line in lines if line.startswith("queue-proxy cc=0 "))
+    col = head.index("sys us") + len("sys us")
+    assert row[col - 7 : col].strip() == "21.5"
+
+
+def test_cpu_split_puts_a_child_s_reads_in_system_time() -> None:
+    # 1,000 reads of 1 MiB from /dev/zero: the copying is the kernel's.
+    code = (
+        "import os\nf = os.open('/dev/zero', os.O_RDONLY)\n"
+        "for _ in range(1000): os.read(f, 1 << 20)"
+    )
+    user0, system0 = _procs.tree_cpu_split(os.getpid())
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    user, system = _procs.tree_cpu_split(os.getpid())  # the reaped child counts (cstime)
+    assert system - system0 > user - user0  # (the child's start-up is most of its user time)
+    assert abs(user + system - _procs.tree_cpu_seconds(os.getpid())) < 0.05
