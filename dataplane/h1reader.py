@@ -1,4 +1,4 @@
-"""Reading HTTP/1.1 requests, sans I/O: bytes in, parsed requests and their bodies out.
+"""Reading HTTP/1.1 requests and responses, sans I/O: bytes in, parsed messages out.
 
 A :class:`RequestReader` is fed what a client connection reads (:meth:`RequestReader.feed`)
 and tells its sink what the bytes held: a request begun (the sink makes its object), its head
@@ -11,6 +11,11 @@ loop or a timer, so a test is byte strings in and the sink's record out
 (tests/unit/test_h1reader.py); :class:`dataplane.proxy.ServerConnection` is the sink on a real
 socket and decides what to do with each request (serve it, queue it behind the one being
 answered, refuse the connection).
+
+A :class:`ResponseReader` does the same for an upstream connection's responses, one per request:
+fed each read with the request it answers as the sink, it reports 1xx heads, the final head (its
+framing and connection headers kept apart from those passed through), body pieces and the end,
+or refuses what Go's transport refuses; :class:`dataplane.upstream.UpstreamConnection` feeds it.
 
 Parsing is llhttp's (httptools), whose callbacks land here; the reader adds what Go's server
 does and llhttp does not: limits on the request line and header block, header names indexed as
