@@ -28,6 +28,7 @@ COMPILED_GROUPS = {
         "dataplane/h1reader.py",
         "dataplane/handle.py",
         "queueproxy/handler.py",
+        "queueproxy/drain.py",
     ],
     "knd_h2": [
         "dataplane/h2stream.py",
