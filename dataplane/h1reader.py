@@ -208,7 +208,10 @@ class RequestReader:
         if in_head:
             self._head_seen += len(data)
         try:
-            if (in_head or self._body_ends_before(len(data))) and not data.isascii():
+            # Fed line by line: a head with bytes >= 0x80, and a read in which a body may end
+            # with more bytes after it (a pipelined request, whose request line must be
+            # followed across reads in case its target holds such bytes).
+            if not data.isascii() if in_head else self._body_may_end_in(data):
                 self._feed_8bit(data)
             else:
                 self._parser.feed_data(data)
@@ -268,11 +271,16 @@ class RequestReader:
             return -1
         return int(clen) - self._body_seen
 
-    def _body_ends_before(self, n: int) -> bool:
-        """A read of ``n`` bytes arrives in a body: does the body end within it, so that a
+    def _body_may_end_in(self, data: bytes) -> bool:
+        """A read arrives in a body: may the body end within it with bytes after it, so that a
         pipelined request follows (whose target may hold bytes >= 0x80, which llhttp refuses)?
-        One lookup per read of a body that spans reads; its bytes are scanned only if so."""
-        return 0 <= self._body_left() < n
+        A Content-Length body: one lookup. A chunked body can only end after an empty line:
+        two searches of the read (and a look at its first bytes, for an ending split across
+        reads)."""
+        ex = self.parsing
+        if ex is not None and ex.req_chunked:
+            return b"\n\r\n" in data or b"\n\n" in data or data[:1] == b"\n" or data[:2] == b"\r\n"
+        return 0 <= self._body_left() < len(data)
 
     def _feed_8bit(self, data: bytes) -> None:
         """Feed a read of a head that holds bytes >= 0x80 (rare).
@@ -291,6 +299,12 @@ class RequestReader:
             if ex is None:
                 line_open = True  # between messages: a request line comes next
             elif ex.headers_complete:  # a body
+                if ex.req_chunked:
+                    pos = self._feed_chunked(data, pos, n)
+                    if pos >= n:
+                        return
+                    line_open = True  # it ended: a request line follows
+                    continue
                 left = self._body_left()
                 if left <= 0 or pos + left >= n:
                     self._feed_from(data, pos, n)
@@ -322,6 +336,31 @@ class RequestReader:
                 line_open = False
             pos = stop
         self._line_open = line_open
+
+    def _feed_chunked(self, data: bytes, pos: int, n: int) -> int:
+        """Feed a chunked body from ``data[pos:]`` up to its end, if it ends in this read;
+        returns where the feeding stopped (``n``: all of it).
+
+        Only llhttp knows where a chunked body ends, but it can only end after an empty line:
+        the read is fed in pieces cut after each ``\n\r\n`` or ``\n\n`` (and after its first
+        ``\n``, for an ending split across reads), and the body ended when the request being
+        parsed changes. Chunk data rarely holds those patterns, so a read costs a few feeds."""
+        ex = self.parsing
+        first = data.find(b"\n", pos)
+        cut = n if first < 0 else first + 1
+        while True:
+            self._feed_from(data, pos, cut)
+            pos = cut
+            if self.parsing is not ex or pos >= n:
+                return pos
+            back = max(pos - 2, 0)  # a pattern may begin before the cut
+            cut = n
+            for pattern in (b"\n\r\n", b"\n\n"):
+                at = data.find(pattern, back)
+                while at >= 0 and at + len(pattern) <= pos:
+                    at = data.find(pattern, at + 1)
+                if at >= 0:
+                    cut = min(cut, at + len(pattern))
 
     def _feed_from(self, data: bytes, start: int, stop: int) -> None:
         try:
