@@ -22,7 +22,7 @@ import sys
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from .h1reader import FEED_ERROR, FEED_UPGRADE, ResponseReader
+from .h1reader import FEED_ERROR, FEED_UPGRADE, ResponseReader, ResponseSink
 from .sockets import ip_family
 
 if TYPE_CHECKING:
@@ -36,10 +36,11 @@ class DialError(Exception):
     """A new upstream connection could not be made; the text is Go-like for 502 bodies."""
 
 
-class UpstreamUser(Protocol):
+class UpstreamUser(ResponseSink, Protocol):
     """What an :class:`UpstreamConnection` and its pool drive: the request using the
-    connection (the HTTP/1 :class:`~dataplane.proxy.Exchange`). The connection parses the
-    response and reports it through these calls; the user frames it for its client."""
+    connection (the HTTP/1 :class:`~dataplane.proxy.Exchange`). The connection's
+    :class:`~dataplane.h1reader.ResponseReader` reports the response to it (``ResponseSink``'s
+    calls) and the connection these; the user frames the response for its client."""
 
     done: bool
 
@@ -48,14 +49,6 @@ class UpstreamUser(Protocol):
 
     def connect_failed(self, reason: str) -> None:
         """No connection could be made."""
-
-    def relay_interim(self, r: ResponseReader, status: int) -> None:
-        """A 1xx response head (other than 101) arrived."""
-
-    def response_head(self, r: ResponseReader, status: int) -> None:
-        """The final response head arrived (``r.resp_*`` describe it)."""
-
-    def response_body(self, data: bytes) -> None: ...
 
     def flush_out(self) -> None:
         """Write what the response calls so far produced (once per read)."""
