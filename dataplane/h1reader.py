@@ -211,7 +211,8 @@ class RequestReader:
             # Fed line by line: a head with bytes >= 0x80, and a read in which a body may end
             # with more bytes after it (a pipelined request, whose request line must be
             # followed across reads in case its target holds such bytes).
-            if not data.isascii() if in_head else self._body_may_end_in(data):
+            by_lines = not data.isascii() if in_head else self._body_may_end_in(data)
+            if by_lines:
                 self._feed_8bit(data)
             else:
                 self._parser.feed_data(data)
@@ -283,11 +284,12 @@ class RequestReader:
         return 0 <= self._body_left() < len(data)
 
     def _feed_8bit(self, data: bytes) -> None:
-        """Feed a read of a head that holds bytes >= 0x80 (rare).
+        """Feed a read line by line: one whose head holds bytes >= 0x80, or in which a body may
+        end with a pipelined request after it (rare either way).
 
-        Go accepts them in a request target, llhttp refuses them. So each request line is fed
-        with those bytes percent-encoded, and the target llhttp reports gets its original
-        bytes back (Go keeps a query as received and re-escapes the path: see
+        Go accepts bytes >= 0x80 in a request target, llhttp refuses them. So each request
+        line is fed with those bytes percent-encoded, and the target llhttp reports gets its
+        original bytes back (Go keeps a query as received and re-escapes the path: see
         ``go_request_target``, applied at dispatch). Header lines and bodies are fed as they
         are: llhttp accepts such bytes in header values (obs-text) and bodies."""
         parser = self._parser
@@ -353,12 +355,10 @@ class RequestReader:
             pos = cut
             if self.parsing is not ex or pos >= n:
                 return pos
-            back = max(pos - 2, 0)  # a pattern may begin before the cut
             cut = n
             for pattern in (b"\n\r\n", b"\n\n"):
-                at = data.find(pattern, back)
-                while at >= 0 and at + len(pattern) <= pos:
-                    at = data.find(pattern, at + 1)
+                # (from where a match would end past the cut: one may begin before it)
+                at = data.find(pattern, max(pos - len(pattern) + 1, 0))
                 if at >= 0:
                     cut = min(cut, at + len(pattern))
 

@@ -293,19 +293,19 @@ class Encoder:
     def encode(self, headers: list[tuple[bytes, bytes]], huffman: bool = False) -> bytes:
         """Encode a list of (name, value) byte pairs (``huffman`` is accepted and ignored: see
         the module's notes)."""
-        key = tuple(headers)
         gen = self.generation
         blocks = self.blocks
         # A list too large to encode to a short block (a bearer token, a cookie) is not looked
-        # up: hashing it would cost more than the lookup could save.
+        # up (nor copied to a key): hashing it would cost more than the lookup could save.
         raw = 0
-        if len(key) <= _BLOCK_CACHE_FIELDS:
-            for header in key:
+        if len(headers) <= _BLOCK_CACHE_FIELDS:
+            for header in headers:
                 raw += len(header[0]) + len(header[1])
         else:
             raw = _BLOCK_CACHE_RAW + 1
-        cacheable = self.pending_size < 0 and raw <= _BLOCK_CACHE_RAW
-        if cacheable:
+        key: tuple[tuple[bytes, bytes], ...] | None = None
+        if self.pending_size < 0 and raw <= _BLOCK_CACHE_RAW:
+            key = tuple(headers)
             hit = blocks.get(key)
             if hit is not None and hit[0] == gen:
                 return hit[1]
@@ -313,12 +313,12 @@ class Encoder:
         if self.pending_size >= 0:
             _encode_int(out, 0x20, self.pending_size, 5)
             self.pending_size = -1
-        for header in key:
+        for header in headers:
             name: bytes = header[0]
             value: bytes = header[1]
             self.add(out, name, value)
         block = bytes(out)
-        if cacheable and self.generation == gen and len(block) <= _BLOCK_CACHE_LEN:
+        if key is not None and self.generation == gen and len(block) <= _BLOCK_CACHE_LEN:
             # Only blocks of indices (every field already in a table) and short literals: the
             # same list gives the same bytes until the table changes.
             if len(blocks) >= _BLOCK_CACHE_MAX:
