@@ -78,6 +78,9 @@ XFF_FIRST: Final = b":xff-first"
 HOST_BYTES: Final = (
     b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!$%&'()*+,-.:;=[]_~"
 )
+#: ``1 in host.translate(HOST_MARKS)``: the Host has a byte outside HOST_BYTES (a table
+#: translate; ``translate(None, HOST_BYTES)`` would build its table again at every call).
+HOST_MARKS: Final = bytes(0 if c in HOST_BYTES else 1 for c in range(256))
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -120,7 +123,7 @@ def framing_error(
     if not host:
         if version == "1.1":
             return 400, "missing required Host header"
-    elif host.translate(None, HOST_BYTES):  # any byte left is not allowed in a Host
+    elif 1 in host.translate(HOST_MARKS):  # a byte not allowed in a Host
         return 400, "malformed Host header"
     if chunked:
         if version == "1.0":
@@ -151,7 +154,11 @@ def request_head(
     parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
     ctoks = hdr.get(b"connection")
     listed: set[bytes] = set()
-    if ctoks is not None and ctoks.lower() not in _BASIC_CONN_TOKENS:
+    if (
+        ctoks is not None
+        and ctoks not in _BASIC_CONN_TOKENS  # (as usually spelt: no lower() then)
+        and ctoks.lower() not in _BASIC_CONN_TOKENS
+    ):
         extra = listed = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
         if extra:
             for i in range(0, len(hdr_out), 4):
@@ -258,6 +265,7 @@ def response_start(
     parts = [status_line(status)]
     if (
         resp_conn is not None
+        and resp_conn not in _BASIC_CONN_TOKENS  # (as usually spelt: no lower() then)
         and resp_conn.lower() not in _BASIC_CONN_TOKENS
         and (connection_tokens(resp_conn) - _BASIC_CONN_TOKENS)
     ):

@@ -135,12 +135,14 @@ class RequestReader:
         "_hdr_bytes",
         "_hdr_count",
         "_head_seen",
+        "_line_of",
         "_line_open",
         "_max_hdr_bytes",
         "_max_hdrs",
         "_max_head_bytes",
         "_parser",
         "_raw_actions",
+        "_read",
         "_sink",
         "_sniffed",
         "error",
@@ -181,6 +183,10 @@ class RequestReader:
         self._body_seen = 0  # body bytes parsed for the request being parsed
         # A head cut across reads: whether its request line is still open (see _feed_8bit).
         self._line_open = False
+        # The read being fed when it begins with a request line (no request being parsed and
+        # fed whole), and the one the request begun first in it may read its version from.
+        self._read = b""
+        self._line_of = b""
         self.sniffing = sniff_h2
         self._sniffed = b""
         #: The request being parsed (its head, or its body), if any.
@@ -212,10 +218,12 @@ class RequestReader:
             # with more bytes after it (a pipelined request, whose request line must be
             # followed across reads in case its target holds such bytes).
             by_lines = not data.isascii() if in_head else self._body_may_end_in(data)
+            self._read = data if ex is None and not by_lines else b""
             if by_lines:
                 self._feed_8bit(data)
             else:
                 self._parser.feed_data(data)
+                self._read = b""
                 if in_head and self.parsing is not None and not self.parsing.headers_complete:
                     self._track_line(ex, data)
         except httptools.HttpParserUpgrade as e:
@@ -375,6 +383,8 @@ class RequestReader:
         self._hdr_count = self._max_hdrs
         self._line_open = False  # unknown until the read that began it is parsed
         self._body_seen = 0
+        self._line_of = self._read  # (only the first request begun in a read)
+        self._read = b""
 
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
@@ -438,7 +448,7 @@ class RequestReader:
         assert ex is not None
         p = self._parser
         ex.headers_complete = True
-        ex.version = p.get_http_version()
+        ex.version = self._version()
         ex.method = p.get_method()
         ex.keep_alive = p.should_keep_alive()
         if b"proxy-connection" in ex.hdr:  # (rare: the common request skips the call)
@@ -450,6 +460,16 @@ class RequestReader:
         if expect is not None and expect.lower() == b"100-continue":
             ex.expect_continue = True
         self._sink.head_parsed(ex)
+
+    def _version(self) -> str:
+        """The request's HTTP version, "1.1" read off its request line when the read that
+        began it holds that line whole (httptools formats a new string for each request)."""
+        line = self._line_of
+        self._line_of = b""
+        end = line.find(b"\n")
+        if end >= 10 and line[end - 10 : end] == b" HTTP/1.1\r":
+            return "1.1"  # (llhttp parsed this line: its last word is the version)
+        return self._parser.get_http_version()
 
     def on_body(self, body: bytes) -> None:
         self._body_seen += len(body)

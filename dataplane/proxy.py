@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from .h1core import (
-    HOST_BYTES,
+    HOST_MARKS,
     IDLE_CLOSE,
     IDLE_REFUSE,
     M_CHUNKED,
@@ -890,7 +890,7 @@ class ServerConnection(asyncio.Protocol):
         # (the common request, a valid Host and no Transfer-Encoding, skips the call)
         bad = (
             framing_error(ex.version, host, ex.req_chunked, hdr.get(b"transfer-encoding"))
-            if not host or ex.req_chunked or host.translate(None, HOST_BYTES)
+            if not host or ex.req_chunked or 1 in host.translate(HOST_MARKS)
             else None
         )
         if bad is not None:

@@ -117,6 +117,50 @@ class TestHeads:
         assert b"".join(req.hdr_out) == (b"User-Agent: t\r\nK-Proxy-Request: activator\r\n")
         assert r.parsing is None
 
+    @pytest.mark.parametrize("step", [0, 1, 5, 16])
+    @pytest.mark.parametrize(
+        "versions",
+        [("1.1",), ("1.0",), ("1.1", "1.0", "1.1"), ("1.0", "1.1"), ("1.0", "1.0")],
+    )
+    def test_each_request_gets_its_own_version(self, versions: tuple[str, ...], step: int) -> None:
+        # The version of "1.1" requests is read off the request line when the read holds it
+        # whole; the others, pipelined ones and lines cut across reads ask httptools.
+        sink = Sink()
+        r = reader(sink)
+        data = b"".join(
+            b"GET /%d HTTP/%s\r\nHost: h\r\nX-Note: HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"
+            % (i, v.encode())
+            for i, v in enumerate(versions)
+        )
+        assert set(feed_all(r, data, step)) == {FEED_OK}
+        assert [q.version for q in sink.begun] == list(versions)
+
+    @pytest.mark.parametrize(
+        ("data", "version"),
+        [
+            (b"\r\nGET / HTTP/1.0\r\nHost: h\r\n\r\n", "1.0"),  # empty line first
+            (b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", "1.1"),
+            (b"GET /\xc3\xa9 HTTP/1.0\r\nHost: h\r\n\r\n", "1.0"),  # fed line by line
+            (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n", "1.1"),
+        ],
+    )
+    def test_version_after_an_empty_line_or_with_8bit_target(
+        self, data: bytes, version: str
+    ) -> None:
+        sink = Sink()
+        r = reader(sink)
+        assert r.feed(data) == FEED_OK
+        assert [q.version for q in sink.begun] == [version]
+
+    def test_a_version_read_is_not_reused_by_a_later_request(self) -> None:
+        sink = Sink()
+        r = reader(sink)
+        # an HTTP/1.1 read ending in the first bytes of an HTTP/1.0 request
+        assert r.feed(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HT") == FEED_OK
+        assert r.feed(b"TP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n") == FEED_OK
+        assert r.feed(b"GET /c HTTP/1.0\r\nHost: h\r\n\r\n") == FEED_OK
+        assert [q.version for q in sink.begun] == ["1.1", "1.0", "1.0"]
+
     def test_pipelined_requests_in_one_read_come_out_in_order(self) -> None:
         sink = Sink()
         r = reader(sink)
