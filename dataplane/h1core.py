@@ -83,6 +83,16 @@ HOST_BYTES: Final = (
 HOST_MARKS: Final = bytes(0 if c in HOST_BYTES else 1 for c in range(256))
 
 
+def add_line(out: list[bytes], name: bytes, value: bytes) -> None:
+    """Add a header line to ``out``, a list of (name, ": ", value, CRLF) groups. Four appends:
+    compiled, ``out += (name, b": ", value, CRLF)`` builds a tuple and frees it (about 200
+    instructions more per line)."""
+    out.append(name)
+    out.append(b": ")
+    out.append(value)
+    out.append(_CRLF)
+
+
 # -- requests ----------------------------------------------------------------------------------
 _VERSION_TOKEN: Final = re.compile(rb" HTTP/([0-9])\.[0-9]\r?\n")
 
@@ -171,8 +181,10 @@ def request_head(
     if b"te" in hdr and b"te" not in listed:
         parts.append(b"TE: trailers\r\n")
     prior = hdr.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
-    if peer:
-        parts += (b"X-Forwarded-For: ", prior + b", " + peer if prior else peer, _CRLF)
+    if peer:  # (appends: a tuple here would be built and freed for every request)
+        parts.append(b"X-Forwarded-For: ")
+        parts.append(prior + b", " + peer if prior else peer)
+        parts.append(_CRLF)
     elif prior is not None:
         parts += (b"X-Forwarded-For: ", prior, _CRLF)
     if forwarded_shim and b"forwarded" not in hdr:
@@ -191,7 +203,9 @@ def request_head(
     else:
         clen = hdr.get(b"content-length")
         if clen is not None:
-            parts += (b"Content-Length: ", clen, _CRLF)
+            parts.append(b"Content-Length: ")
+            parts.append(clen)
+            parts.append(_CRLF)
         elif method in _LENGTH_METHODS:
             # Go's transport declares an empty body for these methods ("many servers expect
             # a Content-Length"), and apps behind Knative see it.
@@ -278,7 +292,9 @@ def response_start(
     if resp_extra:
         parts.append(resp_extra)
     if clen is not None and mode in (M_RAW, M_NONE):
-        parts += (b"Content-Length: ", clen, _CRLF)
+        parts.append(b"Content-Length: ")  # (appends, as in request_head)
+        parts.append(clen)
+        parts.append(_CRLF)
     elif mode == M_CHUNKED:
         parts.append(b"Transfer-Encoding: chunked\r\n")
     if trailer is not None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import httptools
 
-from .h1core import XFF_FIRST, keep_alive_asked, unsupported_version
+from .h1core import XFF_FIRST, add_line, keep_alive_asked, unsupported_version
 from .handle import RequestHandle
 from .http1 import (
     H_CONNECTION,
@@ -79,7 +79,6 @@ FEED_WAIT: Final = 1  # the bytes so far may be the HTTP/2 preface cut short: he
 FEED_UPGRADE: Final = 2  # an upgrade request's head ended; ``rest``: the bytes after it
 FEED_ERROR: Final = 3  # refused: ``error`` is (status, reason); parse nothing more
 
-_SEP: Final = b": "
 _CRLF: Final = b"\r\n"
 
 
@@ -403,7 +402,7 @@ class RequestReader:
         if ex.headers_complete:  # chunked-body trailer
             if ex.req_trailers is None:
                 ex.req_trailers = []
-            ex.req_trailers += (name, _SEP, value, _CRLF)
+            add_line(ex.req_trailers, name, value)
             return
         known = self._raw_actions.get(name)
         if known is None:
@@ -413,13 +412,13 @@ class RequestReader:
                 self._raw_actions[name] = known
         lname, act = known
         if act < 0:
-            ex.hdr_out += (name, _SEP, value, _CRLF)
+            add_line(ex.hdr_out, name, value)
             return
         hdr = ex.hdr
         if act == H_KEEP:
             if lname not in hdr:
                 hdr[lname] = value
-            ex.hdr_out += (name, _SEP, value, _CRLF)
+            add_line(ex.hdr_out, name, value)
         elif act == H_HOST:
             if lname in hdr:
                 raise _ParseLimit(400, "too many Host headers")
@@ -611,7 +610,7 @@ class ResponseReader:
         if self.in_trailers:
             if self.trailers is None:
                 self.trailers = []
-            self.trailers += (name, _SEP, value, _CRLF)
+            add_line(self.trailers, name, value)
             return
         act = _RESP_RAW.get(name, -2)
         if act == -2:  # a name not seen yet (as spelt)
@@ -619,7 +618,7 @@ class ResponseReader:
             if len(_RESP_RAW) < RAW_NAMES_MAX:
                 _RESP_RAW[name] = act
         if act < 0:
-            self.resp_out += (name, _SEP, value, _CRLF)
+            add_line(self.resp_out, name, value)
         elif act == R_CLEN:
             self.resp_clen = value
         elif act == R_TENC:
@@ -628,7 +627,7 @@ class ResponseReader:
             self.resp_chunked = True
         elif act == R_DATE:
             self.saw_date = True
-            self.resp_out += (name, _SEP, value, _CRLF)
+            add_line(self.resp_out, name, value)
         elif act == R_CONNECTION:
             self.resp_conn = value if self.resp_conn is None else self.resp_conn + b"," + value
         elif act == R_UPGRADE:

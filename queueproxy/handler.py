@@ -141,6 +141,8 @@ class QueueProxyHandler:
         self._needs_done = duration is not None or request_log is not None
         self._write_log: Callable[[str], None] = _stdout_writer()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._on_done: Callable[[Request], None] = self._done  # bound once, not per request
+        self._on_done_queued: Callable[[Request], None] = self._done_queued
 
     # -- entry -----------------------------------------------------------------------------
     def __call__(self, request: Request) -> None:
@@ -152,7 +154,9 @@ class QueueProxyHandler:
         hdr = ex.hdr
         ua = hdr.get(b"user-agent")
         netprobe = hdr.get(b"k-network-probe")
-        if ua is not None and ua.startswith(_HEALTH_UAS):
+        # (the probes' User-Agents begin with k or K: other requests skip the method call)
+        # (the probes' User-Agents begin with k or K: others skip the method call)
+        if ua and (ua[0] | 0x20) == 0x6B and ua.startswith(_HEALTH_UAS):
             if self.request_log is not None and self.log_probes:
                 ex.on_done = self._log_only
             self._health(ex, netprobe)
@@ -189,7 +193,7 @@ class QueueProxyHandler:
         b = self.breaker
         if b is None:
             ex.ctx = code
-            ex.on_done = self._done
+            ex.on_done = self._on_done
             if spans is not None:
                 spans.attach(ex)
             ex.proxy(self.pool)
@@ -200,7 +204,7 @@ class QueueProxyHandler:
             got = b.try_acquire()
         except QueueFullError:
             ex.ctx = code
-            ex.on_done = self._done
+            ex.on_done = self._on_done
             if spans is not None:
                 spans.end_wait("pending request queue full")
                 spans.attach(ex)
@@ -208,7 +212,7 @@ class QueueProxyHandler:
             return
         if got:
             ex.ctx = code | _SLOT
-            ex.on_done = self._done
+            ex.on_done = self._on_done
             if spans is not None:
                 spans.end_wait()
                 spans.attach(ex)
@@ -216,7 +220,7 @@ class QueueProxyHandler:
             return
         q = _Queued(self, ex, proxied, bool(netprobe))
         ex.ctx = q
-        ex.on_done = self._done_queued
+        ex.on_done = self._on_done_queued
         if spans is not None:
             q.spans = spans
             spans.attach(ex)
