@@ -99,9 +99,10 @@ class RequestHandle:
 
     @property
     def has_body(self) -> bool:
-        return self.req_chunked or (
-            self.hdr.get(b"content-length", b"0").strip() not in (b"0", b"")
-        )
+        if self.req_chunked:
+            return True
+        clen = self.hdr.get(b"content-length")  # (most requests have none: no strip() call)
+        return clen is not None and clen.strip() not in (b"0", b"")
 
     def header(self, lname: bytes) -> bytes | None:
         """A request header by lower-case name (the engine's and the server's declared ones)."""
