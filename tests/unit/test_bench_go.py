@@ -286,10 +286,11 @@ def test_proxy_table_shows_the_kernel_share() -> None:
 
 
 def test_cpu_split_puts_a_child_s_reads_in_system_time() -> None:
-    # 1,000 reads of 1 MiB from /dev/zero: the copying is the kernel's.
+    # 2,000 reads of 4 MiB from /dev/zero: the copying is the kernel's (about 0.2 s of it,
+    # well above the child's start-up and the clock's 10 ms ticks; 1,000 of 1 MiB once tied).
     code = (
         "import os\nf = os.open('/dev/zero', os.O_RDONLY)\n"
-        "for _ in range(1000): os.read(f, 1 << 20)"
+        "for _ in range(2000): os.read(f, 4 << 20)"
     )
     user0, system0 = _procs.tree_cpu_split(os.getpid())
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
