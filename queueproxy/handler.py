@@ -154,8 +154,8 @@ class QueueProxyHandler:
         hdr = ex.hdr
         ua = hdr.get(b"user-agent")
         netprobe = hdr.get(b"k-network-probe")
-        # (the probes' User-Agents begin with k or K: other requests skip the method call)
-        # (the probes' User-Agents begin with k or K: others skip the method call)
+        # (the probes' User-Agents begin with k or K: others skip the method call, which
+        # mypyc would pass a new tuple)
         if ua and (ua[0] | 0x20) == 0x6B and ua.startswith(_HEALTH_UAS):
             if self.request_log is not None and self.log_probes:
                 ex.on_done = self._log_only

@@ -161,6 +161,15 @@ class TestHeads:
         assert r.feed(b"GET /c HTTP/1.0\r\nHost: h\r\n\r\n") == FEED_OK
         assert [q.version for q in sink.begun] == ["1.1", "1.0", "1.0"]
 
+    def test_a_read_ending_a_request_line_lends_it_to_no_later_request(self) -> None:
+        # The read holds the end of /b's line (" HTTP/1.1") and all of /c, an HTTP/1.0
+        # request: its first line is /b's, which began in the read before.
+        sink = Sink()
+        r = reader(sink)
+        assert r.feed(b"GET /b") == FEED_OK
+        assert r.feed(b" HTTP/1.1\r\nHost: h\r\n\r\nGET /c HTTP/1.0\r\nHost: h\r\n\r\n") == FEED_OK
+        assert [(q.target, q.version) for q in sink.begun] == [(b"/b", "1.1"), (b"/c", "1.0")]
+
     def test_pipelined_requests_in_one_read_come_out_in_order(self) -> None:
         sink = Sink()
         r = reader(sink)
