@@ -113,7 +113,7 @@ class Target:
 
     id: str
     label: str
-    kind: str  # direct | nginx | aiohttp | queue-proxy | extra | activator | go-activator
+    kind: str  # direct | nginx | aiohttp | floor | queue-proxy | extra | activator | go-activator
     argv: list[str] | None = None
     cc: int | None = None
     qp_argv: list[str] | None = None
@@ -136,7 +136,7 @@ class Target:
 
     @property
     def has_footprint(self) -> bool:
-        return self.kind in ("queue-proxy", "extra", "activator", "go-activator")
+        return self.kind in ("queue-proxy", "extra", "activator", "go-activator", "floor")
 
     @property
     def is_chain(self) -> bool:
@@ -170,7 +170,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, help="measurements per target and workload (3)")
     parser.add_argument(
         "--targets",
-        help="comma-separated subset: direct, nginx, aiohttp-proxy, queue-proxy (both), "
+        help="comma-separated subset: direct, nginx, aiohttp-proxy, python-floor, queue-proxy "
+        "(both), "
         "queue-proxy-cc0, queue-proxy-cc10, queue-proxy-mypyc (both), queue-proxy-mypyc-cc0, "
         "queue-proxy-mypyc-cc10, activator-qp (both), activator-qp-cc0, activator-qp-cc10, "
         "activator-qp-mypyc (both), activator-qp-mypyc-cc0, activator-qp-mypyc-cc10, go (with "
@@ -277,6 +278,7 @@ def build_targets(args: argparse.Namespace) -> list[Target]:
         Target("direct", "direct", "direct"),
         Target("nginx", "nginx", "nginx"),
         Target("aiohttp-proxy", "aiohttp-proxy", "aiohttp"),
+        Target("python-floor", "python floor (bytes through)", "floor"),
         Target("queue-proxy-cc0", "queue-proxy cc=0", "queue-proxy", [qp], cc=0),
         Target("queue-proxy-cc10", "queue-proxy cc=10", "queue-proxy", [qp], cc=10),
     ]
@@ -582,8 +584,9 @@ class Bench:
     def _command(self, target: Target) -> tuple[list[str], dict[str, str] | None]:
         """(argv, env) for a fresh instance on a fresh target.port."""
         target.port = _procs.free_port()
-        if target.kind == "aiohttp":
-            argv = [sys.executable, "-m", "benchmarks.aiohttp_proxy"]
+        if target.kind in ("aiohttp", "floor"):
+            module = "aiohttp_proxy" if target.kind == "aiohttp" else "floor_proxy"
+            argv = [sys.executable, "-m", f"benchmarks.{module}"]
             argv += ["--port", str(target.port), "--upstream-port", str(self.upstream_port)]
             env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
             return argv, env
@@ -918,6 +921,36 @@ def compute_ratios(targets: list[Target], workloads: list[Workload]) -> dict[str
     return out
 
 
+def _floor_lines(targets: list[Target], workloads: list[Workload]) -> list[str]:
+    """Each queue-proxy's and activator's CPU per request above the python floor's (what its
+    HTTP work costs on the same runtime), split into the kernel's part and its own code's."""
+    floor = next((t for t in targets if t.kind == "floor" and not t.error and t.runs), None)
+    if floor is None:
+        return []
+    lines = ["", "above the python floor (CPU us/request: the proxy's - the floor's)"]
+    for t in targets:
+        if t.error or t.kind not in ("queue-proxy", "activator") or t.cc != 0:
+            continue
+        own = ACT_CPU if t.kind == "activator" else "cpu_us_per_req"
+        for w in workloads:
+            cpu, base = t.median(w.name, own), floor.median(w.name, "cpu_us_per_req")
+            sys_, base_sys = (
+                t.median(w.name, "sys_us_per_req"),
+                floor.median(w.name, "sys_us_per_req"),
+            )
+            if cpu is None or base is None:
+                continue
+            split = ""
+            if t.kind == "queue-proxy" and sys_ is not None and base_sys is not None:
+                kernel, code = sys_ - base_sys, (cpu - sys_) - (base - base_sys)
+                split = f" (kernel {kernel:+.1f}, own code {code:+.1f})"
+            lines.append(
+                f"  {t.label}, {w.name}: {cpu:.1f} = floor {base:.1f} {cpu - base:+.1f}{split}"
+                + (" (the activator process alone)" if t.kind == "activator" else "")
+            )
+    return lines
+
+
 def compute_goals(
     targets: list[Target], ratios: dict[str, Any], workloads: list[Workload]
 ) -> list[dict[str, Any]]:
@@ -1088,6 +1121,7 @@ def render(
                     f"{_fmt(fp['peak_rss'], '.2f')}, start {_fmt(fp['start'], '.2f')}"
                 )
             lines.append(f"  {label:<{width}}  " + "; ".join(parts))
+    lines += _floor_lines(targets, workloads)
     go_lines = []
     for tid, entry in ratios["activator_vs_go"].items():
         variant, cc = tid.rsplit("-cc", 1)
