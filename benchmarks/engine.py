@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks._headers import BROWSER_HEADERS
 from dataplane.breaker import Breaker
 from dataplane.proxy import HTTPServer, ServerConnection
 from dataplane.stats import RequestStats
@@ -47,6 +48,13 @@ REQUEST = (
     b"User-Agent: locust/2.47\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
     b"X-Request-Id: 6c1f7d4e-0a9b-4f7e-8d7e-2b7c6d5e4f3a\r\n"
     b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+)
+# The same GET as a browser sends it through an ingress: 13 headers (benchmarks/proxy.py's
+# 1k-browser workload).
+BROWSER_REQUEST = (
+    b"GET /hello?name=world HTTP/1.1\r\nHost: hello.default.example.com\r\n"
+    + b"".join(f"{name}: {value}\r\n".encode() for name, value in BROWSER_HEADERS)
+    + b"\r\n"
 )
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 07:00:00 GMT\r\n"
@@ -97,6 +105,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("http1", "grpc"),
         default="http1",
         help="http1: a GET over HTTP/1.1; grpc: a unary gRPC call over h2c both sides",
+    )
+    p.add_argument(
+        "--request",
+        choices=("locust", "browser"),
+        default="locust",
+        help="http1: the request's headers, locust's 6 or a browser's 13 behind an ingress",
     )
     p.add_argument("--quick", action="store_true", help="10,000 requests x 3 rounds")
     p.add_argument(
@@ -152,6 +166,7 @@ def _child(
     env["PYTHONPATH"] = os.pathsep.join(path)
     argv = [*prefix, sys.executable, "-m", "benchmarks", "engine"]
     argv += ["--handler", args.handler, "--cc", str(args.cc), "--protocol", args.protocol]
+    argv += ["--request", args.request]
     if requests is not None:
         argv += ["--requests", str(requests), "--rounds", "1"]
     elif args.quick:
@@ -183,7 +198,7 @@ def _instructions(args: argparse.Namespace) -> int:
     per = (totals[1] - totals[0]) / (_CALLGRIND_RUNS[1] - _CALLGRIND_RUNS[0])
     build = "compiled" if args.compiled else "interpreted"
     print(
-        f"engine ({args.handler}, cc={args.cc}, {args.protocol}, {build}): "
+        f"engine ({args.handler}, cc={args.cc}, {args.protocol}, {args.request}, {build}): "
         f"{per:,.0f} instructions/request"
     )
     return 0
@@ -281,8 +296,10 @@ def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
     up.connection_made(ut)
     pool.release(up)
 
+    request = BROWSER_REQUEST if args.request == "browser" else REQUEST
+
     def one_request() -> None:
-        conn.data_received(REQUEST)
+        conn.data_received(request)
         up.data_received(RESPONSE)
 
     expect, results = _timed_rounds(args, one_request, ct)

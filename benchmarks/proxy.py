@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _activator, _go_activator, _gobaseline, _procs, _tools, upstream
+from benchmarks._headers import BROWSER_HEADERS
 from benchmarks._procs import BenchError, ProcessSet, StartError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -63,16 +64,19 @@ class Workload:
     method: str = "GET"
     body_size: int = 0
     response_size: int = 0
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every request, besides Host
 
     def describe(self) -> str:
         body = f" with a {self.body_size // 1024} KiB body" if self.body_size else ""
-        return f"{self.method} {self.path}{body}, {self.connections} connections"
+        extra = f", {len(self.headers) + 1} request headers" if self.headers else ""
+        return f"{self.method} {self.path}{body}{extra}, {self.connections} connections"
 
 
 WORKLOADS = {
     "1k": Workload("1k", "/1k", 64, response_size=1024),
     "1m": Workload("1m", "/1m", 16, response_size=1024 * 1024),
     "post-1m": Workload("post-1m", "/1m", 16, "POST", 1024 * 1024, response_size=3),
+    "1k-browser": Workload("1k-browser", "/1k", 64, response_size=1024, headers=BROWSER_HEADERS),
 }
 # The workload whose peak RSS is the "peak under 64 connections" footprint figure.
 PEAK_WORKLOAD = "1k"
@@ -799,6 +803,8 @@ def wrk_script(workload: Workload) -> str:
     if workload.body_size:
         setup += f'wrk.body = string.rep("x", {workload.body_size})\n'
         setup += 'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    for name, value in workload.headers:
+        setup += f'wrk.headers["{name}"] = "{value}"\n'
     return setup + _WRK_DONE
 
 
@@ -813,7 +819,9 @@ def check_response(
     deadline, since a proxy may answer 503 until it has seen its upstream)."""
     end = time.monotonic() + deadline
     body = b"x" * workload.body_size if workload.body_size else None
-    headers = {"Host": host} if host else {}
+    headers = dict(workload.headers)
+    if host:
+        headers["Host"] = host
     problem = "no answer"
     while time.monotonic() < end:
         conn = http.client.HTTPConnection(address, port, timeout=5)
