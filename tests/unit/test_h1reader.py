@@ -7,6 +7,8 @@ from __future__ import annotations
 import weakref
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dataplane.h1core import XFF_FIRST
 from dataplane.h1reader import (
@@ -15,6 +17,7 @@ from dataplane.h1reader import (
     FEED_UPGRADE,
     FEED_WAIT,
     H2_PREFACE,
+    NAMES_REMEMBERED,
     H1Request,
     RequestReader,
     ResponseReader,
@@ -572,3 +575,126 @@ class TestBodyThen8Bit:
         sink = Sink()
         r = reader(sink)
         assert [r.feed(self.CL[:56]), r.feed(self.CL[56:])] == [FEED_OK, FEED_OK]
+
+
+# -- header names remembered by their place (per connection) -----------------------------------
+# Each reader compares a header's name with the one at the same place in the connection's last
+# message before it looks the name up. Whatever the order, spelling and number of names from one
+# message to the next, every message must come out as a fresh reader parses it alone.
+_REQUEST_NAMES = [
+    (b"Host", b"HOST", b"host"),
+    (b"X-Forwarded-For", b"x-forwarded-for"),
+    (b"K-Proxy-Request", b"k-proxy-request"),
+    (b"User-Agent", b"user-agent"),
+    (b"Connection", b"connection"),
+    (b"TE", b"te"),
+    (b"Keep-Alive",),
+    (b"Accept",),
+    (b"X-Request-Id", b"x-request-id"),
+]
+_REQUEST_VALUES = {
+    # (not "close": llhttp refuses a request after one, as the connection then ends)
+    b"connection": [b"keep-alive", b"x-request-id", b"Keep-Alive, User-Agent"],
+    b"te": [b"trailers", b"gzip"],
+}
+
+
+def _request(names: list[bytes], values: list[bytes]) -> bytes:
+    lines = b"".join(n + b": " + v + b"\r\n" for n, v in zip(names, values, strict=True))
+    return b"GET /p HTTP/1.1\r\n" + lines + b"\r\n"
+
+
+def _parsed(req: H1Request) -> tuple[object, ...]:
+    return (req.hdr, b"".join(req.hdr_out), req.keep_alive, req.upgrade)
+
+
+@st.composite
+def _request_heads(draw: st.DrawFn) -> bytes:
+    picks = draw(st.permutations(range(len(_REQUEST_NAMES))).map(list))
+    picks = picks[: draw(st.integers(0, len(picks)))]
+    names = [draw(st.sampled_from(_REQUEST_NAMES[i])) for i in picks]
+    values = [
+        draw(st.sampled_from(_REQUEST_VALUES.get(n.lower(), [b"v1", b"v2"]))) for n in names
+    ]
+    return _request(names, values)
+
+
+class TestNamesByPlace:
+    @settings(max_examples=150, deadline=None)
+    @given(heads=st.lists(_request_heads(), min_size=2, max_size=5))
+    def test_requests_on_one_connection_parse_as_alone(self, heads: list[bytes]) -> None:
+        sink = Sink()
+        r = reader(sink)
+        for head in heads:
+            assert r.feed(head) == FEED_OK
+            alone = Sink()
+            assert reader(alone).feed(head) == FEED_OK
+            assert _parsed(sink.begun[-1]) == _parsed(alone.begun[0])
+
+    def test_a_name_respelt_or_moved_is_read_by_its_own_action(self) -> None:
+        sink = Sink()
+        r = reader(sink)
+        first = _request([b"Host", b"X-Forwarded-For", b"Accept"], [b"h", b"10.0.0.1", b"*/*"])
+        # the same places now hold other names, one of them a spelling not seen before
+        second = _request([b"Accept", b"HOST", b"x-forwarded-for"], [b"*/*", b"h2", b"10.0.0.9"])
+        assert r.feed(first + second) == FEED_OK
+        one, two = sink.begun
+        assert one.hdr[b"host"] == b"h" and one.hdr[b"x-forwarded-for"] == b"10.0.0.1"
+        assert two.hdr[b"host"] == b"h2" and two.hdr[b"x-forwarded-for"] == b"10.0.0.9"
+        assert b"".join(one.hdr_out) == b"Accept: */*\r\n" == b"".join(two.hdr_out)
+
+    def test_more_names_than_remembered(self) -> None:
+        names = [b"X-H%d" % i for i in range(NAMES_REMEMBERED + 6)] + [b"Host"]
+        head = _request(names, [b"v"] * len(names))
+        sink = Sink()
+        r = reader(sink)
+        assert r.feed(head + head) == FEED_OK
+        for req in sink.begun:
+            assert req.hdr[b"host"] == b"v"
+            assert b"".join(req.hdr_out).count(b"\r\n") == NAMES_REMEMBERED + 6
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        heads=st.lists(
+            st.lists(
+                st.sampled_from(
+                    [
+                        (b"Content-Length", b"2"),
+                        (b"content-length", b"2"),
+                        (b"Server", b"s"),
+                        (b"Date", b"Mon, 07 Dec 2026 19:00:00 GMT"),
+                        (b"Connection", b"keep-alive"),
+                        (b"Keep-Alive", b"timeout=5"),
+                        (b"X-A", b"a"),
+                        (b"x-a", b"b"),
+                        (b"Upgrade", b"h2c"),
+                    ]
+                ),
+                max_size=8,
+                unique_by=lambda nv: nv[0].lower(),
+            ),
+            min_size=2,
+            max_size=5,
+        )
+    )
+    def test_responses_on_one_connection_parse_as_alone(
+        self, heads: list[list[tuple[bytes, bytes]]]
+    ) -> None:
+        r = ResponseReader()
+        for fields in heads:
+            if not any(n.lower() == b"content-length" for n, _ in fields):
+                fields = [*fields, (b"Content-Length", b"2")]
+            data = (
+                b"HTTP/1.1 200 OK\r\n"
+                + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+                + b"\r\nok"
+            )
+            alone = ResponseReader()
+            assert r.feed(data, Answer()) == FEED_OK  # type: ignore[arg-type]
+            assert alone.feed(data, Answer()) == FEED_OK  # type: ignore[arg-type]
+            seen = [
+                (x.resp_out, x.resp_clen, x.resp_conn, x.resp_upgrade, x.saw_date, x.keep_alive)
+                for x in (r, alone)
+            ]
+            assert seen[0] == seen[1]
+            r.next_response()
