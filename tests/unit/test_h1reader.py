@@ -145,6 +145,12 @@ class TestHeads:
             (b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", "1.1"),
             (b"GET /\xc3\xa9 HTTP/1.0\r\nHost: h\r\n\r\n", "1.0"),  # fed line by line
             (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n", "1.1"),
+            # " HTTP/1.1" in the target, or right after it in a header line
+            (b"GET /a%20HTTP/1.1 HTTP/1.0\r\nHost: h\r\n\r\n", "1.0"),
+            (b"GET /x HTTP/1.0\r\nX: HTTP/1.1\r\n\r\n", "1.0"),
+            (b"OPTIONS * HTTP/1.0\r\nHost: h\r\n\r\n", "1.0"),
+            (b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "1.1"),
+            (b"GET http://h/p?q HTTP/1.1\r\nHost: h\r\n\r\n", "1.1"),
         ],
     )
     def test_version_after_an_empty_line_or_with_8bit_target(
@@ -613,9 +619,7 @@ def _request_heads(draw: st.DrawFn) -> bytes:
     picks = draw(st.permutations(range(len(_REQUEST_NAMES))).map(list))
     picks = picks[: draw(st.integers(0, len(picks)))]
     names = [draw(st.sampled_from(_REQUEST_NAMES[i])) for i in picks]
-    values = [
-        draw(st.sampled_from(_REQUEST_VALUES.get(n.lower(), [b"v1", b"v2"]))) for n in names
-    ]
+    values = [draw(st.sampled_from(_REQUEST_VALUES.get(n.lower(), [b"v1", b"v2"]))) for n in names]
     return _request(names, values)
 
 
