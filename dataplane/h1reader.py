@@ -80,8 +80,10 @@ FEED_UPGRADE: Final = 2  # an upgrade request's head ended; ``rest``: the bytes 
 FEED_ERROR: Final = 3  # refused: ``error`` is (status, reason); parse nothing more
 
 _CRLF: Final = b"\r\n"
-#: Header places a reader remembers the names of (per connection: see RequestReader.on_header).
+#: Header places a reader remembers the names of (per connection: see RequestReader.on_header),
+#: and the longest name it remembers (so an idle connection holds at most 24 short names).
 NAMES_REMEMBERED: Final = 24
+NAME_REMEMBERED_MAX: Final = 64
 
 
 class _ParseLimit(Exception):
@@ -437,7 +439,9 @@ class RequestReader:
                 if len(self._raw_actions) < RAW_NAMES_MAX:
                     self._raw_actions[name] = found
             known = found
-            if at < len(names):
+            if len(name) > NAME_REMEMBERED_MAX:
+                pass  # (a connection keeps no long name between its requests)
+            elif at < len(names):
                 names[at] = name
                 self._knowns[at] = known
             elif at < NAMES_REMEMBERED:  # (at == len(names): the places fill in order)
@@ -507,14 +511,22 @@ class RequestReader:
         began it holds that line whole (httptools formats a new string for each request).
 
         Where the line would end if spelt ``method SP target SP HTTP/1.1 CRLF``: llhttp parsed
-        it and a line ends at its first LF, so if " HTTP/1.1\\r\\n" is there, the line was
-        spelt exactly so (a longer run of spaces would put the target's last byte there). A
+        it, the line begins with the method, one space and the target (checked), and a line
+        ends at its first LF, so if " HTTP/1.1\\r\\n" is there, it is the line's version. A
         slice and a compare: ``line.find`` costs ~900 instructions (its arguments are parsed
         as a tuple on CPython 3.11)."""
         line = self._line_of
         self._line_of = b""
-        at = len(method) + 1 + len(target)
-        if line[at : at + 11] == b" HTTP/1.1\r\n":
+        m = len(method)
+        at = m + 1 + len(target)
+        # The line must begin with the method and one space (no empty line before it, no run
+        # of spaces): else a version-less HTTP/0.9 line such as "CONNECT" + 10 spaces +
+        # "HTTP/1.1" would be read as 1.1 (its target being "HTTP/1.1"; found by a review).
+        if (
+            line[at : at + 11] == b" HTTP/1.1\r\n"  # (then line[m + 1] exists)
+            and line[m] == 0x20
+            and line[m + 1] != 0x20
+        ):
             return "1.1"
         return self._parser.get_http_version()
 
@@ -679,7 +691,9 @@ class ResponseReader:
                 act = RESP_ACTIONS.get(name.lower(), -1)
                 if len(_RESP_RAW) < RAW_NAMES_MAX:
                     _RESP_RAW[name] = act
-            if at < len(names):
+            if len(name) > NAME_REMEMBERED_MAX:
+                pass
+            elif at < len(names):
                 names[at] = name
                 self._acts[at] = act
             elif at < NAMES_REMEMBERED:

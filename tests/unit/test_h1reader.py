@@ -17,6 +17,7 @@ from dataplane.h1reader import (
     FEED_UPGRADE,
     FEED_WAIT,
     H2_PREFACE,
+    NAME_REMEMBERED_MAX,
     NAMES_REMEMBERED,
     H1Request,
     RequestReader,
@@ -160,6 +161,19 @@ class TestHeads:
         r = reader(sink)
         assert r.feed(data) == FEED_OK
         assert [q.version for q in sink.begun] == [version]
+
+    @pytest.mark.parametrize(
+        "data",
+        [b"CONNECT          HTTP/1.1\r\nHost: h\r\n\r\n", b"\r\nCONNECT        HTTP/1.1\r\n\r\n"],
+    )
+    def test_a_version_less_line_ending_where_a_version_would(self, data: bytes) -> None:
+        # HTTP/0.9 lines (no version) whose target, "HTTP/1.1", ends where " HTTP/1.1\r\n"
+        # would end a line spelt with one space each (found by a review: read as 1.1 before
+        # the reader checked that the line begins with the method and one space)
+        sink = Sink()
+        r = reader(sink)
+        assert r.feed(data) == FEED_UPGRADE  # (CONNECT)
+        assert [q.version for q in sink.begun] == ["0.9"]
 
     def test_a_version_read_is_not_reused_by_a_later_request(self) -> None:
         sink = Sink()
@@ -646,6 +660,22 @@ class TestNamesByPlace:
         assert one.hdr[b"host"] == b"h" and one.hdr[b"x-forwarded-for"] == b"10.0.0.1"
         assert two.hdr[b"host"] == b"h2" and two.hdr[b"x-forwarded-for"] == b"10.0.0.9"
         assert b"".join(one.hdr_out) == b"Accept: */*\r\n" == b"".join(two.hdr_out)
+
+    def test_long_names_are_not_kept_between_requests(self) -> None:
+        # A client could otherwise make an idle connection hold 24 names of up to 64 KiB each.
+        long = b"X-" + b"a" * (NAME_REMEMBERED_MAX - 1)
+        sink = Sink()
+        r = reader(sink)
+        head = _request([b"Host", long, b"Accept"], [b"h", b"v", b"*/*"])
+        assert r.feed(head + head) == FEED_OK
+        assert [q.hdr[b"host"] for q in sink.begun] == [b"h", b"h"]
+        assert all(b"".join(q.hdr_out) == long + b": v\r\nAccept: */*\r\n" for q in sink.begun)
+        assert max(len(n) for n in r._names) <= NAME_REMEMBERED_MAX
+        resp = ResponseReader()
+        data = b"HTTP/1.1 200 OK\r\n" + long + b": v\r\nContent-Length: 0\r\n\r\n"
+        assert resp.feed(data, Answer()) == FEED_OK  # type: ignore[arg-type]
+        assert b"".join(resp.resp_out) == long + b": v\r\n"
+        assert max(len(n) for n in resp._names) <= NAME_REMEMBERED_MAX
 
     def test_more_names_than_remembered(self) -> None:
         names = [b"X-H%d" % i for i in range(NAMES_REMEMBERED + 6)] + [b"Host"]
