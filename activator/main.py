@@ -348,6 +348,13 @@ async def _serve(
     obs: ObservabilityConfig | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
+    # A signal that arrives while the servers start (a port may already answer) is held and
+    # handled once they have: until a handler of ours is installed, asyncio.Runner's own SIGINT
+    # handler would cancel this task (the process then exits with KeyboardInterrupt) and
+    # SIGTERM would end the process without its drain.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, early.append, sig)
     try:
         proc = compose(env, loop, tracing, obs)
     except ConfigError as e:
@@ -365,6 +372,8 @@ async def _serve(
         proc.tracer.settle()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proc.on_signal, sig)
+    for early_sig in early:
+        proc.on_signal(early_sig)
     log.info(
         "activator serving",
         extra={

@@ -449,6 +449,13 @@ async def _serve(
     who: Identity | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
+    # A signal that arrives while the servers start (a port may already answer) is held and
+    # handled once they have: until a handler of ours is installed, asyncio.Runner's own SIGINT
+    # handler would cancel this task (the process then exits with KeyboardInterrupt) and
+    # SIGTERM would end the process without its drain.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, early.append, sig)
     try:
         qp = compose(env, loop, main_sock, tracing, who)
         await qp.start()
@@ -459,6 +466,8 @@ async def _serve(
         qp.tracer.settle()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, qp.on_signal, sig)
+    for early_sig in early:
+        qp.on_signal(early_sig)
     log.info(
         "queue-proxy serving",
         extra={
