@@ -23,16 +23,24 @@ import uvloop
 
 
 class _Pending:
-    """Stands in for the upstream's transport until it connects: keeps what the client sent."""
+    """Stands in for the upstream's transport until it connects: keeps what the client sent
+    (and stops reading the client, ``src``, until then), and its end."""
 
-    __slots__ = ("chunks", "closed")
+    __slots__ = ("chunks", "closed", "eof", "src")
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.closed = False
+        self.eof = False
+        self.src: asyncio.Transport | None = None
 
     def write(self, data: bytes) -> None:
         self.chunks.append(data)
+        if self.src is not None:
+            self.src.pause_reading()
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def close(self) -> None:
         self.closed = True
@@ -45,12 +53,14 @@ class _Pending:
 
 
 class _Side(asyncio.Protocol):
-    """One end of a pair; ``out`` is the other end's transport."""
+    """One end of a pair; ``out`` is the other end's transport, ``peer`` its protocol."""
 
-    __slots__ = ("out", "transport")
+    __slots__ = ("got_eof", "out", "peer", "transport")
 
     def __init__(self, out: asyncio.Transport | _Pending | None = None) -> None:
         self.out = out
+        self.peer: _Side | None = None
+        self.got_eof = False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -61,7 +71,16 @@ class _Side(asyncio.Protocol):
         self.out.write(data)  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
-        return False  # close this side; connection_lost closes the other
+        # A half-close goes on to the other end, and this end stays open for the answer until
+        # the other end has ended too (then closing this end closes both: connection_lost).
+        self.got_eof = True
+        out, peer = self.out, self.peer
+        if peer is not None and peer.got_eof:
+            return False
+        if out is not None and (isinstance(out, _Pending) or out.can_write_eof()):
+            out.write_eof()
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.out is not None:
@@ -76,20 +95,26 @@ class _Side(asyncio.Protocol):
 
 
 class _Client(_Side):
-    """The accepted end: connects its upstream, then passes on what arrived meanwhile."""
+    """The accepted end: read no further than one chunk until its upstream connection is up."""
 
-    __slots__ = ()
+    __slots__ = ("_connecting", "_upstream")
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         super().__init__(_Pending())
-        self._connect(upstream)
+        self._upstream = upstream
+        self._connecting: asyncio.Task[tuple[asyncio.BaseTransport, _Side]] | None = None
 
-    def _connect(self, upstream: tuple[str, int]) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        cast(_Pending, self.out).src = self.transport
         loop = asyncio.get_running_loop()
-        task = loop.create_task(loop.create_connection(lambda: _Side(self.transport), *upstream))
+        self._connecting = task = loop.create_task(
+            loop.create_connection(lambda: _Side(self.transport), *self._upstream)
+        )
         task.add_done_callback(self._connected)
 
     def _connected(self, task: asyncio.Task[tuple[asyncio.BaseTransport, _Side]]) -> None:
+        self._connecting = None
         pending = self.out
         assert isinstance(pending, _Pending) and self.transport is not None
         if task.cancelled() or task.exception() is not None:
@@ -97,12 +122,16 @@ class _Client(_Side):
             return
         base, side = task.result()
         transport = cast(asyncio.Transport, base)
-        side.out = self.transport
-        self.out = transport
+        side.out, side.peer = self.transport, self
+        self.out, self.peer = transport, side
         if pending.chunks:
             transport.writelines(pending.chunks)
         if pending.closed:
             transport.close()
+        elif pending.eof:
+            transport.write_eof()
+        elif pending.chunks:
+            self.transport.resume_reading()
 
 
 async def start(port: int, upstream_port: int, host: str = "127.0.0.1") -> asyncio.Server:

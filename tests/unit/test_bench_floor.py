@@ -126,3 +126,24 @@ def test_a_full_send_buffer_pauses_reading_on_the_other_side() -> None:
     side.pause_writing()  # this side's transport is full: stop reading the other side
     side.resume_writing()
     assert other.calls == ["pause", "resume"]
+
+
+async def test_a_half_close_goes_through_and_the_answer_comes_back() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read()  # until the client's half-close arrives
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(request) + request)
+        writer.close()
+
+    up, up_port = await _upstream(answer)
+    floor, port = await _floor(up_port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        writer.write_eof()
+        got = await asyncio.wait_for(reader.read(), 10)
+        assert got == b"HTTP/1.0 200 OK\r\nContent-Length: 18\r\n\r\nGET / HTTP/1.0\r\n\r\n"
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        floor.close()
+        up.close()
