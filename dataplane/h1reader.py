@@ -26,7 +26,7 @@ than 1. Compiled with mypyc with the engine.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import httptools
 
@@ -84,6 +84,22 @@ _CRLF: Final = b"\r\n"
 #: and the longest name it remembers (so an idle connection holds at most 24 short names).
 NAMES_REMEMBERED: Final = 24
 NAME_REMEMBERED_MAX: Final = 64
+
+_T = TypeVar("_T")
+
+
+def _remember(names: list[bytes], values: list[_T], at: int, name: bytes, value: _T) -> None:
+    """Keep a header's name, and what it was found to mean, at its place ``at`` for the
+    connection's next message (after a miss only: the places fill in order; a long name is not
+    kept)."""
+    if len(name) > NAME_REMEMBERED_MAX:
+        return
+    if at < len(names):
+        names[at] = name
+        values[at] = value
+    elif at < NAMES_REMEMBERED:  # (at == len(names))
+        names.append(name)
+        values.append(value)
 
 
 class _ParseLimit(Exception):
@@ -439,14 +455,7 @@ class RequestReader:
                 if len(self._raw_actions) < RAW_NAMES_MAX:
                     self._raw_actions[name] = found
             known = found
-            if len(name) > NAME_REMEMBERED_MAX:
-                pass  # (a connection keeps no long name between its requests)
-            elif at < len(names):
-                names[at] = name
-                self._knowns[at] = known
-            elif at < NAMES_REMEMBERED:  # (at == len(names): the places fill in order)
-                names.append(name)
-                self._knowns.append(known)
+            _remember(names, self._knowns, at, name, known)
         lname, act = known
         if act < 0 or act == H_KEEP:
             if act == H_KEEP:  # forwarded, and the first value remembered
@@ -691,14 +700,7 @@ class ResponseReader:
                 act = RESP_ACTIONS.get(name.lower(), -1)
                 if len(_RESP_RAW) < RAW_NAMES_MAX:
                     _RESP_RAW[name] = act
-            if len(name) > NAME_REMEMBERED_MAX:
-                pass
-            elif at < len(names):
-                names[at] = name
-                self._acts[at] = act
-            elif at < NAMES_REMEMBERED:
-                names.append(name)
-                self._acts.append(act)
+            _remember(names, self._acts, at, name, act)
         if act < 0 or act == R_DATE:
             if act == R_DATE:
                 self.saw_date = True
