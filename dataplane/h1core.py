@@ -51,6 +51,7 @@ __all__ = [
     "interim_relayed",
     "keep_alive_asked",
     "last_chunk",
+    "lines_without",
     "may_retry",
     "must_close",
     "request_head",
@@ -91,6 +92,18 @@ def add_line(out: list[bytes], name: bytes, value: bytes) -> None:
     out.append(b": ")
     out.append(value)
     out.append(_CRLF)
+
+
+def lines_without(out: list[bytes], names: set[bytes]) -> list[bytes]:
+    """The header lines of ``out`` (pieces that join into whole lines, each ending in CRLF:
+    a reader's (name, ": ", value, CRLF) groups, or runs of lines as received) but those whose
+    lower-case name is in ``names``; each kept line is followed by a CRLF item. (Rare: only a
+    Connection header naming further headers asks.)"""
+    kept: list[bytes] = []
+    for line in b"".join(out).split(_CRLF):
+        if line and line.partition(b":")[0].lower() not in names:
+            kept += (line, _CRLF)
+    return kept
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -158,7 +171,8 @@ def request_head(
     extra_headers: bytes = b"",
 ) -> bytes:
     """The head of the request as sent upstream (Go ReverseProxy's rewrite): ``hdr`` holds the
-    indexed headers, ``hdr_out`` the pass-through lines as (name, ": ", value, CRLF) groups;
+    indexed headers, ``hdr_out`` the pass-through lines (pieces that join into them: see
+    :func:`lines_without`);
     headers the Connection header names are dropped, TE only as ``trailers``, the peer appended
     to X-Forwarded-For, the body framing re-declared."""
     parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
@@ -171,9 +185,7 @@ def request_head(
     ):
         extra = listed = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
         if extra:
-            for i in range(0, len(hdr_out), 4):
-                if hdr_out[i].lower() not in extra:
-                    parts += hdr_out[i : i + 4]
+            parts += lines_without(hdr_out, extra)
         else:
             parts += hdr_out
     else:
@@ -263,7 +275,7 @@ def response_start(
     connection ends after it, and its head.
 
     ``chunked``/``clen``: the upstream's framing (``clen`` its Content-Length value);
-    ``resp_out``: its pass-through lines (name, ": ", value, CRLF groups); ``resp_conn``: its
+    ``resp_out``: its pass-through lines (pieces, as ``hdr_out``); ``resp_conn``: its
     Connection value (the headers it names are dropped); ``date_line``: ``Date:`` when the
     upstream sent none (else empty); ``close``: :func:`must_close` said so; ``trailer``: the
     trailer names a chunked upstream announced, announced again. An HTTP/1.0 client gets no
@@ -283,10 +295,7 @@ def response_start(
         and resp_conn.lower() not in _BASIC_CONN_TOKENS
         and (connection_tokens(resp_conn) - _BASIC_CONN_TOKENS)
     ):
-        extra = connection_tokens(resp_conn)
-        for i in range(0, len(resp_out), 4):
-            if resp_out[i].lower() not in extra:
-                parts += resp_out[i : i + 4]
+        parts += lines_without(resp_out, connection_tokens(resp_conn))
     else:
         parts += resp_out
     if resp_extra:
