@@ -33,12 +33,16 @@ import httptools
 from .h1core import XFF_FIRST, add_line, keep_alive_asked, unsupported_version
 from .handle import RequestHandle
 from .http1 import (
+    H_CLEN,
     H_CONNECTION,
     H_DROP,
     H_HOST,
     H_KEEP,
+    H_PROXY_CONN,
     H_TE,
+    H_TENC,
     H_TRAILER,
+    H_UPGRADE,
     H_XFF,
     R_CLEN,
     R_CONNECTION,
@@ -97,6 +101,10 @@ _TOKEN_BYTES: Final = (
     b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 _HEAD_END: Final = b"\r\n\r\n"
+# Translated by these, a header name of token characters, and a request target of visible
+# ASCII, are left as they are (any other byte changes).
+_TOKEN_TABLE: Final = bytes(i if i in _TOKEN_BYTES else 0x21 for i in range(256))
+_TARGET_TABLE: Final = bytes(i if 0x21 <= i < 0x7F else 0x21 for i in range(256))
 #: Whether this module runs compiled: the quick path (ResponseReader._quick) is taken by
 #: default only then. Interpreted, its loop over the lines costs more than llhttp's callbacks
 #: (callgrind, the engine benchmark: 163,537 instructions per request against 143,463).
@@ -115,6 +123,41 @@ def _remember(names: list[bytes], values: list[_T], at: int, name: bytes, value:
     elif at < NAMES_REMEMBERED:  # (at == len(names))
         names.append(name)
         values.append(value)
+
+
+def _act(hdr: dict[bytes, bytes], lname: bytes, act: int, value: bytes) -> None:
+    """What a request header that is not passed through means (its action ``act``, H_*)."""
+    if act == H_HOST:
+        if lname in hdr:
+            raise _ParseLimit(400, "too many Host headers")
+        hdr[lname] = value
+    elif act == H_XFF:
+        prior = hdr.get(lname)
+        if prior is None:
+            hdr[lname] = value
+        else:
+            hdr.setdefault(XFF_FIRST, prior)  # the shim reads the first header line
+            hdr[lname] = prior + b", " + value
+    elif act == H_CONNECTION:
+        prior = hdr.get(lname)
+        hdr[lname] = value if prior is None else prior + b"," + value
+    elif act == H_TE:
+        if b"trailers" in connection_tokens(value):
+            hdr[lname] = b"trailers"
+    elif act == H_TRAILER:
+        prior = hdr.get(lname)
+        hdr[lname] = value if prior is None else prior + b"," + value
+    elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing
+        hdr[lname] = value
+
+
+def _value(line: bytes, k: int) -> bytes:
+    """The value of a header line whose name is ``k`` bytes long, as llhttp reads it (the
+    white space before it dropped, that after it kept)."""
+    j = k + 1
+    while j < len(line) and (line[j] == 0x20 or line[j] == 0x09):
+        j += 1
+    return line[j:]
 
 
 class _ParseLimit(Exception):
@@ -170,6 +213,7 @@ class RequestReader:
         "_hdr_count",
         "_head_seen",
         "_knowns",
+        "_left",
         "_line_of",
         "_line_open",
         "_max_hdr_bytes",
@@ -184,6 +228,7 @@ class RequestReader:
         "error",
         "parsing",
         "preface",
+        "quick",
         "rest",
         "sniffing",
     )
@@ -197,6 +242,7 @@ class RequestReader:
         max_header_bytes: int,
         max_headers: int,
         sniff_h2: bool = False,
+        quick: bool = COMPILED,
     ) -> None:
         """``actions``: lower-case header name → action (:mod:`dataplane.http1`'s ``H_*``;
         names not in it are passed through); ``raw_actions``: the same by the name as clients
@@ -228,6 +274,9 @@ class RequestReader:
         self._read = b""
         self._line_of = b""
         self.sniffing = sniff_h2
+        #: Take the quick path for the requests it can parse (see :meth:`_quick`).
+        self.quick = quick
+        self._left = -1  # bytes left of the body of a request the quick path read (-1: none)
         self._sniffed = b""
         #: The request being parsed (its head, or its body), if any.
         self.parsing: H1Request | None = None
@@ -249,6 +298,10 @@ class RequestReader:
                 return FEED_WAIT
             self.sniffing = False
             self._sniffed = b""
+        if self.quick:
+            data = self._quick_feed(data)
+            if not data:
+                return FEED_OK
         ex = self.parsing
         in_head = ex is None or not ex.headers_complete
         if in_head:
@@ -291,6 +344,169 @@ class RequestReader:
                     self.error = (431, "request header fields too large")
                 return FEED_ERROR
         return FEED_OK
+
+    # -- the quick path ----------------------------------------------------------------------
+    def _quick_feed(self, data: bytes) -> bytes:
+        """Read what the quick path can of a read: the requests it takes (see :meth:`_quick`)
+        and their bodies; returns the bytes left for llhttp (a request it did not take, and
+        all after it), empty when none are."""
+        while data:
+            ex = self.parsing
+            if ex is not None:
+                left = self._left
+                if left < 0:
+                    return data  # llhttp is reading this request
+                n = len(data)
+                if n < left:
+                    self._left = left - n
+                    self._body_seen += n
+                    ex.feed_body(data)
+                    return b""
+                self._left = -1
+                self._body_seen += left
+                ex.feed_body(data if n == left else data[:left])
+                data = data[left:] if n > left else b""
+                self.on_message_complete()
+                continue
+            rest = self._quick(data)
+            if rest is None:
+                return data
+            data = rest
+        return b""
+
+    def _quick(self, data: bytes) -> bytes | None:
+        """Read a request that begins ``data`` without llhttp, if it is of the kind clients
+        send most, and return the bytes after its head (its body, if any, and what follows);
+        None, having told the sink nothing, for any other: llhttp reads it as before, errors
+        and limits included.
+
+        Taken: the head whole in the read, printable ASCII lines ended by CRLF, no
+        continuation lines; GET, HEAD, POST, PUT, DELETE, OPTIONS or PATCH, a target that
+        begins with "/", HTTP/1.1; header names of token characters, within the limits; at
+        most one Host and one Content-Length (of digits); no Transfer-Encoding, Upgrade,
+        Proxy-Connection or ``Connection: close`` (llhttp refuses what follows such a
+        request). The lines passed through go upstream as the client wrote them, in runs of
+        its bytes, names compared with the ones at their places last time (see
+        ResponseReader._quick)."""
+        head, end, rest = data.partition(_HEAD_END)
+        if not end or head.translate(_HEAD_TABLE) is not head:  # cut short, or a CTL or 8-bit
+            return None
+        lines = head.splitlines()
+        n = len(lines)
+        if not head or n - 1 > self._max_hdrs or head[-1] == 0x0A or head[-1] == 0x0D:
+            return None
+        line = lines[0]
+        c = line[0] if line else 0
+        if c == 0x47 and line.startswith(b"GET "):
+            method = b"GET"
+        elif c == 0x50 and line.startswith(b"POST "):
+            method = b"POST"
+        elif c == 0x48 and line.startswith(b"HEAD "):
+            method = b"HEAD"
+        elif c == 0x50 and line.startswith(b"PUT "):
+            method = b"PUT"
+        elif c == 0x44 and line.startswith(b"DELETE "):
+            method = b"DELETE"
+        elif c == 0x4F and line.startswith(b"OPTIONS "):
+            method = b"OPTIONS"
+        elif c == 0x50 and line.startswith(b"PATCH "):
+            method = b"PATCH"
+        else:
+            return None
+        begin = len(method) + 1
+        stop = len(line) - 9
+        if stop <= begin or line[begin] != 0x2F or not line.endswith(b" HTTP/1.1"):
+            return None
+        target = line[begin:stop]
+        if target.translate(_TARGET_TABLE) is not target or len(target) > self._max_hdr_bytes:
+            return None
+        # The header bytes llhttp's path would count (see on_header), at most.
+        if len(head) - len(line) + n - 1 > self._max_hdr_bytes:
+            return None
+        names = self._names
+        knowns = self._knowns
+        # Read into these, handed to the request once it is taken (no sink is told earlier).
+        hdr: dict[bytes, bytes] = {}
+        out: list[bytes] = []
+        pos = len(line) + 2  # where the line being read begins in ``data``
+        run = pos  # where the run of lines passed through began
+        for i in range(n - 1):
+            line = lines[i + 1]
+            known: tuple[bytes, int] | None = None
+            if i < len(names):
+                name = names[i]
+                k = len(name)
+                if len(line) > k and line[k] == 0x3A and line.startswith(name):
+                    known = knowns[i]
+            if known is None:  # not the name at this place last time
+                name, colon, _ = line.partition(b":")
+                if not colon or not name or name.translate(_TOKEN_TABLE) is not name:
+                    return None
+                known = self._raw_actions.get(name)
+                if known is None:
+                    lname = name.lower()
+                    known = (lname, self._actions.get(lname, -1))
+                    if len(self._raw_actions) < RAW_NAMES_MAX:
+                        self._raw_actions[name] = known
+                _remember(names, knowns, i, name, known)
+            lname, act = known
+            if act >= 0:
+                if act in (H_TENC, H_UPGRADE, H_PROXY_CONN):
+                    return None
+                value = _value(line, len(lname))
+                if act == H_KEEP:  # forwarded, and the first value remembered
+                    if lname not in hdr:
+                        hdr[lname] = value
+                else:
+                    if act in (H_HOST, H_CLEN):
+                        if lname in hdr:  # (llhttp's path refuses the second)
+                            return None
+                        if act == H_CLEN and (not value.isdigit() or len(value) > 15):
+                            return None
+                    elif act == H_CONNECTION and (
+                        value != b"keep-alive" and b"close" in connection_tokens(value)
+                    ):
+                        return None
+                    if run < pos:
+                        out.append(data[run:pos])
+                    run = pos + len(line) + 2
+                    _act(hdr, lname, act, value)
+            pos += len(line) + 2
+        if pos != len(head) + 2:  # a line ended with a bare CR or LF
+            return None
+        if run < pos:
+            out.append(data[run:pos])
+        # Taken: from here on the request is told to the sink.
+        ex = self._sink.request_begun()
+        self.parsing = ex
+        self._line_open = False
+        self._body_seen = 0
+        self._line_of = b""
+        self._read = b""
+        ex.target = target
+        ex.hdr = hdr
+        ex.hdr_out = out
+        ex.headers_complete = True
+        ex.method = method
+        ex.version = "1.1"
+        ex.keep_alive = True
+        ex.upgrade = False
+        ex.req_chunked = False
+        self._head_seen = 0
+        expect = hdr.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue":
+            ex.expect_continue = True
+        self._sink.head_parsed(ex)
+        left = 0
+        clen = hdr.get(b"content-length")
+        if clen is not None:
+            for j in range(len(clen)):  # (its digits: int() costs ~800 instructions)
+                left = left * 10 + clen[j] - 0x30
+        if left == 0:
+            self.on_message_complete()
+        else:
+            self._left = left
+        return rest
 
     def _h2_preface(self, data: bytes) -> bytes | None:
         """After a parse error on ``data``: if the connection opened with the HTTP/2 preface,
@@ -486,29 +702,7 @@ class RequestReader:
             out.append(value)
             out.append(_CRLF)
             return
-        hdr = ex.hdr
-        if act == H_HOST:
-            if lname in hdr:
-                raise _ParseLimit(400, "too many Host headers")
-            hdr[lname] = value
-        elif act == H_XFF:
-            prior = hdr.get(lname)
-            if prior is None:
-                hdr[lname] = value
-            else:
-                hdr.setdefault(XFF_FIRST, prior)  # the shim reads the first header line
-                hdr[lname] = prior + b", " + value
-        elif act == H_CONNECTION:
-            prior = hdr.get(lname)
-            hdr[lname] = value if prior is None else prior + b"," + value
-        elif act == H_TE:
-            if b"trailers" in connection_tokens(value):
-                hdr[lname] = b"trailers"
-        elif act == H_TRAILER:
-            prior = hdr.get(lname)
-            hdr[lname] = value if prior is None else prior + b"," + value
-        elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing
-            hdr[lname] = value
+        _act(ex.hdr, lname, act, value)
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -731,7 +925,7 @@ class ResponseReader:
         # its lengths are summed up (below).
         lines = head.splitlines()
         n = len(lines)
-        if head[-1] == 0x0A or head[-1] == 0x0D:
+        if not head or head[-1] == 0x0A or head[-1] == 0x0D:
             return False
         line = lines[0]
         if (
@@ -781,10 +975,7 @@ class ResponseReader:
                     return False
                 if run < pos:
                     out.append(data[run:pos])
-                j = k + 1  # (llhttp drops the white space before a value, keeps that after)
-                while j < len(line) and (line[j] == 0x20 or line[j] == 0x09):
-                    j += 1
-                value = line[j:]
+                value = _value(line, k)
                 self._act(act, value)
                 run = pos + len(line) + 2
             pos += len(line) + 2

@@ -113,10 +113,11 @@ class RequestHandle:
         v = self.hdr.get(lname)
         if v is not None:
             return v
-        out = self.hdr_out
-        for i in range(0, len(out), 4):
-            if out[i].lower() == lname:
-                return out[i + 2]
+        # (the pass-through pieces join into whole lines: see h1core.lines_without)
+        for line in b"".join(self.hdr_out).split(_CRLF):
+            name, colon, value = line.partition(b":")
+            if colon and name.lower() == lname:
+                return value.strip(b" \t")
         return None
 
     def drop_header(self, lname: bytes) -> None:

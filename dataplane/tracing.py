@@ -186,19 +186,19 @@ def set_upstream_traceparent(ex: Request, value: bytes) -> None:
     Only the pass-through list changes: the engine's parsed ``hdr`` (read by the request log)
     keeps the client's value.
     """
-    out = ex.hdr_out
+    kept: list[bytes] = []
     found = False
-    for i, part in enumerate(out):
-        n = len(part)
-        if n == 11 and part.lower() == b"traceparent":
-            if i + 2 < len(out) and out[i + 1] == b": ":  # a (name, ": ", value, CRLF) group
-                out[i + 2] = value
+    # (the pass-through list holds pieces that join into whole lines: a reader's
+    # (name, ": ", value, CRLF) groups, runs of lines as received, (line, CRLF) pairs)
+    for line in b"".join(ex.hdr_out).split(b"\r\n"):
+        if line:
+            if line[:12].lower() == b"traceparent:":
+                line = line[:11] + b": " + value  # (the client's spelling of the name)
                 found = True
-        elif n > 11 and part[:12].lower() == b"traceparent:":
-            out[i] = b"traceparent: " + value
-            found = True
+            kept += (line, b"\r\n")
     if not found:
-        out += (b"traceparent", b": ", value, b"\r\n")
+        kept += (b"traceparent: ", value, b"\r\n")
+    ex.hdr_out = kept
 
 
 class RequestSpans:

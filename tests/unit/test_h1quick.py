@@ -1,20 +1,27 @@
 """The readers' quick path against llhttp's: the same bytes, read both ways, tell the same.
 
-A ResponseReader reads the responses it can without llhttp (``_quick``: the head whole in one
-read, HTTP/1.1, a final status, printable lines, a Content-Length body) and hands any other to
-llhttp untouched. Here generated responses, well-formed and not, go through a reader with the
-quick path and one without, and what each tells its sink and keeps must agree; the lines passed
-through may differ only in the white space around a value (the quick path forwards a line as
-the upstream wrote it).
+A RequestReader and a ResponseReader read the messages they can without llhttp (``_quick``:
+the head whole in one read, HTTP/1.1, printable lines, a body framed by Content-Length) and
+hand any other to llhttp untouched. Here generated messages, well-formed and not, cut across
+reads and pipelined, go through a reader with the quick path and one without, and what each
+tells its sink and keeps must agree; the lines passed through may differ only in the white
+space around a value (the quick path forwards a line as the peer wrote it).
 """
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataplane.h1reader import FEED_ERROR, ResponseReader
-from tests.unit.test_h1reader import Answer
+from dataplane.h1reader import FEED_ERROR, FEED_UPGRADE, RequestReader, ResponseReader
+from dataplane.http1 import request_actions
+from tests.unit.test_h1reader import Answer, Req, Sink
+
+# The examples are drawn from a fixed seed (a run is repeatable; CI cannot flake on a new one);
+# KND_EXPLORE=1 draws new ones each run.
+_FIXED = not os.environ.get("KND_EXPLORE")
 
 
 def _lines(out: list[bytes]) -> list[tuple[bytes, bytes]]:
@@ -195,7 +202,7 @@ def _usual_responses(draw: st.DrawFn) -> bytes:
 
 
 class TestResponseQuickPath:
-    @settings(max_examples=1500, deadline=None)
+    @settings(max_examples=1500, deadline=None, derandomize=_FIXED)
     @given(
         data=_usual_responses(),
         method=st.sampled_from([b"GET", b"GET", b"HEAD"]),
@@ -208,7 +215,7 @@ class TestResponseQuickPath:
             data = data[: data.find(b"\r\n\r\n") + 4]
         assert _read(data, method, True, cut) == _read(data, method, False, cut)
 
-    @settings(max_examples=3000, deadline=None)
+    @settings(max_examples=3000, deadline=None, derandomize=_FIXED)
     @given(
         data=_responses(),
         method=st.sampled_from([b"GET", b"HEAD"]),
@@ -280,3 +287,233 @@ def _done(r: ResponseReader) -> bool:
 def _quick(r: ResponseReader) -> bool:
     """Whether llhttp was left alone for the response being read."""
     return not r._slow
+
+
+# -- requests ------------------------------------------------------------------------------------
+def _request_state(r: RequestReader, sink: Sink, steps: list[int]) -> tuple[object, ...]:
+    reqs = []
+    for req in sink.begun:
+        assert isinstance(req, Req)
+        reqs.append(
+            (
+                req.method,
+                req.target,
+                req.version,
+                req.hdr,
+                _lines(req.hdr_out),
+                req.keep_alive,
+                req.upgrade,
+                req.req_chunked,
+                req.expect_continue,
+                b"".join(req.pieces),
+                req.ended,
+            )
+        )
+    events: list[tuple[object, ...]] = []
+    for e in sink.events:  # (a body's pieces may be cut differently)
+        if e[0] != "body" or not events or events[-1][0] != "body":
+            events.append(e[:2])
+    failed = FEED_ERROR in steps
+    return (steps, r.error if failed else None, reqs, events)
+
+
+def _read_requests(data: bytes, quick: bool, cut: int, limit: int, count: int) -> object:
+    sink = Sink()
+    r = RequestReader(
+        sink,  # type: ignore[arg-type]
+        actions=request_actions((b"k-proxy-request",)),
+        raw_actions={},
+        max_header_bytes=limit,
+        max_headers=count,
+        quick=quick,
+    )
+    pieces = [data] if not cut else [data[:cut], data[cut:]]
+    steps = []
+    for p in pieces:
+        if p:
+            steps.append(r.feed(p))
+            if steps[-1] == FEED_ERROR:
+                break
+    return _request_state(r, sink, steps)
+
+
+_REQUEST_LINES = [
+    b"GET /hello?name=world HTTP/1.1",
+    b"GET /hello?name=world HTTP/1.1",
+    b"POST /submit HTTP/1.1",
+    b"PUT /a HTTP/1.1",
+    b"PATCH /a HTTP/1.1",
+    b"DELETE /a HTTP/1.1",
+    b"HEAD / HTTP/1.1",
+    b"OPTIONS * HTTP/1.1",
+    b"OPTIONS /x HTTP/1.1",
+    b"GET /odd!$&'()*+,;=:@[]{}|^`\"<>~% HTTP/1.1",
+    b"GET http://h/abs HTTP/1.1",
+    b"GET /a HTTP/1.0",
+    b"GET /a HTTP/2.0",
+    b"GET  /a HTTP/1.1",
+    b"GET /a  HTTP/1.1",
+    b"GET /a b HTTP/1.1",
+    b"GET /caf\xc3\xa9 HTTP/1.1",
+    b"FOO /a HTTP/1.1",
+    b"CONNECT h:443 HTTP/1.1",
+    b"get /a HTTP/1.1",
+    b"GET /a HTTP/1.1 ",
+    b"GETX /a HTTP/1.1",
+    b"GET",
+]
+_REQUEST_LINES_OK = [
+    b"Host: hello.default.example.com",
+    b"Host: other",
+    b"User-Agent: locust/2.47",
+    b"Accept: */*",
+    b"Accept-Encoding: gzip, deflate",
+    b"X-Request-Id: 6c1f7d4e",
+    b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    b"Connection: keep-alive",
+    b"Connection: close",
+    b"Connection: Keep-Alive, X-Custom",
+    b"connection:keep-alive",
+    b"X-Custom: 1",
+    b"Keep-Alive: timeout=5",
+    b"X-Forwarded-For: 10.0.0.1",
+    b"X-Forwarded-Host: example.com",
+    b"Forwarded: for=10.0.0.9",
+    b"K-Proxy-Request: activator",
+    b"TE: trailers",
+    b"TE: gzip",
+    b"Trailer: x-sum",
+    b"Expect: 100-continue",
+    b"Content-Length: 5",
+    b"Content-Length: 0",
+    b"Cookie: a=b; c=d",
+    b"X-Empty:",
+    b"X-Spaces:   v  ",
+    b"X-Tab:\tv",
+    b"Hosts: x",
+    b"X-Custom-Long: 2",
+]
+_REQUEST_LINES_ODD = [
+    b"Transfer-Encoding: chunked",
+    b"Upgrade: websocket",
+    b"Connection: Upgrade",
+    b"Connection: keep-alive, Upgrade",
+    b"Proxy-Connection: keep-alive",
+    b"Proxy-Connection: close",
+    b"Content-Length: +5",
+    b"Content-Length: 5 ",
+    b"Content-Length: 99999999999999999999",
+    b"Bad Name: x",
+    b": novalue",
+    b"NoColon",
+    b" folded",
+    b"X-Ctl: a\x01b",
+    b"X-High: caf\xc3\xa9",
+    b"X-Bare: a\rb",
+    b"X-Bare: a\nb",
+    b"X-Del: a\x7fb",
+    b"X-Very-Long-Header-Name-That-Is-Longer-Than-Sixty-Four-Bytes-To-Be-Remembered: x",
+]
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> bytes:
+    out = b""
+    for _ in range(draw(st.integers(1, 3))):  # pipelined
+        line = draw(st.sampled_from(_REQUEST_LINES))
+        headers = draw(
+            st.lists(
+                st.one_of(
+                    st.sampled_from(_REQUEST_LINES_OK),
+                    st.sampled_from(_REQUEST_LINES_OK),
+                    st.sampled_from(_REQUEST_LINES_OK + _REQUEST_LINES_ODD),
+                ),
+                max_size=8,
+            )
+        )
+        body = b""
+        if b"Content-Length: 5" in headers:
+            body = draw(st.sampled_from([b"hello", b"hello", b"hell", b"hello!"]))
+        out += line + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+        out += draw(st.sampled_from([b"", b"", b"", b"\r\n"]))
+    return out
+
+
+class TestRequestQuickPath:
+    @settings(max_examples=3000, deadline=None, derandomize=_FIXED)
+    @given(
+        data=_requests(),
+        cut=st.integers(min_value=0, max_value=300),
+        limit=st.sampled_from([64 * 1024, 64 * 1024, 120, 60]),
+        count=st.sampled_from([256, 256, 3]),
+    )
+    def test_tells_what_llhttp_tells(self, data: bytes, cut: int, limit: int, count: int) -> None:
+        quick = _read_requests(data, True, cut, limit, count)
+        slow = _read_requests(data, False, cut, limit, count)
+        if quick != slow and not data.isascii():
+            # llhttp's path refuses a raw byte >= 0x80 in a pipelined target when the read
+            # before held the start of its request line after a whole request (a known limit,
+            # docs/queue-proxy.md); after a request the quick path read, that line is followed.
+            status, reason = slow[1]  # type: ignore[index, misc]
+            assert status == 400 and "in url" in reason
+            assert quick[1] is None  # type: ignore[index]
+            return
+        assert quick == slow
+
+    def test_takes_the_common_request(self) -> None:
+        # (the comparison above would pass if the quick path never ran: this one would not)
+        sink = Sink()
+        r = RequestReader(
+            sink,  # type: ignore[arg-type]
+            actions=request_actions(),
+            raw_actions={},
+            max_header_bytes=64 * 1024,
+            max_headers=256,
+            quick=True,
+        )
+        data = (
+            b"POST /a?b=c HTTP/1.1\r\nHost: h\r\nUser-Agent: t\r\nAccept: */*\r\n"
+            b"Content-Length: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Custom: 1\r\n\r\nhel"
+        )
+        r.feed(data)
+        req = sink.begun[0]
+        assert r.parsing is req and r._left == 2  # its body, not llhttp's
+        # runs of lines as received, between the ones the proxy reads
+        assert req.hdr_out == [b"User-Agent: t\r\nAccept: */*\r\n", b"X-Custom: 1\r\n"]
+        assert req.hdr == {
+            b"host": b"h",
+            b"content-length": b"5",
+            b"x-forwarded-for": b"10.0.0.1",
+        }
+        assert req.find_header(b"accept") == b"*/*" and req.find_header(b"x-custom") == b"1"
+        r.feed(b"loGET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert b"".join(req.pieces) == b"hello" and req.ended and len(sink.begun) == 2
+        assert sink.begun[1].target == b"/" and sink.begun[1].headers_complete
+
+    def _reader(self, sink: Sink) -> RequestReader:
+        return RequestReader(
+            sink,  # type: ignore[arg-type]
+            actions=request_actions(),
+            raw_actions={},
+            max_header_bytes=64 * 1024,
+            max_headers=256,
+            quick=True,
+        )
+
+    def test_a_new_name_at_a_remembered_place(self) -> None:
+        sink = Sink()
+        r = self._reader(sink)
+        r.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n")
+        # "Host" and "X-Forwarded-For" were at places 0 and 1: these names begin with them
+        r.feed(b"GET / HTTP/1.1\r\nHosts: x\r\nX-Forwarded-Fort: 5\r\n\r\n")
+        req = sink.begun[1]
+        assert r._names[:2] == [b"Hosts", b"X-Forwarded-Fort"]  # (the quick path read it)
+        assert req.hdr == {} and req.ended
+        assert req.hdr_out == [b"Hosts: x\r\nX-Forwarded-Fort: 5\r\n"]
+
+    def test_an_upgrade_is_left_to_llhttp(self) -> None:
+        sink = Sink()
+        r = self._reader(sink)
+        data = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        assert r.feed(data + b"\x81\x00") == FEED_UPGRADE
+        assert sink.begun[0].upgrade and r.rest == b"\x81\x00"

@@ -179,10 +179,10 @@ class FakeExchange:
         return self.target.partition(b"?")[0]
 
     def find_header(self, lname: bytes) -> bytes | None:
-        out = self.hdr_out
-        for i in range(0, len(out), 4):
-            if out[i].lower() == lname:
-                return out[i + 2]
+        for line in b"".join(self.hdr_out).split(b"\r\n"):
+            name, colon, value = line.partition(b":")
+            if colon and name.lower() == lname:
+                return value.strip()
         return None
 
     def wire(self) -> bytes:
@@ -214,6 +214,14 @@ def test_upstream_traceparent_after_drop_header() -> None:
     ex.hdr_out = [b"A: 1", b"\r\n", b"traceparent: old", b"\r\n"]
     set_upstream_traceparent(ex, b"NEW")  # type: ignore[arg-type]
     assert ex.wire() == b"A: 1\r\ntraceparent: NEW\r\n"
+
+
+def test_upstream_traceparent_in_a_run_of_lines() -> None:
+    # The quick path of the compiled build passes lines through as runs of the client's bytes.
+    ex = FakeExchange([])
+    ex.hdr_out = [b"A: 1\r\ntraceparent:old\r\nB: 2\r\n", b"C: 3\r\n"]
+    set_upstream_traceparent(ex, b"NEW")  # type: ignore[arg-type]
+    assert ex.wire() == b"A: 1\r\ntraceparent: NEW\r\nB: 2\r\nC: 3\r\n"
 
 
 # --------------------------------------------------------------------------- spans
