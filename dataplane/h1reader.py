@@ -712,6 +712,10 @@ class RequestReader:
         ex.method = method = p.get_method()
         ex.version = self._version(method, ex.target)
         ex.keep_alive = p.should_keep_alive()
+        if not ex.keep_alive:
+            # llhttp refuses any request after this one ("Data after `Connection: close`"),
+            # Proxy-Connection's too: the quick path must not take one either.
+            self.quick = False
         if b"proxy-connection" in ex.hdr:  # (rare: the common request skips the call)
             ex.keep_alive = keep_alive_asked(ex.version, ex.hdr.get(b"connection"))
         # llhttp upgrades a request with an Upgrade header (and Connection: upgrade) or CONNECT

@@ -722,6 +722,7 @@ class ServerConnection(asyncio.Protocol):
                 h2c is not None
                 and preface is not None
                 and self.active is None
+                and self._ready is None  # (a request before it in the read is answered first)
                 and not self.pending
                 and h2c(self, preface)
             ):

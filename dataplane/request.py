@@ -36,7 +36,8 @@ class Request(Protocol):
     version: str  # "1.0", "1.1" or "2.0"
     #: The headers the engine indexes (lower-case name -> first value; see ServerConfig).
     hdr: dict[bytes, bytes]
-    #: The forwarded header lines as (name, ": ", value, CRLF) groups.
+    #: The forwarded header lines: pieces that join into whole lines, each ending in CRLF
+    #: ((name, ": ", value, CRLF) groups, or runs of lines as the client wrote them).
     hdr_out: list[bytes]
     req_chunked: bool  # HTTP/1.1 chunked request body
     upgrade: bool  # an HTTP/1.1 upgrade request (always False on HTTP/2)

@@ -150,6 +150,23 @@ async def test_pipelined_requests_answered_in_order(qp: QueueProxy, app: Running
     assert app.state.max_in_flight == 1
 
 
+async def test_http2_preface_after_a_request_in_one_read(qp: QueueProxy, app: RunningApp) -> None:
+    # The preface switches a connection to HTTP/2 only when nothing came before it: a request
+    # ahead of it in the same read is answered, then the preface is a bad request (a review
+    # found the compiled quick path handing such a connection over, the request unanswered).
+    conn = await RawConn.open(qp.port)
+    try:
+        await conn.send(b"GET /hello HTTP/1.1\r\nHost: h\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        r1 = await conn.read_response()
+        r2 = await conn.read_response()
+        closed = await conn.closed_by_peer()
+    finally:
+        await conn.close()
+    assert (r1.status, r1.body) == (200, b"hello")
+    assert r2.status == 400 and closed
+    assert app.state.total == 1
+
+
 async def test_keep_alive_reuses_connection(qp: QueueProxy) -> None:
     conn = await RawConn.open(qp.port)
     try:
