@@ -960,7 +960,7 @@ class ResponseReader:
                     act = self._acts[i]
             if act == -2:  # not the name at this place last time
                 name, colon, value = line.partition(b":")
-                if not colon or not name or name.translate(None, _TOKEN_BYTES):
+                if not colon or not name or name.translate(_TOKEN_TABLE) is not name:
                     self._reset()
                     return False
                 k = len(name)

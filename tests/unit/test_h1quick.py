@@ -464,9 +464,10 @@ class TestRequestQuickPath:
             # llhttp's path refuses a raw byte >= 0x80 in a pipelined target when the read
             # before held the start of its request line after a whole request (a known limit,
             # docs/queue-proxy.md); after a request the quick path read, that line is followed.
+            # (what follows in the request may still be refused, for its own reasons)
             status, reason = slow[1]  # type: ignore[index]
             assert status == 400 and "in url" in reason
-            assert quick[1] is None  # type: ignore[index]
+            assert quick[1] is None or "in url" not in quick[1][1]  # type: ignore[index]
             return
         assert quick == slow
 
