@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
-from dataplane.listen import listen
+from dataplane.listen import handle_stop_signals, hold_stop_signals, listen
 from dataplane.logs import setup_logging
 from dataplane.metrics import (
     ACTIVATOR_OTEL_NAMES,
@@ -348,13 +348,7 @@ async def _serve(
     obs: ObservabilityConfig | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    # A signal that arrives while the servers start (a port may already answer) is held and
-    # handled once they have: until a handler of ours is installed, asyncio.Runner's own SIGINT
-    # handler would cancel this task (the process then exits with KeyboardInterrupt) and
-    # SIGTERM would end the process without its drain.
-    early: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, early.append, sig)
+    early = hold_stop_signals(loop)  # (handled once the servers have started)
     try:
         proc = compose(env, loop, tracing, obs)
     except ConfigError as e:
@@ -370,10 +364,7 @@ async def _serve(
         return 1
     if proc.tracer is not None:
         proc.tracer.settle()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, proc.on_signal, sig)
-    for early_sig in early:
-        proc.on_signal(early_sig)
+    handle_stop_signals(loop, proc.on_signal, early)
     log.info(
         "activator serving",
         extra={

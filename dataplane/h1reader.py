@@ -151,6 +151,26 @@ def _act(hdr: dict[bytes, bytes], lname: bytes, act: int, value: bytes) -> None:
         hdr[lname] = value
 
 
+def _head_lines(head: bytes) -> list[bytes] | None:
+    """The lines of a head the quick path may read: all printable ASCII (HTAB, CR and LF
+    aside), none ended by a lone CR or LF at its end (one inside is caught by the sum of the
+    line lengths, see the callers); None for any other."""
+    if not head or head.translate(_HEAD_TABLE) is not head or head[-1] == 0x0A or head[-1] == 0x0D:
+        return None
+    return head.splitlines()  # (at CRLF, CR and LF alike)
+
+
+def _name_at(names: list[bytes], i: int, line: bytes) -> int:
+    """The length of the name at place ``i`` last time, if ``line`` is a header of that name
+    (its name then a colon: one memcmp), else -1."""
+    if i < len(names):
+        name = names[i]
+        k = len(name)
+        if len(line) > k and line[k] == 0x3A and line.startswith(name):
+            return k
+    return -1
+
+
 def _value(line: bytes, k: int) -> bytes:
     """The value of a header line whose name is ``k`` bytes long, as llhttp reads it (the
     white space before it dropped, that after it kept)."""
@@ -389,13 +409,13 @@ class RequestReader:
         its bytes, names compared with the ones at their places last time (see
         ResponseReader._quick)."""
         head, end, rest = data.partition(_HEAD_END)
-        if not end or head.translate(_HEAD_TABLE) is not head:  # cut short, or a CTL or 8-bit
+        lines = _head_lines(head) if end else None
+        if lines is None or len(lines) - 1 > self._max_hdrs:
             return None
-        lines = head.splitlines()
         n = len(lines)
-        if not head or n - 1 > self._max_hdrs or head[-1] == 0x0A or head[-1] == 0x0D:
-            return None
         line = lines[0]
+        # (a chain, not a loop over a tuple of methods: compiled, the loop cost ~500
+        # instructions more per request)
         c = line[0] if line else 0
         if c == 0x47 and line.startswith(b"GET "):
             method = b"GET"
@@ -432,12 +452,7 @@ class RequestReader:
         run = pos  # where the run of lines passed through began
         for i in range(n - 1):
             line = lines[i + 1]
-            known: tuple[bytes, int] | None = None
-            if i < len(names):
-                name = names[i]
-                k = len(name)
-                if len(line) > k and line[k] == 0x3A and line.startswith(name):
-                    known = knowns[i]
+            known = knowns[i] if _name_at(names, i, line) >= 0 else None
             if known is None:  # not the name at this place last time
                 name, colon, _ = line.partition(b":")
                 if not colon or not name or name.translate(_TOKEN_TABLE) is not name:
@@ -923,14 +938,10 @@ class ResponseReader:
         compared with the one at its place in the last response (``startswith``); only a new
         name is split off and checked for token characters."""
         head, end, rest = data.partition(_HEAD_END)
-        if not end or head.translate(_HEAD_TABLE) is not head:  # cut short, or a CTL or 8-bit
+        lines = _head_lines(head) if end else None
+        if lines is None:
             return False
-        # Lines split at CRLF, CR and LF alike: that each line ended with CRLF is checked once
-        # its lengths are summed up (below).
-        lines = head.splitlines()
         n = len(lines)
-        if not head or head[-1] == 0x0A or head[-1] == 0x0D:
-            return False
         line = lines[0]
         if (
             len(line) < 12
@@ -952,12 +963,8 @@ class ResponseReader:
         run = pos  # where the run of lines passed through began
         for i in range(n - 1):
             line = lines[i + 1]
-            act = -2
-            if i < len(names):
-                name = names[i]
-                k = len(name)
-                if len(line) > k and line[k] == 0x3A and line.startswith(name):
-                    act = self._acts[i]
+            k = _name_at(names, i, line)
+            act = acts[i] if k >= 0 else -2
             if act == -2:  # not the name at this place last time
                 name, colon, value = line.partition(b":")
                 if not colon or not name or name.translate(_TOKEN_TABLE) is not name:

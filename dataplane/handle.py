@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from .h1core import lines_without
 from .http1 import error_body_headers
 from .timeouts import RequestDeadlines, TimeoutPolicy
 
@@ -123,11 +124,7 @@ class RequestHandle:
     def drop_header(self, lname: bytes) -> None:
         """Remove a request header (all its lines) before the request is forwarded."""
         self.hdr.pop(lname, None)
-        kept: list[bytes] = []
-        for line in b"".join(self.hdr_out).split(_CRLF):
-            if line and line.partition(b":")[0].lower() != lname:
-                kept += (line, _CRLF)
-        self.hdr_out = kept
+        self.hdr_out = lines_without(self.hdr_out, {lname})
 
     # -- answering (each protocol implements these) ----------------------------------------
     def respond(

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from dataplane.breaker import Breaker
 from dataplane.envconfig import ConfigError
 from dataplane.h2c import H2Hub
-from dataplane.listen import listen
+from dataplane.listen import handle_stop_signals, hold_stop_signals, listen
 from dataplane.logs import setup_logging
 from dataplane.probespec import ProbeConfigError, parse_readiness_probe
 from dataplane.proxy import HTTPServer, ServerConfig
@@ -449,13 +449,7 @@ async def _serve(
     who: Identity | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    # A signal that arrives while the servers start (a port may already answer) is held and
-    # handled once they have: until a handler of ours is installed, asyncio.Runner's own SIGINT
-    # handler would cancel this task (the process then exits with KeyboardInterrupt) and
-    # SIGTERM would end the process without its drain.
-    early: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, early.append, sig)
+    early = hold_stop_signals(loop)  # (handled once the servers have started)
     try:
         qp = compose(env, loop, main_sock, tracing, who)
         await qp.start()
@@ -464,10 +458,7 @@ async def _serve(
         return 1
     if qp.tracer is not None:
         qp.tracer.settle()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, qp.on_signal, sig)
-    for early_sig in early:
-        qp.on_signal(early_sig)
+    handle_stop_signals(loop, qp.on_signal, early)
     log.info(
         "queue-proxy serving",
         extra={

@@ -11,6 +11,7 @@ space around a value (the quick path forwards a line as the peer wrote it).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -63,9 +64,18 @@ def _state(r: ResponseReader, a: Answer, steps: list[int]) -> tuple[object, ...]
 def _read(data: bytes, method: bytes, quick: bool, cut: int) -> tuple[object, ...]:
     r = ResponseReader(quick=quick)
     a = Answer(method)
-    pieces = [data] if not cut else [data[:cut], data[cut:]]
-    steps = [_feed(r, p, a) for p in pieces if p]
-    return _state(r, a, steps)
+    return _state(r, a, _feed_reads(lambda p: _feed(r, p, a), data, cut))
+
+
+def _feed_reads(feed: Callable[[bytes], int], data: bytes, cut: int) -> list[int]:
+    """What ``feed`` returned for each read of ``data`` cut as :func:`_cut` says, up to the
+    first refusal."""
+    steps: list[int] = []
+    for p in _cut(data, cut):
+        steps.append(feed(p))
+        if steps[-1] == FEED_ERROR:
+            break
+    return steps
 
 
 # Lines upstreams send, which the quick path takes, and odd ones, which it leaves to llhttp.
@@ -327,24 +337,27 @@ def _cut(data: bytes, cut: int) -> list[bytes]:
     return [p for p in pieces if p]
 
 
-def _read_requests(data: bytes, quick: bool, cut: int, limit: int, count: int) -> object:
-    sink = Sink()
-    r = RequestReader(
+def _request_reader(
+    sink: Sink,
+    quick: bool = True,
+    limit: int = 64 * 1024,
+    count: int = 256,
+    index: tuple[bytes, ...] = (),
+) -> RequestReader:
+    return RequestReader(
         sink,  # type: ignore[arg-type]
-        actions=request_actions((b"k-proxy-request",)),
+        actions=request_actions(index),
         raw_actions={},
         max_header_bytes=limit,
         max_headers=count,
         quick=quick,
     )
-    pieces = _cut(data, cut)
-    steps = []
-    for p in pieces:
-        if p:
-            steps.append(r.feed(p))
-            if steps[-1] == FEED_ERROR:
-                break
-    return _request_state(r, sink, steps)
+
+
+def _read_requests(data: bytes, quick: bool, cut: int, limit: int, count: int) -> object:
+    sink = Sink()
+    r = _request_reader(sink, quick, limit, count, (b"k-proxy-request",))
+    return _request_state(r, sink, _feed_reads(r.feed, data, cut))
 
 
 _REQUEST_LINES = [
@@ -474,14 +487,7 @@ class TestRequestQuickPath:
     def test_takes_the_common_request(self) -> None:
         # (the comparison above would pass if the quick path never ran: this one would not)
         sink = Sink()
-        r = RequestReader(
-            sink,  # type: ignore[arg-type]
-            actions=request_actions(),
-            raw_actions={},
-            max_header_bytes=64 * 1024,
-            max_headers=256,
-            quick=True,
-        )
+        r = _request_reader(sink)
         data = (
             b"POST /a?b=c HTTP/1.1\r\nHost: h\r\nUser-Agent: t\r\nAccept: */*\r\n"
             b"Content-Length: 5\r\nX-Forwarded-For: 10.0.0.1\r\nX-Custom: 1\r\n\r\nhel"
@@ -501,19 +507,9 @@ class TestRequestQuickPath:
         assert b"".join(req.pieces) == b"hello" and req.ended and len(sink.begun) == 2
         assert sink.begun[1].target == b"/" and sink.begun[1].headers_complete
 
-    def _reader(self, sink: Sink) -> RequestReader:
-        return RequestReader(
-            sink,  # type: ignore[arg-type]
-            actions=request_actions(),
-            raw_actions={},
-            max_header_bytes=64 * 1024,
-            max_headers=256,
-            quick=True,
-        )
-
     def test_a_new_name_at_a_remembered_place(self) -> None:
         sink = Sink()
-        r = self._reader(sink)
+        r = _request_reader(sink)
         r.feed(b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n")
         # "Host" and "X-Forwarded-For" were at places 0 and 1: these names begin with them
         r.feed(b"GET / HTTP/1.1\r\nHosts: x\r\nX-Forwarded-Fort: 5\r\n\r\n")
@@ -524,7 +520,7 @@ class TestRequestQuickPath:
 
     def test_an_upgrade_is_left_to_llhttp(self) -> None:
         sink = Sink()
-        r = self._reader(sink)
+        r = _request_reader(sink)
         data = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
         assert r.feed(data + b"\x81\x00") == FEED_UPGRADE
         assert sink.begun[0].upgrade and r.rest == b"\x81\x00"
@@ -541,14 +537,7 @@ class TestRequestQuickPath:
             got = []
             for quick in (True, False):
                 sink = Sink()
-                r = RequestReader(
-                    sink,  # type: ignore[arg-type]
-                    actions=request_actions(),
-                    raw_actions={},
-                    max_header_bytes=64 * 1024,
-                    max_headers=256,
-                    quick=quick,
-                )
+                r = _request_reader(sink, quick)
                 steps = [r.feed(first), r.feed(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")]
                 got.append((steps, r.error, [q.target for q in sink.begun]))
             assert got[0] == got[1] == ([0, 3], (400, got[1][1][1]), [b"/"])
