@@ -64,8 +64,12 @@ NOT_COMPILED := test_fakekube test_k8s_informer test_k8s_lease test_k8s_scale te
 	test_local_platform test_observability_aiohttp test_observability_knd test_scraper \
 	test_statserver test_statsink test_knd_newcomer test_k8s_incluster test_k8s_manifests \
 	test_httpget
+# (-P and --import-mode=append: neither python -m nor pytest may put the source tree before
+# build/compiled on sys.path, or the tests in this process would import the pure modules;
+# test_h1scan.py checks that they do not)
 test-compiled: compiled
-	PYTHONPATH=$(CURDIR)/build/compiled $(BIN)/python -m pytest tests/integration -q \
+	PYTHONPATH=$(CURDIR)/build/compiled $(BIN)/python -P -m pytest --import-mode=append -q \
+		tests/integration tests/unit/test_h1scan.py \
 		$(foreach t,$(NOT_COMPILED),--ignore=tests/integration/$(t).py) $(PYTEST_ARGS)
 
 ## bench: proxy throughput side by side with direct, nginx and an aiohttp proxy

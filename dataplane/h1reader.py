@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 import httptools
 
 from .h1core import XFF_FIRST, add_line, keep_alive_asked, unsupported_version
+from .h1scan import NATIVE, scan
 from .handle import RequestHandle
 from .http1 import (
     H_CLEN,
@@ -91,38 +92,41 @@ NAME_REMEMBERED_MAX: Final = 64
 
 _T = TypeVar("_T")
 
-# The quick path's check of a head (see ResponseReader._quick): translated by this table, a
-# head of printable ASCII, HTAB, CR and LF is left as it is (any other byte becomes a space).
-# A header name must be all token characters (RFC 9110 §5.6.2): deleting them leaves nothing.
-_HEAD_TABLE: Final = bytes(
-    i if i == 9 or i == 10 or i == 13 or 0x20 <= i < 0x7F else 0x20 for i in range(256)
-)
-_TOKEN_BYTES: Final = (
-    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
-_HEAD_END: Final = b"\r\n\r\n"
-# Translated by these, a header name of token characters, and a request target of visible
-# ASCII, are left as they are (any other byte changes).
-_TOKEN_TABLE: Final = bytes(i if i in _TOKEN_BYTES else 0x21 for i in range(256))
+# Translated by this table, a request target of visible ASCII is left as it is (any other
+# byte changes).
 _TARGET_TABLE: Final = bytes(i if 0x21 <= i < 0x7F else 0x21 for i in range(256))
-#: Whether this module runs compiled: the quick path (ResponseReader._quick) is taken by
-#: default only then. Interpreted, its loop over the lines costs more than llhttp's callbacks
-#: (callgrind, the engine benchmark: 163,537 instructions per request against 143,463).
-COMPILED: Final = not __file__.endswith(".py")
+# Header lines the quick path takes in a response (llhttp's path has no limit of its own).
+_RESP_FIELDS_MAX: Final = 1 << 20
+#: Whether the quick path (RequestReader._quick, ResponseReader._quick) is taken by default:
+#: when this module runs compiled and the C scan of a head is built (dataplane.h1scan).
+#: Interpreted, its loop costs more than llhttp's callbacks (callgrind, the engine benchmark:
+#: 163,537 instructions per request against 143,463, with the scan in Python).
+QUICK: Final = not __file__.endswith(".py") and NATIVE
 
 
-def _remember(names: list[bytes], values: list[_T], at: int, name: bytes, value: _T) -> None:
+def _remember(
+    names: list[bytes],
+    values: list[_T],
+    wanted: bytearray,
+    at: int,
+    name: bytes,
+    value: _T,
+    want: bool,
+) -> None:
     """Keep a header's name, and what it was found to mean, at its place ``at`` for the
     connection's next message (after a miss only: the places fill in order; a long name is not
-    kept)."""
+    kept); ``wanted[at]``: whether the quick path must look at a line of that name (see
+    :mod:`dataplane.h1scan`)."""
     if len(name) > NAME_REMEMBERED_MAX:
         return
     if at < len(names):
         names[at] = name
         values[at] = value
+        wanted[at] = want
     elif at < NAMES_REMEMBERED:  # (at == len(names))
         names.append(name)
         values.append(value)
+        wanted.append(want)
 
 
 def _act(hdr: dict[bytes, bytes], lname: bytes, act: int, value: bytes) -> None:
@@ -149,35 +153,6 @@ def _act(hdr: dict[bytes, bytes], lname: bytes, act: int, value: bytes) -> None:
         hdr[lname] = value if prior is None else prior + b"," + value
     elif act != H_DROP and lname not in hdr:  # strip, upgrade, framing
         hdr[lname] = value
-
-
-def _head_lines(head: bytes) -> list[bytes] | None:
-    """The lines of a head the quick path may read: all printable ASCII (HTAB, CR and LF
-    aside), none ended by a lone CR or LF at its end (one inside is caught by the sum of the
-    line lengths, see the callers); None for any other."""
-    if not head or head.translate(_HEAD_TABLE) is not head or head[-1] == 0x0A or head[-1] == 0x0D:
-        return None
-    return head.splitlines()  # (at CRLF, CR and LF alike)
-
-
-def _name_at(names: list[bytes], i: int, line: bytes) -> int:
-    """The length of the name at place ``i`` last time, if ``line`` is a header of that name
-    (its name then a colon: one memcmp), else -1."""
-    if i < len(names):
-        name = names[i]
-        k = len(name)
-        if len(line) > k and line[k] == 0x3A and line.startswith(name):
-            return k
-    return -1
-
-
-def _value(line: bytes, k: int) -> bytes:
-    """The value of a header line whose name is ``k`` bytes long, as llhttp reads it (the
-    white space before it dropped, that after it kept)."""
-    j = k + 1
-    while j < len(line) and (line[j] == 0x20 or line[j] == 0x09):
-        j += 1
-    return line[j:]
 
 
 class _ParseLimit(Exception):
@@ -245,6 +220,7 @@ class RequestReader:
         "_read",
         "_sink",
         "_sniffed",
+        "_wanted",
         "error",
         "parsing",
         "preface",
@@ -262,7 +238,7 @@ class RequestReader:
         max_header_bytes: int,
         max_headers: int,
         sniff_h2: bool = False,
-        quick: bool = COMPILED,
+        quick: bool = QUICK,
     ) -> None:
         """``actions``: lower-case header name → action (:mod:`dataplane.http1`'s ``H_*``;
         names not in it are passed through); ``raw_actions``: the same by the name as clients
@@ -285,6 +261,7 @@ class RequestReader:
         # ``raw_actions`` says of each (see on_header).
         self._names: list[bytes] = []
         self._knowns: list[tuple[bytes, int]] = []
+        self._wanted = bytearray()  # (1 at a place whose name the reader acts on)
         self._head_seen = 0  # raw bytes received for the head being parsed
         self._body_seen = 0  # body bytes parsed for the request being parsed
         # A head cut across reads: whether its request line is still open (see _feed_8bit).
@@ -408,15 +385,14 @@ class RequestReader:
         request). The lines passed through go upstream as the client wrote them, in runs of
         its bytes, names compared with the ones at their places last time (see
         ResponseReader._quick)."""
-        head, end, rest = data.partition(_HEAD_END)
-        lines = _head_lines(head) if end else None
-        if lines is None or len(lines) - 1 > self._max_hdrs:
+        found = scan(data, self._names, self._wanted, self._max_hdrs)
+        if found is None:
             return None
-        n = len(lines)
-        line = lines[0]
+        head_end = found[0]
+        line = data[: found[1]]
         # (a chain, not a loop over a tuple of methods: compiled, the loop cost ~500
         # instructions more per request)
-        c = line[0] if line else 0
+        c = line[0]
         if c == 0x47 and line.startswith(b"GET "):
             method = b"GET"
         elif c == 0x50 and line.startswith(b"POST "):
@@ -440,35 +416,39 @@ class RequestReader:
         target = line[begin:stop]
         if target.translate(_TARGET_TABLE) is not target or len(target) > self._max_hdr_bytes:
             return None
-        # The header bytes llhttp's path would count (see on_header), at most.
-        if len(head) - len(line) + n - 1 > self._max_hdr_bytes:
+        # The header bytes llhttp's path would count (see on_header), at most: the head
+        # after the request line, less its CRLFs but one per line.
+        if head_end - 4 - len(line) + found[2] > self._max_hdr_bytes:
             return None
         names = self._names
         knowns = self._knowns
         # Read into these, handed to the request once it is taken (no sink is told earlier).
         hdr: dict[bytes, bytes] = {}
         out: list[bytes] = []
-        pos = len(line) + 2  # where the line being read begins in ``data``
-        run = pos  # where the run of lines passed through began
-        for i in range(n - 1):
-            line = lines[i + 1]
-            known = knowns[i] if _name_at(names, i, line) >= 0 else None
-            if known is None:  # not the name at this place last time
-                name, colon, _ = line.partition(b":")
-                if not colon or not name or name.translate(_TOKEN_TABLE) is not name:
-                    return None
-                known = self._raw_actions.get(name)
-                if known is None:
+        run = len(line) + 2  # where the run of lines passed through began in ``data``
+        j = 3
+        while j < len(found):  # the lines scan listed: five ints each
+            place = found[j]
+            pos = found[j + 1]
+            if place >= 0:  # the name at this place last time, one the reader acts on
+                known = knowns[place]
+            else:
+                place = -1 - place
+                name = data[pos : found[j + 2]]
+                known_as = self._raw_actions.get(name)
+                if known_as is None:
                     lname = name.lower()
-                    known = (lname, self._actions.get(lname, -1))
+                    known_as = (lname, self._actions.get(lname, -1))
                     if len(self._raw_actions) < RAW_NAMES_MAX:
-                        self._raw_actions[name] = known
-                _remember(names, knowns, i, name, known)
+                        self._raw_actions[name] = known_as
+                known = known_as
+                _remember(names, knowns, self._wanted, place, name, known, known[1] >= 0)
             lname, act = known
             if act >= 0:
                 if act in (H_TENC, H_UPGRADE, H_PROXY_CONN):
                     return None
-                value = _value(line, len(lname))
+                end = found[j + 4]
+                value = data[found[j + 3] : end]
                 if act == H_KEEP:  # forwarded, and the first value remembered
                     if lname not in hdr:
                         hdr[lname] = value
@@ -484,13 +464,12 @@ class RequestReader:
                         return None
                     if run < pos:
                         out.append(data[run:pos])
-                    run = pos + len(line) + 2
+                    run = end + 2
                     _act(hdr, lname, act, value)
-            pos += len(line) + 2
-        if pos != len(head) + 2:  # a line ended with a bare CR or LF
-            return None
-        if run < pos:
-            out.append(data[run:pos])
+            j += 5
+        if run < head_end - 2:
+            out.append(data[run : head_end - 2])
+        rest = data[head_end:] if head_end < len(data) else b""
         # Taken: from here on the request is told to the sink.
         ex = self._sink.request_begun()
         self.parsing = ex
@@ -701,7 +680,7 @@ class RequestReader:
                 if len(self._raw_actions) < RAW_NAMES_MAX:
                     self._raw_actions[name] = found
             known = found
-            _remember(names, self._knowns, at, name, known)
+            _remember(names, self._knowns, self._wanted, at, name, known, known[1] >= 0)
         lname, act = known
         if act < 0 or act == H_KEEP:
             if act == H_KEEP:  # forwarded, and the first value remembered
@@ -824,6 +803,7 @@ class ResponseReader:
         "_sink",
         "_slow",
         "_stale",
+        "_wanted",
         "error",
         "in_trailers",
         "interim",
@@ -842,7 +822,7 @@ class ResponseReader:
         "trailers",
     )
 
-    def __init__(self, quick: bool = COMPILED) -> None:
+    def __init__(self, quick: bool = QUICK) -> None:
         """``quick``: take the quick path for the responses it can parse (see :meth:`_quick`;
         tests turn it off to compare)."""
         self._parser = httptools.HttpResponseParser(self)
@@ -861,6 +841,7 @@ class ResponseReader:
         # The header names of the last responses by their place, and their actions.
         self._names: list[bytes] = []
         self._acts: list[int] = []
+        self._wanted = bytearray()
         self._at = 0
         self._reset()
 
@@ -937,21 +918,20 @@ class ResponseReader:
         where llhttp's path costs a callback and four list items a line. A header's name is
         compared with the one at its place in the last response (``startswith``); only a new
         name is split off and checked for token characters."""
-        head, end, rest = data.partition(_HEAD_END)
-        lines = _head_lines(head) if end else None
-        if lines is None:
+        found = scan(data, self._names, self._wanted, _RESP_FIELDS_MAX)
+        if found is None:
             return False
-        n = len(lines)
-        line = lines[0]
+        head_end = found[0]
+        line_end = found[1]
         if (
-            len(line) < 12
-            or not line.startswith(b"HTTP/1.1 ")
-            or (len(line) > 12 and line[12] != 0x20)
+            line_end < 12
+            or not data.startswith(b"HTTP/1.1 ")
+            or (line_end > 12 and data[12] != 0x20)
         ):
             return False
-        d0 = line[9] - 0x30
-        d1 = line[10] - 0x30
-        d2 = line[11] - 0x30
+        d0 = data[9] - 0x30
+        d1 = data[10] - 0x30
+        d2 = data[11] - 0x30
         if not (2 <= d0 <= 5 and 0 <= d1 <= 9 and 0 <= d2 <= 9):
             return False
         status = d0 * 100 + d1 * 10 + d2
@@ -959,42 +939,36 @@ class ResponseReader:
         names = self._names
         acts = self._acts
         out = self.resp_out
-        pos = len(line) + 2  # where the line being read begins in ``data``
-        run = pos  # where the run of lines passed through began
-        for i in range(n - 1):
-            line = lines[i + 1]
-            k = _name_at(names, i, line)
-            act = acts[i] if k >= 0 else -2
-            if act == -2:  # not the name at this place last time
-                name, colon, value = line.partition(b":")
-                if not colon or not name or name.translate(_TOKEN_TABLE) is not name:
-                    self._reset()
-                    return False
-                k = len(name)
+        run = line_end + 2  # where the run of lines passed through began in ``data``
+        j = 3
+        while j < len(found):  # the lines scan listed: five ints each
+            place = found[j]
+            pos = found[j + 1]
+            if place >= 0:  # the name at this place last time, one the reader acts on
+                act = acts[place]
+            else:
+                place = -1 - place
+                name = data[pos : found[j + 2]]
                 act = _RESP_RAW.get(name, -2)
                 if act == -2:
                     act = RESP_ACTIONS.get(name.lower(), -1)
                     if len(_RESP_RAW) < RAW_NAMES_MAX:
                         _RESP_RAW[name] = act
-                _remember(names, acts, i, name, act)
-            if act < 0 or act == R_DATE:
-                if act == R_DATE:
-                    self.saw_date = True
-            else:
+                _remember(names, acts, self._wanted, place, name, act, act >= 0)
+            if act == R_DATE:
+                self.saw_date = True
+            elif act >= 0:
                 if act == R_TENC or (act == R_CLEN and self.resp_clen is not None):
                     self._reset()  # chunked (llhttp reads it), or refused (llhttp says why)
                     return False
                 if run < pos:
                     out.append(data[run:pos])
-                value = _value(line, k)
-                self._act(act, value)
-                run = pos + len(line) + 2
-            pos += len(line) + 2
-        if pos != len(head) + 2:  # a line ended with a bare CR or LF
-            self._reset()
-            return False
-        if run < pos:
-            out.append(data[run:pos])
+                end = found[j + 4]
+                self._act(act, data[found[j + 3] : end])
+                run = end + 2
+            j += 5
+        if run < head_end - 2:
+            out.append(data[run : head_end - 2])
         clen = self.resp_clen
         if clen is not None and (not clen.isdigit() or len(clen) > 15):
             self._reset()  # a length llhttp must judge (even where no body follows)
@@ -1017,12 +991,12 @@ class ResponseReader:
         sink.response_head(self, status)
         if left == 0 or self.resp_complete:  # no body, or HEAD's (head_only said so)
             self.resp_complete = True
-            if rest:
+            if head_end < len(data):
                 self.keep_alive = False  # bytes after the response
             return True
         self._left = left
-        if rest:
-            self._quick_body(rest, sink)
+        if head_end < len(data):
+            self._quick_body(data[head_end:], sink)
         return True
 
     def _quick_body(self, data: bytes, sink: Exchange) -> None:
@@ -1064,7 +1038,7 @@ class ResponseReader:
                 act = RESP_ACTIONS.get(name.lower(), -1)
                 if len(_RESP_RAW) < RAW_NAMES_MAX:
                     _RESP_RAW[name] = act
-            _remember(names, self._acts, at, name, act)
+            _remember(names, self._acts, self._wanted, at, name, act, act >= 0)
         if act < 0 or act == R_DATE:
             if act == R_DATE:
                 self.saw_date = True

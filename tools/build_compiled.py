@@ -19,6 +19,16 @@ OUT = ROOT / "build" / "compiled"
 PACKAGES = ("dataplane", "queueproxy", "activator", "platforms")
 
 
+def _c_extensions() -> dict[str, list[str]]:
+    ns: dict[str, object] = {}
+    src = (ROOT / "setup.py").read_text()
+    start = src.index("C_EXTENSIONS = {")
+    exec(src[start : src.index("}\n", start) + 2], ns)  # the dict literal only
+    exts = ns["C_EXTENSIONS"]
+    assert isinstance(exts, dict)
+    return {str(k): [str(p) for p in v] for k, v in exts.items()}
+
+
 def _compiled_groups() -> dict[str, list[str]]:
     ns: dict[str, object] = {}
     src = (ROOT / "setup.py").read_text()
@@ -31,10 +41,11 @@ def _compiled_groups() -> dict[str, list[str]]:
 
 # setup.py's mypycify call, run in the copy (what the ``mypyc`` command does, with groups).
 _SETUP = """\
-from setuptools import setup
+from setuptools import Extension, setup
 from mypyc.build import mypycify
 
 groups = {groups!r}
+c_extensions = {c_extensions!r}
 paths = [p for g in groups.values() for p in g]
 setup(
     name="knd-compiled",
@@ -43,14 +54,20 @@ setup(
         separate=[(g, name) for name, g in groups.items()],
         opt_level="3",
         debug_level="0",
-    ),
+    )
+    + [Extension(n, s, extra_compile_args=["-O2"]) for n, s in c_extensions.items()],
     script_args=["build_ext", "--inplace"],
 )
 """
 
 
 def _newest_source() -> float:
-    newest = max(p.stat().st_mtime for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    newest = max(
+        p.stat().st_mtime
+        for pkg in PACKAGES
+        for pattern in ("*.py", "*.c")
+        for p in (ROOT / pkg).rglob(pattern)
+    )
     return max(newest, (ROOT / "setup.py").stat().st_mtime)  # (its groups)
 
 
@@ -64,7 +81,7 @@ def build() -> Path:
     for pkg in PACKAGES:
         shutil.copytree(ROOT / pkg, OUT / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     script = OUT / "_build_compiled_setup.py"
-    script.write_text(_SETUP.format(groups=_compiled_groups()))
+    script.write_text(_SETUP.format(groups=_compiled_groups(), c_extensions=_c_extensions()))
     proc = subprocess.run([sys.executable, str(script)], cwd=OUT, capture_output=True, text=True)
     script.unlink()
     if proc.returncode != 0:
