@@ -177,22 +177,24 @@ def request_head(
     to X-Forwarded-For, the body framing re-declared."""
     parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host, _CRLF]
     ctoks = hdr.get(b"connection")
-    listed: set[bytes] = set()
+    listed: set[bytes] | None = None  # the further hop-by-hop names Connection lists
     if (
         ctoks is not None
         and ctoks not in _BASIC_CONN_TOKENS  # (as usually spelt: no lower() then)
         and ctoks.lower() not in _BASIC_CONN_TOKENS
     ):
-        extra = listed = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
-        if extra:
-            parts += lines_without(hdr_out, extra)
+        listed = connection_tokens(ctoks) - _BASIC_CONN_TOKENS
+        if listed:
+            parts += lines_without(hdr_out, listed)
         else:
             parts += hdr_out
     else:
         parts += hdr_out
-    if b"te" in hdr and b"te" not in listed:
+    if b"te" in hdr and (listed is None or b"te" not in listed):
         parts.append(b"TE: trailers\r\n")
-    prior = hdr.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
+    prior = (
+        hdr.get(b"x-forwarded-for") if listed is None or b"x-forwarded-for" not in listed else None
+    )
     if peer:  # (appends: a tuple here would be built and freed for every request)
         parts.append(b"X-Forwarded-For: ")
         parts.append(prior + b", " + peer if prior else peer)
@@ -258,6 +260,7 @@ def must_close(
 
 
 def response_start(
+    out: list[bytes],
     method: bytes,
     status: int,
     version: str,
@@ -269,10 +272,11 @@ def response_start(
     date_line: bytes,
     close: bool,
     trailer: bytes | None = None,
-) -> tuple[int, bool, bytes]:
+) -> tuple[int, bool]:
     """How a proxied response goes to the client: its framing mode (no body, as received with
-    Content-Length, re-chunked, or delimited by close for an HTTP/1.0 client), whether the
-    connection ends after it, and its head.
+    Content-Length, re-chunked, or delimited by close for an HTTP/1.0 client) and whether the
+    connection ends after it; its head is appended to ``out`` (pieces that join into it: the
+    caller joins them with the body that follows, once).
 
     ``chunked``/``clen``: the upstream's framing (``clen`` its Content-Length value);
     ``resp_out``: its pass-through lines (pieces, as ``hdr_out``); ``resp_conn``: its
@@ -288,7 +292,8 @@ def response_start(
         mode = M_CHUNKED if version == "1.1" else M_CLOSE
     else:
         mode = M_RAW
-    parts = [status_line(status)]
+    parts = out
+    parts.append(status_line(status))
     if (
         resp_conn is not None
         and resp_conn not in _BASIC_CONN_TOKENS  # (as usually spelt: no lower() then)
@@ -317,7 +322,7 @@ def response_start(
     elif version == "1.0":
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(_CRLF)
-    return mode, close, b"".join(parts)
+    return mode, close
 
 
 def interim_relayed(version: str, resp_started: bool, status: int, sent_continue: bool) -> bool:

@@ -305,7 +305,7 @@ class Exchange(H1Request):
             self.method in _IDEMPOTENT or b"idempotency-key" in self._hdr_names()
         ):
             self.replay = head
-        parts = [head]
+        parts = [head]  # (and what follows it, if anything does)
         if self.upgrade:
             # Bytes after an upgrade request's head go through as they are, like a transparent
             # proxy: a body first (if the request declared one), then tunnel data after 101.
@@ -326,7 +326,7 @@ class Exchange(H1Request):
         if self.body_done and self.req_chunked:
             parts.append(self._last_chunk())
         self.head_sent = True
-        up.transport.write(b"".join(parts))
+        up.transport.write(head if len(parts) == 1 else b"".join(parts))
         if self.expect_continue and not self.body_done and not self.sent_continue:
             conn.loop.call_later(EXPECT_CONTINUE_TIMEOUT, self._continue_anyway)
         if conn.write_paused and not up.read_paused:
@@ -408,7 +408,8 @@ class Exchange(H1Request):
         method = self.method
         if method == b"HEAD":
             r.head_only()
-        mode, close, head = response_start(
+        mode, close = response_start(
+            self.out,
             method,
             status,
             self.version,
@@ -431,7 +432,6 @@ class Exchange(H1Request):
         self.resp_mode = mode
         if close:
             self.closing = True
-        self.out.append(head)
         self.resp_started = True
         if self.deadlines is not None:
             self.last_write = conn.loop.time()

@@ -35,6 +35,14 @@ from dataplane.h1core import (
 DATE = b"Date: Mon, 07 Dec 2026 11:00:00 GMT\r\n"
 
 
+def _start(*args: object) -> tuple[int, bool, bytes]:
+    """response_start, its head joined (it appends the head's pieces to a list)."""
+    out: list[bytes] = [b"(before)"]
+    mode, close = response_start(out, *args)  # type: ignore[arg-type]
+    assert out[0] == b"(before)"  # (appended to what the list held)
+    return mode, close, b"".join(out[1:])
+
+
 def lines(*pairs: tuple[bytes, bytes]) -> list[bytes]:
     out: list[bytes] = []
     for name, value in pairs:
@@ -132,16 +140,12 @@ class TestResponse:
     def test_mode(
         self, method: bytes, status: int, version: str, chunked: bool, clen: bytes | None, want: int
     ) -> None:
-        mode, close, _ = response_start(
-            method, status, version, chunked, clen, [], None, b"", b"", False
-        )
+        mode, close, _ = _start(method, status, version, chunked, clen, [], None, b"", b"", False)
         assert mode == want and close == (want == M_CLOSE)
 
     def test_head_raw(self) -> None:
         out = lines((b"Content-Type", b"text/plain"))
-        _, close, head = response_start(
-            b"GET", 200, "1.1", False, b"5", out, None, b"", DATE, False
-        )
+        _, close, head = _start(b"GET", 200, "1.1", False, b"5", out, None, b"", DATE, False)
         assert not close
         assert head == (
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n" + DATE + b"\r\n"
@@ -149,18 +153,14 @@ class TestResponse:
 
     def test_head_http10_keep_alive_connection_tokens_and_extra(self) -> None:
         out = lines((b"X-Hop", b"1"), (b"X-A", b"2"))
-        _, _, head = response_start(
-            b"GET", 201, "1.0", False, b"0", out, b"X-Hop", b"W: 3\r\n", b"", False
-        )
+        _, _, head = _start(b"GET", 201, "1.0", False, b"0", out, b"X-Hop", b"W: 3\r\n", b"", False)
         assert head == (
             b"HTTP/1.1 201 Created\r\nX-A: 2\r\nW: 3\r\nContent-Length: 0\r\n"
             b"Connection: keep-alive\r\n\r\n"
         )
 
     def test_head_chunked_and_closing(self) -> None:
-        mode, close, head = response_start(
-            b"GET", 200, "1.1", False, None, [], None, b"", b"", True
-        )
+        mode, close, head = _start(b"GET", 200, "1.1", False, None, [], None, b"", b"", True)
         assert (mode, close) == (M_CHUNKED, True)
         assert head == (
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
