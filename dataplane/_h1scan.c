@@ -139,9 +139,9 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 Py_ssize_t *at = buf + listed * 5;
                 at[0] = mark;
                 at[1] = pos;
-                at[2] = colon;
-                at[3] = value;
-                at[4] = end;
+                at[2] = colon - pos;
+                at[3] = value - pos;
+                at[4] = end - pos;
             }
             listed++;
         }
@@ -165,7 +165,7 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         /* More listed lines than kept (a long head of new names): found again from the
          * last one kept on (the head is known good: each line is a name, a colon, a value
          * and CRLF). */
-        pos = buf[kept * 5 - 1] + 2;
+        pos = buf[kept * 5 - 4] + buf[kept * 5 - 1] + 2; /* (its start and length) */
         for (place = (buf[kept * 5 - 5] < 0 ? -1 - buf[kept * 5 - 5] : buf[kept * 5 - 5]) + 1;
              place < fields; place++) {
             Py_ssize_t start = pos, colon = pos;
@@ -184,7 +184,8 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             else if (!(place < n_wanted && want[place]))
                 continue; /* a line passed through as it is */
             if (put(found, &at, mark) < 0 || put(found, &at, start) < 0 ||
-                put(found, &at, colon) < 0 || put(found, &at, value) < 0 || put(found, &at, end) < 0)
+                put(found, &at, colon - start) < 0 || put(found, &at, value - start) < 0 ||
+                put(found, &at, end - start) < 0)
                 goto fail;
         }
     }

@@ -434,7 +434,7 @@ class RequestReader:
                 known = knowns[place]
             else:
                 place = -1 - place
-                name = data[pos : found[j + 2]]
+                name = data[pos : pos + found[j + 2]]
                 known_as = self._raw_actions.get(name)
                 if known_as is None:
                     lname = name.lower()
@@ -447,8 +447,8 @@ class RequestReader:
             if act >= 0:
                 if act in (H_TENC, H_UPGRADE, H_PROXY_CONN):
                     return None
-                end = found[j + 4]
-                value = data[found[j + 3] : end]
+                end = pos + found[j + 4]
+                value = data[pos + found[j + 3] : end]
                 if act == H_KEEP:  # forwarded, and the first value remembered
                     if lname not in hdr:
                         hdr[lname] = value
@@ -948,7 +948,7 @@ class ResponseReader:
                 act = acts[place]
             else:
                 place = -1 - place
-                name = data[pos : found[j + 2]]
+                name = data[pos : pos + found[j + 2]]
                 act = _RESP_RAW.get(name, -2)
                 if act == -2:
                     act = RESP_ACTIONS.get(name.lower(), -1)
@@ -963,8 +963,8 @@ class ResponseReader:
                     return False
                 if run < pos:
                     out.append(data[run:pos])
-                end = found[j + 4]
-                self._act(act, data[found[j + 3] : end])
+                end = pos + found[j + 4]
+                self._act(act, data[pos + found[j + 3] : end])
                 run = end + 2
             j += 5
         if run < head_end - 2:

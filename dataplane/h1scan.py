@@ -16,13 +16,15 @@ the message to llhttp) unless
 Otherwise it returns a list of ints: ``[head_end, line_end, fields]`` (the offset after the
 empty line, where the body begins; the offset of the start line's CRLF; the number of header
 lines), then five for each header line the reader must look at, in order:
-``place, start, colon, value, end``. ``place`` is the line's index among the header lines,
-negated minus one (``-1 - place``) when its name is not ``names[place]`` (the name at its
-place in the connection's last message, compared byte for byte); ``start`` and ``colon`` bound
-its name, ``value`` is where its value begins (the white space after the colon skipped) and
-``end`` where its CRLF is (white space before it is kept, as llhttp keeps it). A line is
-listed when its name is not the one at its place, or when ``wanted[place]`` is not 0; every
-other line is one the reader passes through as it is.
+``place, start, name_len, value_at, line_len``. ``place`` is the line's index among the header
+lines, negated minus one (``-1 - place``) when its name is not ``names[place]`` (the name at
+its place in the connection's last message, compared byte for byte); ``start`` is the line's
+offset in ``data``, and the others count from it: its name is ``name_len`` bytes long (the
+colon follows), its value begins at ``value_at`` (the white space after the colon skipped) and
+its CRLF at ``line_len`` (white space before it is kept, as llhttp keeps it). (Lengths rather
+than offsets: CPython makes an object for every int above 256, and these are mostly below.)
+A line is listed when its name is not the one at its place, or when ``wanted[place]`` is not
+0; every other line is one the reader passes through as it is.
 
 This module is the reference; ``dataplane/_h1scan.c`` is the same function in C, which the
 compiled build uses (``scan`` below is it when it is built). tests/unit/test_h1scan.py holds
@@ -87,9 +89,9 @@ def scan_py(
             return None
         same = place < len(names) and names[place] == data[pos:colon]
         if not same:
-            found += (-1 - place, pos, colon, value, end)
+            found += (-1 - place, pos, colon - pos, value - pos, end - pos)
         elif place < len(wanted) and wanted[place]:
-            found += (place, pos, colon, value, end)
+            found += (place, pos, colon - pos, value - pos, end - pos)
         place += 1
         pos = end + 2
     found[0] = pos + 2
