@@ -255,7 +255,7 @@ class Activator:
         rs = self._resolve(ex) if key is None else self._bound(ex, key)
         if rs is None:
             return
-        msgs = self.reporter.request_in(rs.key, ex.start)
+        msgs = self.reporter.request_in(rs.stat_key, ex.start)
         if msgs:
             self.send_stats(msgs)
         req = _Request(rs, ex)
@@ -311,6 +311,10 @@ class Activator:
         name = hdr.get(b"knative-serving-revision")
         key: RevisionKey | None = None
         if ns and name:
+            # (by the name's bytes first: no strings nor tuple to build, hash and free)
+            rs = self.registry.by_name.get(name)
+            if rs is not None and rs.namespace_bytes == ns:
+                return rs
             key = (ns.decode("latin-1"), name.decode("latin-1"))
         else:
             # A platform's own host names first (standalone mode routes a Service's
@@ -376,7 +380,7 @@ class Activator:
             if req.ticket.cancel():
                 rs.unqueue()
             req.ticket = None
-        self.reporter.request_out(rs.key, self.loop.time())
+        self.reporter.request_out(rs.stat_key, self.loop.time())
 
     # -- introspection (metrics) -----------------------------------------------------------
     @property

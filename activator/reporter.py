@@ -17,7 +17,7 @@ The activator never sets the proxied fields of ``Stat``, nor ``process_uptime`` 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from dataplane.statpb import Stat, WireStatMessage
 from dataplane.stats import RequestStats
@@ -48,25 +48,31 @@ class ConcurrencyReporter:
         # carries no process uptime, and each revision's window starts at its first request.
         del now
         self._pod_name = pod_name
-        self._stats: dict[RevisionKey, _RevisionStats] = {}
+        # Keyed by a RevisionKey as an object: compiled, a ``tuple[str, str]`` argument is
+        # passed unboxed, and each lookup would build and free a tuple for it (the activator
+        # passes the one it boxed once per revision, RevisionState.stat_key).
+        self._stats: dict[object, _RevisionStats] = {}
         self._last: dict[RevisionKey, float] = {}
 
-    def request_in(self, key: RevisionKey, now: float) -> list[WireStatMessage]:
-        """Record a request entering; returns the immediate message for a revision's first."""
+    def request_in(self, key: object, now: float) -> list[WireStatMessage] | None:
+        """Record a request entering (``key``: a RevisionKey); returns the immediate message
+        for a revision's first, else None."""
         entry = self._stats.get(key)
         if entry is not None:
             entry.refs += 1
             entry.stats.req_in(now)
-            return []
+            return None
         entry = self._stats[key] = _RevisionStats(now)
         entry.refs = 1
         entry.stats.req_in(now)
         # Always exactly 1 request: an entry is only deleted by a tick that saw no activity.
         stat = Stat(pod_name=self._pod_name, average_concurrent_requests=1.0, request_count=1.0)
-        return [WireStatMessage(key[0], key[1], stat)]
+        ns, name = cast(RevisionKey, key)
+        return [WireStatMessage(ns, name, stat)]
 
-    def request_out(self, key: RevisionKey, now: float) -> None:
-        """Record a request leaving (a revision without an entry is ignored)."""
+    def request_out(self, key: object, now: float) -> None:
+        """Record a request leaving (``key``: a RevisionKey; a revision without an entry is
+        ignored)."""
         entry = self._stats.get(key)
         if entry is None:
             return
@@ -78,13 +84,14 @@ class ConcurrencyReporter:
         msgs: list[WireStatMessage] = []
         last: dict[RevisionKey, float] = {}
         pod = self._pod_name
-        for key, entry in list(self._stats.items()):
+        for boxed, entry in list(self._stats.items()):
+            key = cast(RevisionKey, boxed)
             rep = entry.stats.report(now)
             first_adj = entry.first_request
             entry.first_request = 0.0
             # Zero only when there was no activity for the entire period.
             if rep.average_concurrency == 0 and entry.refs == 0:
-                del self._stats[key]
+                del self._stats[boxed]
             # The immediate message already counted one request at concurrency 1; the period's
             # real average may be below 1, hence the floor.
             avg = max(rep.average_concurrency - first_adj, 0.0)

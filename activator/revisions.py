@@ -60,6 +60,8 @@ class RevisionState:
         self.act = act
         self.rev = rev
         self.key = rev.key
+        self.stat_key: object = rev.key  # boxed once (see ConcurrencyReporter._stats)
+        self.namespace_bytes = rev.namespace.encode("latin-1", "replace")
         self.throttler = RevisionThrottler(rev.container_concurrency, queue_depth=act.queue_depth)
         self.backends = RevisionBackends(
             rev.key,
@@ -153,6 +155,10 @@ class Revisions:
         self.revisions: dict[RevisionKey, RevisionState] = {}
         # The platform's host names (lower case, without a port) -> their revision.
         self.hosts: dict[bytes, RevisionState] = {}
+        # Revision names as the Knative-Serving-Revision header spells them -> a revision of
+        # that name (the request path checks its namespace; a name in two namespaces is found
+        # by ``revisions`` for the one not here).
+        self.by_name: dict[bytes, RevisionState] = {}
         self._pending_eps: dict[RevisionKey, Endpoints] = {}
         self._pending_acts: dict[RevisionKey, tuple[int, int]] = {}
 
@@ -223,6 +229,9 @@ class Revisions:
             for rs in self.revisions.values()
             for b in (h.encode() for h in rs.rev.hosts)
             if b == b.lower() and b.rfind(b":") <= b.rfind(b"]")
+        }
+        self.by_name = {
+            rs.rev.name.encode(): rs for rs in self.revisions.values() if rs.rev.name.isascii()
         }
 
     def gauges(self) -> list[tuple[tuple[str, str], int, int]]:

@@ -56,6 +56,11 @@ BROWSER_REQUEST = (
     + b"".join(f"{name}: {value}\r\n".encode() for name, value in BROWSER_HEADERS)
     + b"\r\n"
 )
+# The GET as Knative's ingress sends it to the activator: the revision named by two headers.
+INGRESS_REQUEST = REQUEST.replace(
+    b"\r\n\r\n",
+    b"\r\nKnative-Serving-Namespace: default\r\nKnative-Serving-Revision: hello-00001\r\n\r\n",
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 07:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 1024\r\nConnection: keep-alive\r\n\r\n"
@@ -108,9 +113,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--request",
-        choices=("locust", "browser"),
+        choices=("locust", "browser", "ingress"),
         default="locust",
-        help="http1: the request's headers, locust's 6 or a browser's 13 behind an ingress",
+        help="http1: the request's headers, locust's 6, a browser's 13 behind an ingress, or "
+        "locust's with the two Knative-Serving-* headers Knative's ingress adds for the activator",
     )
     p.add_argument("--quick", action="store_true", help="10,000 requests x 3 rounds")
     p.add_argument(
@@ -296,7 +302,7 @@ def _run(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
     up.connection_made(ut)
     pool.release(up)
 
-    request = BROWSER_REQUEST if args.request == "browser" else REQUEST
+    request = {"browser": BROWSER_REQUEST, "ingress": INGRESS_REQUEST}.get(args.request, REQUEST)
 
     def one_request() -> None:
         conn.data_received(request)

@@ -66,8 +66,17 @@ static inline int same_name(PyObject *names, Py_ssize_t place, const unsigned ch
            memcmp(PyBytes_AS_STRING(name), p, (size_t)len) == 0;
 }
 
-/* Sets found[*at] to v and moves on; -1 on failure (an exception set). */
+static int changed(void) {
+    PyErr_SetString(PyExc_RuntimeError, "scan(): names or wanted changed during the call");
+    return -1;
+}
+
+/* Sets found[*at] to v and moves on; -1 on failure (an exception set). (Bounded: making an
+ * object may run a finalizer, and one that changed ``names`` or ``wanted`` would change
+ * what the second pass lists.) */
 static inline int put(PyObject *found, Py_ssize_t *at, Py_ssize_t v) {
+    if (*at >= PyList_GET_SIZE(found))
+        return changed();
     PyObject *o = PyLong_FromSsize_t(v);
     if (o == NULL)
         return -1;
@@ -181,13 +190,18 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_ssize_t mark = place;
             if (!same_name(names, place, p + start, colon - start))
                 mark = -1 - place;
-            else if (!(place < n_wanted && want[place]))
+            else if (!(place < PyByteArray_GET_SIZE(wanted) &&
+                       PyByteArray_AS_STRING(wanted)[place])) /* (read again: see put) */
                 continue; /* a line passed through as it is */
             if (put(found, &at, mark) < 0 || put(found, &at, start) < 0 ||
                 put(found, &at, colon - start) < 0 || put(found, &at, value - start) < 0 ||
                 put(found, &at, end - start) < 0)
                 goto fail;
         }
+    }
+    if (at != PyList_GET_SIZE(found)) {
+        changed();
+        goto fail;
     }
     return found;
 fail:

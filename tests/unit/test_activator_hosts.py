@@ -65,3 +65,32 @@ def test_unmatchable_names_get_404(act: Activator, host: bytes) -> None:
     assert act._resolve(ex) is None
     assert ex.answer is not None and ex.answer[0] == 404
     assert ex.answer[1].startswith(b"Error getting active endpoint: no revision for host ")
+
+
+def test_revision_headers_name_the_revision_in_its_namespace(act: Activator) -> None:
+    # The Knative-Serving-* headers are looked up by the name's bytes first: a name that two
+    # namespaces share must still find each one, and a namespace that does not hold it none.
+    act.registry.revision_updated(Revision("other", "hello-00001"))
+    act.registry.revision_updated(Revision("third", "only-00001"))
+    for ns, name, found in (
+        (b"default", b"hello-00001", ("default", "hello-00001")),
+        (b"other", b"hello-00001", ("other", "hello-00001")),
+        (b"third", b"only-00001", ("third", "only-00001")),
+        (b"default", b"only-00001", None),
+        (b"missing", b"hello-00001", None),
+    ):
+        ex = Answered(b"unrelated.example.com")
+        ex.hdr[b"knative-serving-namespace"] = ns
+        ex.hdr[b"knative-serving-revision"] = name
+        rs: Any = act._resolve(ex)
+        if found is None:
+            assert rs is None and ex.answer is not None and ex.answer[0] == 404
+        else:
+            assert ex.answer is None and rs is act.revisions[found], (ns, name)
+    # a deleted revision leaves the index
+    act.registry.revision_deleted(("other", "hello-00001"))
+    act.registry.revision_deleted(("default", "hello-00001"))
+    ex = Answered(b"unrelated.example.com")
+    ex.hdr[b"knative-serving-namespace"] = b"other"
+    ex.hdr[b"knative-serving-revision"] = b"hello-00001"
+    assert act._resolve(ex) is None and act.registry.by_name.get(b"hello-00001") is None

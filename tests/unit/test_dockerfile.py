@@ -207,3 +207,42 @@ def test_the_image_gets_every_package_and_the_kubernetes_extra(
     for extra in re.findall(r"\.whl\)\[([\w,-]+)\]", installs):
         for e in extra.split(","):
             assert e in extras, f"the image installs the extra {e!r} that pyproject lacks"
+
+
+def _docker_ignores(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore's ``patterns`` leave ``path`` out of the build context (Docker's
+    rules: the last pattern that matches the path or one of its parent directories wins, ``!``
+    keeps, ``**`` spans directories)."""
+    ignored = False
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for raw in patterns:
+        keep = raw.startswith("!")
+        pattern = raw.lstrip("!").rstrip("/")
+        rx = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*", "[^/]*")
+        if any(re.fullmatch(rx, p) for p in prefixes):
+            ignored = not keep
+    return ignored
+
+
+def test_the_build_context_keeps_the_c_sources_setup_compiles() -> None:
+    # (the compiled image builds dataplane/_h1scan.c: a context without it fails to build)
+    src = (ROOT / "setup.py").read_text()
+    start = src.index("C_EXTENSIONS = {")
+    ns: dict[str, object] = {}
+    exec(src[start : src.index("}\n", start) + 2], ns)
+    sources = [s for paths in ns["C_EXTENSIONS"].values() for s in paths]  # type: ignore[attr-defined]
+    assert sources
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert not _docker_ignores(source, patterns), f".dockerignore drops {source}"
+    # the matcher itself: what the file means to leave out, it leaves out
+    assert _docker_ignores("dataplane/__pycache__/x.pyc", patterns)
+    assert _docker_ignores("dataplane/other.c", patterns)
+    assert _docker_ignores("tests/unit/test_dockerfile.py", patterns)
+    assert not _docker_ignores("dataplane/proxy.py", patterns)

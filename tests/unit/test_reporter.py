@@ -54,16 +54,16 @@ class TestImmediateMessage:
 
     def test_only_the_first_request_of_an_entry(self, cr: ConcurrencyReporter) -> None:
         assert len(cr.request_in(REV, 0.0)) == 1
-        assert cr.request_in(REV, 0.25) == []
+        assert cr.request_in(REV, 0.25) is None
         cr.request_out(REV, 0.5)
         cr.request_out(REV, 0.5)
         # Nothing in flight, but the entry lives until a tick finds it idle.
-        assert cr.request_in(REV, 0.75) == []
+        assert cr.request_in(REV, 0.75) is None
 
     def test_each_revision_gets_its_own(self, cr: ConcurrencyReporter) -> None:
         assert cr.request_in(REV, 0.0) == [msg(REV, 1.0, 1.0)]
         assert cr.request_in(REV2, 0.0) == [msg(REV2, 1.0, 1.0)]
-        assert cr.request_in(REV, 0.0) == []
+        assert cr.request_in(REV, 0.0) is None
 
     def test_wire_bytes_carry_only_pod_average_and_count(self, cr: ConcurrencyReporter) -> None:
         (m,) = cr.request_in(REV, 0.0)
@@ -136,7 +136,7 @@ class TestDeletion:
         # the live reference keeps the entry (no second immediate message).
         assert cr.report(1.0) == [msg(REV, 0.0, 0.0)]
         assert len(cr) == 1
-        assert cr.request_in(REV, 1.5) == []
+        assert cr.request_in(REV, 1.5) is None
         # 0.5*1 + 0.5*2 = 1.5 over 1 s; 1 new request; adjustment already spent
         assert cr.report(2.0) == [msg(REV, 1.5, 1.0)]
 
@@ -159,8 +159,8 @@ class TestDeletion:
 class TestConcurrentRequestsAcrossTicks:
     def test_worked_sequence(self, cr: ConcurrencyReporter) -> None:
         assert cr.request_in(REV, 0.0) == [msg(REV, 1.0, 1.0)]
-        assert cr.request_in(REV, 0.25) == []
-        assert cr.request_in(REV, 0.5) == []
+        assert cr.request_in(REV, 0.25) is None
+        assert cr.request_in(REV, 0.5) is None
         # 0.25*1 + 0.25*2 + 0.5*3 = 2.25; 3 requests -> 1.25, 2
         assert cr.report(1.0) == [msg(REV, 1.25, 2.0)]
         cr.request_out(REV, 1.5)
@@ -204,7 +204,7 @@ class TestSeveralRevisions:
         ]
         assert len(cr) == 1
         assert cr.request_in(REV, 2.25) == [msg(REV, 1.0, 1.0)]
-        assert cr.request_in(REV2, 2.25) == []
+        assert cr.request_in(REV2, 2.25) is None
         cr.request_out(REV2, 2.5)
         cr.request_out(REV2, 2.5)
         cr.request_out(REV2, 2.5)
