@@ -99,8 +99,9 @@ _TARGET_TABLE: Final = bytes(i if 0x21 <= i < 0x7F else 0x21 for i in range(256)
 _RESP_FIELDS_MAX: Final = 1 << 20
 #: Whether the quick path (RequestReader._quick, ResponseReader._quick) is taken by default:
 #: when this module runs compiled and the C scan of a head is built (dataplane.h1scan).
-#: Interpreted, its loop costs more than llhttp's callbacks (callgrind, the engine benchmark:
-#: 163,537 instructions per request against 143,463, with the scan in Python).
+#: Interpreted, the quick path costs more than llhttp's callbacks (callgrind, the engine
+#: benchmark: 163,537 instructions per request against 143,463, measured when it split heads
+#: into lines in Python, before the C scan).
 QUICK: Final = not __file__.endswith(".py") and NATIVE
 
 
@@ -383,8 +384,7 @@ class RequestReader:
         most one Host and one Content-Length (of digits); no Transfer-Encoding, Upgrade,
         Proxy-Connection or ``Connection: close`` (llhttp refuses what follows such a
         request). The lines passed through go upstream as the client wrote them, in runs of
-        its bytes, names compared with the ones at their places last time (see
-        ResponseReader._quick)."""
+        its bytes (see ResponseReader._quick)."""
         found = scan(data, self._names, self._wanted, self._max_hdrs)
         if found is None:
             return None
@@ -913,11 +913,12 @@ class ResponseReader:
         Content-Length of digits (or none, for 204, 304 and HEAD). Returns False, having told
         ``sink`` nothing, for any other: llhttp parses it as before, errors included.
 
-        The lines passed through go on as the upstream wrote them, in runs: one slice of the
-        read for each run between the lines the proxy reads (Content-Length, Connection, ...),
-        where llhttp's path costs a callback and four list items a line. A header's name is
-        compared with the one at its place in the last response (``startswith``); only a new
-        name is split off and checked for token characters."""
+        The head is checked, and its lines found, by :func:`dataplane.h1scan.scan`, which
+        lists only the lines the reader must look at: a name not at its place in the last
+        response, and the lines the proxy reads (Content-Length, Connection, Date, ...). The
+        others go on as the upstream wrote them, in runs: one slice of the read for each run
+        between the lines read, where llhttp's path costs a callback and four list items a
+        line."""
         found = scan(data, self._names, self._wanted, _RESP_FIELDS_MAX)
         if found is None:
             return False
