@@ -6,23 +6,66 @@ hand any other to llhttp untouched. Here generated messages, well-formed and not
 reads and pipelined, go through a reader with the quick path and one without, and what each
 tells its sink and keeps must agree; the lines passed through may differ only in the white
 space around a value (the quick path forwards a line as the peer wrote it).
+
+Every test runs twice: with the Python reference of the head scan (dataplane/h1scan.py), and
+with its C twin (dataplane/_h1scan.c), built here for the interpreted readers (the compiled
+readers take only the engine's own sinks, not these tests' recorders).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dataplane import h1reader
 from dataplane.h1reader import FEED_ERROR, FEED_UPGRADE, RequestReader, ResponseReader
+from dataplane.h1scan import scan_py
 from dataplane.http1 import request_actions
 from tests.unit.test_h1reader import Answer, Req, Sink
 
 # The examples are drawn from a fixed seed (a run is repeatable; CI cannot flake on a new one);
 # KND_EXPLORE=1 draws new ones each run.
 _FIXED = not os.environ.get("KND_EXPLORE")
+
+
+def _build_native_scan(out: Path) -> Callable[..., object]:
+    """dataplane/_h1scan.c compiled into ``out`` and loaded: its ``scan``."""
+    from setuptools import Distribution, Extension
+
+    src = Path(h1reader.__file__).parent / "_h1scan.c"
+    dist = Distribution({"name": "h1scan-test", "ext_modules": [Extension("_h1scan", [str(src)])]})
+    cmd = dist.get_command_obj("build_ext")
+    cmd.build_lib = str(out)  # type: ignore[attr-defined]
+    cmd.build_temp = str(out / "tmp")  # type: ignore[attr-defined]
+    cmd.ensure_finalized()
+    cmd.run()
+    (built,) = out.glob("_h1scan*.so")
+    spec = importlib.util.spec_from_file_location("_h1scan", built)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.scan  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module", params=["reference", "native"], autouse=True)
+def scan_impl(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The readers' head scan for the tests of this module: the reference, then the C one."""
+    if request.param == "reference":
+        scan: Callable[..., object] = scan_py
+    else:
+        scan = _build_native_scan(tmp_path_factory.mktemp("h1scan"))
+        assert type(scan).__name__ == "builtin_function_or_method"  # (C, not Python)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(h1reader, "scan", scan)
+        yield request.param
 
 
 def _lines(out: list[bytes]) -> list[tuple[bytes, bytes]]:
