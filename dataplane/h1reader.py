@@ -343,6 +343,19 @@ class RequestReader:
                 return FEED_ERROR
         return FEED_OK
 
+    def _learn(self, at: int, name: bytes) -> tuple[bytes, int]:
+        """A header name that is not the one at its place ``at`` last time: its lower-case
+        name and action (``raw_actions`` by the name as spelt, else ``actions``), remembered
+        at that place for the next request."""
+        known = self._raw_actions.get(name)
+        if known is None:
+            lname = name.lower()
+            known = (lname, self._actions.get(lname, -1))
+            if len(self._raw_actions) < RAW_NAMES_MAX:
+                self._raw_actions[name] = known
+        _remember(self._names, self._knowns, self._wanted, at, name, known, known[1] >= 0)
+        return known
+
     # -- the quick path ----------------------------------------------------------------------
     def _quick_feed(self, data: bytes) -> bytes:
         """Read what the quick path can of a read: the requests it takes (see :meth:`_quick`)
@@ -420,7 +433,6 @@ class RequestReader:
         # after the request line, less its CRLFs but one per line.
         if head_end - 4 - len(line) + found[2] > self._max_hdr_bytes:
             return None
-        names = self._names
         knowns = self._knowns
         # Read into these, handed to the request once it is taken (no sink is told earlier).
         hdr: dict[bytes, bytes] = {}
@@ -433,16 +445,7 @@ class RequestReader:
             if place >= 0:  # the name at this place last time, one the reader acts on
                 known = knowns[place]
             else:
-                place = -1 - place
-                name = data[pos : pos + found[j + 2]]
-                known_as = self._raw_actions.get(name)
-                if known_as is None:
-                    lname = name.lower()
-                    known_as = (lname, self._actions.get(lname, -1))
-                    if len(self._raw_actions) < RAW_NAMES_MAX:
-                        self._raw_actions[name] = known_as
-                known = known_as
-                _remember(names, knowns, self._wanted, place, name, known, known[1] >= 0)
+                known = self._learn(-1 - place, data[pos : pos + found[j + 2]])
             lname, act = known
             if act >= 0:
                 if act in (H_TENC, H_UPGRADE, H_PROXY_CONN):
@@ -670,18 +673,8 @@ class RequestReader:
         # dict cost ~430 instructions compiled).
         at = self._max_hdrs - 1 - count  # this header's place in the head
         names = self._names
-        if at < len(names) and names[at] == name:
-            known = self._knowns[at]
-        else:
-            found = self._raw_actions.get(name)
-            if found is None:
-                lname = name.lower()
-                found = (lname, self._actions.get(lname, -1))
-                if len(self._raw_actions) < RAW_NAMES_MAX:
-                    self._raw_actions[name] = found
-            known = found
-            _remember(names, self._knowns, self._wanted, at, name, known, known[1] >= 0)
-        lname, act = known
+        same = at < len(names) and names[at] == name
+        lname, act = self._knowns[at] if same else self._learn(at, name)
         if act < 0 or act == H_KEEP:
             if act == H_KEEP:  # forwarded, and the first value remembered
                 hdr = ex.hdr
@@ -905,6 +898,17 @@ class ResponseReader:
             self._stale = False
         # (the head's state is reset by on_message_begin when the response starts)
 
+    def _learn(self, at: int, name: bytes) -> int:
+        """A header name that is not the one at its place ``at`` last time: its action
+        (``_RESP_RAW`` by the name as spelt, else RESP_ACTIONS), remembered at that place."""
+        act = _RESP_RAW.get(name, -2)
+        if act == -2:  # a name not seen yet (as spelt)
+            act = RESP_ACTIONS.get(name.lower(), -1)
+            if len(_RESP_RAW) < RAW_NAMES_MAX:
+                _RESP_RAW[name] = act
+        _remember(self._names, self._acts, self._wanted, at, name, act, act >= 0)
+        return act
+
     # -- the quick path ----------------------------------------------------------------------
     def _quick(self, data: bytes, sink: Exchange) -> bool:
         """Read a response that begins ``data`` without llhttp, if it is one of the kind
@@ -937,7 +941,6 @@ class ResponseReader:
             return False
         status = d0 * 100 + d1 * 10 + d2
         self._reset()
-        names = self._names
         acts = self._acts
         out = self.resp_out
         run = line_end + 2  # where the run of lines passed through began in ``data``
@@ -948,14 +951,7 @@ class ResponseReader:
             if place >= 0:  # the name at this place last time, one the reader acts on
                 act = acts[place]
             else:
-                place = -1 - place
-                name = data[pos : pos + found[j + 2]]
-                act = _RESP_RAW.get(name, -2)
-                if act == -2:
-                    act = RESP_ACTIONS.get(name.lower(), -1)
-                    if len(_RESP_RAW) < RAW_NAMES_MAX:
-                        _RESP_RAW[name] = act
-                _remember(names, acts, self._wanted, place, name, act, act >= 0)
+                act = self._learn(-1 - place, data[pos : pos + found[j + 2]])
             if act == R_DATE:
                 self.saw_date = True
             elif act >= 0:
@@ -1031,15 +1027,8 @@ class ResponseReader:
         at = self._at  # this header's place in the head (see RequestReader.on_header)
         self._at = at + 1
         names = self._names
-        if at < len(names) and names[at] == name:
-            act = self._acts[at]
-        else:
-            act = _RESP_RAW.get(name, -2)
-            if act == -2:  # a name not seen yet (as spelt)
-                act = RESP_ACTIONS.get(name.lower(), -1)
-                if len(_RESP_RAW) < RAW_NAMES_MAX:
-                    _RESP_RAW[name] = act
-            _remember(names, self._acts, self._wanted, at, name, act, act >= 0)
+        same = at < len(names) and names[at] == name
+        act = self._acts[at] if same else self._learn(at, name)
         if act < 0 or act == R_DATE:
             if act == R_DATE:
                 self.saw_date = True

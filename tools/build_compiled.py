@@ -9,6 +9,7 @@ Prints the directory. Rebuilds only when a source file is newer than the last bu
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -19,24 +20,18 @@ OUT = ROOT / "build" / "compiled"
 PACKAGES = ("dataplane", "queueproxy", "activator", "platforms")
 
 
-def _c_extensions() -> dict[str, list[str]]:
-    ns: dict[str, object] = {}
-    src = (ROOT / "setup.py").read_text()
-    start = src.index("C_EXTENSIONS = {")
-    exec(src[start : src.index("}\n", start) + 2], ns)  # the dict literal only
-    exts = ns["C_EXTENSIONS"]
-    assert isinstance(exts, dict)
-    return {str(k): [str(p) for p in v] for k, v in exts.items()}
-
-
-def _compiled_groups() -> dict[str, list[str]]:
-    ns: dict[str, object] = {}
-    src = (ROOT / "setup.py").read_text()
-    start = src.index("COMPILED_GROUPS = {")
-    exec(src[start : src.index("\n}\n", start) + 2], ns)  # the dict literal only
-    groups = ns["COMPILED_GROUPS"]
-    assert isinstance(groups, dict)
-    return {str(k): [str(p) for p in v] for k, v in groups.items()}
+def setup_dict(name: str) -> dict[str, list[str]]:
+    """The dict literal that setup.py assigns to ``name`` (COMPILED_GROUPS, C_EXTENSIONS),
+    read without running setup.py."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, dict)
+            return {str(k): [str(p) for p in v] for k, v in value.items()}
+    raise LookupError(f"setup.py assigns no {name}")
 
 
 # setup.py's mypycify call, run in the copy (what the ``mypyc`` command does, with groups).
@@ -81,7 +76,9 @@ def build() -> Path:
     for pkg in PACKAGES:
         shutil.copytree(ROOT / pkg, OUT / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     script = OUT / "_build_compiled_setup.py"
-    script.write_text(_SETUP.format(groups=_compiled_groups(), c_extensions=_c_extensions()))
+    script.write_text(
+        _SETUP.format(groups=setup_dict("COMPILED_GROUPS"), c_extensions=setup_dict("C_EXTENSIONS"))
+    )
     proc = subprocess.run([sys.executable, str(script)], cwd=OUT, capture_output=True, text=True)
     script.unlink()
     if proc.returncode != 0:

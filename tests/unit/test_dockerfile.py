@@ -7,6 +7,7 @@ not to write any), and every console script of pyproject.toml installed and name
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import tomllib
@@ -227,11 +228,13 @@ def _docker_ignores(path: str, patterns: list[str]) -> bool:
 
 def test_the_build_context_keeps_the_c_sources_setup_compiles() -> None:
     # (the compiled image builds dataplane/_h1scan.c: a context without it fails to build)
-    src = (ROOT / "setup.py").read_text()
-    start = src.index("C_EXTENSIONS = {")
-    ns: dict[str, object] = {}
-    exec(src[start : src.index("}\n", start) + 2], ns)
-    sources = [s for paths in ns["C_EXTENSIONS"].values() for s in paths]  # type: ignore[attr-defined]
+    spec = importlib.util.spec_from_file_location(
+        "build_compiled", ROOT / "tools/build_compiled.py"
+    )
+    assert spec is not None and spec.loader is not None
+    build_compiled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_compiled)
+    sources = [s for paths in build_compiled.setup_dict("C_EXTENSIONS").values() for s in paths]
     assert sources
     patterns = [
         line.strip()
