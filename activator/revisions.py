@@ -231,7 +231,9 @@ class Revisions:
             if b == b.lower() and b.rfind(b":") <= b.rfind(b"]")
         }
         self.by_name = {
-            rs.rev.name.encode(): rs for rs in self.revisions.values() if rs.rev.name.isascii()
+            rs.rev.name.encode(): rs
+            for rs in self.revisions.values()
+            if rs.rev.name.isascii() and rs.rev.namespace.isascii()  # (namespace_bytes exact)
         }
 
     def gauges(self) -> list[tuple[tuple[str, str], int, int]]:
